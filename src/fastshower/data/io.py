@@ -1,0 +1,329 @@
+"""Reading and writing shower files in any supported layout, streamed in chunks of events.
+
+Readers detect the layout from the HDF5 keys, find the geometry (given > stored in the file >
+guessed from the cell shape), convert to the shared convention (GeV, rad) and check every chunk
+(finite, non-negative cells; energies and angles inside the geometry's ranges). Writers go
+through :class:`ShowerWriter`, which appends blocks to growable, chunked, compressed datasets and
+renames the file into place only when it closes cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import glob
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+import fastshower
+from fastshower.data.calochallenge import CaloChallengeLayout
+from fastshower.data.layout import Layout, geometry_is_normal_incidence
+from fastshower.data.native import NativeLayout
+from fastshower.data.threedgan import FixedAngleLayout, VariableAngleLayout
+from fastshower.fileio import atomic_path
+from fastshower.geometry import PRESETS, Geometry, load_geometry
+from fastshower.showers import ShowerSet
+
+FORMAT_VERSION = 1
+#: Layouts in detection order (the first whose keys match wins).
+LAYOUTS: dict[str, Layout] = {lay.name: lay for lay in (NativeLayout(), CaloChallengeLayout(),
+                                                         VariableAngleLayout(), FixedAngleLayout())}
+#: ``format`` names a writer accepts; ``3dgan`` picks the fixed- or variable-angle layout from the geometry.
+FORMATS = ("native", "3dgan", "calochallenge", "3dgan_fixed_angle", "3dgan_variable_angle")
+COMPRESSIONS = ("gzip", "lzf", None)
+#: File attributes written by fastshower itself (everything else is provenance, kept in ShowerSet.attrs).
+RESERVED_ATTRS = ("fastshower_format_version", "layout", "geometry", "geometry_yaml")
+PathSpec = str | Path | Sequence[str | Path]
+
+
+# --- paths and layouts ---------------------------------------------------------------------------
+
+def resolve_paths(path: PathSpec) -> list[Path]:
+    """A file, a glob pattern (``EleEscan_*.h5``, sorted) or a list of files -> existing files."""
+    if isinstance(path, (list, tuple)):
+        files = [p for item in path for p in resolve_paths(item)]
+        if not files:
+            raise FileNotFoundError("no shower file given")
+        return files
+    text = str(path)
+    if glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text))
+        if not files:
+            raise FileNotFoundError(f"no file matches {text}")
+        return files
+    p = Path(text)
+    if not p.is_file():
+        raise FileNotFoundError(f"shower file not found: {p}")
+    return [p]
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[h5py.File]:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    with f:
+        yield f
+
+
+def _layout_of(f: h5py.File, path: Path) -> Layout:
+    for layout in LAYOUTS.values():
+        if layout.matches(f):
+            return layout
+    raise ValueError(
+        f"{path}: unknown shower layout, keys found: {', '.join(sorted(f.keys())) or 'none'}; expected "
+        f"showers+primary_energy+incident_angle (native), ECAL+target or ECAL+energy+theta (3DGAN), or "
+        f"incident_energies+showers (CaloChallenge)")
+
+
+def detect_layout(path: PathSpec) -> str:
+    """Layout name of a file (or of all files of a glob/list, which must agree):
+    ``native``, ``3dgan_fixed_angle``, ``3dgan_variable_angle`` or ``calochallenge``."""
+    names = set()
+    for p in resolve_paths(path):
+        with _open(p) as f:
+            names.add(_layout_of(f, p).name)
+    if len(names) != 1:
+        raise ValueError(f"the files mix layouts: {', '.join(sorted(names))}")
+    return names.pop()
+
+
+def count_events(path: PathSpec) -> int:
+    """Number of events in a file, or summed over the files of a glob/list."""
+    total = 0
+    for p in resolve_paths(path):
+        with _open(p) as f:
+            total += _layout_of(f, p).count_events(f)
+    return total
+
+
+# --- geometry ------------------------------------------------------------------------------------
+
+def _stored_shape(layout: Layout, geometry: Geometry) -> tuple[int, ...]:
+    return (geometry.n_cells,) if isinstance(layout, CaloChallengeLayout) else geometry.shape
+
+
+def geometry_from_cell_shape(event_shape: tuple[int, ...]) -> Geometry | None:
+    """The preset whose cells have this stored shape: 25^3 -> clic25, 51x51x25 -> clic51, (6480,)
+    flattened voxels -> par04_ds2, (40500,) -> par04_ds3 (and their (n_r, n_alpha, n_layers) shapes)."""
+    for g in PRESETS.values():
+        if tuple(event_shape) == g.shape or (g.kind == "cylindrical" and tuple(event_shape) == (g.n_cells,)):
+            return g
+    return None
+
+
+def geometry_of(shower_set: ShowerSet) -> Geometry:
+    """The geometry of a shower set: its YAML in ``attrs['geometry_yaml']`` if read from a file with a
+    user-defined detector, else the preset (or YAML file) named by ``shower_set.geometry``."""
+    text = shower_set.attrs.get("geometry_yaml")
+    if text:
+        g = Geometry.model_validate(yaml.safe_load(text))
+        if g.name == shower_set.geometry:
+            return g
+    return load_geometry(shower_set.geometry)
+
+
+def _geometry_for_file(f: h5py.File, layout: Layout, path: Path, geometry: str | Geometry | None) -> Geometry:
+    event_shape = layout.event_shape(f)
+    if geometry is not None:
+        g = load_geometry(geometry)
+    elif "geometry_yaml" in f.attrs:
+        g = Geometry.model_validate(yaml.safe_load(_text(f.attrs["geometry_yaml"])))
+    else:
+        found = geometry_from_cell_shape(event_shape)
+        if found is None:
+            raise ValueError(f"{path}: cannot tell the geometry from the cell shape {event_shape}; known shapes: "
+                             f"{', '.join(f'{g.name} {g.shape}' for g in PRESETS.values())}; give the geometry")
+        g = found
+    expected = _stored_shape(layout, g)
+    if event_shape != expected:
+        raise ValueError(f"{path}: cells have shape {event_shape} but geometry {g.name!r} expects {expected} "
+                         f"({layout.name} layout)")
+    return g
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+def check_showers(source: str, first_event: int, showers_gev: np.ndarray, primary_energy: np.ndarray,
+                  incident_angle: np.ndarray, geometry: Geometry) -> None:
+    """Raise a one-line ValueError naming the first bad event: NaN/inf or negative cells, non-positive
+    or non-finite energies, energies or angles outside the geometry's ranges (relative slack 1e-6)."""
+    flat = showers_gev.reshape(showers_gev.shape[0], -1)
+    bad = ~np.isfinite(flat).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{source}: event {first_event + int(np.argmax(bad))} has NaN or infinite cell energies")
+    bad = (flat < 0).any(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{source}: event {first_event + i} has negative cell energies (min {flat[i].min():.3g} GeV); "
+                         f"expected deposits >= 0")
+    lo, hi = geometry.energy_range_gev
+    bad = ~(np.isfinite(primary_energy) & (primary_energy >= lo * (1 - 1e-6)) & (primary_energy <= hi * (1 + 1e-6)))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{source}: event {first_event + i} has primary energy {primary_energy[i]:.6g} GeV, outside "
+                         f"geometry {geometry.name!r}'s range {lo:g}-{hi:g} GeV")
+    alo, ahi = geometry.angle_range_rad
+    bad = ~(np.isfinite(incident_angle) & (incident_angle >= alo - 1e-6) & (incident_angle <= ahi + 1e-6))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{source}: event {first_event + i} has incident angle {math.degrees(incident_angle[i]):.6g} "
+                         f"deg, outside geometry {geometry.name!r}'s range {math.degrees(alo):g}-"
+                         f"{math.degrees(ahi):g} deg")
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_attrs(f: h5py.File, geometry: Geometry) -> dict:
+    attrs = {}
+    for key, value in f.attrs.items():
+        if key in RESERVED_ATTRS:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        attrs[key] = value
+    if geometry.name not in PRESETS:
+        attrs["geometry_yaml"] = yaml.safe_dump(geometry.model_dump(mode="json"), sort_keys=False)
+    return attrs
+
+
+def iter_showers(path: PathSpec, chunk_size: int = 1000, geometry: str | Geometry | None = None
+                 ) -> Iterator[ShowerSet]:
+    """Stream a file (or a glob/list of files) as shower sets of at most ``chunk_size`` events, in
+    the shared convention. Chunks do not span files; each chunk is read by h5py slicing and checked."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    files = resolve_paths(path)
+    first: Geometry | None = None
+    for p in files:
+        with _open(p) as f:
+            layout = _layout_of(f, p)
+            g = _geometry_for_file(f, layout, p, geometry)
+            if first is not None and g != first:
+                raise ValueError(f"{p}: geometry {g.name!r} differs from {first.name!r} of {files[0]}")
+            first = g
+            attrs = _read_attrs(f, g)
+            n = layout.count_events(f)
+            for start in range(0, n, chunk_size):
+                stop = min(n, start + chunk_size)
+                showers, primary_energy, incident_angle = layout.read(f, start, stop, g)
+                check_showers(str(p), start, showers, primary_energy, incident_angle, g)
+                yield ShowerSet(showers, primary_energy, incident_angle, g.name, dict(attrs))
+
+
+def read_showers(path: PathSpec, geometry: str | Geometry | None = None, max_events: int | None = None,
+                 chunk_size: int = 1000) -> ShowerSet:
+    """Read a whole file (or glob/list), or its first ``max_events`` events, as one shower set."""
+    if max_events is not None and max_events < 1:
+        raise ValueError(f"max_events must be >= 1, got {max_events}")
+    parts: list[ShowerSet] = []
+    n = 0
+    for part in iter_showers(path, chunk_size=chunk_size, geometry=geometry):
+        if max_events is not None and n + len(part) > max_events:
+            part = part[: max_events - n]
+        parts.append(part)
+        n += len(part)
+        if max_events is not None and n >= max_events:
+            break
+    if not parts:
+        raise ValueError(f"{path}: the file holds no events")
+    return ShowerSet.concatenate(parts)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def layout_for_format(format: str, geometry: Geometry) -> Layout:
+    """The layout a writer uses for ``format`` (see :data:`FORMATS`) and ``geometry``."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+    if format == "3dgan":
+        format = "3dgan_fixed_angle" if geometry_is_normal_incidence(geometry) else "3dgan_variable_angle"
+    layout = LAYOUTS[format]
+    layout.check_writable(geometry)
+    return layout
+
+
+def _attr_value(value):
+    if isinstance(value, (str, bool, int, float, np.generic)):
+        return value
+    return json.dumps(value, default=str)
+
+
+class ShowerWriter:
+    """Append shower sets to a file in one layout; the file appears only when the block ends cleanly.
+
+    ``with ShowerWriter("out.h5", "clic51", format="3dgan", attrs={"simulator": "gflash"}) as w:
+    w.write(shower_set)``. ``attrs`` (provenance: simulator, seed, model, particle, ...) become file
+    attributes, with ``date`` and ``fastshower_version`` added when absent. ``compression``: gzip
+    (level 4, default), lzf or None.
+    """
+
+    def __init__(self, path: str | Path, geometry: str | Geometry, format: str = "native",
+                 attrs: dict | None = None, compression: str | None = "gzip") -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compression!r}; expected gzip, lzf or None")
+        self.path = Path(path)
+        self.geometry = load_geometry(geometry)
+        self.layout = layout_for_format(format, self.geometry)
+        self.compression = compression
+        self.attrs = {k: v for k, v in (attrs or {}).items() if k not in RESERVED_ATTRS and v is not None}
+        self.attrs.setdefault("date", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        self.attrs.setdefault("fastshower_version", fastshower.__version__)
+        self.n_events = 0
+        self._file: h5py.File | None = None
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> "ShowerWriter":
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._file = h5py.File(tmp, "w")
+        g = self.geometry
+        self._file.attrs.update({
+            "fastshower_format_version": FORMAT_VERSION, "layout": self.layout.name, "geometry": g.name,
+            "geometry_yaml": yaml.safe_dump(g.model_dump(mode="json"), sort_keys=False)})
+        for key, value in self.attrs.items():
+            self._file.attrs[key] = _attr_value(value)
+        self.layout.create(self._file, g, self.compression)
+        return self
+
+    def write(self, shower_set: ShowerSet) -> None:
+        """Append a block of events (shared convention), after checking it against the geometry."""
+        if self._file is None:
+            raise RuntimeError("ShowerWriter.write needs the writer open: use it in a with block")
+        self.geometry.check_shape(shower_set.showers)
+        check_showers("shower set", self.n_events, shower_set.showers, shower_set.primary_energy,
+                      shower_set.incident_angle, self.geometry)
+        self.layout.append(self._file, shower_set.showers, shower_set.primary_energy, shower_set.incident_angle,
+                           self.geometry, self.attrs)
+        self.n_events += len(shower_set)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self._file is not None and self._stack is not None
+        try:
+            self._file.close()
+        finally:
+            self._file = None
+            suppressed = self._stack.__exit__(exc_type, exc, tb)
+        return bool(suppressed)
+
+
+def write_showers(path: str | Path, shower_set: ShowerSet, format: str = "native",
+                  geometry: str | Geometry | None = None, compression: str | None = "gzip") -> None:
+    """Write a shower set to ``path`` atomically in ``format`` (native, 3dgan or calochallenge).
+    The geometry defaults to the shower set's own (:func:`geometry_of`)."""
+    g = load_geometry(geometry) if geometry is not None else geometry_of(shower_set)
+    with ShowerWriter(path, g, format=format, attrs=shower_set.attrs, compression=compression) as writer:
+        writer.write(shower_set)
