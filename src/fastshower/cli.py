@@ -57,6 +57,95 @@ def geometries(
 
 # ---------------------------------------------------------------- simulate / data (issue 2)
 
+SIMULATED_PARTICLES = ("e-", "gamma")
+
+
+@app.command()
+def simulate(
+    output: Path = typer.Option(..., "-o", "--output", help="Shower file to write (HDF5)."),
+    geometry: str = typer.Option("clic25", "--geometry", "-g", help="Preset name or geometry YAML file."),
+    energy: str = typer.Option("2:500", "--energy", help="Primary energy in GeV: 100, 2:500, 1:1000:log or 10,50,100."),
+    angle: str = typer.Option("90", "--angle", help="Incident polar angle in deg (90 = normal incidence), same forms."),
+    n: int = typer.Option(1000, "-n", "--n-events", help="Number of showers."),
+    format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the one random generator (conditions and showers)."),
+    particle: str = typer.Option("e-", "--particle", help="e- or gamma."),
+    batch_size: int = typer.Option(1000, "--batch-size", help="Showers simulated and written per batch."),
+) -> None:
+    """Simulate reference showers (GFlash parametrisation) and stream them to a file."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from fastshower.conditions import sample_angles, sample_energies
+    from fastshower.data import ShowerWriter
+    from fastshower.geometry import load_geometry
+    from fastshower.showers import ShowerSet
+    from fastshower.simulate.gflash import simulate_showers
+
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+    if particle not in SIMULATED_PARTICLES:
+        raise ValueError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
+    g = load_geometry(geometry)
+    rng = np.random.default_rng(seed)
+    primary_energy = sample_energies(energy, n, rng, g.energy_range_gev)
+    incident_angle = sample_angles(angle, n, rng, g.angle_range_rad)
+    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle}
+    with ShowerWriter(output, g, format=format, attrs=attrs) as writer, \
+            tqdm(total=n, desc="simulate", unit="shower") as bar:
+        for start in range(0, n, batch_size):
+            e, a = primary_energy[start:start + batch_size], incident_angle[start:start + batch_size]
+            showers = simulate_showers(g, e, a, rng, particle=particle)
+            writer.write(ShowerSet(showers, e, a, g.name))
+            bar.update(len(e))
+    typer.echo(f"wrote {n} {particle} showers ({g.name}, {writer.layout.name}) to {output}")
+
+
+@app.command()
+def inspect(
+    path: str = typer.Argument(..., help="Shower file or glob pattern in quotes ('EleEscan_*.h5')."),
+    geometry: Optional[str] = typer.Option(None, "--geometry", "-g",
+                                           help="Geometry (preset or YAML) when the file does not tell."),
+    chunk_size: int = typer.Option(1000, "--chunk-size", help="Events read per chunk."),
+) -> None:
+    """Describe a shower file: layout, geometry, events, energy and angle ranges, deposits, attributes."""
+    import math
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from fastshower.data import count_events, detect_layout, iter_showers, resolve_paths
+
+    files = resolve_paths(path)
+    layout = detect_layout(files)
+    n = count_events(files)
+    e_min = a_min = math.inf
+    e_max = a_max = -math.inf
+    deposited = ratio = 0.0
+    name, attrs = "", {}
+    with tqdm(total=n, desc="inspect", unit="shower", leave=False) as bar:
+        for part in iter_showers(files, chunk_size=chunk_size, geometry=geometry):
+            name, attrs = part.geometry, part.attrs
+            e_min, e_max = min(e_min, part.primary_energy.min()), max(e_max, part.primary_energy.max())
+            a_min, a_max = min(a_min, part.incident_angle.min()), max(a_max, part.incident_angle.max())
+            dep = part.deposited_energy
+            deposited += dep.sum()
+            ratio += np.sum(dep / part.primary_energy)
+            bar.update(len(part))
+    if n == 0:
+        raise ValueError(f"{path}: the file holds no events")
+    typer.echo(f"files:            {len(files)} ({files[0]}{' ...' if len(files) > 1 else ''})")
+    typer.echo(f"layout:           {layout}")
+    typer.echo(f"geometry:         {name}")
+    typer.echo(f"events:           {n}")
+    typer.echo(f"primary energy:   {e_min:.4g} - {e_max:.4g} GeV")
+    typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
+    typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
+    typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
+    for key, value in sorted(attrs.items()):
+        if key != "geometry_yaml":
+            typer.echo(f"attr {key}: {value}")
+
 
 # ---------------------------------------------------------------- validate (issue 3)
 
