@@ -1,0 +1,608 @@
+"""Distances between two shower sets, binned in primary energy (and incident angle).
+
+Every metric compares a *reference* (ground truth) with a *candidate* (a generator's output).
+:func:`compare` computes them all, and each one also for the reference against an independent
+reference sample: that *floor* is what a perfect generator reaches with the same statistics.
+Definitions, units and binning: docs/metrics.md and the docstrings below.
+
+Showers are thresholded (cells below the geometry's readout threshold set to 0, both samples) before
+any metric in :func:`compare`, as the CaloChallenge evaluation does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import linalg
+
+from fastshower.geometry import Geometry, load_geometry
+from fastshower.showers import ShowerSet
+from fastshower.validate import observables as ob
+
+#: SSIM data ranges L scanned (GeV), as the 3DGAN low-precision study.
+SSIM_DATA_RANGES = (1.0, 1e-2, 1e-4, 1e-6, 1e-8)
+
+#: Fewest events of each sample a condition bin needs to enter a binned metric.
+MIN_EVENTS_PER_BIN = 10
+
+
+# ------------------------------------------------------------------ binning
+
+def default_energy_bins(geometry: Geometry | None, primary_energy: np.ndarray | None = None) -> np.ndarray:
+    """Primary-energy bin edges (GeV) for the binned metrics.
+
+    CLIC-like (2-500 GeV, uniform spectrum): 2, 50, 100, 150, 200, 300, 400, 500 (the 3DGAN SSIM
+    bins with 0-100 split). Par04 (1 GeV-1 TeV, log-uniform): 1, 3, 10, 30, 100, 300, 1000. Other
+    detectors: 6 log-spaced bins over the geometry's energy range (or the data's, when no geometry).
+    Events outside the edges fall in the first or last bin.
+    """
+    if geometry is not None and geometry.name.startswith("clic"):
+        return np.array([2.0, 50, 100, 150, 200, 300, 400, 500])
+    if geometry is not None and geometry.name.startswith("par04"):
+        return np.array([1.0, 3, 10, 30, 100, 300, 1000])
+    if geometry is not None:
+        lo, hi = geometry.energy_range_gev
+    else:
+        lo, hi = float(np.min(primary_energy)), float(np.max(primary_energy))
+    return np.geomspace(lo, hi, 7) if hi > lo else np.array([lo * 0.999, hi * 1.001])
+
+
+def default_angle_bins(geometry: Geometry | None, incident_angle: np.ndarray) -> np.ndarray | None:
+    """Incident-angle bin edges (rad): three equal bins over the geometry's angle range (centred
+    on 62/90/118 deg for clic51, as the 3DGAN analysis), or None when the data have one angle."""
+    if np.ptp(incident_angle) < 1e-6:
+        return None
+    if geometry is not None and geometry.angle_range_rad[1] > geometry.angle_range_rad[0]:
+        lo, hi = geometry.angle_range_rad
+    else:
+        lo, hi = float(np.min(incident_angle)), float(np.max(incident_angle))
+    return np.linspace(lo, hi, 4)
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+    if edges is None:
+        return np.zeros(len(values), dtype=int)
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+@dataclass(frozen=True)
+class ConditionBin:
+    label: str
+    reference: np.ndarray  # boolean mask over the reference events
+    candidate: np.ndarray  # boolean mask over the candidate events
+
+
+def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: np.ndarray,
+                   angle_bins: np.ndarray | None = None, min_events: int = MIN_EVENTS_PER_BIN
+                   ) -> list[ConditionBin]:
+    """The (energy x angle) bins in which both samples have at least ``min_events`` events."""
+    out = []
+    er, ec = _bin_index(ref_energy, energy_bins), _bin_index(cand_energy, energy_bins)
+    ar, ac = _bin_index(ref_angle, angle_bins), _bin_index(cand_angle, angle_bins)
+    n_angle = 1 if angle_bins is None else len(angle_bins) - 1
+    for i in range(len(energy_bins) - 1):
+        for j in range(n_angle):
+            mr, mc = (er == i) & (ar == j), (ec == i) & (ac == j)
+            if mr.sum() >= min_events and mc.sum() >= min_events:
+                label = f"{energy_bins[i]:g}-{energy_bins[i + 1]:g} GeV"
+                if angle_bins is not None:
+                    label += f", {math.degrees(angle_bins[j]):.0f}-{math.degrees(angle_bins[j + 1]):.0f} deg"
+                out.append(ConditionBin(label, mr, mc))
+    if not out:
+        raise ValueError(f"no energy bin holds {min_events} events of both samples; give energy_bins that fit the data")
+    return out
+
+
+def _geometry_of(shower_set: ShowerSet) -> Geometry | None:
+    try:
+        return load_geometry(shower_set.geometry)
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def _set_bins(reference: ShowerSet, candidate: ShowerSet, energy_bins) -> list[ConditionBin]:
+    geo = _geometry_of(reference)
+    edges = np.asarray(energy_bins, dtype=float) if energy_bins is not None else \
+        default_energy_bins(geo, reference.primary_energy)
+    return condition_bins(reference.primary_energy, reference.incident_angle, candidate.primary_energy,
+                          candidate.incident_angle, edges, default_angle_bins(geo, reference.incident_angle))
+
+
+# ------------------------------------------------------------------ sampling fraction and profiles
+
+def sampling_fraction_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin], which: str) -> np.ndarray:
+    """Mean E_deposited / E_primary in each bin (``which`` = "reference" or "candidate")."""
+    return np.array([energy_ratio[getattr(b, which)].mean() for b in bins])
+
+
+def _sampling_fraction_mre(ratio_ref, ratio_cand, bins) -> float:
+    sf_r = sampling_fraction_per_bin(ratio_ref, bins, "reference")
+    sf_c = sampling_fraction_per_bin(ratio_cand, bins, "candidate")
+    return float(np.mean(np.abs(sf_r - sf_c) / sf_r))
+
+
+def sampling_fraction_error(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> float:
+    """Mean relative error of the sampling fraction, mean over bins of |sf_ref - sf_cand| / sf_ref.
+
+    sf = mean over the bin's events of E_deposited / E_primary (both GeV); bins in primary energy
+    (``energy_bins`` edges in GeV, default :func:`default_energy_bins`) and, for data with a spread
+    of angles, in angle. Dimensionless; 0 for identical sets.
+    """
+    bins = _set_bins(reference, candidate, energy_bins)
+    return _sampling_fraction_mre(reference.deposited_energy / reference.primary_energy,
+                                  candidate.deposited_energy / candidate.primary_energy, bins)
+
+
+def mean_normalised_profiles(profiles: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Event-averaged profile of each axis over ``mask``, divided by its sum (a shape, sums to 1)."""
+    out = {}
+    for axis, p in profiles.items():
+        mean = p[mask].mean(axis=0)
+        out[axis] = mean / max(mean.sum(), ob._EPS)
+    return out
+
+
+def _profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
+    vals = []
+    for b in bins:
+        pr = mean_normalised_profiles(prof_ref, b.reference)
+        pc = mean_normalised_profiles(prof_cand, b.candidate)
+        vals.append(np.mean([np.mean((pr[a] - pc[a]) ** 2) for a in pr]))
+    return float(np.mean(vals))
+
+
+def profile_mse(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> float:
+    """Profile MSE (our definition): for each bin and axis x, y, z, the event-averaged energy
+    profile normalised to unit sum; MSE over the cells of the axis between reference and candidate;
+    averaged over the three axes and the bins. Dimensionless (fractions of the energy per cell,
+    squared); 0 for identical sets.
+    """
+    bins = _set_bins(reference, candidate, energy_bins)
+    return _profile_mse(ob.axis_profiles(reference.showers), ob.axis_profiles(candidate.showers), bins)
+
+
+# ------------------------------------------------------------------ 3DGAN optimisation metric
+
+def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionBin]) -> dict[str, float]:
+    """The 3DGAN epoch-selection metric (GANutils ``metric``) with the double count fixed.
+
+    Per bin: ``moments`` = mean over m in {1, 2} of the mean over axes of
+    |(<m_ref> - <m_cand>) / <m_ref>| (event means of the profile moments, cell indices);
+    ``profiles`` = mean over axes of the mean over cells of |(S_ref - S_cand) / S_ref| for the
+    event-averaged profiles S (GeV; cells with S_ref = 0 skipped); ``angle`` =
+    |(<theta_ref> - <theta_cand>) / <theta_ref>| of the measured angles. Each term is averaged over
+    the bins and ``total`` = moments + profiles + angle (the original added the moment term twice).
+    """
+    pos, prof, ang = [], [], []
+    for b in bins:
+        rel = []
+        for m in (1, 2):
+            rel.append(np.mean([abs((obs_ref[f"m{m}_{a}"][b.reference].mean() - obs_cand[f"m{m}_{a}"][b.candidate].mean())
+                                    / (obs_ref[f"m{m}_{a}"][b.reference].mean() + ob._EPS)) for a in "xyz"]))
+        pos.append(np.mean(rel))
+        per_axis = []
+        for a in "xyz":
+            sr = obs_ref[f"profile_{a}"][b.reference].mean(axis=0)
+            sc = obs_cand[f"profile_{a}"][b.candidate].mean(axis=0)
+            ok = sr > 0
+            per_axis.append(np.mean(np.abs((sr[ok] - sc[ok]) / sr[ok])))
+        prof.append(np.mean(per_axis))
+        tr = obs_ref["measured_angle"][b.reference].mean()
+        ang.append(abs((tr - obs_cand["measured_angle"][b.candidate].mean()) / tr))
+    out = {"moments": float(np.mean(pos)), "profiles": float(np.mean(prof)), "angle": float(np.mean(ang))}
+    out["total"] = out["moments"] + out["profiles"] + out["angle"]
+    return out
+
+
+# ------------------------------------------------------------------ mu90 / sigma90
+
+def mu90_sigma90(values: np.ndarray) -> tuple[float, float]:
+    """Mean and RMS of the values inside the smallest interval that holds 90 % of them.
+
+    The interval holds k = ceil(0.9 n) consecutive sorted values; among all such windows the
+    narrowest is taken. RMS is the population standard deviation inside it.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        raise ValueError("mu90/sigma90 of an empty sample")
+    k = max(1, math.ceil(0.9 * n))
+    widths = x[k - 1:] - x[:n - k + 1]
+    i = int(np.argmin(widths))
+    inside = x[i:i + k]
+    return float(inside.mean()), float(inside.std())
+
+
+def mu90_sigma90_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin], which: str) -> np.ndarray:
+    """(n_bins, 2) array of mu90, sigma90 of E_deposited / E_primary per bin."""
+    return np.array([mu90_sigma90(energy_ratio[getattr(b, which)]) for b in bins])
+
+
+def _mu90_errors(ratio_ref, ratio_cand, bins) -> dict[str, float]:
+    r = mu90_sigma90_per_bin(ratio_ref, bins, "reference")
+    c = mu90_sigma90_per_bin(ratio_cand, bins, "candidate")
+    rel = np.abs(c - r) / r
+    return {"mu90": float(rel[:, 0].mean()), "sigma90": float(rel[:, 1].mean())}
+
+
+# ------------------------------------------------------------------ SSIM
+
+def ssim_vs_data_range(showers_ref: np.ndarray, showers_cand: np.ndarray, bins: list[ConditionBin],
+                       rng: np.random.Generator, data_ranges=SSIM_DATA_RANGES, max_pairs_per_bin: int = 100
+                       ) -> dict[float, tuple[float, float]]:
+    """SSIM of reference showers against shuffled candidate showers of the same bin, per data range L.
+
+    skimage ``structural_similarity`` with ``gaussian_weights=True`` (sigma 1.5, an 11-cell window),
+    ``use_sample_covariance=False``, the depth axis as channels, images in GeV, ``data_range=L``.
+    Up to ``max_pairs_per_bin`` pairs (ref[i], cand[perm[i]]) per bin. Returns {L: (mean, std)}.
+    Raises ValueError when a lateral dimension is smaller than the 11-cell window.
+    """
+    from skimage.metrics import structural_similarity
+
+    if min(showers_ref.shape[1:3]) < 11:
+        raise ValueError(f"SSIM needs lateral dimensions of at least 11 cells, got {showers_ref.shape[1:3]}")
+    pairs = []
+    for b in bins:
+        ir, ic = np.flatnonzero(b.reference), rng.permutation(np.flatnonzero(b.candidate))
+        n = min(len(ir), len(ic), max_pairs_per_bin)
+        pairs += list(zip(ir[:n], ic[:n]))
+    out = {}
+    for L in data_ranges:
+        vals = np.array([structural_similarity(showers_ref[i], showers_cand[j], data_range=L, channel_axis=-1,
+                                               gaussian_weights=True, use_sample_covariance=False)
+                         for i, j in pairs])
+        out[L] = (float(vals.mean()), float(vals.std()))
+    return out
+
+
+# ------------------------------------------------------------------ separation power (chi2)
+
+def separation_power(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
+    """Triangular discrimination S = 1/2 sum_i (p_i - q_i)^2 / (p_i + q_i) of two histograms.
+
+    p, q are the counts normalised to unit sum over the bins (CaloChallenge's density x bin width),
+    so S lies in [0, 1], 0 for identical histograms. NaN if either histogram is empty.
+    """
+    a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
+    if a.sum() == 0 or b.sum() == 0:
+        return float("nan")
+    p, q = a / a.sum(), b / b.sum()
+    return float(0.5 * np.sum((p - q) ** 2 / (p + q + 1e-16)))
+
+
+def histogram_bins(geometry: Geometry, obs_ref: dict, min_energy_gev: float, cell_energy_max_gev: float
+                   ) -> dict[str, np.ndarray]:
+    """Bin edges per observable, as the CaloChallenge evaluation for cylindrical geometries.
+
+    ``energy_ratio_cc``: 100 bins in [0.5, 1.5] of E_dep / (sf E_primary); ``layer_energy``: 39
+    log bins from ``min_energy_gev`` to the reference maximum of the layer (per layer);
+    ``centre_x/y``: 100 bins in +-30 mm (cylindrical) or +- half the lateral extent (cartesian);
+    ``width_x/y``: 100 bins in [0, 30] mm (cylindrical) or [0, half extent]; ``centre_r`` [0, 42]
+    and ``width_r`` [0, 20] mm (cylindrical) or [0, extent] and [0, half extent]; ``layer_sparsity``
+    and ``sparsity``: 20 bins in [0, 1]; ``cell_energy``: 49 log bins from ``min_energy_gev`` to the
+    reference's largest cell. Ours beyond CaloChallenge: ``hits``, moments and ``measured_angle``
+    50 bins over the reference's 0.1-99.9 % quantiles, ``shower_max_layer`` one bin per layer.
+    Edges are in the observable's units (GeV, mm, rad, cell indices).
+    """
+    if geometry.kind == "cylindrical":
+        c_lim, w_lim, r_lim, wr_lim = 30.0, 30.0, 42.0, 20.0
+    else:
+        half = 0.5 * min(geometry.shape[0] * geometry.cell_size_mm[0], geometry.shape[1] * geometry.cell_size_mm[1])
+        c_lim, w_lim, r_lim, wr_lim = half, half, half, half / 2
+    edges: dict[str, np.ndarray] = {
+        "energy_ratio_cc": np.linspace(0.5, 1.5, 101),
+        "centre_x": np.linspace(-c_lim, c_lim, 101), "centre_y": np.linspace(-c_lim, c_lim, 101),
+        "width_x": np.linspace(0, w_lim, 101), "width_y": np.linspace(0, w_lim, 101),
+        "centre_r": np.linspace(0, r_lim, 101), "width_r": np.linspace(0, wr_lim, 101),
+        "layer_sparsity": np.linspace(0, 1, 21), "sparsity": np.linspace(0, 1, 21),
+        "shower_max_layer": np.arange(geometry.n_layers + 1) - 0.5,
+    }
+    lo = max(min_energy_gev, 1e-9)
+    if cell_energy_max_gev > lo:
+        edges["cell_energy"] = np.geomspace(lo, cell_energy_max_gev, 50)
+    for name in ["hits", "measured_angle"] + [f"m{m}_{a}" for m in (1, 2) for a in "xyz"]:
+        q_lo, q_hi = np.quantile(obs_ref[name], [0.001, 0.999])
+        if q_hi <= q_lo:
+            q_lo, q_hi = q_lo - 0.5, q_hi + 0.5
+        edges[name] = np.linspace(q_lo, q_hi, 51)
+    return edges
+
+
+def separation_powers(geometry: Geometry, obs_ref: dict, obs_cand: dict, sampling_ref_gev: tuple,
+                      min_energy_gev: float, cell_counts: tuple[np.ndarray, np.ndarray] | None,
+                      edges: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Separation power of every observable's histogram; per-layer observables give one value a layer.
+
+    ``sampling_ref_gev`` = (sampling fraction, primary energy reference, primary energy candidate)
+    for E_dep / (sf E_primary). ``cell_counts`` = histograms of all cell energies over
+    ``edges["cell_energy"]`` (reference, candidate), pooled over events. Returns {name: array}.
+    """
+    sf, e_ref, e_cand = sampling_ref_gev
+    out: dict[str, np.ndarray] = {}
+    h = lambda a, b, e: separation_power(np.histogram(a, e)[0], np.histogram(b, e)[0])  # noqa: E731
+    out["energy_ratio_cc"] = np.array([h(obs_ref["energy_deposited"] / (sf * e_ref),
+                                         obs_cand["energy_deposited"] / (sf * e_cand), edges["energy_ratio_cc"])])
+    layer_vals = []
+    lo = max(min_energy_gev, 1e-9)
+    for layer in range(obs_ref["layer_energy"].shape[1]):
+        top = obs_ref["layer_energy"][:, layer].max()
+        if top > lo:
+            e = np.geomspace(lo, top, 40)
+            layer_vals.append(h(obs_ref["layer_energy"][:, layer], obs_cand["layer_energy"][:, layer], e))
+    out["layer_energy"] = np.array(layer_vals)
+    for name in ("centre_x", "centre_y", "width_x", "width_y", "centre_r", "width_r", "layer_sparsity"):
+        out[name] = np.array([h(obs_ref[name][:, layer], obs_cand[name][:, layer], edges[name])
+                              for layer in range(obs_ref[name].shape[1])])
+    for name in ["sparsity", "hits", "shower_max_layer", "measured_angle"] + \
+            [f"m{m}_{a}" for m in (1, 2) for a in "xyz"]:
+        out[name] = np.array([h(obs_ref[name], obs_cand[name], edges[name])])
+    if cell_counts is not None:
+        out["cell_energy"] = np.array([separation_power(*cell_counts)])
+    return {k: v for k, v in out.items() if len(v)}
+
+
+def cell_energy_histogram(showers: np.ndarray, edges: np.ndarray, chunk_size: int = 1000) -> np.ndarray:
+    """Counts of all cell energies (GeV) in the log-spaced ``edges``, pooled over events (chunked)."""
+    log_edges = np.log10(edges)
+    counts = np.zeros(len(edges) - 1, dtype=np.int64)
+    for i in range(0, len(showers), chunk_size):
+        v = showers[i:i + chunk_size]
+        v = v[v >= edges[0]]
+        counts += np.histogram(np.log10(v), log_edges)[0]
+    return counts
+
+
+# ------------------------------------------------------------------ FPD / KPD (jetnet definitions)
+
+def normalise_by_reference_max(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Divide each feature by max |reference| (1 where that is 0), as ``jetnet`` does."""
+    m = np.max(np.abs(reference), axis=0)
+    m[m == 0] = 1
+    return reference / m, candidate / m
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Squared Frechet distance of two Gaussians: |mu1 - mu2|^2 + Tr(C1 + C2 - 2 sqrt(C1 C2))."""
+    covmean = linalg.sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():
+        off = np.eye(len(cov1)) * 1e-6
+        covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
+    covmean = np.real(covmean)
+    d = mu1 - mu2
+    return float(d @ d + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+
+
+def frechet_physics_distance(reference: np.ndarray, candidate: np.ndarray, min_samples: int = 10_000,
+                             max_samples: int = 50_000, num_batches: int = 20, num_points: int = 10,
+                             seed: int = 42) -> tuple[float, float]:
+    """FPD as ``jetnet.evaluation.fpd`` (arXiv:2211.10295): features normalised by max |reference|;
+    Frechet distances of bootstrap samples of N events (``num_points`` N regularly spaced in 1/N
+    between ``min_samples`` and ``max_samples``, each the mean of ``num_batches`` draws); the value
+    is the intercept at 1/N -> 0 of a linear fit constrained to non-negative parameters, with its
+    fit error. Returns (value, error), dimensionless. CaloChallenge calls it with min_samples=10000.
+    """
+    from scipy.optimize import curve_fit
+
+    x, y = normalise_by_reference_max(np.asarray(reference, np.float64), np.asarray(candidate, np.float64))
+    sizes = (1 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype("int32")
+    rng = np.random.default_rng(seed)
+    vals = []
+    for n in sizes:
+        pts = []
+        for _ in range(num_batches):
+            a, b = x[rng.choice(len(x), size=n)], y[rng.choice(len(y), size=n)]
+            pts.append(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+        vals.append(np.mean(pts))
+    params, covs = curve_fit(lambda t, c, s: c + s * t, 1 / sizes, vals, bounds=([0, 0], [np.inf, np.inf]))
+    return float(params[0]), float(np.sqrt(np.diag(covs)[0]))
+
+
+def mmd_poly_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 4) -> float:
+    """Unbiased MMD^2 with the polynomial kernel k(a, b) = (a.b / d + 1)^degree."""
+    d = x.shape[1]
+    kxx = (x @ x.T / d + 1) ** degree
+    kyy = (y @ y.T / d + 1) ** degree
+    kxy = (x @ y.T / d + 1) ** degree
+    m, n = len(x), len(y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def kernel_physics_distance(reference: np.ndarray, candidate: np.ndarray, num_batches: int = 10,
+                            batch_size: int = 5_000, seed: int = 42) -> tuple[float, float]:
+    """KPD as ``jetnet.evaluation.kpd``: features normalised by max |reference|; unbiased MMD^2 with
+    the kernel (x.y/d + 1)^4 on ``num_batches`` bootstrap batches of ``batch_size`` (batch i drawn
+    with ``default_rng(seed + 1000 i)``); returns (median, half the 16.275-83.725 % inter-quantile
+    range). Dimensionless; about 0 for identical distributions.
+    """
+    x, y = normalise_by_reference_max(np.asarray(reference, np.float64), np.asarray(candidate, np.float64))
+    vals = []
+    for i in range(num_batches):
+        rng = np.random.default_rng(seed + i * 1000)
+        a, b = x[rng.choice(len(x), size=batch_size)], y[rng.choice(len(y), size=batch_size)]
+        vals.append(mmd_poly_unbiased(a, b))
+    q16, q84 = np.percentile(vals, [16.275, 83.725])
+    return float(np.median(vals)), float((q84 - q16) / 2)
+
+
+# ------------------------------------------------------------------ everything at once
+
+@dataclass
+class Sample:
+    """A thresholded shower set with its per-event observables (see :mod:`observables`)."""
+
+    showers: np.ndarray
+    primary_energy: np.ndarray
+    incident_angle: np.ndarray
+    obs: dict
+
+    @classmethod
+    def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float) -> "Sample":
+        showers = ob.apply_threshold(shower_set.showers, threshold_gev)
+        return cls(showers, shower_set.primary_energy, shower_set.incident_angle,
+                   ob.observables_in_chunks(showers, shower_set.primary_energy, geometry))
+
+    def __len__(self) -> int:
+        return len(self.showers)
+
+
+#: Metrics where the candidate should come close to the floor from below (similarities).
+HIGHER_IS_BETTER = ("ssim",)
+
+
+def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np.ndarray,
+                  angle_bins: np.ndarray | None, *, quick: bool, classifier: bool, classifier_seeds,
+                  seed: int, progress: bool, label: str) -> tuple[dict, dict]:
+    """All metrics of ``other`` against ``ref``: ({name: {"value", "error"?}}, details for plots)."""
+    from tqdm import tqdm
+
+    from fastshower.validate.classifier import classifier_test, high_level_inputs, low_level_inputs
+
+    m: dict[str, dict] = {}
+    details: dict = {}
+    bins = condition_bins(ref.primary_energy, ref.incident_angle, other.primary_energy, other.incident_angle,
+                          energy_bins, angle_bins)
+    steps = ["binned", "ssim", "chi2", "fpd/kpd"] + (["classifier low", "classifier high"] if classifier else [])
+    bar = tqdm(total=len(steps), desc=f"metrics {label}", disable=not progress, leave=False)
+    ratio_r, ratio_o = ref.obs["energy_ratio"], other.obs["energy_ratio"]
+    details["bins"] = [b.label for b in bins]
+    m["sampling_fraction_mre"] = {"value": _sampling_fraction_mre(ratio_r, ratio_o, bins)}
+    details["sampling_fraction"] = sampling_fraction_per_bin(ratio_o, bins, "candidate").tolist()
+    details["sampling_fraction_reference"] = sampling_fraction_per_bin(ratio_r, bins, "reference").tolist()
+    prof = lambda o: {a: o.obs[f"profile_{a}"] for a in "xyz"}  # noqa: E731
+    m["profile_mse"] = {"value": _profile_mse(prof(ref), prof(other), bins)}
+    for k, v in gan_optimisation_metric(ref.obs, other.obs, bins).items():
+        m[f"gan_metric_{k}"] = {"value": v}
+    for k, v in _mu90_errors(ratio_r, ratio_o, bins).items():
+        m[f"{k}_rel_error"] = {"value": v}
+    details["mu90_sigma90"] = mu90_sigma90_per_bin(ratio_o, bins, "candidate").tolist()
+    details["mu90_sigma90_reference"] = mu90_sigma90_per_bin(ratio_r, bins, "reference").tolist()
+    bar.update()
+
+    rng = np.random.default_rng(seed)
+    try:
+        ssim = ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=20 if quick else 100)
+        for L, (mean, std) in ssim.items():
+            m[f"ssim_L{L:g}"] = {"value": mean, "error": std}
+    except ValueError as exc:
+        details["ssim_skipped"] = str(exc)
+    bar.update()
+
+    min_e = max(geometry.readout_threshold_gev, 1e-9)
+    edges = histogram_bins(geometry, ref.obs, min_e, float(ref.showers.max()))
+    cells = None
+    if "cell_energy" in edges:
+        cells = (cell_energy_histogram(ref.showers, edges["cell_energy"]),
+                 cell_energy_histogram(other.showers, edges["cell_energy"]))
+    seps = separation_powers(geometry, ref.obs, other.obs, (geometry.sampling_fraction, ref.primary_energy,
+                                                            other.primary_energy), min_e, cells, edges)
+    all_seps = np.concatenate([v[np.isfinite(v)] for v in seps.values()])
+    m["chi2_separation_mean"] = {"value": float(all_seps.mean())}
+    m["chi2_separation_worst"] = {"value": float(all_seps.max())}
+    for k, v in seps.items():
+        m[f"chi2_{k}"] = {"value": float(np.nanmean(v))}
+    details["separation_power"] = {k: v.tolist() for k, v in seps.items()}
+    bar.update()
+
+    sf = geometry.sampling_fraction
+    hl_r = high_level_inputs(ref.obs, ref.primary_energy, sf)
+    hl_o = high_level_inputs(other.obs, other.primary_energy, sf)
+    n = min(len(hl_r), len(hl_o))
+    fpd_kw = dict(min_samples=min(10_000, n), max_samples=min(50_000, 5 * n), num_batches=5 if quick else 20,
+                  num_points=5 if quick else 10)
+    fpd, fpd_err = frechet_physics_distance(hl_r, hl_o, **fpd_kw)
+    m["fpd"] = {"value": fpd, "error": fpd_err}
+    kpd, kpd_err = kernel_physics_distance(hl_r, hl_o, num_batches=5 if quick else 10,
+                                           batch_size=min(2_000 if quick else 5_000, n))
+    m["kpd"] = {"value": kpd, "error": kpd_err}
+    bar.update()
+
+    if classifier:
+        low = classifier_test(low_level_inputs(ref.showers, ref.primary_energy, sf),
+                              low_level_inputs(other.showers, other.primary_energy, sf), seeds=classifier_seeds,
+                              hidden=(128, 128), progress=progress, label=f"cls-low {label}")
+        bar.update()
+        high = classifier_test(hl_r, hl_o, seeds=classifier_seeds, hidden=(256, 256), progress=progress,
+                               label=f"cls-high {label}")
+        bar.update()
+        for name, res in (("low", low), ("high", high)):
+            m[f"classifier_auc_{name}"] = {"value": res["auc_mean"], "error": res["auc_std"]}
+            m[f"classifier_jsd_{name}"] = {"value": res["jsd_mean"], "error": res["jsd_std"]}
+            details[f"classifier_{name}"] = res
+    bar.close()
+    return m, details
+
+
+def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
+            energy_bins=None, quick: bool = False, classifier: bool = True, classifier_seeds=(0, 1, 2),
+            threshold_gev: float | None = None, seed: int = 0, progress: bool = False) -> dict:
+    """Every metric of ``candidate`` against ``reference``, each beside its floor.
+
+    The floor is the same metric for ``reference`` against ``reference2`` (an independent reference
+    sample). Without ``reference2`` the reference is split into two random halves A and B (seeded):
+    the candidate is then compared with A and the floor is A vs B (``floor_source`` says so). For a
+    fair floor, give samples of the same size. Cells below ``threshold_gev`` (default: the geometry's
+    readout threshold) are zeroed in all samples first. ``quick`` uses fewer SSIM pairs and FPD/KPD
+    draws and skips the classifiers; ``classifier=False`` skips them too.
+
+    Returns a JSON-serialisable dict: ``geometry``, ``n_reference``, ``n_candidate``,
+    ``n_reference2``, ``floor_source``, ``energy_bins_gev``, ``angle_bins_rad``, ``metrics``
+    ({name: {candidate, floor, ratio, candidate_error?, floor_error?, higher_is_better}}) and
+    ``details`` (per-bin values for the plots) for ``candidate`` and ``floor``.
+    """
+    geometry = load_geometry(reference.geometry)
+    for other, what in ((candidate, "candidate"), (reference2, "reference2")):
+        if other is not None:
+            if other.geometry != reference.geometry:
+                raise ValueError(f"{what} geometry {other.geometry!r} differs from the reference's {reference.geometry!r}")
+            geometry.check_shape(other.showers)
+    geometry.check_shape(reference.showers)
+    if reference2 is None:
+        perm = np.random.default_rng(seed).permutation(len(reference))
+        half = len(reference) // 2
+        reference, reference2 = reference[np.sort(perm[:half])], reference[np.sort(perm[half:])]
+        floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
+    else:
+        floor_source = "independent reference sample (reference2)"
+    thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
+    ref, cand, ref2 = (Sample.from_set(s, geometry, thr) for s in (reference, candidate, reference2))
+    edges = np.asarray(energy_bins, float) if energy_bins is not None else \
+        default_energy_bins(geometry, ref.primary_energy)
+    angle_edges = default_angle_bins(geometry, ref.incident_angle)
+    kw = dict(quick=quick, classifier=classifier and not quick, classifier_seeds=classifier_seeds, seed=seed,
+              progress=progress)
+    cand_m, cand_d = _pair_metrics(ref, cand, geometry, edges, angle_edges, label="candidate", **kw)
+    floor_m, floor_d = _pair_metrics(ref, ref2, geometry, edges, angle_edges, label="floor", **kw)
+    table = {}
+    for name, c in cand_m.items():
+        f = floor_m.get(name)
+        row = {"candidate": c["value"], "floor": f["value"] if f else None,
+               "higher_is_better": name.startswith(HIGHER_IS_BETTER)}
+        row["ratio"] = (c["value"] / f["value"]) if f and f["value"] not in (0, None) and np.isfinite(f["value"]) \
+            else None
+        if "error" in c:
+            row["candidate_error"] = c["error"]
+            row["floor_error"] = f["error"] if f else None
+        table[name] = row
+    return {"geometry": geometry.name, "n_reference": len(ref), "n_candidate": len(cand), "n_reference2": len(ref2),
+            "floor_source": floor_source, "threshold_gev": thr, "energy_bins_gev": edges.tolist(),
+            "angle_bins_rad": None if angle_edges is None else angle_edges.tolist(), "metrics": table,
+            "details": {"candidate": cand_d, "floor": floor_d}}
+
+
+def format_table(result: dict) -> str:
+    """The metric table as aligned text: name, candidate, floor, candidate / floor."""
+    lines = [f"{'metric':32s} {'candidate':>22s} {'floor':>22s} {'ratio':>8s}"]
+    for name, row in result["metrics"].items():
+        def fmt(v, e):
+            if v is None:
+                return "n/a"
+            return f"{v:.4g} +- {e:.2g}" if e is not None else f"{v:.4g}"
+        ratio = f"{row['ratio']:.3g}" if row["ratio"] is not None else "n/a"
+        lines.append(f"{name:32s} {fmt(row['candidate'], row.get('candidate_error')):>22s} "
+                     f"{fmt(row['floor'], row.get('floor_error')):>22s} {ratio:>8s}")
+    lines.append(f"floor: {result['floor_source']}; geometry {result['geometry']}; "
+                 f"{result['n_reference']} reference / {result['n_candidate']} candidate events")
+    return "\n".join(lines)
