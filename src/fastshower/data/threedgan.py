@@ -39,7 +39,9 @@ def measured_angle(showers: np.ndarray) -> np.ndarray:
     2. for each layer z with energy, the layer's barycentre (x_mid, y_mid);
     3. the slope m = (y_mid - y_ref) / sqrt((x_mid - x_ref)^2 + (z - z_ref)^2), with its sign
        flipped for layers in front of z_ref, and the layer's angle pi/2 - arctan(m);
-    4. the mean of the layer angles weighted by the layer position z (layers without energy left out).
+    4. the mean of the layer angles weighted by the layer position z, leaving out layers without
+       energy and a layer whose barycentre coincides with the reference point (no direction there;
+       Keras divides by zero).
     A shower along y = y0 + depth * cot(theta) gives theta; normal incidence gives pi/2. Events with
     no energy give NaN (Keras returns the sentinel 100).
     """
@@ -59,9 +61,9 @@ def measured_angle(showers: np.ndarray) -> np.ndarray:
     lever = np.sqrt((x_mid - x_ref[:, None]) ** 2 + (iz[None, :] - z_ref[:, None]) ** 2)
     sign = np.where(iz[None, :] < z_ref[:, None], -1.0, 1.0)
     layer_angle = np.pi / 2 - sign * np.arctan2(y_mid - y_ref[:, None], lever)
-    weight = np.where(layer_sum > 0, iz[None, :], 0.0)
+    weight = np.where((layer_sum > 0) & (lever > 1e-9), iz[None, :], 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        angle = np.where(weight > 0, layer_angle, 0.0).sum(axis=1) / weight.sum(axis=1)
+        angle = np.where(weight > 0, layer_angle * weight, 0.0).sum(axis=1) / weight.sum(axis=1)
     return np.where(total > 0, angle, np.nan)
 
 
