@@ -289,11 +289,11 @@ def test_writer_checks_shape_energy_and_angle(tmp_path, rng):
         write_showers(tmp_path / "x.h5", make_set(rng, "clic25", n=2), geometry="clic51")
     s = make_set(rng, "clic25", n=2)
     s.primary_energy[1] = 900.0
-    with pytest.raises(ValueError, match="event 1 has primary energy 900 GeV, outside .* 2-500 GeV"):
+    with pytest.raises(ValueError, match="event 1 has primary energy 900 GeV, outside the range .* 2-500 GeV"):
         write_showers(tmp_path / "x.h5", s)
     s = make_set(rng, "clic51", n=2)
     s.incident_angle[0] = math.radians(30)
-    with pytest.raises(ValueError, match="event 0 has incident angle 30 deg, outside .* 60-120 deg"):
+    with pytest.raises(ValueError, match="event 0 has incident angle 30 deg, outside the range .* 60-120 deg"):
         write_showers(tmp_path / "x.h5", s, format="3dgan")
     assert list(tmp_path.iterdir()) == []
 

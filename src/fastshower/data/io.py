@@ -169,13 +169,13 @@ def check_showers(source: str, first_event: int, showers_gev: np.ndarray, primar
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{source}: event {first_event + i} has primary energy {primary_energy[i]:.6g} GeV, outside "
-                         f"geometry {geometry.name!r}'s range {lo:g}-{hi:g} GeV")
+                         f"the range of geometry {geometry.name!r}, {lo:g}-{hi:g} GeV")
     alo, ahi = geometry.angle_range_rad
     bad = ~(np.isfinite(incident_angle) & (incident_angle >= alo - 1e-6) & (incident_angle <= ahi + 1e-6))
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"{source}: event {first_event + i} has incident angle {math.degrees(incident_angle[i]):.6g} "
-                         f"deg, outside geometry {geometry.name!r}'s range {math.degrees(alo):g}-"
+                         f"deg, outside the range of geometry {geometry.name!r}, {math.degrees(alo):g}-"
                          f"{math.degrees(ahi):g} deg")
 
 
