@@ -263,11 +263,14 @@ def separation_power(counts_a: np.ndarray, counts_b: np.ndarray) -> float:
     """Triangular discrimination S = 1/2 sum_i (p_i - q_i)^2 / (p_i + q_i) of two histograms.
 
     p, q are the counts normalised to unit sum over the bins (CaloChallenge's density x bin width),
-    so S lies in [0, 1], 0 for identical histograms. NaN if either histogram is empty.
+    so S lies in [0, 1], 0 for identical histograms; 1 if only one of them is empty (no overlap),
+    NaN if both are.
     """
     a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
-    if a.sum() == 0 or b.sum() == 0:
+    if a.sum() == 0 and b.sum() == 0:
         return float("nan")
+    if a.sum() == 0 or b.sum() == 0:
+        return 1.0
     p, q = a / a.sum(), b / b.sum()
     return float(0.5 * np.sum((p - q) ** 2 / (p + q + 1e-16)))
 
@@ -283,7 +286,8 @@ def histogram_bins(geometry: Geometry, obs_ref: dict, min_energy_gev: float, cel
     and ``width_r`` [0, 20] mm (cylindrical) or [0, extent] and [0, half extent]; ``layer_sparsity``
     and ``sparsity``: 20 bins in [0, 1]; ``cell_energy``: 49 log bins from ``min_energy_gev`` to the
     reference's largest cell. Ours beyond CaloChallenge: ``hits``, moments and ``measured_angle``
-    50 bins over the reference's 0.1-99.9 % quantiles, ``shower_max_layer`` one bin per layer.
+    50 bins over the reference's 0.1-99.9 % quantiles, ``shower_max_layer`` one bin per layer;
+    for these the under- and overflow is counted in the edge bins (CaloChallenge drops it).
     Edges are in the observable's units (GeV, mm, rad, cell indices).
     """
     if geometry.kind == "cylindrical":
@@ -335,9 +339,10 @@ def separation_powers(geometry: Geometry, obs_ref: dict, obs_cand: dict, samplin
     for name in ("centre_x", "centre_y", "width_x", "width_y", "centre_r", "width_r", "layer_sparsity"):
         out[name] = np.array([h(obs_ref[name][:, layer], obs_cand[name][:, layer], edges[name])
                               for layer in range(obs_ref[name].shape[1])])
-    for name in ["sparsity", "hits", "shower_max_layer", "measured_angle"] + \
-            [f"m{m}_{a}" for m in (1, 2) for a in "xyz"]:
-        out[name] = np.array([h(obs_ref[name], obs_cand[name], edges[name])])
+    out["sparsity"] = np.array([h(obs_ref["sparsity"], obs_cand["sparsity"], edges["sparsity"])])
+    for name in ["hits", "shower_max_layer", "measured_angle"] + [f"m{m}_{a}" for m in (1, 2) for a in "xyz"]:
+        e = edges[name]  # our observables: under- and overflow go to the edge bins
+        out[name] = np.array([h(np.clip(obs_ref[name], e[0], e[-1]), np.clip(obs_cand[name], e[0], e[-1]), e)])
     if cell_counts is not None:
         out["cell_energy"] = np.array([separation_power(*cell_counts)])
     return {k: v for k, v in out.items() if len(v)}
@@ -364,14 +369,17 @@ def normalise_by_reference_max(reference: np.ndarray, candidate: np.ndarray) -> 
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """Squared Frechet distance of two Gaussians: |mu1 - mu2|^2 + Tr(C1 + C2 - 2 sqrt(C1 C2))."""
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():
-        off = np.eye(len(cov1)) * 1e-6
-        covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
-    covmean = np.real(covmean)
+    """Squared Frechet distance of two Gaussians: |mu1 - mu2|^2 + Tr(C1 + C2 - 2 sqrt(C1 C2)).
+
+    Tr sqrt(C1 C2) is computed as the sum of the square roots of the eigenvalues of the symmetric
+    matrix sqrt(C1) C2 sqrt(C1) (the same eigenvalues as C1 C2 for covariance matrices): equal to
+    jetnet's ``scipy.linalg.sqrtm`` trace and some 50 times faster.
+    """
+    w, v = linalg.eigh(cov1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    tr_covmean = np.sqrt(np.clip(linalg.eigvalsh(root1 @ cov2 @ root1), 0, None)).sum()
     d = mu1 - mu2
-    return float(d @ d + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    return float(d @ d + np.trace(cov1) + np.trace(cov2) - 2 * tr_covmean)
 
 
 def frechet_physics_distance(reference: np.ndarray, candidate: np.ndarray, min_samples: int = 10_000,
@@ -437,12 +445,13 @@ class Sample:
     primary_energy: np.ndarray
     incident_angle: np.ndarray
     obs: dict
+    threshold_gev: float
 
     @classmethod
     def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float) -> "Sample":
         showers = ob.apply_threshold(shower_set.showers, threshold_gev)
         return cls(showers, shower_set.primary_energy, shower_set.incident_angle,
-                   ob.observables_in_chunks(showers, shower_set.primary_energy, geometry))
+                   ob.observables_in_chunks(showers, shower_set.primary_energy, geometry), threshold_gev)
 
     def __len__(self) -> int:
         return len(self.showers)
@@ -483,14 +492,14 @@ def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: n
 
     rng = np.random.default_rng(seed)
     try:
-        ssim = ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=20 if quick else 100)
+        ssim = ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=10 if quick else 50)
         for L, (mean, std) in ssim.items():
             m[f"ssim_L{L:g}"] = {"value": mean, "error": std}
     except ValueError as exc:
         details["ssim_skipped"] = str(exc)
     bar.update()
 
-    min_e = max(geometry.readout_threshold_gev, 1e-9)
+    min_e = max(ref.threshold_gev, 1e-9)
     edges = histogram_bins(geometry, ref.obs, min_e, float(ref.showers.max()))
     cells = None
     if "cell_energy" in edges:
@@ -510,7 +519,7 @@ def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: n
     hl_r = high_level_inputs(ref.obs, ref.primary_energy, sf)
     hl_o = high_level_inputs(other.obs, other.primary_energy, sf)
     n = min(len(hl_r), len(hl_o))
-    fpd_kw = dict(min_samples=min(10_000, n), max_samples=min(50_000, 5 * n), num_batches=5 if quick else 20,
+    fpd_kw = dict(min_samples=min(10_000, n), max_samples=min(50_000, 5 * n), num_batches=5 if quick else 10,
                   num_points=5 if quick else 10)
     fpd, fpd_err = frechet_physics_distance(hl_r, hl_o, **fpd_kw)
     m["fpd"] = {"value": fpd, "error": fpd_err}
@@ -535,6 +544,62 @@ def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: n
     return m, details
 
 
+def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
+                    threshold_gev: float | None = None, seed: int = 0
+                    ) -> tuple[Sample, Sample, Sample, Geometry, str]:
+    """Check the sets, make the floor's second reference sample and threshold all three.
+
+    Without ``reference2`` the reference is split into two random halves A and B (seeded): the
+    candidate is compared with A and the floor is A vs B. Returns (reference, candidate,
+    reference2, geometry, floor_source).
+    """
+    geometry = load_geometry(reference.geometry)
+    geometry.check_shape(reference.showers)
+    for other, what in ((candidate, "candidate"), (reference2, "reference2")):
+        if other is not None:
+            if other.geometry != reference.geometry:
+                raise ValueError(f"{what} geometry {other.geometry!r} differs from the reference's {reference.geometry!r}")
+            geometry.check_shape(other.showers)
+    if reference2 is None:
+        perm = np.random.default_rng(seed).permutation(len(reference))
+        half = len(reference) // 2
+        reference, reference2 = reference[np.sort(perm[:half])], reference[np.sort(perm[half:])]
+        floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
+    else:
+        floor_source = "independent reference sample (reference2)"
+    thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
+    ref, cand, ref2 = (Sample.from_set(s, geometry, thr) for s in (reference, candidate, reference2))
+    return ref, cand, ref2, geometry, floor_source
+
+
+def compare_samples(ref: Sample, cand: Sample, ref2: Sample, geometry: Geometry, floor_source: str, *,
+                    energy_bins=None, quick: bool = False, classifier: bool = True, classifier_seeds=(0, 1, 2),
+                    seed: int = 0, progress: bool = False) -> dict:
+    """:func:`compare` on prepared samples (see :func:`prepare_samples`)."""
+    edges = np.asarray(energy_bins, float) if energy_bins is not None else \
+        default_energy_bins(geometry, ref.primary_energy)
+    angle_edges = default_angle_bins(geometry, ref.incident_angle)
+    kw = dict(quick=quick, classifier=classifier and not quick, classifier_seeds=classifier_seeds, seed=seed,
+              progress=progress)
+    cand_m, cand_d = _pair_metrics(ref, cand, geometry, edges, angle_edges, label="candidate", **kw)
+    floor_m, floor_d = _pair_metrics(ref, ref2, geometry, edges, angle_edges, label="floor", **kw)
+    table = {}
+    for name, c in cand_m.items():
+        f = floor_m.get(name)
+        row = {"candidate": c["value"], "floor": f["value"] if f else None,
+               "higher_is_better": name.startswith(HIGHER_IS_BETTER)}
+        row["ratio"] = (c["value"] / f["value"]) if f and f["value"] and np.isfinite(f["value"]) else None
+        if "error" in c:
+            row["candidate_error"] = c["error"]
+            row["floor_error"] = f["error"] if f else None
+        table[name] = row
+    return {"geometry": geometry.name, "n_reference": len(ref), "n_candidate": len(cand), "n_reference2": len(ref2),
+            "floor_source": floor_source, "threshold_gev": float(ref.threshold_gev),
+            "energy_bins_gev": edges.tolist(),
+            "angle_bins_rad": None if angle_edges is None else angle_edges.tolist(), "metrics": table,
+            "details": {"candidate": cand_d, "floor": floor_d}}
+
+
 def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
             energy_bins=None, quick: bool = False, classifier: bool = True, classifier_seeds=(0, 1, 2),
             threshold_gev: float | None = None, seed: int = 0, progress: bool = False) -> dict:
@@ -548,48 +613,14 @@ def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | 
     draws and skips the classifiers; ``classifier=False`` skips them too.
 
     Returns a JSON-serialisable dict: ``geometry``, ``n_reference``, ``n_candidate``,
-    ``n_reference2``, ``floor_source``, ``energy_bins_gev``, ``angle_bins_rad``, ``metrics``
-    ({name: {candidate, floor, ratio, candidate_error?, floor_error?, higher_is_better}}) and
-    ``details`` (per-bin values for the plots) for ``candidate`` and ``floor``.
+    ``n_reference2``, ``floor_source``, ``threshold_gev``, ``energy_bins_gev``, ``angle_bins_rad``,
+    ``metrics`` ({name: {candidate, floor, ratio, candidate_error?, floor_error?,
+    higher_is_better}}) and ``details`` (per-bin values for the plots) for ``candidate`` and
+    ``floor``.
     """
-    geometry = load_geometry(reference.geometry)
-    for other, what in ((candidate, "candidate"), (reference2, "reference2")):
-        if other is not None:
-            if other.geometry != reference.geometry:
-                raise ValueError(f"{what} geometry {other.geometry!r} differs from the reference's {reference.geometry!r}")
-            geometry.check_shape(other.showers)
-    geometry.check_shape(reference.showers)
-    if reference2 is None:
-        perm = np.random.default_rng(seed).permutation(len(reference))
-        half = len(reference) // 2
-        reference, reference2 = reference[np.sort(perm[:half])], reference[np.sort(perm[half:])]
-        floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
-    else:
-        floor_source = "independent reference sample (reference2)"
-    thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
-    ref, cand, ref2 = (Sample.from_set(s, geometry, thr) for s in (reference, candidate, reference2))
-    edges = np.asarray(energy_bins, float) if energy_bins is not None else \
-        default_energy_bins(geometry, ref.primary_energy)
-    angle_edges = default_angle_bins(geometry, ref.incident_angle)
-    kw = dict(quick=quick, classifier=classifier and not quick, classifier_seeds=classifier_seeds, seed=seed,
-              progress=progress)
-    cand_m, cand_d = _pair_metrics(ref, cand, geometry, edges, angle_edges, label="candidate", **kw)
-    floor_m, floor_d = _pair_metrics(ref, ref2, geometry, edges, angle_edges, label="floor", **kw)
-    table = {}
-    for name, c in cand_m.items():
-        f = floor_m.get(name)
-        row = {"candidate": c["value"], "floor": f["value"] if f else None,
-               "higher_is_better": name.startswith(HIGHER_IS_BETTER)}
-        row["ratio"] = (c["value"] / f["value"]) if f and f["value"] not in (0, None) and np.isfinite(f["value"]) \
-            else None
-        if "error" in c:
-            row["candidate_error"] = c["error"]
-            row["floor_error"] = f["error"] if f else None
-        table[name] = row
-    return {"geometry": geometry.name, "n_reference": len(ref), "n_candidate": len(cand), "n_reference2": len(ref2),
-            "floor_source": floor_source, "threshold_gev": thr, "energy_bins_gev": edges.tolist(),
-            "angle_bins_rad": None if angle_edges is None else angle_edges.tolist(), "metrics": table,
-            "details": {"candidate": cand_d, "floor": floor_d}}
+    samples = prepare_samples(reference, candidate, reference2, threshold_gev=threshold_gev, seed=seed)
+    return compare_samples(*samples, energy_bins=energy_bins, quick=quick, classifier=classifier,
+                           classifier_seeds=classifier_seeds, seed=seed, progress=progress)
 
 
 def format_table(result: dict) -> str:
