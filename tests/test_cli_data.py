@@ -182,3 +182,10 @@ def test_inspect_angle_outside_the_geometry(cli, tmp_path, rng):
         f["theta"] = np.radians([90.0, 30.0, 90.0])
     code, _, err = cli("inspect", tmp_path / "x.h5")
     assert code == 2 and "event 1 has incident angle 30 deg, outside the range of geometry 'clic51', 60-120 deg" in err
+
+
+def test_inspect_datasets_of_different_lengths(cli, tmp_path, rng):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["ECAL"], f["target"] = rng.exponential(1e-3, (4, 25, 25, 25)), np.full((3, 2), 50.0)
+    code, _, err = cli("inspect", tmp_path / "x.h5")
+    assert code == 2 and "datasets hold different numbers of events: ECAL 4, target 3" in err

@@ -21,8 +21,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fastshower.data.layout import (Layout, append_events, create_event_dataset, geometry_is_normal_incidence,
-                                    is_normal_incidence)
+from fastshower.data.layout import (Layout, append_events, create_event_dataset, event_count,
+                                    geometry_is_normal_incidence, is_normal_incidence)
 from fastshower.data.transforms import (calochallenge_mev_to_deposit_gev, deposit_gev_to_calochallenge_mev,
                                         flatten_calochallenge, gev_to_mev, mev_to_gev, unflatten_calochallenge)
 from fastshower.fileio import write_text_atomic
@@ -44,7 +44,7 @@ class CaloChallengeLayout(Layout):
         return "incident_energies" in f and "showers" in f and f["showers"].ndim == 2
 
     def count_events(self, f):
-        return int(f["showers"].shape[0])
+        return event_count(f, ("showers", "incident_energies"))
 
     def event_shape(self, f):
         return tuple(f["showers"].shape[1:])

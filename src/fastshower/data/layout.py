@@ -83,3 +83,12 @@ def is_normal_incidence(incident_angle: np.ndarray) -> bool:
 def geometry_is_normal_incidence(geometry: Geometry) -> bool:
     lo, hi = geometry.angle_range_rad
     return abs(lo - np.pi / 2) < 1e-9 and abs(hi - np.pi / 2) < 1e-9
+
+
+def event_count(f: h5py.File, keys: tuple[str, ...]) -> int:
+    """Number of events in the per-event datasets ``keys`` (those present), which must agree."""
+    counts = {k: int(f[k].shape[0]) for k in keys if k in f}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{f.filename}: datasets hold different numbers of events: "
+                         + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return next(iter(counts.values()))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from fastshower.data.layout import Layout, append_events, create_event_dataset
+from fastshower.data.layout import Layout, append_events, create_event_dataset, event_count
 from fastshower.geometry import Geometry
 
 
@@ -23,7 +23,7 @@ class NativeLayout(Layout):
         return all(k in f for k in ("showers", "primary_energy", "incident_angle"))
 
     def count_events(self, f: h5py.File) -> int:
-        return int(f["showers"].shape[0])
+        return event_count(f, ("showers", "primary_energy", "incident_angle"))
 
     def event_shape(self, f: h5py.File) -> tuple[int, ...]:
         return tuple(f["showers"].shape[1:])

@@ -18,8 +18,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from fastshower.data.layout import (Layout, append_events, create_event_dataset, geometry_is_normal_incidence,
-                                    is_normal_incidence)
+from fastshower.data.layout import (Layout, append_events, create_event_dataset, event_count,
+                                    geometry_is_normal_incidence, is_normal_incidence)
 from fastshower.data.transforms import ecal_x50_to_gev, gev_to_ecal_x50
 from fastshower.geometry import Geometry
 
@@ -96,7 +96,7 @@ class FixedAngleLayout(Layout):
         return "ECAL" in f and ("target" in f or ("energy" in f and f["energy"].ndim == 3))
 
     def count_events(self, f):
-        return int(f["ECAL"].shape[0])
+        return event_count(f, ("ECAL", "target", "energy"))
 
     def event_shape(self, f):
         return tuple(f["ECAL"].shape[1:])
@@ -134,7 +134,7 @@ class VariableAngleLayout(Layout):
         return "ECAL" in f and "energy" in f and "theta" in f and f["energy"].ndim in (1, 2)
 
     def count_events(self, f):
-        return int(f["ECAL"].shape[0])
+        return event_count(f, ("ECAL", "energy", "theta"))
 
     def event_shape(self, f):
         return tuple(f["ECAL"].shape[1:])
