@@ -189,3 +189,18 @@ def test_inspect_datasets_of_different_lengths(cli, tmp_path, rng):
         f["ECAL"], f["target"] = rng.exponential(1e-3, (4, 25, 25, 25)), np.full((3, 2), 50.0)
     code, _, err = cli("inspect", tmp_path / "x.h5")
     assert code == 2 and "datasets hold different numbers of events: ECAL 4, target 3" in err
+
+
+def test_inspect_checks_a_calochallenge_binning(cli, tmp_path, fake_gflash):
+    from fastshower.data import write_binning_xml
+    from fastshower.geometry import PRESETS
+
+    code, _, err = cli("simulate", "--geometry", "par04_ds3", "-n", 2, "--energy", "50", "--format", "calochallenge",
+                       "-o", tmp_path / "cc.h5")
+    assert code == 0, err
+    write_binning_xml(PRESETS["par04_ds3"], tmp_path / "b3.xml")
+    write_binning_xml(PRESETS["par04_ds2"], tmp_path / "b2.xml")
+    code, out, _ = cli("inspect", tmp_path / "cc.h5", "--binning", tmp_path / "b3.xml")
+    assert code == 0 and "matches geometry par04_ds3" in out and "events:           2" in out
+    code, _, err = cli("inspect", tmp_path / "cc.h5", "--binning", tmp_path / "b2.xml")
+    assert code == 2 and "layer 0: binning has 16 alpha bins, geometry 'par04_ds3' has 50" in err

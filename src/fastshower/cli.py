@@ -107,6 +107,8 @@ def inspect(
     geometry: Optional[str] = typer.Option(None, "--geometry", "-g",
                                            help="Geometry (preset or YAML) when the file does not tell."),
     chunk_size: int = typer.Option(1000, "--chunk-size", help="Events read per chunk."),
+    binning: Optional[Path] = typer.Option(None, "--binning",
+                                           help="CaloChallenge binning XML to check against the file's geometry."),
 ) -> None:
     """Describe a shower file: layout, geometry, events, energy and angle ranges, deposits, attributes."""
     import math
@@ -114,7 +116,8 @@ def inspect(
     import numpy as np
     from tqdm import tqdm
 
-    from fastshower.data import count_events, detect_layout, iter_showers, resolve_paths
+    from fastshower.data import (check_binning, count_events, detect_layout, geometry_of, iter_showers,
+                                 read_binning_xml, resolve_paths)
 
     files = resolve_paths(path)
     layout = detect_layout(files)
@@ -122,18 +125,21 @@ def inspect(
     e_min = a_min = math.inf
     e_max = a_max = -math.inf
     deposited = ratio = 0.0
-    name, attrs = "", {}
+    last = None
     with tqdm(total=n, desc="inspect", unit="shower", leave=False) as bar:
         for part in iter_showers(files, chunk_size=chunk_size, geometry=geometry):
-            name, attrs = part.geometry, part.attrs
+            last = part
             e_min, e_max = min(e_min, part.primary_energy.min()), max(e_max, part.primary_energy.max())
             a_min, a_max = min(a_min, part.incident_angle.min()), max(a_max, part.incident_angle.max())
             dep = part.deposited_energy
             deposited += dep.sum()
             ratio += np.sum(dep / part.primary_energy)
             bar.update(len(part))
-    if n == 0:
+    if last is None:
         raise ValueError(f"{path}: the file holds no events")
+    name, attrs = last.geometry, last.attrs
+    if binning is not None:
+        check_binning(read_binning_xml(binning), geometry_of(last))
     typer.echo(f"files:            {len(files)} ({files[0]}{' ...' if len(files) > 1 else ''})")
     typer.echo(f"layout:           {layout}")
     typer.echo(f"geometry:         {name}")
@@ -145,6 +151,8 @@ def inspect(
     for key, value in sorted(attrs.items()):
         if key != "geometry_yaml":
             typer.echo(f"attr {key}: {value}")
+    if binning is not None:
+        typer.echo(f"binning {binning}: matches geometry {name}")
 
 
 # ---------------------------------------------------------------- validate (issue 3)
