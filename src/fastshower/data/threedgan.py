@@ -45,19 +45,21 @@ def measured_angle(showers: np.ndarray) -> np.ndarray:
     A shower along y = y0 + depth * cot(theta) gives theta; normal incidence gives pi/2. Events with
     no energy give NaN (Keras returns the sentinel 100).
     """
-    e = np.asarray(showers, dtype=np.float64)
+    e = np.asarray(showers)
     if e.ndim != 4:
         raise ValueError(f"expected showers (n, nx, ny, nz), got shape {e.shape}")
     n, nx, ny, nz = e.shape
     ix, iy, iz = (np.arange(k) + 0.5 for k in (nx, ny, nz))
-    total = e.sum(axis=(1, 2, 3))
+    xz = e.sum(axis=2, dtype=np.float64)  # (n, nx, nz) projections, accumulated in float64
+    yz = e.sum(axis=1, dtype=np.float64)  # (n, ny, nz)
+    layer_sum = xz.sum(axis=1)  # (n, nz)
+    total = layer_sum.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        x_ref = (e.sum(axis=(2, 3)) @ ix) / total
-        y_ref = (e.sum(axis=(1, 3)) @ iy) / total
-        z_ref = (e.sum(axis=(1, 2)) @ iz) / total
-        layer_sum = e.sum(axis=(1, 2))  # (n, nz)
-        x_mid = np.einsum("nxz,x->nz", e.sum(axis=2), ix) / layer_sum
-        y_mid = np.einsum("nyz,y->nz", e.sum(axis=1), iy) / layer_sum
+        x_ref = (xz.sum(axis=2) @ ix) / total
+        y_ref = (yz.sum(axis=2) @ iy) / total
+        z_ref = (layer_sum @ iz) / total
+        x_mid = np.einsum("nxz,x->nz", xz, ix) / layer_sum
+        y_mid = np.einsum("nyz,y->nz", yz, iy) / layer_sum
     lever = np.sqrt((x_mid - x_ref[:, None]) ** 2 + (iz[None, :] - z_ref[:, None]) ** 2)
     sign = np.where(iz[None, :] < z_ref[:, None], -1.0, 1.0)
     layer_angle = np.pi / 2 - sign * np.arctan2(y_mid - y_ref[:, None], lever)

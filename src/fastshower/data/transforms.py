@@ -3,7 +3,8 @@
 The shared convention (DESIGN.md): showers float32 ``(n, nx, ny, nz)`` (cylindrical
 ``(n, n_r, n_alpha, n_layers)``), energy deposited in the active material per cell in GeV.
 Every function here has its inverse beside it, and ``inverse(forward(x)) == x`` up to float32
-rounding. Arithmetic is done in float64 and the result cast back to the input's float type.
+rounding. Arithmetic runs in the input's float type (float64 for integer input), without a
+float64 copy of large float32 blocks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def _float_type(x: np.ndarray) -> np.dtype:
 
 def _scaled(x: np.ndarray, factor: float) -> np.ndarray:
     x = np.asarray(x)
-    return (x.astype(np.float64) * factor).astype(_float_type(x))
+    ftype = _float_type(x)
+    return np.multiply(x, ftype.type(factor), dtype=ftype)
 
 
 # --- 3DGAN x50 cell scale ------------------------------------------------------------------------
@@ -135,7 +137,8 @@ def power_transform(cells: np.ndarray, power: float = THREEDGAN_POWER) -> np.nda
         raise ValueError(f"power must be positive, got {power!r}")
     if np.any(cells < 0):
         raise ValueError("the power transform needs non-negative cell energies")
-    return np.power(cells.astype(np.float64), power).astype(_float_type(cells))
+    ftype = _float_type(cells)
+    return np.power(cells, ftype.type(power), dtype=ftype)
 
 
 def inverse_power_transform(cells: np.ndarray, power: float = THREEDGAN_POWER) -> np.ndarray:
