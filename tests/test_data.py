@@ -315,3 +315,17 @@ def test_calochallenge_binning_xml_round_trip_and_check(tmp_path):
     (tmp_path / "bad.xml").write_text("<Bins><Bin pid='11'><Layer id='0' /></Bin></Bins>")
     with pytest.raises(ValueError, match="needs id, r_edges"):
         read_binning_xml(tmp_path / "bad.xml")
+
+
+@pytest.mark.parametrize("compression", ["lzf", None])
+def test_other_compressions_round_trip(tmp_path, rng, compression):
+    s = make_set(rng, "par04_ds2", n=3)
+    write_showers(tmp_path / "x.h5", s, compression=compression)
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f["showers"].compression == compression
+    np.testing.assert_array_equal(read_showers(tmp_path / "x.h5").showers, s.showers)
+
+
+def test_unknown_compression_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown compression 'zstd'"):
+        ShowerWriter(tmp_path / "x.h5", "clic25", compression="zstd")
