@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg
 
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.data import geometry_of
+from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.validate import observables as ob
 
@@ -97,7 +98,7 @@ def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: 
 
 def _geometry_of(shower_set: ShowerSet) -> Geometry | None:
     try:
-        return load_geometry(shower_set.geometry)
+        return geometry_of(shower_set)
     except (ValueError, FileNotFoundError):
         return None
 
@@ -553,7 +554,7 @@ def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: Show
     candidate is compared with A and the floor is A vs B. Returns (reference, candidate,
     reference2, geometry, floor_source).
     """
-    geometry = load_geometry(reference.geometry)
+    geometry = geometry_of(reference)
     geometry.check_shape(reference.showers)
     for other, what in ((candidate, "candidate"), (reference2, "reference2")):
         if other is not None:
