@@ -1,0 +1,48 @@
+"""Validation report and the ``fastshower validate`` command."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from fastshower.data import write_showers
+from fastshower.validate.report import write_report
+from test_validate import scaled, toy_showers, widen_by_one_cell
+
+
+def test_report_has_its_images_and_metrics_json(tmp_path, rng):
+    ref, ref2 = toy_showers(300, rng), toy_showers(300, rng)
+    bad = widen_by_one_cell(scaled(toy_showers(300, rng), 0.95))
+    result = write_report(ref, bad, tmp_path / "rep", ref2, quick=True, progress=False)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 8
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["metrics"]["sampling_fraction_mre"]["candidate"] == pytest.approx(
+        result["metrics"]["sampling_fraction_mre"]["candidate"])
+    assert saved["metrics"]["profile_mse"]["ratio"] > 5
+    assert "profile_mse" in page and "floor" in page
+    assert not list((tmp_path / "rep").glob("*.tmp"))
+
+
+def test_cli_validate_cylindrical_files(tmp_path, cli, rng):
+    """par04_ds2 in the CaloChallenge layout: the report works, SSIM is skipped (9 radial bins < 11)."""
+    for name, s in (("ref", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000))),
+                    ("cand", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000)))):
+        write_showers(tmp_path / f"{name}.h5", s, format="calochallenge")
+    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
+    assert code == 0, err
+    assert "sampling_fraction_mre" in out and "halves" in out
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["geometry"] == "par04_ds2" and "ssim_skipped" in saved["details"]["candidate"]
+    assert np.isfinite(saved["metrics"]["chi2_width_r"]["candidate"])
+
+
+def test_cli_validate_fails_cleanly_on_a_missing_file(tmp_path, cli, rng):
+    write_showers(tmp_path / "ref.h5", toy_showers(20, rng))
+    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "nothere.h5", "-o", tmp_path / "rep")
+    assert code == 2
+    assert err.startswith("error:") and "nothere.h5" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep" / "metrics.json").exists()
