@@ -46,3 +46,16 @@ def test_cli_validate_fails_cleanly_on_a_missing_file(tmp_path, cli, rng):
     assert code == 2
     assert err.startswith("error:") and "nothere.h5" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "rep" / "metrics.json").exists()
+
+
+def test_observables_stream_from_a_file_as_from_memory(tmp_path, rng):
+    from fastshower.geometry import load_geometry
+    from fastshower.validate.observables import apply_threshold, event_observables, observables_from_file
+
+    s = toy_showers(130, rng)
+    write_showers(tmp_path / "s.h5", s)
+    streamed, energy, angle, geo = observables_from_file(tmp_path / "s.h5", chunk_size=50, max_events=120)
+    direct = event_observables(apply_threshold(s.showers[:120], 1e-6), s.primary_energy[:120], load_geometry("clic25"))
+    assert geo.name == "clic25" and len(energy) == 120 and angle == pytest.approx(np.full(120, np.pi / 2))
+    for key in ("energy_deposited", "hits", "m2_x", "width_y", "measured_angle"):
+        assert streamed[key] == pytest.approx(direct[key], rel=1e-5), key
