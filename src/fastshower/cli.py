@@ -190,6 +190,36 @@ def validate(
 
 # ---------------------------------------------------------------- train (issue 4)
 
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML); see docs/training.md."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory (or checkpoint) exactly."),
+    warm_start: Optional[Path] = typer.Option(None, "--warm-start",
+                                              help="Start from another run's weights (checkpoint, run dir or "
+                                                   "generator .safetensors); fresh optimizers and counters."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
+) -> None:
+    """Train a generator (GAN recipes, checkpoints, validation). Under torchrun: data-parallel."""
+    from fastshower.train.config import load_config
+    from fastshower.train.trainer import Trainer
+
+    overrides: dict = {}
+    if epochs is not None:
+        overrides["run"] = {"epochs": epochs}
+    if out is not None:
+        overrides.setdefault("run", {})["output_dir"] = str(out)
+    cfg = load_config(config, overrides)
+    if epochs is not None and cfg.stages:
+        raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")
+    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
+    records = trainer.fit()
+    if trainer.info.is_main:
+        last = records[-1] if records else {}
+        val = f", val profile MSE {last['val_profile_mse']:.4g}" if "val_profile_mse" in last else ""
+        typer.echo(f"trained {cfg.model.name} to epoch {trainer.epoch} (step {trainer.step}){val}; "
+                   f"outputs in {trainer.out}")
+
 
 # ---------------------------------------------------------------- infer: generate / export / benchmark / models (issue 5)
 

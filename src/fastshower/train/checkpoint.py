@@ -1,0 +1,123 @@
+"""Training checkpoints: everything a killed run needs to continue exactly where it stopped.
+
+A checkpoint is a directory ``<run>/checkpoints/step_<N>/`` with
+
+- ``models.safetensors``: generator (``generator.*``) and discriminator (``discriminator.*``) weights
+  and buffers;
+- ``state.pt``: a ``torch.save``'d dict of plain tensors, numbers, lists and dicts, read back with
+  ``weights_only=True``: both optimizers, the grad scalers (fp16), the trainer's random generator
+  and every rank's torch (and CUDA) RNG state;
+- ``meta.json``: step, epoch and step inside the epoch (the data order is recomputed from them),
+  world size, the Python and NumPy global RNG states of every rank, the model name and config.
+
+The directory is written under a temporary name and renamed into place; ``<run>/checkpoints/latest``
+(written atomically afterwards) names the newest complete one. Older ones beyond ``keep`` are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastshower.fileio import write_text_atomic
+
+CHECKPOINT_DIR = "checkpoints"
+MODELS_FILE = "models.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def host_rng_state() -> dict[str, Any]:
+    """This process's Python and NumPy global RNG states (JSON-serialisable) and torch states."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_host_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npy = state["numpy"]
+    np.random.set_state((npy[0], np.asarray(npy[1], dtype=np.uint32), npy[2], npy[3], npy[4]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, generator: torch.nn.Module, discriminator: torch.nn.Module,
+                    state: dict[str, Any], meta: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``step_<step>`` atomically, point ``latest`` at it, prune to ``keep``."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
+    try:
+        save_file({**_tensors("generator", generator), **_tensors("discriminator", discriminator)},
+                  str(tmp / MODELS_FILE))
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / "latest", final.name + "\n")
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from itself or from a run directory (its ``latest`` checkpoint)."""
+    p = Path(path)
+    if (p / MODELS_FILE).is_file():
+        return p
+    latest = p / CHECKPOINT_DIR / "latest"
+    if latest.is_file():
+        ckpt = p / CHECKPOINT_DIR / latest.read_text().strip()
+        if (ckpt / MODELS_FILE).is_file():
+            return ckpt
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    raise FileNotFoundError(f"{p} holds no checkpoint (expected {MODELS_FILE} or {CHECKPOINT_DIR}/latest)")
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(generator, discriminator or None) state dicts from a checkpoint or run directory, or from a
+    generator file saved by ``registry.save_generator`` (``best.safetensors``: no discriminator)."""
+    p = Path(path)
+    if p.suffix == ".safetensors" or p.with_suffix(".safetensors").is_file() and not p.is_dir():
+        tensors = load_file(str(p.with_suffix(".safetensors")))
+        return tensors, None
+    tensors = load_file(str(find_checkpoint(p) / MODELS_FILE))
+    gen = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
+    disc = {k.removeprefix("discriminator."): v for k, v in tensors.items() if k.startswith("discriminator.")}
+    return gen, disc
+
+
+def load_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(checkpoint dir, state dict, meta) of a checkpoint or run directory."""
+    ckpt = find_checkpoint(path)
+    state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    meta = json.loads((ckpt / META_FILE).read_text())
+    return ckpt, state, meta

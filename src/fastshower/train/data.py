@@ -1,0 +1,209 @@
+"""Training data: filtering, per-epoch permutation, sharding over ranks, in memory or streamed.
+
+Both sources are deterministic functions of (seed, epoch, rank, world size), so the data order of a
+resumed run is recomputed, not stored: a checkpoint only records the epoch and the step inside it.
+
+- :class:`InMemoryData` keeps the filtered events in memory. Each epoch draws one permutation of
+  all events (from ``(seed, epoch)``); global batch ``s`` is ``perm[s*GB:(s+1)*GB]`` and rank ``r``
+  takes its ``r``-th slice of ``GB / world`` events. A run on W ranks therefore sees exactly the
+  events and the order of a one-rank run with the same global batch.
+- :class:`StreamingData` never holds more than ``chunks_in_memory`` chunks of ``chunk_size``
+  events. One pass at start counts the events that pass the filters per chunk. Each epoch permutes
+  the chunks; rank ``r`` reads chunks ``r, r + W, ...`` of that order, ``chunks_in_memory`` at a
+  time, shuffles each buffer and cuts it into per-rank batches (a buffer's remainder is dropped).
+  Every rank runs the same number of steps, the smallest any rank can fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastshower.data import iter_showers, resolve_paths
+from fastshower.data.io import _geometry_for_file, _layout_of, _open, check_showers
+from fastshower.geometry import Geometry
+from fastshower.showers import ShowerSet
+
+#: Number of energy bins of the ECAL-sum fit (quantile bins of the training energies).
+FIT_BINS = 20
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One rank's batch: showers in GeV (B, *shape) float32, energies GeV (B,), angles rad (B,)."""
+
+    showers: np.ndarray
+    primary_energy: np.ndarray
+    incident_angle: np.ndarray
+
+
+def event_mask(part: ShowerSet, energy_range_gev: tuple[float, float] | None, min_deposit_gev: float) -> np.ndarray:
+    """Events kept for training: primary energy inside the range (inclusive) and deposit above the threshold."""
+    keep = part.deposited_energy > min_deposit_gev
+    if energy_range_gev is not None:
+        keep &= (part.primary_energy >= energy_range_gev[0]) & (part.primary_energy <= energy_range_gev[1])
+    return keep
+
+
+@dataclass(frozen=True)
+class EcalFit:
+    """ECAL-sum target of fake showers: ``ecal_sum(E) = E * ratio(E)``, ``ratio`` linearly
+    interpolated between the mean ECAL-sum / E of the training events in energy bins (flat beyond
+    the outer bins). Units of the ECAL sum are the model's (``D.ecal_sum_of``)."""
+
+    energy_gev: np.ndarray
+    ratio: np.ndarray
+
+    def __call__(self, primary_energy: np.ndarray) -> np.ndarray:
+        return primary_energy * np.interp(primary_energy, self.energy_gev, self.ratio)
+
+
+def fit_ecal_sum(primary_energy: np.ndarray, ecal_sum: np.ndarray, n_bins: int = FIT_BINS) -> EcalFit:
+    """Binned mean of ecal_sum / E vs E (quantile bins, bins with fewer than 2 events merged away)."""
+    if len(primary_energy) == 0:
+        raise ValueError("no training events left to fit the ECAL sum")
+    edges = np.unique(np.quantile(primary_energy, np.linspace(0, 1, n_bins + 1)))
+    idx = np.clip(np.searchsorted(edges, primary_energy, side="right") - 1, 0, max(len(edges) - 2, 0))
+    e_mean, r_mean = [], []
+    for b in np.unique(idx):
+        sel = idx == b
+        if sel.sum() >= 2 or len(primary_energy) < 2:
+            e_mean.append(primary_energy[sel].mean())
+            r_mean.append((ecal_sum[sel] / primary_energy[sel]).mean())
+    return EcalFit(np.asarray(e_mean), np.asarray(r_mean))
+
+
+class InMemoryData:
+    """All filtered training events in memory (see the module docstring for the order)."""
+
+    def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
+                 min_deposit_gev: float, chunk_size: int = 1000) -> None:
+        parts = []
+        for part in iter_showers(paths, chunk_size=chunk_size, geometry=geometry):
+            parts.append(part[event_mask(part, energy_range_gev, min_deposit_gev)])
+        data = ShowerSet.concatenate(parts)
+        if len(data) == 0:
+            raise ValueError(f"no training event passes the filters (energy range {energy_range_gev} GeV, "
+                             f"deposit > {min_deposit_gev} GeV)")
+        self.showers = data.showers
+        self.primary_energy = data.primary_energy
+        self.incident_angle = data.incident_angle
+
+    @property
+    def n_events(self) -> int:
+        return len(self.primary_energy)
+
+    def condition_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((float(self.primary_energy.min()), float(self.primary_energy.max())),
+                (float(self.incident_angle.min()), float(self.incident_angle.max())))
+
+    def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
+        sums = np.concatenate([ecal_sum_of(self.showers[i:i + chunk_size])
+                               for i in range(0, self.n_events, chunk_size)])
+        return fit_ecal_sum(self.primary_energy, sums)
+
+    def steps_per_epoch(self, seed: int, epoch: int, world: int, global_batch: int) -> int:
+        return self.n_events // global_batch
+
+    def batches(self, seed: int, epoch: int, rank: int, world: int, global_batch: int, start_step: int,
+                n_steps: int) -> Iterator[Batch]:
+        perm = np.random.default_rng([seed, epoch]).permutation(self.n_events)
+        per_rank = global_batch // world
+        for s in range(start_step, n_steps):
+            idx = perm[s * global_batch + rank * per_rank: s * global_batch + (rank + 1) * per_rank]
+            yield Batch(self.showers[idx], self.primary_energy[idx], self.incident_angle[idx])
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    path: Path
+    start: int
+    stop: int
+    n_kept: int
+
+
+def _read_chunk(chunk: _Chunk, geometry: Geometry) -> ShowerSet:
+    with _open(chunk.path) as f:
+        layout = _layout_of(f, chunk.path)
+        g = _geometry_for_file(f, layout, chunk.path, geometry)
+        showers, energy, angle = layout.read(f, chunk.start, chunk.stop, g)
+    check_showers(str(chunk.path), chunk.start, showers, energy, angle, g)
+    return ShowerSet(showers, energy, angle, g.name)
+
+
+class StreamingData:
+    """Chunked, sharded reading for data larger than memory (see the module docstring)."""
+
+    def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
+                 min_deposit_gev: float, chunk_size: int, chunks_in_memory: int,
+                 ecal_sum_of: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.geometry = geometry
+        self.energy_range_gev = energy_range_gev
+        self.min_deposit_gev = min_deposit_gev
+        self.chunks_in_memory = chunks_in_memory
+        chunks: list[_Chunk] = []
+        energies, angles, sums = [], [], []
+        for p in resolve_paths(paths):
+            start = 0
+            for part in iter_showers(p, chunk_size=chunk_size, geometry=geometry):
+                keep = event_mask(part, energy_range_gev, min_deposit_gev)
+                chunks.append(_Chunk(p, start, start + len(part), int(keep.sum())))
+                start += len(part)
+                energies.append(part.primary_energy[keep])
+                angles.append(part.incident_angle[keep])
+                if ecal_sum_of is not None:
+                    sums.append(ecal_sum_of(part.showers[keep]))
+        self.chunks = chunks
+        self.primary_energy = np.concatenate(energies)
+        self.incident_angle = np.concatenate(angles)
+        if len(self.primary_energy) == 0:
+            raise ValueError(f"no training event passes the filters (energy range {energy_range_gev} GeV, "
+                             f"deposit > {min_deposit_gev} GeV)")
+        self._sums = np.concatenate(sums) if sums else None
+
+    @property
+    def n_events(self) -> int:
+        return len(self.primary_energy)
+
+    def condition_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((float(self.primary_energy.min()), float(self.primary_energy.max())),
+                (float(self.incident_angle.min()), float(self.incident_angle.max())))
+
+    def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
+        if self._sums is None:
+            raise ValueError("StreamingData was built without ecal_sum_of; it cannot fit the ECAL sum")
+        return fit_ecal_sum(self.primary_energy, self._sums)
+
+    def _plan(self, seed: int, epoch: int, rank: int, world: int) -> list[list[_Chunk]]:
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.chunks))
+        mine = [self.chunks[i] for i in order[rank::world]]
+        return [mine[i:i + self.chunks_in_memory] for i in range(0, len(mine), self.chunks_in_memory)]
+
+    def steps_per_epoch(self, seed: int, epoch: int, world: int, global_batch: int) -> int:
+        per_rank = global_batch // world
+        return min(sum(sum(c.n_kept for c in buf) // per_rank for buf in self._plan(seed, epoch, r, world))
+                   for r in range(world))
+
+    def batches(self, seed: int, epoch: int, rank: int, world: int, global_batch: int, start_step: int,
+                n_steps: int) -> Iterator[Batch]:
+        per_rank = global_batch // world
+        step = 0
+        for j, buf in enumerate(self._plan(seed, epoch, rank, world)):
+            n_here = sum(c.n_kept for c in buf) // per_rank
+            if step + n_here <= start_step:
+                step += n_here
+                continue
+            parts = [_read_chunk(c, self.geometry) for c in buf]
+            data = ShowerSet.concatenate([p[event_mask(p, self.energy_range_gev, self.min_deposit_gev)]
+                                          for p in parts])
+            perm = np.random.default_rng([seed, epoch, rank, j]).permutation(len(data))
+            for k in range(n_here):
+                if step >= n_steps:
+                    return
+                if step >= start_step:
+                    idx = perm[k * per_rank:(k + 1) * per_rank]
+                    yield Batch(data.showers[idx], data.primary_energy[idx], data.incident_angle[idx])
+                step += 1

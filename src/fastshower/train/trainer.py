@@ -1,0 +1,538 @@
+"""The GAN trainer: one class holding the networks, optimizers, counters and data of a run.
+
+One iteration (all recipes; 3DGAN reference notes, section 3):
+
+1. D update on the real batch, labels ``real_label`` (each flipped to ``fake_label`` with
+   probability ``label_flip``), regression targets E/100, the real ECAL sum (``D.ecal_sum_of``) and
+   the angle.
+2. D update on a fake batch generated without gradients, labels ``fake_label`` (flipped likewise),
+   targets from the fake's conditions: the real batch's (``fake_conditions: real``) or freshly
+   sampled energies with the ECAL-sum fit of the training data (``sampled``).
+3. ``generator_steps`` G updates through D (D's parameters frozen, D kept in train mode as in Keras),
+   target ``generator_label``, fresh noise (and fresh energies for ``sampled``) for each.
+
+Random numbers that matter for the result (noise, label flips, sampled energies) come from one
+torch generator seeded with the run's seed and identical on every rank: each rank draws the
+*global* batch's numbers and keeps its slice. Together with the data order of
+:mod:`fastshower.train.data`, W ranks with per-rank batch B follow the same trajectory as one rank
+with batch W*B, up to float summation order, for networks without batch statistics or dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from fastshower.data import iter_showers, read_showers, resolve_paths
+from fastshower.fileio import write_text_atomic
+from fastshower.geometry import load_geometry
+from fastshower.showers import ShowerSet
+from fastshower.train import checkpoint as ckpt
+from fastshower.train import distributed as dist_utils
+from fastshower.train.config import TrainConfig, dump_config
+from fastshower.train.data import Batch, EcalFit, InMemoryData, StreamingData
+from fastshower.train.losses import gan_loss
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+
+
+class TrainingCollapsed(RuntimeError):
+    """The generator produces only empty showers (fake ECAL MAPE = 100)."""
+
+
+class _RawGenerator(nn.Module):
+    """``forward = generator.generate_raw`` (model units), so that DDP hooks the training path."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.generator.generate_raw(primary_energy, incident_angle, noise)
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _data_geometry(paths: list[Path] | str, geometry: str | None) -> str:
+    return next(iter(iter_showers(paths, chunk_size=1, geometry=geometry))).geometry
+
+
+class Trainer:
+    """Train ``cfg.model`` with ``cfg.recipe`` on ``cfg.data``; ``resume`` continues a run directory
+    (or checkpoint) exactly; ``warm_start`` loads weights only (transfer learning)."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, warm_start: str | Path | None = None,
+                 output_dir: str | Path | None = None) -> None:
+        from fastshower.models import registry
+
+        if resume is not None and warm_start is not None:
+            raise ValueError("--resume and --warm-start exclude each other")
+        self.cfg = cfg
+        self.recipe = cfg.recipe
+        run = cfg.run
+        if cfg.model.name not in registry.MODELS:
+            raise ValueError(f"unknown model {cfg.model.name!r}; known: {', '.join(sorted(registry.MODELS))}")
+        self.train_paths = resolve_paths(cfg.data.train)
+        if cfg.data.validation is not None:
+            resolve_paths(cfg.data.validation)
+        if output_dir is not None:
+            self.out = Path(output_dir)
+        elif resume is not None:  # the run directory the checkpoint belongs to
+            self.out = ckpt.find_checkpoint(resume).parent.parent
+        else:
+            self.out = Path(run.output_dir)
+
+        self.info = dist_utils.init(run.device)
+        self.device = self.info.device
+        if run.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+        if run.sync_batchnorm and self.device.type != "cuda" and self.info.distributed:
+            raise ValueError("sync_batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
+        if self.recipe.batch_size % self.info.world:
+            raise ValueError(f"batch_size {self.recipe.batch_size} is not divisible by the {self.info.world} ranks")
+        self.global_batch = self.recipe.batch_size
+        self.batch = self.global_batch // self.info.world
+
+        torch.manual_seed(run.seed)  # identical initial weights on every rank
+        self.G = registry.build_generator(cfg.model.name, **cfg.model.config)
+        self.D = registry.build_discriminator(cfg.model.name, **cfg.model.config)
+        self.geometry = load_geometry(self.G.geometry)
+        self._check_geometry()
+        self.has_angle = self.recipe.loss_weights.angle > 0
+        if run.sync_batchnorm and self.info.distributed:
+            self.G = nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+            self.D = nn.SyncBatchNorm.convert_sync_batchnorm(self.D)
+        self.G.to(self.device)
+        self.D.to(self.device)
+        self._raw = _RawGenerator(self.G)
+        if self.info.distributed:
+            self.g_train: nn.Module = DDP(self._raw, find_unused_parameters=run.find_unused_parameters)
+            self.d_train: nn.Module = DDP(self.D, find_unused_parameters=run.find_unused_parameters)
+        else:
+            self.g_train, self.d_train = self._raw, self.D
+
+        opt = self.recipe.optimizer
+        self.opt_g = self._optimizer(self.G, opt.lr_generator)
+        self.opt_d = self._optimizer(self.D, opt.lr_discriminator)
+        use_scaler = run.precision == "fp16"
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.precision]
+        self.lr_scale = dist_utils.lr_scale(self.global_batch, self.recipe.lr_reference_batch, self.recipe.lr_scaling)
+        self._warmup_steps = self.recipe.warmup_steps  # + warmup_epochs, converted in fit()
+
+        self.rng = torch.Generator().manual_seed(run.seed)
+        self.step = self.epoch = self.epoch_step = 0
+        self.epoch_sums: dict[str, float] = {}
+        self.best: float | None = None
+        self.records: list[dict[str, Any]] = []
+        self.relu_switched = False
+        self._data_stage: int | None = None
+        self._data: InMemoryData | StreamingData | None = None
+        self._fit: EcalFit | None = None
+        self._ranges: tuple[tuple[float, float], tuple[float, float]] | None = None
+        self.validation_set: ShowerSet | None = None
+        if cfg.data.validation is not None:
+            self.validation_set = read_showers(cfg.data.validation, geometry=cfg.data.geometry,
+                                               max_events=cfg.data.max_validation_events)
+        self.tb = self._tensorboard()
+
+        if resume is not None:
+            self._resume(resume)
+        elif warm_start is not None:
+            self._warm_start(warm_start)
+        # per-rank streams for dropout and anything else drawing from the global RNGs
+        if resume is None:
+            torch.manual_seed(run.seed + self.info.rank)
+            np.random.seed(run.seed + self.info.rank)
+            random.seed(run.seed + self.info.rank)
+        if self.info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.out / "config.yaml", dump_config(cfg))
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _check_geometry(self) -> None:
+        g = self.G.geometry
+        d = self.cfg.data
+        if d.geometry is not None and load_geometry(d.geometry).name != g:
+            raise ValueError(f"data.geometry {load_geometry(d.geometry).name!r} does not match model "
+                             f"{self.cfg.model.name!r}, which generates {g!r} showers")
+        for what, paths in (("training", self.train_paths), ("validation", d.validation)):
+            if paths is None:
+                continue
+            found = _data_geometry(paths, d.geometry)
+            if found != g:
+                raise ValueError(f"the {what} data are {found!r} showers but model {self.cfg.model.name!r} "
+                                 f"generates {g!r} showers")
+
+    def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        o = self.recipe.optimizer
+        if o.name == "rmsprop":
+            return torch.optim.RMSprop(module.parameters(), lr=lr, alpha=o.rho, eps=o.eps)
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=o.betas, eps=o.eps)
+
+    def _tensorboard(self):
+        mode = self.cfg.run.tensorboard
+        if mode == "false" or not self.info.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if mode == "true":
+                raise ValueError("run.tensorboard is true but the tensorboard package is not installed "
+                                 "(pip install tensorboard)") from None
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def ecal_sum_of_gev(self, showers_gev: np.ndarray) -> np.ndarray:
+        """The discriminator's ECAL sum (its target units) of showers given in GeV."""
+        with torch.no_grad():
+            x = self.G.preprocess(torch.from_numpy(np.ascontiguousarray(showers_gev)).to(self.device))
+            return self.D.ecal_sum_of(x).double().cpu().numpy()
+
+    def data_for_epoch(self, epoch: int) -> InMemoryData | StreamingData:
+        """The training data of the stage ``epoch`` belongs to (built once per stage)."""
+        stage, energy_range = self.cfg.stage_of_epoch(epoch)
+        if self._data_stage != stage:
+            d = self.cfg.data
+            need_fit = self.recipe.fake_conditions == "sampled"
+            if d.streaming:
+                self._data = StreamingData(self.train_paths, self.geometry, energy_range, d.min_deposit_gev,
+                                           d.chunk_size, d.chunks_in_memory,
+                                           self.ecal_sum_of_gev if need_fit else None)
+            else:
+                self._data = InMemoryData(self.train_paths, self.geometry, energy_range, d.min_deposit_gev,
+                                          d.chunk_size)
+            self._fit = self._data.fit(self.ecal_sum_of_gev, d.chunk_size) if need_fit else None
+            self._ranges = self._data.condition_ranges()
+            self._data_stage = stage
+        assert self._data is not None
+        return self._data
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        data = self.data_for_epoch(epoch)
+        n = data.steps_per_epoch(self.cfg.run.seed, epoch, self.info.world, self.global_batch)
+        if n == 0:
+            raise ValueError(f"the training data ({data.n_events} events after the filters) do not fill one "
+                             f"batch of {self.global_batch} (per rank {self.batch})")
+        cap = self.cfg.run.steps_per_epoch
+        return min(n, cap) if cap else n
+
+    # ------------------------------------------------------------------ random draws
+    def _draw(self, fn: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """``fn(global batch)`` from the shared generator; this rank's slice, on the device."""
+        r = self.info.rank
+        return fn(self.global_batch)[r * self.batch:(r + 1) * self.batch].to(self.device)
+
+    def _noise(self) -> torch.Tensor:
+        return self._draw(lambda n: self.G.sample_noise(n, generator=self.rng))
+
+    def _labels(self, value: float, other: float) -> torch.Tensor:
+        flip = self._draw(lambda n: torch.rand(n, generator=self.rng)) < self.recipe.label_flip
+        return torch.where(flip, torch.full_like(flip, other, dtype=torch.float32),
+                           torch.full_like(flip, value, dtype=torch.float32))
+
+    def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fresh energies (uniform over the training range), angles and their ECAL-sum targets."""
+        assert self._ranges is not None and self._fit is not None
+        (elo, ehi), (alo, ahi) = self._ranges
+        u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64)).cpu().numpy()
+        energy = elo + (ehi - elo) * u[:, 0]
+        angle = alo + (ahi - alo) * u[:, 1]
+        ecal = self._fit(energy)
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        return as_t(energy), as_t(angle), as_t(ecal)
+
+    # ------------------------------------------------------------------ one iteration
+    def _update(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def _set_lr(self) -> dict[str, float]:
+        f = dist_utils.lr_factor(self.step, self.epoch_step, self.lr_scale, self._warmup_steps,
+                                 self.recipe.lr_decay_rate, self.recipe.lr_decay_start)
+        lrs = {"lr_generator": self.recipe.optimizer.lr_generator * f,
+               "lr_discriminator": self.recipe.optimizer.lr_discriminator * f}
+        for group in self.opt_g.param_groups:
+            group["lr"] = lrs["lr_generator"]
+        for group in self.opt_d.param_groups:
+            group["lr"] = lrs["lr_discriminator"]
+        return lrs
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        """One iteration on this rank's ``batch``; returns the (unweighted) loss terms and totals."""
+        rc, w = self.recipe, self.recipe.loss_weights
+        dev = self.device
+        real_gev = torch.from_numpy(np.ascontiguousarray(batch.showers)).to(dev)
+        energy = torch.as_tensor(batch.primary_energy, dtype=torch.float32, device=dev)
+        angle = torch.as_tensor(batch.incident_angle, dtype=torch.float32, device=dev)
+        out: dict[str, float] = {}
+
+        # D on the real batch
+        with torch.no_grad():
+            x_real = self.G.preprocess(real_gev)
+            ecal_real = self.D.ecal_sum_of(x_real).float()
+        _set_requires_grad(self.D, True)
+        with self._autocast():
+            d_out = self.d_train(x_real)
+        angle_real = d_out["angle"].detach().float() if (self.has_angle and rc.angle_target == "measured"
+                                                         and "angle" in d_out) else angle
+        loss, terms = gan_loss(d_out, self._labels(rc.real_label, rc.fake_label), energy / 100, ecal_real,
+                               angle_real, w)
+        self._update(self.opt_d, self.scaler_d, loss)
+        out["d_real_loss"] = loss.item()
+        out.update({f"d_real_{k}": v.item() for k, v in terms.items()})
+
+        # D on a fake batch
+        if rc.fake_conditions == "real":
+            e_fake, a_fake, ecal_fake, ang_fake = energy, angle, ecal_real, angle_real
+        else:
+            e_fake, a_fake, ecal_fake = self._sampled_conditions()
+            ang_fake = a_fake
+        with torch.no_grad(), self._autocast():
+            x_fake = self.G.generate_raw(e_fake, a_fake, self._noise())
+        with self._autocast():
+            d_out = self.d_train(x_fake.float())
+        loss, terms = gan_loss(d_out, self._labels(rc.fake_label, rc.real_label), e_fake / 100, ecal_fake,
+                               ang_fake, w)
+        self._update(self.opt_d, self.scaler_d, loss)
+        out["d_fake_loss"] = loss.item()
+        out.update({f"d_fake_{k}": v.item() for k, v in terms.items()})
+
+        # G steps through the frozen D
+        _set_requires_grad(self.D, False)
+        target = torch.full((self.batch,), rc.generator_label, device=dev)
+        g_sums: dict[str, float] = {}
+        collapsed = True
+        for _ in range(rc.generator_steps):
+            if rc.fake_conditions == "real":
+                e_g, a_g, ecal_g, ang_g = energy, angle, ecal_real, angle_real
+            else:
+                e_g, a_g, ecal_g = self._sampled_conditions()
+                ang_g = a_g
+            with self._autocast():
+                g_out = self.D(self.g_train(e_g, a_g, self._noise()))
+            loss, terms = gan_loss(g_out, target, e_g / 100, ecal_g, ang_g, w)
+            self._update(self.opt_g, self.scaler_g, loss)
+            collapsed &= bool((g_out["ecal_sum"].detach() == 0).all())
+            g_sums["g_loss"] = g_sums.get("g_loss", 0.0) + loss.item()
+            for k, v in terms.items():
+                g_sums[f"g_{k}"] = g_sums.get(f"g_{k}", 0.0) + v.item()
+        _set_requires_grad(self.D, True)
+        out.update({k: v / rc.generator_steps for k, v in g_sums.items()})
+        if self.step >= rc.collapse_after and not dist_utils.any_rank(not collapsed, self.info):
+            raise TrainingCollapsed(
+                f"generator collapsed at epoch {self.epoch} step {self.step}: every generated shower is empty "
+                f"(fake ECAL MAPE = 100); resume from the last checkpoint in {self.out / ckpt.CHECKPOINT_DIR} "
+                f"with a lower learning rate or another seed")
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def generate_like(self, reference: ShowerSet, batch_size: int = 256) -> ShowerSet:
+        """Showers for ``reference``'s conditions (fixed validation seed), generator in eval mode."""
+        g = torch.Generator().manual_seed(self.cfg.run.validation_seed)
+        parts = []
+        self.G.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                for i in range(0, len(reference), batch_size):
+                    e = torch.as_tensor(reference.primary_energy[i:i + batch_size], dtype=torch.float32)
+                    a = torch.as_tensor(reference.incident_angle[i:i + batch_size], dtype=torch.float32)
+                    z = self.G.sample_noise(len(e), generator=g)
+                    parts.append(self.G(e.to(self.device), a.to(self.device), z.to(self.device)).float().cpu().numpy())
+        finally:
+            self.G.train()
+        return ShowerSet(np.concatenate(parts), reference.primary_energy, reference.incident_angle, reference.geometry)
+
+    def validate(self) -> dict[str, float]:
+        """Profile MSE and sampling-fraction error of the generator against the held-out file."""
+        from fastshower.validate.metrics import profile_mse, sampling_fraction_error
+
+        if self.validation_set is None:
+            raise ValueError("no validation file configured (data.validation)")
+        cand = self.generate_like(self.validation_set)
+        return {"profile_mse": profile_mse(self.validation_set, cand),
+                "sampling_fraction_error": sampling_fraction_error(self.validation_set, cand)}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> list[dict[str, Any]]:
+        """Train up to ``cfg.total_epochs``; returns the per-epoch records (also in metrics.jsonl/csv)."""
+        from tqdm import tqdm
+
+        total = self.cfg.total_epochs
+        first = self.steps_in_epoch(0) if total > 0 else 0
+        self._warmup_steps = self.recipe.warmup_steps + round(self.recipe.warmup_epochs * first)
+        try:
+            while self.epoch < total:
+                n_steps = self.steps_in_epoch(self.epoch)
+                data = self.data_for_epoch(self.epoch)
+                self._maybe_switch_relu()
+                t0 = time.perf_counter()
+                steps_before = self.epoch_step
+                bar = tqdm(total=n_steps, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{total}",
+                           unit="step", disable=not (self.info.is_main and self.cfg.run.progress))
+                lrs = self._set_lr()
+                for batch in data.batches(self.cfg.run.seed, self.epoch, self.info.rank, self.info.world,
+                                          self.global_batch, self.epoch_step, n_steps):
+                    lrs = self._set_lr()
+                    terms = self.train_step(batch)
+                    for k, v in terms.items():
+                        self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + v
+                    self.step += 1
+                    self.epoch_step += 1
+                    bar.update(1)
+                    bar.set_postfix(d=f"{terms['d_real_loss'] + terms['d_fake_loss']:.3g}", g=f"{terms['g_loss']:.3g}")
+                    if self.step % self.cfg.run.checkpoint_every == 0:
+                        self.save_checkpoint()
+                bar.close()
+                elapsed = time.perf_counter() - t0
+                self._end_epoch(n_steps, lrs, elapsed, (self.epoch_step - steps_before) * self.global_batch)
+                self.save_checkpoint()
+        finally:
+            if self.tb is not None:
+                self.tb.flush()
+        if self.info.is_main:
+            self._save_generator(self.out / "generator", {"epoch": self.epoch, "step": self.step})
+        dist_utils.barrier(self.info)
+        return self.records
+
+    def _maybe_switch_relu(self) -> None:
+        epoch = self.recipe.relu_epoch
+        if epoch is None or self.relu_switched or self.epoch < epoch:
+            return
+        switch = getattr(self.G, "use_relu_output", None)
+        if switch is not None:
+            switch()
+        self.relu_switched = True
+
+    def _end_epoch(self, n_steps: int, lrs: dict[str, float], elapsed: float, samples: int) -> None:
+        means = dist_utils.mean_over_ranks({k: v / max(n_steps, 1) for k, v in self.epoch_sums.items()}, self.info)
+        record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
+                                  "stage": self.cfg.stage_of_epoch(self.epoch)[0], **lrs,
+                                  "time_s": round(elapsed, 3),
+                                  "samples_per_s": round(samples / elapsed, 3) if elapsed > 0 and samples else None,
+                                  **means}
+        if self.validation_set is not None and self.info.is_main:
+            val = self.validate()
+            record.update({f"val_{k}": v for k, v in val.items()})
+            score = val[self.cfg.run.best_metric]
+            if math.isfinite(score) and (self.best is None or score < self.best):
+                self.best = score
+                record["best"] = True
+                self._save_generator(self.out / "best", {"epoch": self.epoch + 1, "step": self.step,
+                                                         "validation": val})
+        self.epoch += 1
+        self.epoch_step = 0
+        self.epoch_sums = {}
+        if self.info.is_main:
+            self.records.append(record)
+            self._write_records()
+            if self.tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                        self.tb.add_scalar(k, v, self.epoch)
+        self.best = dist_utils.broadcast_from_main(self.best, self.info)
+
+    def _write_records(self) -> None:
+        write_text_atomic(self.out / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.records))
+        keys: list[str] = []
+        for r in self.records:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.records)
+        write_text_atomic(self.out / METRICS_CSV, buf.getvalue())
+
+    def _save_generator(self, stem: Path, extra: dict[str, Any]) -> None:
+        from fastshower.models import registry
+
+        meta = {"trained_by": "fastshower train", "model": self.cfg.model.name, "model_config": self.cfg.model.config,
+                "recipe": self.recipe.preset, "seed": self.cfg.run.seed, **extra}
+        registry.save_generator(self.G, stem, meta)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint (rank 0; every rank contributes its RNG states). Returns its path on rank 0."""
+        host = ckpt.host_rng_state()
+        states = dist_utils.gather_to_main(host, self.info)
+        if not self.info.is_main:
+            return None
+        assert states is not None
+        state = {"optimizer_generator": self.opt_g.state_dict(), "optimizer_discriminator": self.opt_d.state_dict(),
+                 "scaler_generator": self.scaler_g.state_dict(), "scaler_discriminator": self.scaler_d.state_dict(),
+                 "rng": self.rng.get_state(),
+                 "torch_rng": [s["torch"] for s in states], "cuda_rng": [s["cuda"] for s in states]}
+        meta = {"step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step, "world": self.info.world,
+                "epoch_sums": self.epoch_sums, "best": self.best, "relu_switched": self.relu_switched,
+                "host_rng": [{"python": s["python"], "numpy": s["numpy"]} for s in states],
+                "model": self.cfg.model.name, "model_config": self.cfg.model.config, "config": dump_config(self.cfg)}
+        return ckpt.save_checkpoint(self.out, self.step, self.G, self.D, state, meta, self.cfg.run.keep_checkpoints)
+
+    def _load_models(self, path: str | Path, need_discriminator: bool) -> None:
+        gen, disc = ckpt.load_weights(path)
+        self.G.load_state_dict(gen)
+        if disc is not None:
+            self.D.load_state_dict(disc)
+        elif need_discriminator:
+            raise ValueError(f"{path} holds no discriminator weights")
+
+    def _resume(self, path: str | Path) -> None:
+        where, state, meta = ckpt.load_checkpoint(path)
+        if meta["model"] != self.cfg.model.name or meta["model_config"] != self.cfg.model.config:
+            raise ValueError(f"{where} was trained with model {meta['model']!r} {meta['model_config']}, not "
+                             f"{self.cfg.model.name!r} {self.cfg.model.config}")
+        if meta["relu_switched"]:
+            self._maybe_switch_relu_now()
+        self._load_models(where, need_discriminator=True)
+        self.opt_g.load_state_dict(state["optimizer_generator"])
+        self.opt_d.load_state_dict(state["optimizer_discriminator"])
+        self.scaler_g.load_state_dict(state["scaler_generator"])
+        self.scaler_d.load_state_dict(state["scaler_discriminator"])
+        self.rng.set_state(state["rng"])
+        self.step, self.epoch, self.epoch_step = meta["step"], meta["epoch"], meta["epoch_step"]
+        self.epoch_sums, self.best = meta["epoch_sums"], meta["best"]
+        if meta["world"] == self.info.world:
+            r = self.info.rank
+            ckpt.restore_host_rng_state({**meta["host_rng"][r], "torch": state["torch_rng"][r],
+                                         "cuda": state["cuda_rng"][r]})
+        else:  # another world size: a valid continuation, but not bitwise the same run
+            torch.manual_seed(self.cfg.run.seed + 7919 * self.step + self.info.rank)
+            np.random.seed(self.cfg.run.seed + self.info.rank)
+            random.seed(self.cfg.run.seed + self.info.rank)
+        log = self.out / METRICS_JSONL
+        if log.is_file():  # drop epochs logged after the checkpoint was taken
+            self.records = [r for r in map(json.loads, log.read_text().splitlines()) if r["epoch"] <= self.epoch]
+
+    def _maybe_switch_relu_now(self) -> None:
+        switch = getattr(self.G, "use_relu_output", None)
+        if switch is not None:
+            switch()
+        self.relu_switched = True
+
+    def _warm_start(self, path: str | Path) -> None:
+        self._load_models(path, need_discriminator=False)
