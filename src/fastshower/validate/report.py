@@ -82,7 +82,8 @@ def plot_energy_and_hits(samples: dict[str, M.Sample], energy_bins: np.ndarray, 
         lo, hi = energy_bins[i], energy_bins[i + 1]
         masks = {k: (s.primary_energy >= lo) & (s.primary_energy < hi) for k, s in samples.items()}
         for row, (key, xlabel) in enumerate((("energy_ratio", r"$E_{dep}/E_{primary}$"), ("hits", "hits > 0.2 MeV"))):
-            edges = np.histogram_bin_edges(ref.obs[key][masks["reference"]], bins=40)
+            values = np.concatenate([s.obs[key][masks[k]] for k, s in samples.items()])
+            edges = np.histogram_bin_edges(values, bins=40, range=tuple(np.quantile(values, [0.002, 0.998])))
             for label, s in samples.items():
                 axes[row, col].hist(s.obs[key][masks[label]], bins=edges, density=True, histtype="step",
                                     color=COLOURS[label], label=label)
@@ -154,11 +155,10 @@ def plot_moments(samples: dict[str, M.Sample], geometry: Geometry):
 
     names = _axis_names(geometry)
     fig, axes = plt.subplots(2, 3, figsize=(18, 9))
-    ref = samples["reference"]
     for row, m in enumerate((1, 2)):
         for col, a in enumerate("xyz"):
             key = f"m{m}_{a}"
-            lo, hi = np.quantile(ref.obs[key], [0.001, 0.999])
+            lo, hi = np.quantile(np.concatenate([s.obs[key] for s in samples.values()]), [0.001, 0.999])
             edges = np.linspace(lo, hi if hi > lo else lo + 1, 50)
             for label, s in samples.items():
                 axes[row, col].hist(s.obs[key], bins=edges, density=True, histtype="step", color=COLOURS[label],
