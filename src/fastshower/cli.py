@@ -233,6 +233,30 @@ def train(
 # ---------------------------------------------------------------- demo (issue 8)
 
 
+@app.command()
+def demo(
+    model: str = typer.Option("conv2d_g1", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
+    n: int = typer.Option(2000, "-n", help="Showers per sample (reference, generated, second reference)."),
+    out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reference sample (default: a new one)."),
+    quick: bool = typer.Option(False, "--quick", help="Small and fast: 300 showers, no classifier (CI)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """The main job: reference simulation vs a shipped generator, validated, timed, reported."""
+    from fastshower.demo import run_demo
+    from fastshower.validate.metrics import format_table
+
+    if quick:
+        n = min(n, 300)
+    result = run_demo(model=model, n=n, out_dir=out, seed=seed, quick=quick, device=device)
+    typer.echo(format_table(result.metrics))
+    typer.echo(f"\nspeed on this machine ({result.n_showers} showers, {result.geometry}, seed {result.seed}):")
+    typer.echo(f"  reference simulation (GFlash): {result.reference_showers_per_s:10.1f} showers/s")
+    typer.echo(f"  {result.model:28s}: {result.generator_showers_per_s:10.1f} showers/s "
+               f"(x{result.speed_up:.1f})")
+    typer.echo(f"report: {(result.report_dir / 'report.html').resolve()}")
+
+
 # ---------------------------------------------------------------- hpo (issue 9)
 
 
