@@ -220,12 +220,19 @@ def build_config(raw: dict, source: str = "config", base_dir: Path | None = None
         recipe = {"preset": recipe} if recipe else {}
     if not isinstance(recipe, dict):
         raise ValueError(f"{source}: recipe: expected a preset name or a mapping")
+    name = model.get("name") if isinstance(model, dict) else None
+    if not isinstance(name, str):
+        raise ValueError(f"{source}: model.name: field required")
+    from fastshower.models.registry import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"{source}: model.name: unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     preset = recipe.get("preset")
     if preset is None:
-        name = model.get("name") if isinstance(model, dict) else None
-        if not isinstance(name, str):
-            raise ValueError(f"{source}: model.name: field required")
-        preset = recipe_for_model(name)
+        try:
+            preset = recipe_for_model(name)
+        except ValueError as exc:
+            raise ValueError(f"{source}: recipe: {exc}") from None
     if preset not in RECIPES:
         raise ValueError(f"{source}: recipe.preset: unknown recipe {preset!r}; known: {', '.join(RECIPES)}")
     raw["recipe"] = _merge(RECIPES[preset], {**recipe, "preset": preset})

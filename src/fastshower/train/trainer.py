@@ -87,8 +87,6 @@ class Trainer:
         self.cfg = cfg
         self.recipe = cfg.recipe
         run = cfg.run
-        if cfg.model.name not in registry.MODELS:
-            raise ValueError(f"unknown model {cfg.model.name!r}; known: {', '.join(sorted(registry.MODELS))}")
         self.train_paths = resolve_paths(cfg.data.train)
         if cfg.data.validation is not None:
             resolve_paths(cfg.data.validation)

@@ -1,0 +1,152 @@
+"""Unit tests of the training building blocks that need no network: losses, config, LR rules, data order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastshower.data import write_showers
+from fastshower.geometry import load_geometry
+from fastshower.showers import ShowerSet
+from fastshower.train.config import LossWeights, build_config, load_config
+from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum
+from fastshower.train.distributed import lr_factor, lr_scale
+from fastshower.train.losses import bce, gan_loss, mae, mape
+
+
+def test_mape_divides_by_the_target_keras_definition():
+    t, p = torch.tensor([2.0, 4.0]), torch.tensor([1.0, 5.0])
+    # 100 * mean(|2-1|/2, |4-5|/4) = 100 * (0.5 + 0.25) / 2
+    assert mape(t, p).item() == pytest.approx(37.5)
+    assert mape(p, t).item() == pytest.approx(100 * (1.0 + 0.2) / 2)  # the ports' swapped order differs
+    assert mape(torch.zeros(1), torch.tensor([1e-7])).item() == pytest.approx(100.0)  # max(|y|, 1e-7)
+    assert mape(torch.tensor([3.0, 5.0]), torch.zeros(2)).item() == 100.0  # empty showers: exactly 100
+
+
+def test_bce_on_probabilities_and_mae():
+    p = torch.tensor([0.9, 0.2, 0.6])
+    y = torch.tensor([1.0, 0.0, 0.9])
+    assert bce(p, y).item() == pytest.approx(torch.nn.functional.binary_cross_entropy(p, y).item(), rel=1e-6)
+    # p = 1 is clipped to 1 - 1e-7 (in float32, as Keras does): a large but finite loss
+    clipped = float(np.float32(1 - 1e-7))
+    assert bce(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(-math.log1p(-clipped), rel=1e-4)
+    assert mae(torch.tensor([1.0, 2.0]), torch.tensor([1.5, 1.0])).item() == pytest.approx(0.75)
+
+
+def test_gan_loss_weights_terms():
+    out = {"real": torch.tensor([0.5, 0.5]), "energy": torch.tensor([1.0, 1.0]),
+           "ecal_sum": torch.tensor([10.0, 30.0]), "angle": torch.tensor([1.5, 1.5])}
+    w = LossWeights(real=3, energy=0.1, ecal_sum=0.1, angle=25)
+    total, terms = gan_loss(out, torch.ones(2), torch.tensor([2.0, 2.0]), torch.tensor([20.0, 20.0]),
+                            torch.tensor([1.6, 1.4]), w)
+    assert terms["bce"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert terms["energy_mape"].item() == pytest.approx(50.0)
+    assert terms["ecal_mape"].item() == pytest.approx(50.0)
+    assert terms["angle_mae"].item() == pytest.approx(0.1, rel=1e-5)
+    assert total.item() == pytest.approx(3 * math.log(2) + 5 + 5 + 2.5, rel=1e-5)
+
+
+def _raw(**kw):
+    raw = {"model": {"name": "gan3d_clic25"}, "data": {"train": "x.h5"}}
+    raw.update(kw)
+    return raw
+
+
+def test_config_presets_and_overrides():
+    cfg = build_config(_raw())
+    assert cfg.recipe.preset == "gan3d_clic25"
+    assert cfg.recipe.loss_weights == LossWeights(real=2, energy=0.1, ecal_sum=0.1, angle=0)
+    assert (cfg.recipe.optimizer.name, cfg.recipe.optimizer.lr_generator, cfg.recipe.optimizer.rho,
+            cfg.recipe.optimizer.eps, cfg.recipe.batch_size) == ("rmsprop", 1e-3, 0.9, 1e-7, 128)
+    cfg = build_config(_raw(model={"name": "conv2d_g2"}, recipe={"batch_size": 32, "optimizer": {"lr_generator": 1e-4}}))
+    assert cfg.recipe.preset == "conv2d" and cfg.recipe.batch_size == 32
+    assert (cfg.recipe.optimizer.lr_generator, cfg.recipe.optimizer.lr_discriminator) == (1e-4, 1e-4)
+    assert (cfg.recipe.real_label, cfg.recipe.fake_label, cfg.recipe.generator_steps) == (0.9, 0.1, 1)
+    assert cfg.recipe.lr_reference_batch == 128
+    cfg = build_config(_raw(recipe="gan3d_clic51"))
+    assert cfg.recipe.loss_weights.angle == 25 and cfg.recipe.batch_size == 64
+    cfg = build_config(_raw(stages=[{"epochs": 3, "energy_range_gev": [100, 200]}, {"epochs": 2}],
+                            data={"train": "x.h5", "energy_range_gev": [2, 500]}))
+    assert cfg.total_epochs == 5
+    assert cfg.stage_of_epoch(2) == (0, (100.0, 200.0)) and cfg.stage_of_epoch(3) == (1, (2.0, 500.0))
+
+
+@pytest.mark.parametrize("raw, message", [
+    (_raw(run={"epochz": 3}), "run.epochz: unknown key"),
+    (_raw(recipe={"preset": "wgan"}), "unknown recipe 'wgan'"),
+    (_raw(model={"name": "mystery"}), "model.name: unknown model 'mystery'"),
+    (_raw(run={"precision": "fp8"}), "run.precision"),
+    (_raw(recipe={"optimizer": {"name": "sgd"}}), "recipe.optimizer.name"),
+])
+def test_config_errors_are_one_line(raw, message):
+    with pytest.raises(ValueError, match=message) as exc:
+        build_config(raw, source="cfg.yaml")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith("cfg.yaml: ")
+
+
+def test_load_config_resolves_paths_and_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: {name: gan3d_clic25}\ndata: {train: d/train.h5}\nrun: {epochs: 4}\n")
+    cfg = load_config(tmp_path / "c.yaml", {"run": {"epochs": 7}})
+    assert cfg.data.train == str(tmp_path / "d/train.h5") and cfg.run.epochs == 7
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_lr_scaling_warmup_and_decay():
+    assert lr_scale(256, 64, "linear") == 4.0 and lr_scale(256, 64, "none") == 1.0
+    assert lr_factor(0, 0, 4.0, 10, 0.0, 0) == 1.0
+    assert lr_factor(5, 5, 4.0, 10, 0.0, 0) == pytest.approx(2.5)
+    assert lr_factor(10, 10, 4.0, 10, 0.0, 0) == 4.0
+    assert lr_factor(90, 90, 1.0, 0, 0.012, 80) == pytest.approx(math.exp(-0.12))
+    assert lr_factor(90, 50, 1.0, 0, 0.012, 80) == 1.0  # decay counts steps inside the epoch
+
+
+def test_fit_ecal_sum_recovers_a_linear_response(rng):
+    e = rng.uniform(2, 500, 4000)
+    ecal = e * (0.02 + 1e-5 * e)  # ratio rises with E
+    fit = fit_ecal_sum(e, ecal)
+    probe = np.array([50.0, 250.0, 450.0])
+    assert np.allclose(fit(probe), probe * (0.02 + 1e-5 * probe), rtol=2e-3)
+
+
+@pytest.fixture
+def small_file(tmp_path, rng):
+    g = load_geometry("clic25")
+    n = 50
+    showers = rng.exponential(1e-3, size=(n, *g.shape)).astype(np.float32)
+    showers[::10] = 0.0  # 5 empty events, dropped by the deposit filter
+    energy = np.linspace(10, 400, n)
+    path = tmp_path / "train.h5"
+    write_showers(path, ShowerSet(showers, energy, np.full(n, np.pi / 2), "clic25"))
+    return path, g
+
+
+def test_in_memory_order_is_sharded_from_one_permutation(small_file):
+    path, g = small_file
+    data = InMemoryData([path], g, (20.0, 390.0), 0.1, chunk_size=16)
+    assert data.n_events == int(np.sum((np.linspace(10, 400, 50) >= 20) & (np.linspace(10, 400, 50) <= 390))) - 4
+    assert data.steps_per_epoch(0, 0, 2, 8) == data.n_events // 8
+    one = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 0, 4)]
+    two = [np.concatenate([b0.primary_energy, b1.primary_energy]) for b0, b1 in
+           zip(data.batches(3, 1, 0, 2, 8, 0, 4), data.batches(3, 1, 1, 2, 8, 0, 4))]
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    resumed = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 2, 4)]
+    assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
+    other_epoch = [b.primary_energy for b in data.batches(3, 2, 0, 1, 8, 0, 4)]
+    assert not np.array_equal(one[0], other_epoch[0])
+
+
+def test_streaming_shards_chunks_and_resumes(small_file):
+    path, g = small_file
+    data = StreamingData([path], g, None, 0.1, chunk_size=5, chunks_in_memory=2)
+    assert data.n_events == 45 and len(data.chunks) == 10
+    steps = data.steps_per_epoch(0, 0, 2, 4)
+    seen = [np.concatenate([b.primary_energy for b in data.batches(0, 0, r, 2, 4, 0, steps)]) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 2 * steps
+    assert not set(seen[0]) & set(seen[1])  # disjoint shards
+    full = [b.primary_energy for b in data.batches(0, 0, 0, 2, 4, 0, steps)]
+    tail = [b.primary_energy for b in data.batches(0, 0, 0, 2, 4, 3, steps)]
+    assert all(np.array_equal(a, b) for a, b in zip(full[3:], tail)) and len(tail) == steps - 3
