@@ -589,7 +589,7 @@ def compare_samples(ref: Sample, cand: Sample, ref2: Sample, geometry: Geometry,
         f = floor_m.get(name)
         row = {"candidate": c["value"], "floor": f["value"] if f else None,
                "higher_is_better": name.startswith(HIGHER_IS_BETTER)}
-        row["ratio"] = (c["value"] / f["value"]) if f and f["value"] and np.isfinite(f["value"]) else None
+        row["ratio"] = (c["value"] / f["value"]) if f and np.isfinite(f["value"]) and f["value"] > 0 else None
         if "error" in c:
             row["candidate_error"] = c["error"]
             row["floor_error"] = f["error"] if f else None
@@ -616,7 +616,7 @@ def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | 
     Returns a JSON-serialisable dict: ``geometry``, ``n_reference``, ``n_candidate``,
     ``n_reference2``, ``floor_source``, ``threshold_gev``, ``energy_bins_gev``, ``angle_bins_rad``,
     ``metrics`` ({name: {candidate, floor, ratio, candidate_error?, floor_error?,
-    higher_is_better}}) and ``details`` (per-bin values for the plots) for ``candidate`` and
+    higher_is_better}}; ratio = candidate / floor, None where the floor is not positive) and ``details`` (per-bin values for the plots) for ``candidate`` and
     ``floor``.
     """
     samples = prepare_samples(reference, candidate, reference2, threshold_gev=threshold_gev, seed=seed)
