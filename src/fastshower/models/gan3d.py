@@ -1,0 +1,147 @@
+"""The Conv3D 3DGAN models (Khattak, Vallecorsa et al.), ported from the Keras code with its semantics.
+
+- ``gan3d_clic25``: fixed-angle 25x25x25 (``svalleco/3Dgan@Anglegan`` ``keras/EcalEnergyGan.py``).
+  Latent 200, multiplicative conditioning ``(E/100) * N(0,1)^200``; cells in 100 x GeV.
+- ``gan3d_clic51``: variable-angle 51x51x25 (``keras/AngleArch3dGAN.py``). Latent 256 =
+  ``[E/100, theta, N(0,1)^254]``; cells in ``(50 x GeV) ** 0.85``; the discriminator measures the
+  angle and the ECAL sum on ``image ** (1/0.85)``.
+
+Shapes in the comments are (x, y, z) x channels, as in the Keras channels-last code; inside the
+networks tensors are channels-first (B, C, x, y, z). See docs/models.md for the layer tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
+from fastshower.models.layers import (
+    KERAS_BN_EPS,
+    BatchNorm3dAlwaysTraining,
+    Conv3d,
+    batch_norm,
+    dense,
+    leaky_relu,
+    scaled_channels,
+)
+
+
+class _DenseToVolume(nn.Module):
+    """Keras ``Dense(c * x * y * z)`` then ``Reshape((x, y, z, c))`` (channels last), returned
+    channels-first (B, c, x, y, z): the same weight layout as the Keras model."""
+
+    def __init__(self, latent: int, grid: tuple[int, int, int], channels: int) -> None:
+        super().__init__()
+        self.grid, self.channels = grid, channels
+        self.dense = dense(latent, channels * math.prod(grid))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dense(z).view(-1, *self.grid, self.channels).permute(0, 4, 1, 2, 3)
+
+
+def _zero_pad(x: int, y: int, z: int) -> nn.ConstantPad3d:
+    """Keras ``ZeroPadding3D((x, y, z))`` (symmetric) on (B, C, x, y, z)."""
+    return nn.ConstantPad3d((z, z, y, y, x, x), 0.0)
+
+
+def _flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Keras ``Flatten`` of a channels-last volume: (B, C, x, y, z) -> (B, x*y*z*C) in (x, y, z, C) order."""
+    return x.permute(0, 2, 3, 4, 1).flatten(1)
+
+
+# ============================================================================ fixed angle, 25^3
+
+class Gan3dClic25Config(ModelConfig):
+    """``gan3d_clic25`` options. ``generator_bn_eps``: epsilon of the generator's BatchNorm (1e-6 as
+    in the reference port); ``discriminator_bn_eps``: the discriminator's (Keras default 1e-3);
+    ``dropout``: discriminator dropout rate."""
+
+    generator_bn_eps: float = Field(default=1e-6, gt=0)
+    discriminator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+
+
+class Gan3dClic25Generator(ShowerGenerator):
+    """Fixed-angle 25^3 3DGAN generator.
+
+    | Keras layer                                                          | output (x,y,z) x ch |
+    |----------------------------------------------------------------------|---------------------|
+    | Dense(3136), Reshape(7,7,8,8)                                        | 7x7x8 x 8           |
+    | Conv3D(64,(6,6,8),same,he_uniform), LeakyReLU, BN, UpSampling3D(2)   | 14x14x16 x 64       |
+    | ZeroPad(2,2,0), Conv3D(6,(6,5,8),he_uniform), LeakyReLU, BN, Up(2,2,3)| 26x28x27 x 6       |
+    | ZeroPad(1,0,3), Conv3D(6,(3,3,8),he_uniform), LeakyReLU              | 26x26x26 x 6        |
+    | Conv3D(1,(2,2,2),no bias,glorot_normal), ReLU                        | 25x25x25            |
+
+    Conditioning: latent = (E / 100 GeV) * noise (multiplicative); the angle is ignored.
+    """
+
+    name: ClassVar[str] = "gan3d_clic25"
+    geometry: ClassVar[str] = "clic25"
+    transform: ClassVar[CellTransform] = CellTransform(scale=100.0)
+
+    def __init__(self, config: Gan3dClic25Config | None = None) -> None:
+        config = config or Gan3dClic25Config()
+        super().__init__(config)
+        self.noise_dim = 200
+        self.conditions_on_angle = False
+        w, eps = config.width, config.generator_bn_eps
+        c0, c1, c2 = scaled_channels(8, w), scaled_channels(64, w), scaled_channels(6, w)
+        self.net = nn.Sequential(
+            _DenseToVolume(self.noise_dim, (7, 7, 8), c0),
+            Conv3d(c0, c1, (6, 6, 8), padding="same", init="he_uniform"),
+            leaky_relu(), batch_norm(3, c1, eps), nn.Upsample(scale_factor=(2, 2, 2), mode="nearest"),
+            _zero_pad(2, 2, 0),
+            Conv3d(c1, c2, (6, 5, 8), init="he_uniform"),
+            leaky_relu(), batch_norm(3, c2, eps), nn.Upsample(scale_factor=(2, 2, 3), mode="nearest"),
+            _zero_pad(1, 0, 3),
+            Conv3d(c2, c2, (3, 3, 8), init="he_uniform"),
+            leaky_relu(),
+            Conv3d(c2, 1, (2, 2, 2), bias=False, init="glorot_normal"),
+            nn.ReLU(),
+        )
+
+    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+        """(B, 25, 25, 25) showers in 100 x GeV for energies (GeV) and noise (B, 200)."""
+        latent = (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1) * noise
+        return self.net(latent).squeeze(1)
+
+
+class Gan3dClic25Discriminator(ShowerDiscriminator):
+    """Fixed-angle 25^3 3DGAN discriminator.
+
+    Conv3D(32,5^3,same), LeakyReLU, Dropout; three blocks [ZeroPad(2|2|1), Conv3D(8,5^3),
+    LeakyReLU, BN (batch statistics always, Keras ``training=True``), Dropout] (25^3 -> 25^3 ->
+    23^3); AvgPool3D(2) -> 11^3 x 8 = 10 648; heads Dense(1, sigmoid) ``real``, Dense(1, linear)
+    ``energy`` (E / 100 GeV), and the image sum ``ecal_sum`` (100 x GeV).
+    """
+
+    name: ClassVar[str] = "gan3d_clic25"
+    geometry: ClassVar[str] = "clic25"
+    transform: ClassVar[CellTransform] = Gan3dClic25Generator.transform
+
+    def __init__(self, config: Gan3dClic25Config | None = None) -> None:
+        config = config or Gan3dClic25Config()
+        super().__init__(config)
+        w, eps, p = config.width, config.discriminator_bn_eps, config.dropout
+        c0, c1 = scaled_channels(32, w), scaled_channels(8, w)
+        blocks: list[nn.Module] = [Conv3d(1, c0, 5, padding="same"), leaky_relu(), nn.Dropout(p)]
+        for pad, c_in in ((2, c0), (2, c1), (1, c1)):
+            blocks += [_zero_pad(pad, pad, pad), Conv3d(c_in, c1, 5), leaky_relu(),
+                       BatchNorm3dAlwaysTraining(c1, eps), nn.Dropout(p)]
+        blocks.append(nn.AvgPool3d(2))
+        self.features = nn.Sequential(*blocks)
+        n_features = c1 * 11 ** 3
+        self.real_head = dense(n_features, 1)
+        self.energy_head = dense(n_features, 1)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = _flatten_channels_last(self.features(image.unsqueeze(1)))
+        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
+                "energy": self.energy_head(h).squeeze(1),
+                "ecal_sum": self.ecal_sum_of(image)}

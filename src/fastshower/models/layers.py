@@ -1,0 +1,207 @@
+"""Keras semantics in PyTorch: the building blocks the 3DGAN-family ports are made of.
+
+The published models were written in Keras (TF 1.x / TF 2). PyTorch layers differ in defaults
+that silently change the networks; these helpers reproduce the Keras behaviour:
+
+- ``LeakyReLU()`` in Keras has slope 0.3 (PyTorch: 0.01) -> :data:`LEAKY_SLOPE`.
+- ``BatchNormalization(momentum=0.99)`` keeps 99 % of the old moving average; PyTorch's
+  ``momentum`` is the weight of the *new* batch -> :data:`BN_MOMENTUM` = 0.01. Keras' default
+  epsilon is 1e-3 (PyTorch: 1e-5) -> :data:`KERAS_BN_EPS`.
+- ``padding='same'`` pads ``k - 1`` cells in total, ``(k - 1) // 2`` before and the rest after:
+  for even kernels the extra cell is at the *end* (PyTorch's ``padding='same'`` agrees only for
+  stride 1, and has no transposed counterpart) -> :class:`Conv3d`, :class:`Conv2d`,
+  :class:`ConvTranspose2d`.
+- Initialisers: Keras' default ``glorot_uniform`` with zero biases (PyTorch: kaiming-uniform with
+  a=sqrt(5) and uniform biases), ``he_uniform`` and ``glorot_normal`` (a *truncated* normal in
+  Keras 2.2+, stddev corrected by 1/0.8796) -> :func:`keras_init_`.
+- ``BatchNormalization()(x, training=True)`` uses batch statistics even at inference ->
+  :class:`BatchNorm3dAlwaysTraining`.
+- ``UpSampling3D`` is nearest-neighbour (the PyTorch ports used trilinear) -> ``nn.Upsample(mode="nearest")``.
+
+Parameter counts follow the Keras convention (moving mean and variance of BN counted, PyTorch's
+``num_batches_tracked`` not): :func:`keras_parameter_count`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Keras ``LeakyReLU()`` default negative slope.
+LEAKY_SLOPE = 0.3
+#: PyTorch BatchNorm momentum equivalent to Keras ``momentum=0.99``.
+BN_MOMENTUM = 0.01
+#: Keras ``BatchNormalization`` default epsilon.
+KERAS_BN_EPS = 1e-3
+
+Init = Literal["glorot_uniform", "glorot_normal", "he_uniform"]
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded, at least 1 (``width`` = 1 gives the published network)."""
+    return max(1, int(round(channels * width)))
+
+
+def keras_init_(weight: torch.Tensor, init: Init) -> None:
+    """Initialise ``weight`` in place as the Keras initialiser ``init`` would.
+
+    Fan-in / fan-out are computed as Keras does (receptive field x input / output channels); for
+    PyTorch's ``(out, in, *k)`` convolution and ``(in, out, *k)`` transposed-convolution layouts
+    :func:`torch.nn.init._calculate_fan_in_and_fan_out` gives the same numbers.
+    """
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    with torch.no_grad():
+        if init == "glorot_uniform":
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            weight.uniform_(-limit, limit)
+        elif init == "he_uniform":
+            limit = math.sqrt(6.0 / fan_in)
+            weight.uniform_(-limit, limit)
+        elif init == "glorot_normal":
+            # Keras VarianceScaling(1, fan_avg, 'normal'): truncated at 2 sigma, sigma corrected so
+            # that the truncated distribution has variance 2 / (fan_in + fan_out).
+            std = math.sqrt(2.0 / (fan_in + fan_out)) / 0.87962566103423978
+            nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+        else:
+            raise ValueError(f"unknown initialiser {init!r}")
+
+
+def _tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(value)
+    if len(value) != n:
+        raise ValueError(f"expected {n} values, got {value}")
+    return value
+
+
+def same_padding(kernel: Sequence[int]) -> tuple[int, ...]:
+    """``F.pad`` argument for Keras/TF ``padding='same'`` at stride 1: per axis ``(k-1)//2`` cells
+    before and ``k//2`` after (the extra cell of an even kernel at the end); last axis first."""
+    pads: list[int] = []
+    for k in reversed(tuple(kernel)):
+        pads += [(k - 1) // 2, k // 2]
+    return tuple(pads)
+
+
+class _KerasConv:
+    """Mixin: Keras padding and initialisation for a stride-1 convolution."""
+
+    def _keras_setup(self, kernel: tuple[int, ...], padding: str, init: Init) -> None:
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        self.keras_padding = same_padding(kernel) if padding == "same" else None
+        keras_init_(self.weight, init)  # type: ignore[attr-defined]
+        if self.bias is not None:  # type: ignore[attr-defined]
+            nn.init.zeros_(self.bias)  # type: ignore[attr-defined]
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, self.keras_padding) if self.keras_padding else x
+
+
+class Conv3d(_KerasConv, nn.Conv3d):
+    """Keras ``Conv3D(filters, kernel, padding)``, stride 1, channels-first input (B, C, x, y, z)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
+                 init: Init = "glorot_uniform") -> None:
+        kernel = _tuple(kernel_size, 3)
+        nn.Conv3d.__init__(self, in_channels, out_channels, kernel, bias=bias)
+        self._keras_setup(kernel, padding, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Conv3d.forward(self, self._pad(x))
+
+
+class Conv2d(_KerasConv, nn.Conv2d):
+    """Keras ``Conv2D(filters, kernel, padding)``, stride 1, channels-first input (B, C, h, w)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
+                 init: Init = "glorot_uniform") -> None:
+        kernel = _tuple(kernel_size, 2)
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel, bias=bias)
+        self._keras_setup(kernel, padding, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.Conv2d.forward(self, self._pad(x))
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """Keras ``Conv2DTranspose(filters, kernel, strides, padding)``.
+
+    'valid': output ``(n - 1) * s + k``. 'same': output ``n * s``; TF crops the full output by
+    ``k - s`` cells, ``(k - s) // 2`` at the start and the rest at the end.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
+                 init: Init = "glorot_uniform") -> None:
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        if padding == "same" and kernel_size < stride:
+            raise ValueError("'same' transposed convolution needs kernel_size >= stride")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
+        crop = kernel_size - stride if padding == "same" else 0
+        self.crop_before, self.crop_after = crop // 2, crop - crop // 2
+        keras_init_(self.weight, init)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(x)
+        if self.crop_before or self.crop_after:
+            h, w = y.shape[-2:]
+            y = y[..., self.crop_before:h - self.crop_after, self.crop_before:w - self.crop_after]
+        return y
+
+
+def dense(in_features: int, out_features: int, init: Init = "glorot_uniform") -> nn.Linear:
+    """Keras ``Dense``: glorot-uniform kernel, zero bias."""
+    layer = nn.Linear(in_features, out_features)
+    keras_init_(layer.weight, init)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def batch_norm(dims: int, channels: int, eps: float = KERAS_BN_EPS) -> nn.Module:
+    """Keras ``BatchNormalization(momentum=0.99, epsilon=eps)`` over the channel axis."""
+    cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
+    return cls(channels, eps=eps, momentum=BN_MOMENTUM)
+
+
+class BatchNorm3dAlwaysTraining(nn.BatchNorm3d):
+    """Keras ``BatchNormalization()(x, training=True)``: normalises with the *batch* statistics in
+    training and in evaluation mode alike. The moving averages are updated in training mode (as
+    Keras does) but never used."""
+
+    def __init__(self, channels: int, eps: float = KERAS_BN_EPS) -> None:
+        super().__init__(channels, eps=eps, momentum=BN_MOMENTUM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+        return F.batch_norm(x, self.running_mean if self.training else None,
+                            self.running_var if self.training else None, self.weight, self.bias,
+                            True, self.momentum, self.eps)
+
+
+def leaky_relu() -> nn.LeakyReLU:
+    """Keras ``LeakyReLU()``: negative slope 0.3."""
+    return nn.LeakyReLU(LEAKY_SLOPE)
+
+
+def keras_parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters as Keras' ``model.summary()`` counts them: all weights and biases plus,
+    unless ``trainable_only``, the BatchNorm moving mean and variance (PyTorch buffers
+    ``running_mean`` / ``running_var``); ``num_batches_tracked`` is not counted."""
+    n = sum(p.numel() for p in module.parameters())
+    if not trainable_only:
+        n += sum(b.numel() for name, b in module.named_buffers()
+                 if name.endswith(("running_mean", "running_var")))
+    return n

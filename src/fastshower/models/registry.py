@@ -1,0 +1,149 @@
+"""Model registry: name -> builders, default configuration, geometry and published sizes; saving and
+loading generators as safetensors + JSON (never pickles).
+
+A saved generator is two files with a common stem: ``<stem>.safetensors`` (the state dict,
+BatchNorm moving statistics included) and ``<stem>.json`` (the model card: model name, config,
+geometry, condition ranges, preprocessing, parameter counts, and the caller's ``metadata``).
+Weights shipped with the package live in ``fastshower/weights/<name>.{safetensors,json}`` and are
+found by name: ``load_generator("conv2d_g1")``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastshower.fileio import atomic_path
+from fastshower.models.base import ModelConfig, ShowerDiscriminator, ShowerGenerator
+from fastshower.models.gan3d import Gan3dClic25Config, Gan3dClic25Discriminator, Gan3dClic25Generator
+
+#: Folder of the weights shipped with the package.
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+#: ``format`` field of the model-card JSON.
+CARD_FORMAT = "fastshower-generator/1"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model. ``published_parameters``: sizes of the published networks at
+    ``width=1`` in the Keras convention (BN moving statistics counted), keys ``generator`` and
+    ``discriminator``; ``source`` says where the figures come from."""
+
+    name: str
+    description: str
+    geometry: str
+    config_class: type[ModelConfig]
+    generator: Callable[[Any], ShowerGenerator]
+    discriminator: Callable[[Any], ShowerDiscriminator]
+    published_parameters: dict[str, int]
+    source: str
+
+    def default_config(self) -> ModelConfig:
+        return self.config_class()
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec(
+            name="gan3d_clic25",
+            description="3DGAN, fixed angle, 25x25x25 (Keras EcalEnergyGan): latent 200, (E/100)*noise, cells x100",
+            geometry="clic25", config_class=Gan3dClic25Config,
+            generator=Gan3dClic25Generator, discriminator=Gan3dClic25Discriminator,
+            published_parameters={"generator": 872_948, "discriminator": 73_450},
+            source="computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/EcalEnergyGan.py)"),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of model ``name``; ValueError listing the known models otherwise."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+
+
+def make_config(name: str, **config_overrides: Any) -> ModelConfig:
+    """The config of model ``name`` with ``config_overrides`` applied (validated)."""
+    return get_spec(name).config_class(**config_overrides)
+
+
+def build_generator(name: str, **config_overrides: Any) -> ShowerGenerator:
+    """A freshly initialised generator of model ``name`` (e.g. ``build_generator("gan3d_clic25", width=0.25)``)."""
+    return get_spec(name).generator(make_config(name, **config_overrides))
+
+
+def build_discriminator(name: str, **config_overrides: Any) -> ShowerDiscriminator:
+    """A freshly initialised discriminator of model ``name``; takes the same config as the generator."""
+    return get_spec(name).discriminator(make_config(name, **config_overrides))
+
+
+def save_generator(generator: ShowerGenerator, path_stem: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` (each atomically; the JSON last, so a card
+    always has its weights). ``metadata`` (JSON-serialisable) is stored under ``"metadata"``.
+    Returns the JSON path."""
+    stem = _stem(Path(path_stem))
+    card = {"format": CARD_FORMAT, **generator.metadata(), "metadata": dict(metadata or {})}
+    text = json.dumps(card, indent=2, sort_keys=False)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), metadata={"model": generator.name, "format": CARD_FORMAT})
+    json_path = stem.with_suffix(".json")
+    with atomic_path(json_path) as tmp:
+        tmp.write_text(text + "\n")
+    return json_path
+
+
+def _stem(path: Path) -> Path:
+    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+
+
+def list_shipped() -> list[str]:
+    """Names of the generators shipped with the package (``fastshower/weights/*.json`` with weights)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if p.with_suffix(".safetensors").is_file())
+
+
+def resolve_generator_path(path_stem_or_name: str | Path) -> Path:
+    """The stem of a saved generator: a path (stem, ``.json`` or ``.safetensors``) or the name of a
+    shipped generator. FileNotFoundError when neither exists."""
+    stem = _stem(Path(path_stem_or_name))
+    if stem.with_suffix(".json").is_file():
+        return stem
+    shipped = WEIGHTS_DIR / str(path_stem_or_name)
+    if shipped.with_suffix(".json").is_file():
+        return shipped
+    names = list_shipped()
+    raise FileNotFoundError(
+        f"no saved generator at {stem}.json and no shipped generator named {str(path_stem_or_name)!r}; "
+        f"shipped: {', '.join(names) if names else 'none'}")
+
+
+def read_card(path_stem_or_name: str | Path) -> dict[str, Any]:
+    """The model card (JSON) of a saved or shipped generator."""
+    stem = resolve_generator_path(path_stem_or_name)
+    card = json.loads(stem.with_suffix(".json").read_text())
+    if not isinstance(card, dict) or "model" not in card or "config" not in card:
+        raise ValueError(f"{stem}.json is not a fastshower generator card (no 'model' / 'config')")
+    return card
+
+
+def load_generator(path_stem_or_file: str | Path, device: str | torch.device = "cpu") -> ShowerGenerator:
+    """Rebuild a generator from its JSON card and load its safetensors weights, in eval mode (the
+    generator's BatchNorm layers use their moving statistics, as Keras at inference)."""
+    stem = resolve_generator_path(path_stem_or_file)
+    card = read_card(stem)
+    generator = build_generator(card["model"], **card["config"])
+    weights = stem.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{stem}.json has no weights file {weights.name}")
+    generator.load_state_dict(load_file(str(weights), device="cpu"))
+    return generator.to(device).eval()

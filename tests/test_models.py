@@ -1,0 +1,256 @@
+"""Models: shapes, sizes against the published/computed figures, save/load, reproducibility, the
+discriminator heads, Keras-semantics layers, and that the energy conditioning learns the right
+direction in a few steps on reference showers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fastshower.geometry import load_geometry
+from fastshower.models import registry
+from fastshower.models.layers import (
+    BatchNorm3dAlwaysTraining,
+    Conv2d,
+    Conv3d,
+    ConvTranspose2d,
+    keras_parameter_count,
+    same_padding,
+)
+
+MODEL_NAMES = sorted(registry.MODELS)
+#: Small networks for the functional tests (the size test builds the published width).
+SMALL = {"width": 0.25}
+
+
+def _conditions(n: int, generator, energies=(50.0, 400.0)):
+    energy = torch.tensor([energies[i % len(energies)] for i in range(n)], dtype=torch.float32)
+    angle = torch.full((n,), math.pi / 2) if not generator.conditions_on_angle else \
+        torch.linspace(generator.angle_range_rad[0], generator.angle_range_rad[1], n)
+    return energy, angle
+
+
+# ------------------------------------------------------------------------ sizes and shapes
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_matches_published(name):
+    # Keras convention: weights + biases + BN gamma/beta + BN moving mean/variance (PyTorch buffers
+    # running_mean/running_var); num_batches_tracked not counted.
+    spec = registry.MODELS[name]
+    g = registry.build_generator(name)
+    d = registry.build_discriminator(name)
+    for part, model in (("generator", g), ("discriminator", d)):
+        published = spec.published_parameters[part]
+        ours = keras_parameter_count(model)
+        assert abs(ours - published) <= 0.02 * published, (name, part, ours, published)
+
+
+def test_gan3d_counts_are_exact():
+    g = registry.build_generator("gan3d_clic25")
+    assert keras_parameter_count(g) == 872_948
+    assert keras_parameter_count(g, trainable_only=True) == 872_808
+    assert keras_parameter_count(registry.build_discriminator("gan3d_clic25")) == 73_450
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_generator_output_shape_units_and_reproducible_noise(name):
+    torch.manual_seed(0)
+    g = registry.build_generator(name, **SMALL).eval()
+    shape = load_geometry(g.geometry).shape
+    energy, angle = _conditions(3, g)
+    noise_a = g.sample_noise(3, generator=torch.Generator().manual_seed(7))
+    noise_b = g.sample_noise(3, generator=torch.Generator().manual_seed(7))
+    assert noise_a.shape == (3, g.noise_dim)
+    assert torch.equal(noise_a, noise_b)
+    with torch.no_grad():
+        raw = g.generate_raw(energy, angle, noise_a)
+        showers = g(energy, angle, noise_b)
+    assert raw.shape == (3, *shape) and showers.shape == (3, *shape)
+    assert showers.dtype == torch.float32
+    torch.testing.assert_close(showers, g.postprocess(raw))
+    torch.testing.assert_close(g.preprocess(showers), raw, rtol=1e-4, atol=1e-6)
+    if getattr(g.config, "output_activation", "relu") == "relu":
+        assert float(showers.min()) >= 0.0
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_save_load_round_trip(name, tmp_path):
+    torch.manual_seed(1)
+    g = registry.build_generator(name, **SMALL)
+    g.train()
+    energy, angle = _conditions(4, g)
+    with torch.no_grad():  # move the BN moving statistics away from their initial values
+        for _ in range(3):
+            g(energy, angle, g.sample_noise(4))
+    g.eval()
+    path = registry.save_generator(g, tmp_path / "gen", {"epoch": 3})
+    assert path == tmp_path / "gen.json" and (tmp_path / "gen.safetensors").is_file()
+    card = registry.read_card(tmp_path / "gen")
+    assert card["model"] == name and card["metadata"] == {"epoch": 3}
+    assert card["config"]["width"] == 0.25 and card["geometry"] == g.geometry
+    loaded = registry.load_generator(tmp_path / "gen.safetensors")
+    assert not loaded.training
+    noise = g.sample_noise(4, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(energy, angle, noise), g(energy, angle, noise), rtol=0, atol=0)
+
+
+def test_load_unknown_generator_names_shipped(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no shipped generator named 'nope'"):
+        registry.load_generator("nope")
+    (tmp_path / "card.json").write_text('{"model": "gan3d_clic25", "config": {}}')
+    with pytest.raises(FileNotFoundError, match="no weights file card.safetensors"):
+        registry.load_generator(tmp_path / "card")
+    with pytest.raises(ValueError, match="unknown model"):
+        registry.build_generator("gan4d")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_discriminator_heads(name, rng):
+    torch.manual_seed(2)
+    g = registry.build_generator(name, **SMALL)
+    d = registry.build_discriminator(name, **SMALL).train()
+    shape = load_geometry(g.geometry).shape
+    showers_gev = torch.from_numpy(rng.exponential(1e-3, size=(4, *shape)).astype(np.float32))
+    image = g.preprocess(showers_gev)
+    out = d(image)
+    for key in ("real", "energy", "ecal_sum"):
+        assert out[key].shape == (4,)
+    assert bool(((out["real"] > 0) & (out["real"] < 1)).all())
+    # the ECAL sum is the image sum with the power transform undone: scale x GeV
+    expected = showers_gev.sum(dim=(1, 2, 3)).double() * g.transform.scale
+    torch.testing.assert_close(out["ecal_sum"].double(), expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(d.ecal_sum_of(image), out["ecal_sum"])
+    assert ("angle" in out) == g.conditions_on_angle
+
+
+# ------------------------------------------------------------------------ Keras semantics
+
+def test_same_padding_puts_the_extra_cell_at_the_end():
+    assert same_padding((6, 5, 8)) == (3, 4, 2, 2, 2, 3)  # last axis first: z (3, 4), y (2, 2), x (2, 3)
+    conv = Conv3d(1, 1, (2, 2, 2), padding="same", bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0, 0] = 1.0  # picks the cell itself: output == input
+        conv.weight[0, 0, 1, 0, 0] = 10.0  # and 10 x the next cell along x (zero past the end)
+    x = torch.arange(3.0).view(1, 1, 3, 1, 1)
+    assert conv(x).flatten().tolist() == [10.0, 21.0, 2.0]
+
+
+def test_conv2d_same_and_transposed_same_sizes():
+    assert Conv2d(2, 3, 8, padding="same")(torch.zeros(1, 2, 30, 30)).shape == (1, 3, 30, 30)
+    assert ConvTranspose2d(2, 3, 5, stride=3, padding="same")(torch.zeros(1, 2, 5, 5)).shape == (1, 3, 15, 15)
+    assert ConvTranspose2d(2, 3, 5, stride=2, padding="same")(torch.zeros(1, 2, 15, 15)).shape == (1, 3, 30, 30)
+    assert ConvTranspose2d(2, 3, 5, stride=2)(torch.zeros(1, 2, 15, 15)).shape == (1, 3, 33, 33)
+
+
+def test_transposed_same_crops_like_tensorflow():
+    # TF conv2d_transpose 'same', k=5, s=2 on a 1-pixel input: the full 5-wide output is cropped
+    # (k - s) // 2 = 1 at the start and 2 at the end -> kernel taps 1..2.
+    conv = ConvTranspose2d(1, 1, 5, stride=2, padding="same", bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(25.0).view(1, 1, 5, 5))
+    y = conv(torch.ones(1, 1, 1, 1))
+    assert y.shape == (1, 1, 2, 2)
+    assert y.flatten().tolist() == [6.0, 7.0, 11.0, 12.0]
+
+
+def test_batchnorm_always_training_uses_batch_statistics_in_eval():
+    bn = BatchNorm3dAlwaysTraining(1).eval()
+    x = torch.tensor([1.0, 3.0]).view(2, 1, 1, 1, 1)
+    y = bn(x).flatten()
+    torch.testing.assert_close(y, torch.tensor([-1.0, 1.0]) / math.sqrt(1 + 1e-3))
+    assert bn.running_mean.item() == 0.0  # eval mode leaves the moving statistics alone
+    bn.train()(x)
+    assert bn.running_mean.item() == pytest.approx(0.01 * 2.0)  # Keras momentum 0.99
+
+
+def test_keras_layer_defaults():
+    g = registry.build_generator("gan3d_clic25")
+    slopes = {m.negative_slope for m in g.modules() if isinstance(m, torch.nn.LeakyReLU)}
+    assert slopes == {0.3}
+    bns = [m for m in g.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert bns and all(m.momentum == 0.01 and m.eps == 1e-6 for m in bns)
+    ups = [m for m in g.modules() if isinstance(m, torch.nn.Upsample)]
+    assert ups and all(m.mode == "nearest" for m in ups)
+    # he_uniform: bound sqrt(6 / fan_in); fan_in of Conv3D(6, (6,5,8)) on 64 channels = 15360
+    conv = [m for m in g.modules() if isinstance(m, Conv3d)][1]
+    assert float(conv.weight.detach().abs().max()) <= math.sqrt(6 / 15360)
+    assert float(conv.weight.detach().abs().max()) > 0.95 * math.sqrt(6 / 15360)
+    assert float(conv.bias.detach().abs().max()) == 0.0
+
+
+# ------------------------------------------------------------------------ conditioning
+
+def _reference_showers(geometry, energy_gev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Toy showers: sampling fraction 0.02 of the primary energy, a gamma longitudinal profile
+    and a Gaussian lateral one (stands in for the GFlash reference)."""
+    g = load_geometry(geometry)
+    nx, ny, nz = g.shape
+    x = np.arange(nx) - (nx - 1) / 2
+    y = np.arange(ny) - (ny - 1) / 2
+    z = np.arange(nz) + 0.5
+    lateral = np.exp(-(x[:, None] ** 2 + y[None, :] ** 2) / (2 * 1.5 ** 2))
+    out = np.empty((len(energy_gev), nx, ny, nz), np.float32)
+    for i, e in enumerate(energy_gev):
+        t_max = 4.0 + 0.5 * np.log(e) + rng.normal(0, 0.3)
+        longitudinal = z ** (t_max / 2) * np.exp(-z / 2)
+        shape = lateral[:, :, None] * longitudinal[None, None, :]
+        out[i] = 0.02 * e * rng.normal(1, 0.05) * shape / shape.sum()
+    return out
+
+
+def _recalibrate_batchnorm(generator, energy_range, n_batches: int = 4, batch: int = 32) -> None:
+    """Moving statistics = the average over a few mixed-energy batches (momentum 0.01 would need
+    hundreds of steps to forget their initial values)."""
+    bns = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    generator.train()
+    with torch.no_grad():
+        for i in range(n_batches):
+            gen = torch.Generator().manual_seed(100 + i)
+            e = energy_range[0] + (energy_range[1] - energy_range[0]) * torch.rand(batch, generator=gen)
+            a = torch.full((batch,), math.pi / 2)
+            generator.generate_raw(e, a, generator.sample_noise(batch, generator=gen))
+    for m in bns:
+        m.momentum = 0.01
+    generator.eval()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_energy_conditioning_learns_the_deposited_energy(name, rng):
+    """A few dozen steps regressing the total deposited energy (the ECAL-sum term of the GAN loss)
+    on reference showers: afterwards 400 GeV showers carry more energy than 50 GeV ones, and the
+    ratio of the means is near the reference's 8."""
+    torch.manual_seed(3)
+    g = registry.build_generator(name, **SMALL)
+    d = registry.build_discriminator(name, **SMALL)
+    opt = torch.optim.Adam(g.parameters(), lr=2e-3)
+    train_energy = np.linspace(20.0, 500.0, 64)
+    reference = torch.from_numpy(_reference_showers(g.geometry, train_energy, rng))
+    target = d.ecal_sum_of(g.preprocess(reference))
+    energy = torch.tensor(train_energy, dtype=torch.float32)
+    angle = torch.full((64,), math.pi / 2)
+    noise_gen = torch.Generator().manual_seed(4)
+    for _ in range(40):
+        idx = torch.randint(0, 64, (16,), generator=noise_gen)
+        fake = g.generate_raw(energy[idx], angle[idx], g.sample_noise(16, generator=noise_gen))
+        loss = ((d.ecal_sum_of(fake) - target[idx]).abs() / target[idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _recalibrate_batchnorm(g, (20.0, 500.0))
+    with torch.no_grad():
+        means = {}
+        for e in (50.0, 400.0):
+            showers = g(torch.full((32,), e), torch.full((32,), math.pi / 2),
+                        g.sample_noise(32, generator=torch.Generator().manual_seed(5)))
+            means[e] = float(showers.sum(dim=(1, 2, 3)).mean())
+    assert means[400.0] > means[50.0] > 0
+    assert 4.0 < means[400.0] / means[50.0] < 16.0, means
+    assert means[400.0] == pytest.approx(0.02 * 400, rel=0.5), means
