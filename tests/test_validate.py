@@ -273,5 +273,9 @@ def test_compare_splits_the_reference_without_reference2(toys):
     res = M.compare(toys["ref"], toys["ref2"][:200], quick=True, energy_bins=[2, 250, 500])
     assert res["n_reference"] == 750 and res["n_reference2"] == 750
     assert "halves" in res["floor_source"]
+    few = toys["ref2"][:15]  # fewer than 10 events in every energy bin: one bin of all events
+    sf_ref = np.mean(toys["ref"].deposited_energy / toys["ref"].primary_energy)
+    sf_few = np.mean(few.deposited_energy / few.primary_energy)
+    assert M.sampling_fraction_error(toys["ref"], few) == pytest.approx(abs(sf_ref - sf_few) / sf_ref)
     with pytest.raises(ValueError, match="geometry"):
         M.compare(toys["ref"], toy_showers(50, np.random.default_rng(0), "par04_ds2"), quick=True)

@@ -78,7 +78,8 @@ class ConditionBin:
 def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: np.ndarray,
                    angle_bins: np.ndarray | None = None, min_events: int = MIN_EVENTS_PER_BIN
                    ) -> list[ConditionBin]:
-    """The (energy x angle) bins in which both samples have at least ``min_events`` events."""
+    """The (energy x angle) bins in which both samples have at least ``min_events`` events; if none
+    has, a single bin with all events."""
     out = []
     er, ec = _bin_index(ref_energy, energy_bins), _bin_index(cand_energy, energy_bins)
     ar, ac = _bin_index(ref_angle, angle_bins), _bin_index(cand_angle, angle_bins)
@@ -91,8 +92,10 @@ def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: 
                 if angle_bins is not None:
                     label += f", {math.degrees(angle_bins[j]):.0f}-{math.degrees(angle_bins[j + 1]):.0f} deg"
                 out.append(ConditionBin(label, mr, mc))
-    if not out:
-        raise ValueError(f"no energy bin holds {min_events} events of both samples; give energy_bins that fit the data")
+    if not out:  # small samples: one bin holding every event
+        if len(ref_energy) == 0 or len(cand_energy) == 0:
+            raise ValueError("a binned metric needs events in both samples")
+        out.append(ConditionBin("all events", np.ones(len(ref_energy), bool), np.ones(len(cand_energy), bool)))
     return out
 
 
