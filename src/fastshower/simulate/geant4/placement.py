@@ -127,19 +127,23 @@ def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np
         raise ValueError(f"event_index must lie in [0, {n_events})")
     n_lat, nz = g.shape[0] * g.shape[1], g.shape[2]
     n_cells = n_lat * nz
-    cells = np.zeros(n_events * n_cells, dtype=np.float64)
+    cells = np.zeros((n_events, n_cells), dtype=np.float64)
     leaked = np.zeros(n_events, dtype=np.float64)
-    k = np.arange(nz, dtype=np.int64)
     for start in range(0, m, _CHUNK):
-        sl = slice(start, start + _CHUNK)
-        target, inside = _lateral_targets(g, entry[sl, 0], entry[sl, 1], psi[sl])
-        kd = k[None, :] + layer[sl, None]  # (b, nz)
-        valid = inside[:, :, None] & (kd < nz)[:, None, :]
-        flat = (event[sl, None, None] * n_cells + target[:, :, None] * nz + kd[:, None, :])
-        w = showers[sl].reshape(-1, n_lat, nz).astype(np.float64)
-        cells += np.bincount(flat[valid], weights=w[valid], minlength=n_events * n_cells)
-        lost = np.where(valid, 0.0, w).sum(axis=(1, 2))
-        np.add.at(leaked, event[sl], lost)
+        target, inside = _lateral_targets(g, entry[start:start + _CHUNK, 0], entry[start:start + _CHUNK, 1],
+                                          psi[start:start + _CHUNK])
+        for b in range(len(target)):
+            i = start + b
+            w = showers[i].reshape(n_lat, nz).astype(np.float64)
+            total = w.sum()
+            k0 = int(layer[i])
+            if k0 >= nz:
+                leaked[event[i]] += total
+                continue
+            kept = w[inside[b], : nz - k0]
+            flat = target[b][inside[b]][:, None] * nz + np.arange(k0, nz)[None, :]
+            cells[event[i]] += np.bincount(flat.ravel(), weights=kept.ravel(), minlength=n_cells)
+            leaked[event[i]] += total - kept.sum()
     return cells.reshape(n_events, *g.shape).astype(np.float32), leaked
 
 
