@@ -40,9 +40,8 @@ def axis_profiles(showers: np.ndarray) -> dict[str, np.ndarray]:
 
     Keys ``x``, ``y``, ``z`` (cylindrical: r, alpha, layer), each shape (n, axis length).
     """
-    s = showers.astype(np.float64, copy=False) if showers.dtype != np.float64 else showers
-    xy = s.sum(axis=3)
-    return {"x": xy.sum(axis=2), "y": xy.sum(axis=1), "z": s.sum(axis=(1, 2))}
+    xy = showers.sum(axis=3, dtype=np.float64)
+    return {"x": xy.sum(axis=2), "y": xy.sum(axis=1), "z": showers.sum(axis=(1, 2), dtype=np.float64)}
 
 
 def profile_moments(profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
