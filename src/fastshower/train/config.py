@@ -64,6 +64,9 @@ class RecipeConfig(_Strict):
       rates are multiplied by batch_size / reference_batch; the multiplier ramps linearly from 1 over
       ``warmup_steps`` steps (or ``warmup_epochs`` epochs), as in the 3DGAN Horovod runs.
     - ``generator_steps`` G updates after each D real + D fake pair.
+    - ``micro_batches``: each rank's batch is processed in this many parts whose gradients are
+      averaged before one update (gradient accumulation). BatchNorm statistics are per part, so one
+      process with ``micro_batches: W`` follows the trajectory of W data-parallel ranks.
     - labels: real ``real_label`` / fake ``fake_label`` targets for D; each label is replaced by the
       other class's value with probability ``label_flip``; G is trained toward ``generator_label``.
     - ``fake_conditions``: ``real`` = fake showers get the real batch's (E, angle) and the real ECAL
@@ -86,6 +89,7 @@ class RecipeConfig(_Strict):
     warmup_steps: int = Field(default=0, ge=0)
     warmup_epochs: float = Field(default=0.0, ge=0)
     generator_steps: int = Field(default=2, ge=1)
+    micro_batches: int = Field(default=1, ge=1)
     label_flip: float = Field(default=0.05, ge=0, lt=0.5)
     real_label: float = Field(default=1.0, ge=0, le=1)
     fake_label: float = Field(default=0.0, ge=0, le=1)

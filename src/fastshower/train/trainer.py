@@ -103,8 +103,9 @@ class Trainer:
             raise ValueError("precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
         if run.sync_batchnorm and self.device.type != "cuda" and self.info.distributed:
             raise ValueError("sync_batchnorm needs CUDA devices (torch's SyncBatchNorm does not run on the CPU)")
-        if self.recipe.batch_size % self.info.world:
-            raise ValueError(f"batch_size {self.recipe.batch_size} is not divisible by the {self.info.world} ranks")
+        if self.recipe.batch_size % (self.info.world * self.recipe.micro_batches):
+            raise ValueError(f"batch_size {self.recipe.batch_size} is not divisible by {self.info.world} rank(s) x "
+                             f"{self.recipe.micro_batches} micro-batch(es)")
         self.global_batch = self.recipe.batch_size
         self.batch = self.global_batch // self.info.world
 
@@ -264,11 +265,32 @@ class Trainer:
         return as_t(energy), as_t(angle), as_t(ecal)
 
     # ------------------------------------------------------------------ one iteration
-    def _update(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor) -> None:
+    def _update(self, module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                loss_fn: Callable[[slice], tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]],
+                prefix: str) -> tuple[dict[str, float], list[dict[str, torch.Tensor]]]:
+        """One optimizer step of ``module`` on this rank's batch, as ``recipe.micro_batches`` parts.
+
+        ``loss_fn(part)`` returns (loss, terms, outputs) of one part; gradients of the parts are
+        averaged (DDP syncs only after the last). Returns the part-averaged loss and terms, named
+        ``<prefix>loss`` and ``<prefix><term>``, and the outputs of every part.
+        """
+        m = self.recipe.micro_batches
+        size = self.batch // m
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        sums: dict[str, float] = {}
+        outputs = []
+        for k in range(m):
+            last = k == m - 1
+            sync = contextlib.nullcontext() if last or not isinstance(module, DDP) else module.no_sync()
+            with sync:
+                loss, terms, out = loss_fn(slice(k * size, (k + 1) * size))
+                scaler.scale(loss / m).backward()
+            outputs.append(out)
+            for name, value in (("loss", loss), *terms.items()):
+                sums[prefix + name] = sums.get(prefix + name, 0.0) + value.item() / m
         scaler.step(optimizer)
         scaler.update()
+        return sums, outputs
 
     def _set_lr(self) -> dict[str, float]:
         f = dist_utils.lr_factor(self.step, self.epoch_step, self.lr_scale, self._warmup_steps,
@@ -288,43 +310,50 @@ class Trainer:
         real_gev = torch.from_numpy(np.ascontiguousarray(batch.showers)).to(dev)
         energy = torch.as_tensor(batch.primary_energy, dtype=torch.float32, device=dev)
         angle = torch.as_tensor(batch.incident_angle, dtype=torch.float32, device=dev)
-        out: dict[str, float] = {}
-
-        # D on the real batch
+        measured = self.has_angle and rc.angle_target == "measured"
         with torch.no_grad():
             x_real = self.G.preprocess(real_gev)
             ecal_real = self.D.ecal_sum_of(x_real).float()
-        _set_requires_grad(self.D, True)
-        with self._autocast():
-            d_out = self.d_train(x_real)
-        angle_real = d_out["angle"].detach().float() if (self.has_angle and rc.angle_target == "measured"
-                                                         and "angle" in d_out) else angle
-        loss, terms = gan_loss(d_out, self._labels(rc.real_label, rc.fake_label), energy / 100, ecal_real,
-                               angle_real, w)
-        self._update(self.opt_d, self.scaler_d, loss)
-        out["d_real_loss"] = loss.item()
-        out.update({f"d_real_{k}": v.item() for k, v in terms.items()})
+        out: dict[str, float] = {}
 
-        # D on a fake batch
+        # D on the real batch
+        _set_requires_grad(self.D, True)
+        labels = self._labels(rc.real_label, rc.fake_label)
+
+        def d_real(part: slice):
+            with self._autocast():
+                d_out = self.d_train(x_real[part])
+            ang = d_out["angle"].detach().float() if measured and "angle" in d_out else angle[part]
+            loss, terms = gan_loss(d_out, labels[part], energy[part] / 100, ecal_real[part], ang, w)
+            return loss, terms, {"angle": ang}
+
+        sums, outs = self._update(self.d_train, self.opt_d, self.scaler_d, d_real, "d_real_")
+        out.update(sums)
+        angle_real = torch.cat([o["angle"] for o in outs])
+
+        # D on a fake batch (generated part by part: the generator's BN sees the same groups)
         if rc.fake_conditions == "real":
             e_fake, a_fake, ecal_fake, ang_fake = energy, angle, ecal_real, angle_real
         else:
             e_fake, a_fake, ecal_fake = self._sampled_conditions()
             ang_fake = a_fake
-        with torch.no_grad(), self._autocast():
-            x_fake = self.G.generate_raw(e_fake, a_fake, self._noise())
-        with self._autocast():
-            d_out = self.d_train(x_fake.float())
-        loss, terms = gan_loss(d_out, self._labels(rc.fake_label, rc.real_label), e_fake / 100, ecal_fake,
-                               ang_fake, w)
-        self._update(self.opt_d, self.scaler_d, loss)
-        out["d_fake_loss"] = loss.item()
-        out.update({f"d_fake_{k}": v.item() for k, v in terms.items()})
+        noise = self._noise()
+        labels = self._labels(rc.fake_label, rc.real_label)
+
+        def d_fake(part: slice):
+            with torch.no_grad(), self._autocast():
+                x_fake = self.G.generate_raw(e_fake[part], a_fake[part], noise[part])
+            with self._autocast():
+                d_out = self.d_train(x_fake.float())
+            loss, terms = gan_loss(d_out, labels[part], e_fake[part] / 100, ecal_fake[part], ang_fake[part], w)
+            return loss, terms, {}
+
+        sums, _ = self._update(self.d_train, self.opt_d, self.scaler_d, d_fake, "d_fake_")
+        out.update(sums)
 
         # G steps through the frozen D
         _set_requires_grad(self.D, False)
         target = torch.full((self.batch,), rc.generator_label, device=dev)
-        g_sums: dict[str, float] = {}
         collapsed = True
         for _ in range(rc.generator_steps):
             if rc.fake_conditions == "real":
@@ -332,16 +361,19 @@ class Trainer:
             else:
                 e_g, a_g, ecal_g = self._sampled_conditions()
                 ang_g = a_g
-            with self._autocast():
-                g_out = self.D(self.g_train(e_g, a_g, self._noise()))
-            loss, terms = gan_loss(g_out, target, e_g / 100, ecal_g, ang_g, w)
-            self._update(self.opt_g, self.scaler_g, loss)
-            collapsed &= bool((g_out["ecal_sum"].detach() == 0).all())
-            g_sums["g_loss"] = g_sums.get("g_loss", 0.0) + loss.item()
-            for k, v in terms.items():
-                g_sums[f"g_{k}"] = g_sums.get(f"g_{k}", 0.0) + v.item()
+            noise = self._noise()
+
+            def g_step(part: slice):
+                with self._autocast():
+                    g_out = self.D(self.g_train(e_g[part], a_g[part], noise[part]))
+                loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)
+                return loss, terms, {"ecal_sum": g_out["ecal_sum"].detach()}
+
+            sums, outs = self._update(self.g_train, self.opt_g, self.scaler_g, g_step, "g_")
+            collapsed &= all(bool((o["ecal_sum"] == 0).all()) for o in outs)
+            for k, v in sums.items():
+                out[k] = out.get(k, 0.0) + v / rc.generator_steps
         _set_requires_grad(self.D, True)
-        out.update({k: v / rc.generator_steps for k, v in g_sums.items()})
         if self.step >= rc.collapse_after and not dist_utils.any_rank(not collapsed, self.info):
             raise TrainingCollapsed(
                 f"generator collapsed at epoch {self.epoch} step {self.step}: every generated shower is empty "
