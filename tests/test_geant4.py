@@ -331,6 +331,31 @@ def test_cylindrical_fast_mode_and_scorer_cells(tmp_path):
 
 
 @needs_geant4
+def test_geantino_track_lengths_read_from_the_cpp_scorer(tmp_path):
+    """The full-mode readout path without data sets: geantinos at 75 deg (tilt towards +y) through
+    clic25 with a track-length scorer; Geant4's own C++ scoring, read per event into numpy, puts
+    0.5 mm / sin(theta) of track into each layer's silicon, in the cell at y = depth cot(theta)."""
+    _run_scenario(tmp_path, """
+        gun = Gun("geantino", 10.0, math.radians(75), entry_mm=(0.0, 0.0))
+        result = run_geant4("clic25", 3, gun, None, scorer="tracklength", batch_events=2)
+        print(json.dumps(save(sys.argv[1] + "/geantino.npz", result)))
+    """)
+    r = np.load(tmp_path / "geantino.npz")
+    g = load_geometry("clic25")
+    theta = math.radians(75)
+    per_layer = r["showers"].sum(axis=(1, 2))  # (events, layers) mm
+    assert np.allclose(per_layer, 0.5 / math.sin(theta), rtol=1e-6)
+    edges = g.layer_edges_mm()
+    absorber = np.where(np.arange(25) < 17, 2.1, 4.2)
+    y_mid = (edges[:-1] + absorber + 0.25) / math.tan(theta)
+    expected_j = np.floor(y_mid / 5.1 + 12.5).astype(int)
+    ev = r["showers"][0]
+    for k in range(25):
+        i, j = np.unravel_index(np.argmax(ev[:, :, k]), ev.shape[:2])
+        assert i == 12 and abs(j - expected_j[k]) <= 1 and (j == expected_j[k] or ev[i, j, k] < 0.5 / math.sin(theta))
+
+
+@needs_geant4
 def test_g4run_cli_fast_mode_writes_a_file(tmp_path):
     pytest.importorskip("fastshower.simulate.gflash", reason="the gflash reference simulator has not landed")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))

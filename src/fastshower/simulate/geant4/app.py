@@ -60,6 +60,9 @@ TRANSPORT_PARTICLES = ("G4Electron", "G4Positron", "G4Gamma", "G4Geantino", "G4C
 G4_MATERIALS = {"W": "G4_W", "Si": "G4_Si", "Pb": "G4_Pb", "Fe": "G4_Fe", "Cu": "G4_Cu", "LAr": "G4_lAr",
                 "PbWO4": "G4_PbWO4", "Scintillator": "G4_PLASTIC_SC_VINYLTOLUENE"}
 CALO_REGION = "fastshower_calorimeter"
+#: Cell scorers: "edep" (energy deposit, read out in GeV), "tracklength" (a geometry diagnostic:
+#: mm of track per active cell, read out in mm; works with geantinos and no data set).
+SCORERS = ("edep", "tracklength")
 SD_NAME, SCORER_NAME = "fastshower_calo", "edep"
 
 
@@ -126,9 +129,12 @@ class Geant4App:
     """The application for one geometry, mode and physics (use :func:`get_app`)."""
 
     def __init__(self, geometry: Geometry | str, mode: str = "fast", physics: str | None = None,
-                 production_cut_mm: float = 0.7, max_gun_distance_mm: float = 1000.0) -> None:
+                 production_cut_mm: float = 0.7, max_gun_distance_mm: float = 1000.0, scorer: str = "edep") -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected fast or full")
+        if scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
+        self.scorer = scorer
         physics = physics or _default_physics(mode)
         if mode == "full" and physics == "transport":
             raise ValueError("full simulation needs a physics list: em or FTFP_BERT")
@@ -163,7 +169,7 @@ class Geant4App:
 
     @property
     def key(self) -> tuple:
-        return (self.geometry.model_dump_json(), self.mode, self.physics)
+        return (self.geometry.model_dump_json(), self.mode, self.physics, self.scorer)
 
     # --- geometry queries (tests, debugging) ------------------------------------------------
     def cell_index_at(self, points_mm: np.ndarray) -> np.ndarray:
@@ -198,8 +204,8 @@ class Geant4App:
             raise ValueError(f"n_events and batch_events must be >= 1, got {n_events} and {batch_events}")
         if not guns:
             raise ValueError("at least one gun is needed")
-        if self.mode == "fast" and source is None:
-            raise ValueError("fast mode needs a shower source")
+        if self.mode == "fast" and source is None and any(g.particle in FAST_PARTICLES for g in guns):
+            raise ValueError("fast mode needs a shower source for e-, e+ and gamma")
         for gun in guns:
             if self.g4.G4ParticleTable.GetParticleTable().FindParticle(gun.particle) is None:
                 raise ValueError(f"unknown particle {gun.particle!r} for {self.physics} physics")
@@ -213,7 +219,7 @@ class Geant4App:
 _APP: Geant4App | None = None
 
 
-def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = None) -> Geant4App:
+def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = None, scorer: str = "edep") -> Geant4App:
     """The process's Geant4 application, built on first use. Geant4 allows one run manager per
     process: asking for another geometry, mode or physics later raises RuntimeError (run it in a
     new process)."""
@@ -221,9 +227,9 @@ def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = 
     g = load_geometry(geometry)
     physics = physics or _default_physics(mode)
     if _APP is None:
-        _APP = Geant4App(g, mode, physics)
+        _APP = Geant4App(g, mode, physics, scorer=scorer)
         return _APP
-    if _APP.key != (g.model_dump_json(), mode, physics):
+    if _APP.key != (g.model_dump_json(), mode, physics, scorer):
         raise RuntimeError(f"this process already runs Geant4 for {_APP.geometry.name} ({_APP.mode}, "
                            f"{_APP.physics}); Geant4 allows one application per process: use a new process")
     return _APP
@@ -231,11 +237,11 @@ def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = 
 
 def run_geant4(geometry: Geometry | str, n_events: int, guns: Sequence[Gun] | Gun,
                source: ShowerSource | None = None, *, mode: str = "fast", physics: str | None = None,
-               **kwargs) -> G4RunResult:
+               scorer: str = "edep", **kwargs) -> G4RunResult:
     """Build (or reuse) the application and run it; see :meth:`Geant4App.run`."""
     if isinstance(guns, Gun):
         guns = [guns]
-    return get_app(geometry, mode, physics).run(n_events, guns, source, **kwargs)
+    return get_app(geometry, mode, physics, scorer).run(n_events, guns, source, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,7 +367,8 @@ def _make_detector(app: Geant4App):
             sd = g4.G4MultiFunctionalDetector(SD_NAME)
             g4.G4SDManager.GetSDMpointer().AddNewDetector(sd)
             ni, nj, nk = geo.shape
-            scorer = g4.G4PSEnergyDeposit3D(SCORER_NAME, ni, nj, nk, 1, 0, 3)
+            primitive = g4.G4PSEnergyDeposit3D if app.scorer == "edep" else g4.G4PSTrackLength3D
+            scorer = primitive(SCORER_NAME, ni, nj, nk, 1, 0, 3)
             sd.RegisterPrimitive(scorer)
             for lv in self.cell_lvs:
                 lv.SetSensitiveDetector(sd)
@@ -423,7 +430,9 @@ class _Runner:
         self.records: list[tuple] = []
         self.batch_records: list[tuple] = []
         self.batch_start, self.batch_index = 0, 0
-        self.scored = np.zeros((batch_events, geo.n_cells), dtype=np.float64) if app.physics != "transport" else None
+        readout = app.physics != "transport" or app.scorer != "edep"
+        self.scored = np.zeros((batch_events, geo.n_cells), dtype=np.float64) if readout else None
+        self.readout_scale = 1.0 / g4.GeV if app.scorer == "edep" else 1.0 / g4.mm
         self.parts: list[ShowerSet] = []
         self.leaked: list[np.ndarray] = []
         self.max_dev = 0.0
@@ -512,7 +521,7 @@ class _Runner:
             if hc is not None:
                 row = self.scored[i - self.batch_start]
                 for index, value in hc:
-                    row[index] += value / 1000.0
+                    row[index] += value * self.readout_scale
         self.t["placement"] += time.perf_counter() - t0
         if self.bar is not None:
             self.bar.update(1)
