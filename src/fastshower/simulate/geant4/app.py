@@ -34,6 +34,8 @@ reuses it for later runs with the same geometry, mode and physics.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -146,7 +148,10 @@ class Geant4App:
         self.max_gun_distance_mm = float(max_gun_distance_mm)
         self._keep: list = []
         self.version = str(g4.G4Version).strip("$ ").replace("Name: ", "")
-        self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
+        banner = io.StringIO()  # Geant4's banner (G4cout goes through Python's sys.stdout)
+        with contextlib.redirect_stdout(banner):
+            self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
+        self.banner = banner.getvalue()
         ui = g4.G4UImanager.GetUIpointer()
         for cmd in ("/control/verbose 0", "/run/verbose 0", "/event/verbose 0", "/tracking/verbose 0"):
             ui.ApplyCommand(cmd)
