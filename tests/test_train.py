@@ -22,9 +22,9 @@ from fastshower.models import registry
 from fastshower.showers import ShowerSet
 from fastshower.train.checkpoint import load_weights
 from fastshower.train.config import build_config
-from fastshower.train.trainer import Trainer
+from fastshower.train.trainer import Trainer, TrainingCollapsed
 
-SMALL = {"name": "gan3d_clic25", "config": {"width": 0.25}}
+SMALL = {"name": "gan3d_clic25", "config": {"width": 0.125}}
 
 
 def _random_file(path: Path, geometry: str, shape: tuple[int, int, int], n: int, seed: int) -> Path:
@@ -39,10 +39,10 @@ def clic25_file(tmp_path_factory) -> Path:
     return _random_file(tmp_path_factory.mktemp("d") / "train.h5", "clic25", (25, 25, 25), 48, 0)
 
 
-def _cfg(train: Path, out: Path, **run) -> dict:
-    return {"model": SMALL, "recipe": {"batch_size": 8, "lr_scaling": "none"},
+def _cfg(train: Path, out: Path, batch_size: int = 4, **run) -> dict:
+    return {"model": SMALL, "recipe": {"batch_size": batch_size, "lr_scaling": "none"},
             "data": {"train": str(train)},
-            "run": {"epochs": 2, "steps_per_epoch": 3, "checkpoint_every": 2, "output_dir": str(out),
+            "run": {"epochs": 2, "steps_per_epoch": 2, "checkpoint_every": 3, "output_dir": str(out),
                     "progress": False, **run}}
 
 
@@ -92,13 +92,13 @@ def test_killed_run_resumes_bitwise(tmp_path, clic25_file):
     whole.fit()
 
     killed = Trainer(build_config(_cfg(clic25_file, tmp_path / "killed")))
-    _crash_after(killed, 5)  # dies during step 6; the last checkpoint is step 4 (checkpoint_every 2)
+    _crash_after(killed, 3)  # dies in its 4th step; checkpoints at steps 2 (epoch end) and 3 (every 3)
     with pytest.raises(KeyboardInterrupt):
         killed.fit()
     resumed = Trainer(build_config(_cfg(clic25_file, tmp_path / "killed")), resume=tmp_path / "killed")
-    assert (resumed.step, resumed.epoch, resumed.epoch_step) == (4, 1, 1)
+    assert (resumed.step, resumed.epoch, resumed.epoch_step) == (3, 1, 1)  # mid-epoch
     resumed.fit()
-    assert resumed.step == whole.step == 6
+    assert resumed.step == whole.step == 4
     for name, net in (("G", "G"), ("D", "D")):
         a, b = getattr(whole, net).state_dict(), getattr(resumed, net).state_dict()
         assert a.keys() == b.keys()
@@ -114,7 +114,7 @@ def test_killed_run_resumes_bitwise(tmp_path, clic25_file):
 
 
 def test_warm_start_loads_weights_but_not_counters(tmp_path, clic25_file):
-    first = Trainer(build_config(_cfg(clic25_file, tmp_path / "a", epochs=1)))
+    first = Trainer(build_config(_cfg(clic25_file, tmp_path / "a", epochs=1, steps_per_epoch=1)))
     first.fit()
     second = Trainer(build_config(_cfg(clic25_file, tmp_path / "b", epochs=1)), warm_start=tmp_path / "a")
     assert second.step == 0 and second.epoch == 0
@@ -138,8 +138,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, clic25_file):
     few steps (measured: 1 vs 2 threads differ by up to 1.5e-3 after one step). With one thread
     each, the runs agree bitwise (measured), and the test allows 1e-6 relative.
     """
-    raw = _cfg(clic25_file, tmp_path / "ddp", epochs=2)
-    raw["model"] = {"name": "gan3d_clic25", "config": {"width": 0.25, "dropout": 0.0}}
+    raw = _cfg(clic25_file, tmp_path / "ddp", batch_size=8, epochs=2)
+    raw["model"] = {"name": "gan3d_clic25", "config": {"width": 0.125, "dropout": 0.0}}
     raw["run"]["steps_per_epoch"] = 2
     path = _write(tmp_path, raw)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -173,3 +173,14 @@ def test_two_gloo_processes_match_one_process(tmp_path, clic25_file):
     rec = [json.loads(x) for x in (tmp_path / "ddp/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rec] == [2, 4]
 
+
+
+def test_collapse_guard_stops_on_empty_showers(tmp_path, clic25_file):
+    raw = _cfg(clic25_file, tmp_path / "c")
+    raw["recipe"]["collapse_after"] = 0
+    trainer = Trainer(build_config(raw))
+    original = trainer.G.generate_raw
+    trainer.G.generate_raw = lambda e, a, z: original(e, a, z) * 0.0  # every shower empty
+    with pytest.raises(TrainingCollapsed, match=r"collapsed at epoch 0 step 0: .*fake ECAL MAPE = 100"):
+        trainer.fit()
+    assert trainer.step == 0 and not (tmp_path / "c/checkpoints").exists()

@@ -450,6 +450,12 @@ class Trainer:
         dist_utils.barrier(self.info)
         return self.records
 
+    def close(self) -> None:
+        """Flush TensorBoard and leave the process group (torchrun runs)."""
+        if self.tb is not None:
+            self.tb.close()
+        dist_utils.shutdown(self.info)
+
     def _maybe_switch_relu(self) -> None:
         epoch = self.recipe.relu_epoch
         if epoch is None or self.relu_switched or self.epoch < epoch:
