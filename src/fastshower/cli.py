@@ -213,7 +213,10 @@ def train(
     if epochs is not None and cfg.stages:
         raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")
     trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
-    records = trainer.fit()
+    try:
+        records = trainer.fit()
+    finally:
+        trainer.close()
     if trainer.info.is_main:
         last = records[-1] if records else {}
         val = f", val profile MSE {last['val_profile_mse']:.4g}" if "val_profile_mse" in last else ""
