@@ -32,7 +32,11 @@ def batch_seed(seed: int, batch_index: int) -> int:
 
 def gflash_source(geometry: Geometry | str, particle: str = "e-") -> ShowerSource:
     """The GFlash reference parametrisation (``fastshower.simulate.gflash``) as a shower source."""
-    from fastshower.simulate.gflash import simulate_showers
+    try:
+        from fastshower.simulate.gflash import simulate_showers
+    except ImportError as exc:
+        raise RuntimeError(f"the gflash shower source needs fastshower.simulate.gflash, which cannot be "
+                           f"imported here: {exc}") from exc
 
     g = load_geometry(geometry)
 
@@ -47,7 +51,11 @@ def gflash_source(geometry: Geometry | str, particle: str = "e-") -> ShowerSourc
 def generator_source(name_or_path: str | Path, geometry: Geometry | str | None = None,
                      device: str = "cpu", **load_kwargs) -> ShowerSource:
     """A trained generator loaded with ``fastshower.infer.generator.Generator.load``."""
-    from fastshower.infer.generator import Generator
+    try:
+        from fastshower.infer.generator import Generator
+    except ImportError as exc:
+        raise RuntimeError(f"a model shower source needs fastshower.infer.generator, which cannot be imported "
+                           f"here: {exc}") from exc
 
     gen = Generator.load(str(name_or_path), device=device, **load_kwargs)
     if geometry is not None:
