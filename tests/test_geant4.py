@@ -19,13 +19,25 @@ import numpy as np
 import pytest
 
 from fastshower.geometry import load_geometry
-from fastshower.simulate.geant4.datasets import (STUB_MARKER, datasets_message, find_dataset, geant4_available,
-                                                 missing_datasets, require_datasets)
+from fastshower.simulate.geant4.datasets import (STUB_MARKER, datasets_message, find_dataset, missing_datasets,
+                                                 require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
                                                   direction_to_condition, place_showers)
 from fastshower.simulate.geant4.sources import batch_seed
 
-G4_OK, G4_REASON = geant4_available()
+
+
+def _probe_geant4() -> tuple[bool, str]:
+    """geant4_available() in a subprocess: keeps Geant4's static state out of the pytest process."""
+    code = "import json; from fastshower.simulate.geant4 import geant4_available; print(json.dumps(geant4_available()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return False, (proc.stderr.strip().splitlines() or ["probe failed"])[-1]
+    ok, reason = json.loads(proc.stdout.strip().splitlines()[-1])
+    return bool(ok), reason
+
+
+G4_OK, G4_REASON = _probe_geant4()
 needs_geant4 = pytest.mark.skipif(not G4_OK, reason=f"geant4_pybind unusable here: {G4_REASON}")
 DATA_VARS = ("GEANT4_DATA_DIR", "G4LEDATA", "G4ENSDFSTATEDATA", "G4PARTICLEXSDATA", "G4LEVELGAMMADATA",
              "G4SAIDXSDATA")
