@@ -254,3 +254,43 @@ def test_energy_conditioning_learns_the_deposited_energy(name, rng):
     assert means[400.0] > means[50.0] > 0
     assert 4.0 < means[400.0] / means[50.0] < 16.0, means
     assert means[400.0] == pytest.approx(0.02 * 400, rel=0.5), means
+
+
+# ------------------------------------------------------------------------ measured angle
+
+def _tilted_track(theta: float, shape=(51, 51, 25), y0: float = 25.5) -> torch.Tensor:
+    """One cell-energy line per layer whose y barycentre is exactly y0 + (z - z0) cot(theta)
+    (cell units, centres at index + 0.5), split linearly between two neighbouring cells."""
+    nx, ny, nz = shape
+    image = torch.zeros(1, *shape, dtype=torch.float64)
+    z = torch.arange(nz, dtype=torch.float64) + 0.5
+    y = y0 + (z - z.mean()) / math.tan(theta)
+    for k in range(nz):
+        lo = int(math.floor(y[k] - 0.5))
+        frac = float(y[k] - 0.5 - lo)
+        image[0, nx // 2, lo, k] = (1 - frac) * (k + 2)
+        image[0, nx // 2, lo + 1, k] = frac * (k + 2)
+    return image
+
+
+@pytest.mark.parametrize("theta_deg", [62.0, 90.0, 118.0])
+def test_measured_angle_of_a_tilted_axis(theta_deg):
+    from fastshower.models.gan3d import measured_angle
+
+    theta = math.radians(theta_deg)
+    measured = measured_angle(_tilted_track(theta))
+    assert float(measured) == pytest.approx(theta, abs=1e-6)
+
+
+def test_measured_angle_empty_showers_and_gradients():
+    from fastshower.models.gan3d import measured_angle
+
+    image = torch.zeros(2, 51, 51, 25, dtype=torch.float64)
+    image[1] = _tilted_track(math.radians(70.0))[0]
+    image[1, :, :, 20:] = 0  # empty layers are left out of the average
+    image.requires_grad_(True)
+    angle = measured_angle(image)
+    assert float(angle[0]) == 100.0
+    assert float(angle[1]) == pytest.approx(math.radians(70.0), abs=1e-6)
+    angle[1].backward()
+    assert bool(torch.isfinite(image.grad).all()) and float(image.grad.abs().sum()) > 0

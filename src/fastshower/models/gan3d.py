@@ -145,3 +145,144 @@ class Gan3dClic25Discriminator(ShowerDiscriminator):
         return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
                 "energy": self.energy_head(h).squeeze(1),
                 "ecal_sum": self.ecal_sum_of(image)}
+
+
+# ============================================================================ variable angle, 51x51x25
+
+#: The angle model's cell power: model units = (50 x GeV) ** 0.85.
+ANGLE_POWER = 0.85
+
+
+class Gan3dClic51Config(ModelConfig):
+    """``gan3d_clic51`` options. ``generator_bn_eps`` / ``discriminator_bn_eps``: BatchNorm epsilon
+    (Keras default 1e-3); ``dropout``: discriminator dropout rate."""
+
+    generator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    discriminator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+
+
+class Gan3dClic51Generator(ShowerGenerator):
+    """Variable-angle 51x51x25 3DGAN generator.
+
+    | Keras layer                                                     | output (x,y,z) x ch |
+    |-----------------------------------------------------------------|---------------------|
+    | Dense(5184), Reshape(9,9,8,8), UpSampling3D(6,6,6)              | 54x54x48 x 8        |
+    | Conv3D(8,(6,6,8)), ReLU, BN                                     | 49x49x41 x 8        |
+    | 3 x [ZeroPad(2,2,1), Conv3D(6,(4,4,6)), ReLU, BN]               | 50x50x38, 51x51x35, 52x52x32 x 6 |
+    | ZeroPad(1,1,0), Conv3D(6,(3,3,5)), ReLU, BN                     | 52x52x28 x 6        |
+    | ZeroPad(1,1,0), Conv3D(6,(3,3,3)), ReLU                         | 52x52x26 x 6        |
+    | Conv3D(1,(2,2,2),glorot_normal), ReLU                           | 51x51x25            |
+
+    Hidden convolutions are he_uniform. Conditioning: latent = [E / 100 GeV, theta (rad), noise^254].
+    Output in model units (50 x GeV) ** 0.85.
+    """
+
+    name: ClassVar[str] = "gan3d_clic51"
+    geometry: ClassVar[str] = "clic51"
+    transform: ClassVar[CellTransform] = CellTransform(scale=50.0, power=ANGLE_POWER)
+
+    def __init__(self, config: Gan3dClic51Config | None = None) -> None:
+        config = config or Gan3dClic51Config()
+        super().__init__(config)
+        self.noise_dim = 254
+        self.conditions_on_angle = True
+        w, eps = config.width, config.generator_bn_eps
+        c0, c1 = scaled_channels(8, w), scaled_channels(6, w)
+        layers: list[nn.Module] = [
+            _DenseToVolume(self.noise_dim + 2, (9, 9, 8), c0),
+            nn.Upsample(scale_factor=(6, 6, 6), mode="nearest"),
+            Conv3d(c0, c0, (6, 6, 8), init="he_uniform"), nn.ReLU(), batch_norm(3, c0, eps),
+        ]
+        c_in = c0
+        for _ in range(3):
+            layers += [_zero_pad(2, 2, 1), Conv3d(c_in, c1, (4, 4, 6), init="he_uniform"), nn.ReLU(),
+                       batch_norm(3, c1, eps)]
+            c_in = c1
+        layers += [_zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 5), init="he_uniform"), nn.ReLU(), batch_norm(3, c1, eps),
+                   _zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 3), init="he_uniform"), nn.ReLU(),
+                   Conv3d(c1, 1, (2, 2, 2), init="glorot_normal"), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+
+    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+        """(B, 51, 51, 25) showers in (50 x GeV) ** 0.85 for energies (GeV), angles (rad), noise (B, 254)."""
+        latent = torch.cat([(primary_energy.to(noise.dtype) / 100.0).unsqueeze(1),
+                            incident_angle.to(noise.dtype).unsqueeze(1), noise], dim=1)
+        return self.net(latent).squeeze(1)
+
+
+def measured_angle(energy: torch.Tensor) -> torch.Tensor:
+    """Polar angle (rad) measured from the shower barycentres: the Keras ``ecal_angle``, differentiable.
+
+    ``energy``: (B, nx, ny, nz) non-negative cell energies (any scale). With cell centres at index +
+    0.5 (lengths in cells; lateral and longitudinal cells are taken as equally long, as in the
+    Keras code): the global barycentre (x_ref, y_ref, z_ref); per layer z the barycentres x_mid(z),
+    y_mid(z); the slope ``m = (y_mid - y_ref) / sqrt((x_mid - x_ref)^2 + (z - z_ref)^2)`` (sign
+    flipped for z < z_ref, floor 1e-7 under the root); the layer angle ``pi/2 - atan(m)``; the
+    result is the average over the layers with energy, weighted by z. Empty showers give 100.
+    A shower whose axis follows y = y0 + z cot(theta) measures theta.
+    """
+    _, nx, ny, nz = energy.shape
+    dtype, device = energy.dtype, energy.device
+    xi = torch.arange(nx, dtype=dtype, device=device) + 0.5
+    yi = torch.arange(ny, dtype=dtype, device=device) + 0.5
+    zi = torch.arange(nz, dtype=dtype, device=device) + 0.5
+    total = energy.sum(dim=(1, 2, 3))
+    empty = total == 0
+    safe_total = torch.where(empty, torch.ones_like(total), total)
+    x_ref = torch.where(empty, 1.0, (energy.sum(dim=(2, 3)) * xi).sum(1) / safe_total).unsqueeze(1)
+    y_ref = torch.where(empty, 1.0, (energy.sum(dim=(1, 3)) * yi).sum(1) / safe_total).unsqueeze(1)
+    z_ref = torch.where(empty, 1.0, (energy.sum(dim=(1, 2)) * zi).sum(1) / safe_total).unsqueeze(1)
+    per_layer = energy.sum(dim=(1, 2))  # (B, nz)
+    has_energy = per_layer != 0
+    safe_layer = torch.where(has_energy, per_layer, torch.ones_like(per_layer))
+    x_mid = torch.where(has_energy, (energy.sum(dim=2) * xi[:, None]).sum(1) / safe_layer, 0.0)
+    y_mid = torch.where(has_energy, (energy.sum(dim=1) * yi[:, None]).sum(1) / safe_layer, 0.0)
+    z = zi.unsqueeze(0)
+    z_proj = torch.sqrt(torch.clamp_min((x_mid - x_ref) ** 2 + (z - z_ref) ** 2, 1e-7))
+    slope = (y_mid - y_ref) / z_proj
+    slope = torch.where(z < z_ref, -slope, slope)
+    weight = z * has_energy.to(dtype)
+    weight_sum = weight.sum(1)
+    angle = ((math.pi / 2 - torch.atan(slope)) * weight).sum(1) / torch.where(empty, 1.0, weight_sum)
+    return torch.where(empty, torch.full_like(angle, 100.0), angle)
+
+
+class Gan3dClic51Discriminator(ShowerDiscriminator):
+    """Variable-angle 51x51x25 3DGAN discriminator (input in (50 x GeV) ** 0.85).
+
+    Conv3D(16,(5,6,6),same), LeakyReLU, Dropout; [ZeroPad(0,0,1), Conv3D(8,(5,6,6)), LeakyReLU, BN,
+    Dropout] x 2; Conv3D(8,(5,6,6)), LeakyReLU, BN, Dropout; AvgPool3D(2) -> 19x18x7 x 8 = 19 152.
+    Heads: Dense(1, sigmoid) ``real``, Dense(1, linear) ``energy`` (E / 100 GeV), and, on
+    ``image ** (1/0.85)`` (50 x GeV), the measured ``angle`` (:func:`measured_angle`, rad) and the
+    ``ecal_sum`` (50 x GeV).
+    """
+
+    name: ClassVar[str] = "gan3d_clic51"
+    geometry: ClassVar[str] = "clic51"
+    transform: ClassVar[CellTransform] = Gan3dClic51Generator.transform
+
+    def __init__(self, config: Gan3dClic51Config | None = None) -> None:
+        config = config or Gan3dClic51Config()
+        super().__init__(config)
+        w, eps, p = config.width, config.discriminator_bn_eps, config.dropout
+        c0, c1 = scaled_channels(16, w), scaled_channels(8, w)
+        self.features = nn.Sequential(
+            Conv3d(1, c0, (5, 6, 6), padding="same"), leaky_relu(), nn.Dropout(p),
+            _zero_pad(0, 0, 1), Conv3d(c0, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
+            _zero_pad(0, 0, 1), Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
+            Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
+            nn.AvgPool3d(2),
+        )
+        n_features = c1 * 19 * 18 * 7
+        self.real_head = dense(n_features, 1)
+        self.energy_head = dense(n_features, 1)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = _flatten_channels_last(self.features(image.unsqueeze(1)))
+        energy = self.transform.unpowered(image)
+        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
+                "energy": self.energy_head(h).squeeze(1),
+                "ecal_sum": energy.sum(dim=(1, 2, 3)),
+                "angle": measured_angle(energy)}

@@ -1,0 +1,284 @@
+"""The Conv2D generators of F. Rehm (``svalleco/3Dgan@frehm/Conv2D``, TF2/Keras, channels-first).
+
+The 25x25x25 volume (x, y, z) is handled as a 2D image: ``(B, x, y, z)`` is read as channels = x,
+image = (y, z), exactly as the Keras code reads its ``(B, 1, x, y, z)`` input after
+``Reshape([25, 25, 25])``. The other orientations come from Keras ``Permute([3, 1, 2])`` (channels
+z, image (x, y): the layer view) and ``Permute([2, 3, 1])`` (channels y, image (z, x)).
+
+- ``conv2d_g1`` "three branches" (``Conv2D/Models_m4_1_ReLU.py``): Dense(125) -> (5, 5, 5); three
+  branches with their own weights on the three orientations, un-permuted, concatenated (75 ch),
+  Conv2D(25, 3). 2 055 324 parameters.
+- ``conv2d_g2`` "25 branches" (``Conv2D_25_branches/PTF_m1_25path.py``): 25 parallel paths from
+  the (5, 5, 5) tensor, each giving one 25x25 image; concatenated, Conv2D(25, 5), Conv2D(25, 3).
+  2 131 000 parameters.
+- ``conv2d_g3`` "single branch, residual" (``Conv2D_1_branch_residual/PTF_m1_2_fullK_1path_residual.py``):
+  upsampling to 25x25 x 64 ch, then three serial segments on p1, Permute[3,1,2](p1) and
+  Permute[2,3,1](p1 + p2); residual sums p1 + p2 and p1 + p2 + p3 *without* un-permuting (as in
+  the Keras code); Conv2D(25, 4), Conv2D(25, 3). 2 397 022 parameters.
+- Discriminator (shared design): the three orientations, each through [Conv2D(64,8,same),
+  32,6v, 32,5v, 32,4v, 32,3v, 9,3v] with LeakyReLU + BN + Dropout, un-permuted and concatenated
+  (27 x 9 x 9 = 2187), Dense(10), LeakyReLU, BN; heads Dense(1, sigmoid), Dense(1, linear), ECAL
+  sum. 714 114 parameters; the G3 variant inserts three 'same' 32-channel blocks (6, 4, 3):
+  902 658.
+
+Every convolution block is Conv2D (no bias, he_uniform; the first of G1/G3/D: glorot_uniform),
+LeakyReLU(0.3), BatchNormalization (momentum 0.99 -> 0.01, eps 1e-3), Dropout(0.2). Cells are in
+GeV (the Conv2D data are used unscaled). Conditioning: latent = (E / 100 GeV) * noise^200; with
+``condition_on_angle`` the angle theta (rad) is appended to the latent (201 inputs), an extension
+of ours.
+
+``output_activation``: the Keras ``generator_LeakyReLU`` (whose name refers to its hidden layers)
+ends in a *linear* Conv2D ("linear", the default); ``generator_ReLU`` adds a ReLU ("relu");
+"leaky_relu" puts a LeakyReLU(0.3) head. :meth:`Conv2dGenerator.use_relu_output` switches to ReLU
+in place, keeping the weights (the Keras trainer's rebuild at ``ReLU_epoch``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
+from fastshower.models.layers import (
+    KERAS_BN_EPS,
+    Conv2d,
+    ConvTranspose2d,
+    batch_norm,
+    dense,
+    leaky_relu,
+    scaled_channels,
+)
+
+OutputActivation = Literal["linear", "leaky_relu", "relu"]
+#: The grid edge (cells); also the channel count of the 2D view.
+N = 25
+
+
+class Conv2dConfig(ModelConfig):
+    """Conv2D model options: ``condition_on_angle`` (append theta to the latent; default off),
+    ``output_activation`` of the generator, ``dropout`` rate and BatchNorm ``bn_eps`` (G and D)."""
+
+    condition_on_angle: bool = False
+    output_activation: OutputActivation = "linear"
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+
+
+def _block(c_in: int, c_out: int, kernel: int, padding: str, cfg: Conv2dConfig,
+           init: str = "he_uniform", bias: bool = False) -> list[nn.Module]:
+    """Conv2D (no bias) -> LeakyReLU(0.3) -> BN -> Dropout."""
+    return [Conv2d(c_in, c_out, kernel, padding=padding, bias=bias, init=init), leaky_relu(),  # type: ignore[arg-type]
+            batch_norm(2, c_out, cfg.bn_eps), nn.Dropout(cfg.dropout)]
+
+
+def _layer_view(x: torch.Tensor) -> torch.Tensor:
+    """Keras ``Permute([3, 1, 2])``: (B, a, b, c) -> (B, c, a, b)."""
+    return x.permute(0, 3, 1, 2)
+
+
+def _side_view(x: torch.Tensor) -> torch.Tensor:
+    """Keras ``Permute([2, 3, 1])``: (B, a, b, c) -> (B, b, c, a)."""
+    return x.permute(0, 2, 3, 1)
+
+
+def _output_head(kind: OutputActivation) -> nn.Module:
+    return {"linear": nn.Identity(), "relu": nn.ReLU(), "leaky_relu": leaky_relu()}[kind]
+
+
+class Conv2dGenerator(ShowerGenerator):
+    """Common part of the Conv2D generators: latent, Dense(125) -> (5, 5, 5), output head."""
+
+    geometry: ClassVar[str] = "clic25"
+    transform: ClassVar[CellTransform] = CellTransform(scale=1.0)
+
+    def __init__(self, config: Conv2dConfig | None = None) -> None:
+        config = config or Conv2dConfig()
+        super().__init__(config)
+        self.noise_dim = 200
+        self.conditions_on_angle = config.condition_on_angle
+        self.dense = dense(self.noise_dim + int(config.condition_on_angle), 5 * 5 * 5)
+        self.output_head = _output_head(config.output_activation)
+
+    def use_relu_output(self) -> None:
+        """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
+        generator reloads with the ReLU head)."""
+        self.output_head = nn.ReLU()
+        self.config = self.config.model_copy(update={"output_activation": "relu"})
+
+    def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(E / 100 GeV) * noise, with theta (rad) appended when the model conditions on the angle."""
+        z = (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1) * noise
+        if self.conditions_on_angle:
+            z = torch.cat([z, incident_angle.to(noise.dtype).unsqueeze(1)], dim=1)
+        return z
+
+    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+        """(B, 25, 25, 25) showers in GeV for energies (GeV), angles (rad) and noise (B, 200)."""
+        seed = self.dense(self.latent(primary_energy, incident_angle, noise)).view(-1, 5, 5, 5)
+        return self.output_head(self.body(seed))
+
+    def body(self, seed: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 5, 5) -> (B, 25, 25, 25) before the output head."""
+        raise NotImplementedError
+
+
+def _g1_branch(cfg: Conv2dConfig) -> nn.Sequential:
+    w = cfg.width
+    c32, c64 = scaled_channels(32, w), scaled_channels(64, w)
+    return nn.Sequential(
+        *_block(5, c32, 5, "same", cfg, init="glorot_uniform"),                  # 5x5
+        ConvTranspose2d(c32, c64, 5, stride=3, padding="same"),                  # 15x15
+        *_block(c64, c64, 5, "same", cfg),
+        ConvTranspose2d(c64, c64, 5, stride=2, padding="same"),                  # 30x30
+        *_block(c64, c64, 8, "same", cfg),
+        *_block(c64, c64, 5, "valid", cfg),                                      # 26x26
+        *_block(c64, c32, 4, "same", cfg),
+        *_block(c32, c32, 3, "same", cfg),
+        *_block(c32, N, 2, "valid", cfg),                                        # 25x25 x 25
+    )
+
+
+class Conv2dG1Generator(Conv2dGenerator):
+    """G1, three branches (one per orientation, separate weights), merged by Conv2D(25, 3)."""
+
+    name: ClassVar[str] = "conv2d_g1"
+
+    def __init__(self, config: Conv2dConfig | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        self.branch_x = _g1_branch(cfg)
+        self.branch_z = _g1_branch(cfg)
+        self.branch_y = _g1_branch(cfg)
+        self.merge = Conv2d(3 * N, N, 3, padding="same", bias=False, init="he_uniform")
+
+    def body(self, seed: torch.Tensor) -> torch.Tensor:
+        x1 = self.branch_x(seed)
+        x2 = _side_view(self.branch_z(_layer_view(seed)))  # Permute([2,3,1]) undoes Permute([3,1,2])
+        x3 = _layer_view(self.branch_y(_side_view(seed)))  # and vice versa
+        return self.merge(torch.cat([x1, x2, x3], dim=1))
+
+
+class Conv2dG2Generator(Conv2dGenerator):
+    """G2, 25 branches: path l makes one 25x25 image; the 25 images are the channels of
+    Conv2D(25, 5) -> LeakyReLU/BN/Dropout -> Conv2D(25, 3)."""
+
+    name: ClassVar[str] = "conv2d_g2"
+
+    def __init__(self, config: Conv2dConfig | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        c32, c16 = scaled_channels(32, cfg.width), scaled_channels(16, cfg.width)
+        self.paths = nn.ModuleList(
+            nn.Sequential(
+                ConvTranspose2d(5, c32, 5, stride=3, padding="same"),            # 15x15
+                *_block(c32, c32, 4, "same", cfg),
+                ConvTranspose2d(c32, c32, 5, stride=2, padding="same"),          # 30x30
+                *_block(c32, c32, 5, "valid", cfg),                              # 26x26
+                *_block(c32, c32, 3, "same", cfg),
+                *_block(c32, c16, 2, "valid", cfg),                              # 25x25
+                *_block(c16, 1, 1, "valid", cfg, bias=True),
+            )
+            for _ in range(N))
+        self.merge = nn.Sequential(*_block(N, N, 5, "same", cfg),
+                                   Conv2d(N, N, 3, padding="same", bias=False, init="he_uniform"))
+
+    def body(self, seed: torch.Tensor) -> torch.Tensor:
+        return self.merge(torch.cat([path(seed) for path in self.paths], dim=1))
+
+
+def _g3_segment(c_in: int, cfg: Conv2dConfig) -> nn.Sequential:
+    c64, c32 = scaled_channels(64, cfg.width), scaled_channels(32, cfg.width)
+    return nn.Sequential(*_block(c_in, c64, 9, "same", cfg), *_block(c64, c64, 7, "same", cfg),
+                         *_block(c64, c64, 5, "same", cfg), *_block(c64, c64, 5, "same", cfg),
+                         *_block(c64, c32, 4, "same", cfg), *_block(c32, N, 4, "same", cfg))
+
+
+class Conv2dG3Generator(Conv2dGenerator):
+    """G3, a single branch with residual sums over three orientations."""
+
+    name: ClassVar[str] = "conv2d_g3"
+
+    def __init__(self, config: Conv2dConfig | None = None) -> None:
+        super().__init__(config)
+        cfg = self.config
+        c32, c64 = scaled_channels(32, cfg.width), scaled_channels(64, cfg.width)
+        self.upsample = nn.Sequential(
+            *_block(5, c32, 5, "same", cfg, init="glorot_uniform"),              # 5x5
+            ConvTranspose2d(c32, c64, 5, stride=3, padding="same"),              # 15x15
+            *_block(c64, c64, 5, "same", cfg),
+            ConvTranspose2d(c64, c64, 5, stride=2, padding="same"),              # 30x30
+            *_block(c64, c64, 6, "valid", cfg),                                  # 25x25 x 64
+        )
+        self.segment1 = _g3_segment(c64, cfg)
+        self.segment2 = _g3_segment(N, cfg)
+        self.segment3 = _g3_segment(N, cfg)
+        self.merge = nn.Sequential(*_block(N, N, 4, "same", cfg),
+                                   Conv2d(N, N, 3, padding="same", bias=False, init="he_uniform"))
+
+    def body(self, seed: torch.Tensor) -> torch.Tensor:
+        p1 = self.segment1(self.upsample(seed))
+        p2 = self.segment2(_layer_view(p1))
+        p3 = self.segment3(_side_view(p1 + p2))
+        return self.merge(p1 + p2 + p3)
+
+
+def _d_path(cfg: Conv2dConfig, extra_blocks: bool) -> nn.Sequential:
+    # the last block keeps 9 channels at any width: un-permuting needs channels == image size (9)
+    c64, c32, c9 = scaled_channels(64, cfg.width), scaled_channels(32, cfg.width), 9
+    layers = [*_block(N, c64, 8, "same", cfg, init="glorot_uniform"),            # 25x25
+              *_block(c64, c32, 6, "valid", cfg),                                # 20x20
+              *_block(c32, c32, 5, "valid", cfg),                                # 16x16
+              *_block(c32, c32, 4, "valid", cfg)]                                # 13x13
+    if extra_blocks:
+        layers += [*_block(c32, c32, 6, "same", cfg), *_block(c32, c32, 4, "same", cfg),
+                   *_block(c32, c32, 3, "same", cfg)]
+    layers += [*_block(c32, c32, 3, "valid", cfg),                               # 11x11
+               *_block(c32, c9, 3, "valid", cfg)]                                # 9x9
+    return nn.Sequential(*layers)
+
+
+class Conv2dDiscriminator(ShowerDiscriminator):
+    """The shared Conv2D discriminator; ``extra_blocks`` gives the G3 variant."""
+
+    geometry: ClassVar[str] = "clic25"
+    transform: ClassVar[CellTransform] = Conv2dGenerator.transform
+    extra_blocks: ClassVar[bool] = False
+
+    def __init__(self, config: Conv2dConfig | None = None) -> None:
+        config = config or Conv2dConfig()
+        super().__init__(config)
+        self.path_x = _d_path(config, self.extra_blocks)
+        self.path_z = _d_path(config, self.extra_blocks)
+        self.path_y = _d_path(config, self.extra_blocks)
+        n_features = 3 * 9 * 9 * 9
+        self.hidden = nn.Sequential(dense(n_features, 10), leaky_relu(), batch_norm(1, 10, config.bn_eps))
+        self.real_head = dense(10, 1)
+        self.energy_head = dense(10, 1)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        x1 = self.path_x(image)
+        x2 = _side_view(self.path_z(_layer_view(image)))
+        x3 = _layer_view(self.path_y(_side_view(image)))
+        h = self.hidden(torch.cat([x1, x2, x3], dim=1).flatten(1))
+        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
+                "energy": self.energy_head(h).squeeze(1),
+                "ecal_sum": self.ecal_sum_of(image)}
+
+
+class Conv2dG1Discriminator(Conv2dDiscriminator):
+    name: ClassVar[str] = "conv2d_g1"
+
+
+class Conv2dG2Discriminator(Conv2dDiscriminator):
+    name: ClassVar[str] = "conv2d_g2"
+
+
+class Conv2dG3Discriminator(Conv2dDiscriminator):
+    """The G3 variant: three extra 'same' 32-channel blocks (kernels 6, 4, 3) per path."""
+
+    name: ClassVar[str] = "conv2d_g3"
+    extra_blocks: ClassVar[bool] = True
