@@ -397,16 +397,19 @@ def frechet_physics_distance(reference: np.ndarray, candidate: np.ndarray, min_s
     """
     from scipy.optimize import curve_fit
 
+    from threadpoolctl import threadpool_limits
+
     x, y = normalise_by_reference_max(np.asarray(reference, np.float64), np.asarray(candidate, np.float64))
     sizes = (1 / np.linspace(1.0 / min_samples, 1.0 / max_samples, num_points)).astype("int32")
     rng = np.random.default_rng(seed)
     vals = []
-    for n in sizes:
-        pts = []
-        for _ in range(num_batches):
-            a, b = x[rng.choice(len(x), size=n)], y[rng.choice(len(y), size=n)]
-            pts.append(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
-        vals.append(np.mean(pts))
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads only add overhead
+        for n in sizes:
+            pts = []
+            for _ in range(num_batches):
+                a, b = x[rng.choice(len(x), size=n)], y[rng.choice(len(y), size=n)]
+                pts.append(frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)))
+            vals.append(np.mean(pts))
     params, covs = curve_fit(lambda t, c, s: c + s * t, 1 / sizes, vals, bounds=([0, 0], [np.inf, np.inf]))
     return float(params[0]), float(np.sqrt(np.diag(covs)[0]))
 
