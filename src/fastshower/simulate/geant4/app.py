@@ -96,7 +96,8 @@ class Gun:
 class G4RunResult:
     """What a run returns. ``timing`` holds seconds per event: transport (Geant4 event loop,
     including the hook that kills and records primaries), inference (shower source), placement
-    (fast: placing generated cells; full: reading the scored hits map), total (wall time)."""
+    (fast: placing generated cells and the energy check; full: reading the scored hits map),
+    output (the sink, e.g. writing the file), total (wall time)."""
 
     mode: str
     physics: str
@@ -118,8 +119,9 @@ def format_timing(result: G4RunResult) -> str:
     t = result.timing
     lines = [f"geant4 {result.mode} mode ({result.physics} physics), {result.n_events} events, "
              f"{result.n_fast_primaries} showers from the model",
-             f"{'per event':<12}{'transport':>12}{'inference':>12}{'placement':>12}{'total':>12}",
-             f"{'ms':<12}" + "".join(f"{1e3 * t[k]:>12.3f}" for k in ("transport", "inference", "placement", "total"))]
+             f"{'per event':<12}{'transport':>12}{'inference':>12}{'placement':>12}{'output':>12}{'total':>12}",
+             f"{'ms':<12}" + "".join(f"{1e3 * t[k]:>12.3f}"
+                                     for k in ("transport", "inference", "placement", "output", "total"))]
     return "\n".join(lines)
 
 
@@ -441,7 +443,7 @@ class _Runner:
         self.parts: list[ShowerSet] = []
         self.leaked: list[np.ndarray] = []
         self.max_dev = 0.0
-        self.t = {"inference": 0.0, "placement": 0.0, "in_loop": 0.0}
+        self.t = {"inference": 0.0, "placement": 0.0, "output": 0.0, "in_loop": 0.0}
         self.bar = None
         if progress:
             from tqdm import tqdm
@@ -460,7 +462,7 @@ class _Runner:
         wall = time.perf_counter() - t0
         n = n_events
         timing = {"transport": max(t_loop - self.t["in_loop"], 0.0) / n, "inference": self.t["inference"] / n,
-                  "placement": self.t["placement"] / n, "total": wall / n}
+                  "placement": self.t["placement"] / n, "output": self.t["output"] / n, "total": wall / n}
         rec = np.array(self.records, dtype=np.float64).reshape(-1, 10)
         records = {"event": rec[:, 0].astype(np.int64), "energy_gev": rec[:, 1], "x_mm": rec[:, 2], "y_mm": rec[:, 3],
                    "z_mm": rec[:, 4], "theta_rad": rec[:, 5], "psi_rad": rec[:, 6], "entry_layer": rec[:, 7].astype(np.int64),
@@ -564,7 +566,9 @@ class _Runner:
             self.scored[:] = 0.0
         part = ShowerSet(cells, self.gun_energy[:, start:end].sum(axis=0), self.gun_theta[0, start:end], geo.name)
         if self.sink is not None:
+            t0 = time.perf_counter()
             self.sink(part)
+            self.t["output"] += time.perf_counter() - t0
         if self.collect:
             self.parts.append(part)
         self.leaked.append(leaked)
