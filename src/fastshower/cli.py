@@ -181,7 +181,7 @@ def validate(
     sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
             for what, path in paths.items()}
     result = write_report(sets["reference"], sets["candidate"], output, sets["reference2"], quick=quick,
-                          classifier=not no_classifier, seed=seed,
+                          classifier=not no_classifier, seed=seed, in_place=True,
                           labels={k: v for k, v in paths.items() if v is not None})
     typer.echo(format_table(result))
     typer.echo(f"wrote {output / 'report.html'} and {output / 'metrics.json'}")

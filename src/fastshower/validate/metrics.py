@@ -455,8 +455,9 @@ class Sample:
     threshold_gev: float
 
     @classmethod
-    def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float) -> "Sample":
-        showers = ob.apply_threshold(shower_set.showers, threshold_gev)
+    def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float,
+                 in_place: bool = False) -> "Sample":
+        showers = ob.apply_threshold(shower_set.showers, threshold_gev, in_place=in_place)
         return cls(showers, shower_set.primary_energy, shower_set.incident_angle,
                    ob.observables_in_chunks(showers, shower_set.primary_energy, geometry), threshold_gev)
 
@@ -552,13 +553,14 @@ def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: n
 
 
 def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
-                    threshold_gev: float | None = None, seed: int = 0
+                    threshold_gev: float | None = None, seed: int = 0, in_place: bool = False
                     ) -> tuple[Sample, Sample, Sample, Geometry, str]:
     """Check the sets, make the floor's second reference sample and threshold all three.
 
     Without ``reference2`` the reference is split into two random halves A and B (seeded): the
     candidate is compared with A and the floor is A vs B. Returns (reference, candidate,
-    reference2, geometry, floor_source).
+    reference2, geometry, floor_source). ``in_place`` thresholds the input arrays themselves
+    instead of copies (for callers that do not need them afterwards).
     """
     geometry = geometry_of(reference)
     geometry.check_shape(reference.showers)
@@ -575,7 +577,7 @@ def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: Show
     else:
         floor_source = "independent reference sample (reference2)"
     thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
-    ref, cand, ref2 = (Sample.from_set(s, geometry, thr) for s in (reference, candidate, reference2))
+    ref, cand, ref2 = (Sample.from_set(s, geometry, thr, in_place) for s in (reference, candidate, reference2))
     return ref, cand, ref2, geometry, floor_source
 
 

@@ -165,8 +165,12 @@ def event_observables(showers: np.ndarray, primary_energy: np.ndarray, geometry:
     return obs
 
 
-def apply_threshold(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
-    """Copy of ``showers`` with cells below ``threshold_gev`` set to 0 (CaloChallenge ``min_energy``)."""
+def apply_threshold(showers: np.ndarray, threshold_gev: float, in_place: bool = False) -> np.ndarray:
+    """``showers`` with cells below ``threshold_gev`` set to 0 (CaloChallenge ``min_energy``): a
+    float32 copy, or the array itself changed when ``in_place`` (saves memory on large sets)."""
+    if in_place and showers.dtype == np.float32:
+        showers[showers < threshold_gev] = 0
+        return showers
     return np.where(showers < threshold_gev, np.float32(0), showers).astype(np.float32, copy=False)
 
 

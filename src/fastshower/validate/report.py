@@ -248,11 +248,13 @@ Definitions: docs/metrics.md.</p>
 
 def write_report(reference: ShowerSet, candidate: ShowerSet, out_dir: str | Path, reference2: ShowerSet | None = None,
                  *, quick: bool = False, classifier: bool = True, energy_bins=None, classifier_seeds=(0, 1, 2),
-                 seed: int = 0, progress: bool = True, labels: dict[str, str] | None = None) -> dict:
+                 seed: int = 0, progress: bool = True, labels: dict[str, str] | None = None,
+                 in_place: bool = False) -> dict:
     """Compute every metric (with its floor), draw the standard plots, write ``out_dir/report.html``
     and ``out_dir/metrics.json``; return the metrics dict (as :func:`metrics.compare`).
 
     ``labels`` names the inputs in the page (keys ``reference``, ``candidate``, ``reference2``).
+    ``in_place`` applies the readout threshold to the given arrays instead of copies (less memory).
     """
     import matplotlib
 
@@ -263,7 +265,8 @@ def write_report(reference: ShowerSet, candidate: ShowerSet, out_dir: str | Path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ref, cand, ref2, geometry, floor_source = M.prepare_samples(reference, candidate, reference2, seed=seed)
+    ref, cand, ref2, geometry, floor_source = M.prepare_samples(reference, candidate, reference2, seed=seed,
+                                                                in_place=in_place)
     result = M.compare_samples(ref, cand, ref2, geometry, floor_source, energy_bins=energy_bins, quick=quick,
                                classifier=classifier, classifier_seeds=classifier_seeds, seed=seed, progress=progress)
     samples = {"reference": ref, "candidate": cand, "reference 2": ref2}
