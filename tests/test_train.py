@@ -184,3 +184,23 @@ def test_collapse_guard_stops_on_empty_showers(tmp_path, clic25_file):
     with pytest.raises(TrainingCollapsed, match=r"collapsed at epoch 0 step 0: .*fake ECAL MAPE = 100"):
         trainer.fit()
     assert trainer.step == 0 and not (tmp_path / "c/checkpoints").exists()
+
+
+def test_conv2d_generator_switches_to_relu_at_the_configured_epoch(tmp_path, clic25_file):
+    raw = _cfg(clic25_file, tmp_path / "g1", epochs=2, steps_per_epoch=1)
+    raw["model"] = {"name": "conv2d_g1", "config": {"width": 0.125}}
+    raw["recipe"] = {"preset": "conv2d", "batch_size": 4, "relu_epoch": 1}
+    trainer = Trainer(build_config(raw))
+    seen = []
+    original = trainer.train_step
+
+    def step(batch):
+        seen.append(trainer.G.config.output_activation)
+        return original(batch)
+
+    trainer.train_step = step  # type: ignore[method-assign]
+    trainer.fit()
+    assert seen == ["linear", "relu"]
+    card = json.loads((tmp_path / "g1/generator.json").read_text())
+    assert card["config"]["output_activation"] == "relu"
+    assert registry.load_generator(tmp_path / "g1/generator").config.output_activation == "relu"

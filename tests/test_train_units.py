@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,12 @@ def test_streaming_shards_chunks_and_resumes(small_file):
     full = [b.primary_energy for b in data.batches(0, 0, 0, 2, 4, 0, steps)]
     tail = [b.primary_energy for b in data.batches(0, 0, 0, 2, 4, 3, steps)]
     assert all(np.array_equal(a, b) for a, b in zip(full[3:], tail)) and len(tail) == steps - 3
+
+
+@pytest.mark.parametrize("name", ["gan3d_clic25", "gan3d_clic51", "conv2d_g1", "conv2d_g2", "conv2d_g3", "smoke_cpu"])
+def test_example_configs_load(name):
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / f"{name}.yaml")
+    assert cfg.model.name == ("gan3d_clic25" if name == "smoke_cpu" else name)
+    expected = {"gan3d_clic51": 150, "conv2d_g1": 30, "conv2d_g2": 30, "conv2d_g3": 30, "gan3d_clic25": 60,
+                "smoke_cpu": 3}[name]
+    assert cfg.total_epochs == expected

@@ -456,9 +456,11 @@ class Trainer:
             self.tb.close()
         dist_utils.shutdown(self.info)
 
-    def _maybe_switch_relu(self) -> None:
+    def _maybe_switch_relu(self, force: bool = False) -> None:
+        """From ``recipe.relu_epoch`` on (or when ``force``), switch a generator that has a
+        ``use_relu_output`` method (the Conv2D generators) to its ReLU output head."""
         epoch = self.recipe.relu_epoch
-        if epoch is None or self.relu_switched or self.epoch < epoch:
+        if self.relu_switched or not (force or (epoch is not None and self.epoch >= epoch)):
             return
         switch = getattr(self.G, "use_relu_output", None)
         if switch is not None:
@@ -543,7 +545,7 @@ class Trainer:
             raise ValueError(f"{where} was trained with model {meta['model']!r} {meta['model_config']}, not "
                              f"{self.cfg.model.name!r} {self.cfg.model.config}")
         if meta["relu_switched"]:
-            self._maybe_switch_relu_now()
+            self._maybe_switch_relu(force=True)
         self._load_models(where, need_discriminator=True)
         self.opt_g.load_state_dict(state["optimizer_generator"])
         self.opt_d.load_state_dict(state["optimizer_discriminator"])
@@ -563,12 +565,6 @@ class Trainer:
         log = self.out / METRICS_JSONL
         if log.is_file():  # drop epochs logged after the checkpoint was taken
             self.records = [r for r in map(json.loads, log.read_text().splitlines()) if r["epoch"] <= self.epoch]
-
-    def _maybe_switch_relu_now(self) -> None:
-        switch = getattr(self.G, "use_relu_output", None)
-        if switch is not None:
-            switch()
-        self.relu_switched = True
 
     def _warm_start(self, path: str | Path) -> None:
         self._load_models(path, need_discriminator=False)
