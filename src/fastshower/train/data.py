@@ -62,18 +62,16 @@ class EcalFit:
 
 
 def fit_ecal_sum(primary_energy: np.ndarray, ecal_sum: np.ndarray, n_bins: int = FIT_BINS) -> EcalFit:
-    """Binned mean of ecal_sum / E vs E (quantile bins, bins with fewer than 2 events merged away)."""
+    """Mean of ecal_sum / E vs mean E in quantile bins of E (at most ``n_bins``, at least 2 events each)."""
     if len(primary_energy) == 0:
         raise ValueError("no training events left to fit the ECAL sum")
+    n_bins = max(1, min(n_bins, len(primary_energy) // 2))
     edges = np.unique(np.quantile(primary_energy, np.linspace(0, 1, n_bins + 1)))
     idx = np.clip(np.searchsorted(edges, primary_energy, side="right") - 1, 0, max(len(edges) - 2, 0))
-    e_mean, r_mean = [], []
-    for b in np.unique(idx):
-        sel = idx == b
-        if sel.sum() >= 2 or len(primary_energy) < 2:
-            e_mean.append(primary_energy[sel].mean())
-            r_mean.append((ecal_sum[sel] / primary_energy[sel]).mean())
-    return EcalFit(np.asarray(e_mean), np.asarray(r_mean))
+    bins = np.unique(idx)
+    ratio = ecal_sum / primary_energy
+    return EcalFit(np.array([primary_energy[idx == b].mean() for b in bins]),
+                   np.array([ratio[idx == b].mean() for b in bins]))
 
 
 class InMemoryData:
