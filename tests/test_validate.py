@@ -68,7 +68,7 @@ def test_hits_sparsity_and_shower_max():
     s[0, 12, 12, :5] = [1e-4, 3e-4, 1.0, 0.5, 0.0]
     assert ob.hit_count(s)[0] == 3  # above 2e-4 GeV
     assert ob.sparsity(s)[0] == pytest.approx(1 - 4 / 25 ** 3)
-    assert ob.shower_max_layer(ob.layer_energy(s))[0] == 2
+    assert ob.shower_max_layer(ob.axis_profiles(s)["z"])[0] == 2
 
 
 @pytest.mark.parametrize("theta_deg", [62.0, 90.0, 118.0])

@@ -25,16 +25,6 @@ HIT_THRESHOLD_GEV = 2e-4
 _EPS = 1e-16
 
 
-def deposited_energy(showers: np.ndarray) -> np.ndarray:
-    """Total deposited (active) energy per event, GeV, shape (n,)."""
-    return showers.reshape(len(showers), -1).sum(axis=1, dtype=np.float64)
-
-
-def layer_energy(showers: np.ndarray) -> np.ndarray:
-    """Energy per readout layer (last axis), GeV, shape (n, n_layers)."""
-    return showers.sum(axis=(1, 2), dtype=np.float64)
-
-
 def axis_profiles(showers: np.ndarray) -> dict[str, np.ndarray]:
     """Energy projected on each axis (summed over the two others), GeV.
 
