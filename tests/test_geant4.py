@@ -367,6 +367,53 @@ def test_geantino_track_lengths_read_from_the_cpp_scorer(tmp_path):
         assert i == 12 and abs(j - expected_j[k]) <= 1 and (j == expected_j[k] or ev[i, j, k] < 0.5 / math.sin(theta))
 
 
+def _tiny_onnx(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """An ONNX shower model with our export's interface (primary_energy, incident_angle, noise ->
+    showers): fixed cell fractions times 0.02 E. Returns the fractions."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    frac = np.random.default_rng(0).random(shape).astype(np.float32)
+    frac *= 0.02 / frac.sum()
+    nodes = [helper.make_node("Reshape", ["primary_energy", "shape4"], ["e4"]),
+             helper.make_node("Mul", ["e4", "fractions"], ["showers"])]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("primary_energy", TensorProto.FLOAT, ["B"]),
+         helper.make_tensor_value_info("incident_angle", TensorProto.FLOAT, ["B"]),
+         helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["B", 4])],
+        [helper.make_tensor_value_info("showers", TensorProto.FLOAT, ["B", *shape])],
+        [numpy_helper.from_array(frac[None], "fractions"),
+         numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return frac
+
+
+@needs_geant4
+def test_g4run_cli_fast_mode_with_an_onnx_model(tmp_path):
+    """End to end through the command: an ONNX model as the shower source, two primaries per
+    event, a file in our format, the timing table, energy conserved."""
+    pytest.importorskip("onnxruntime")
+    frac = _tiny_onnx(tmp_path / "tiny.onnx", (25, 25, 25))
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "fastshower.cli", "g4run", "-g", "clic25", "--mode", "fast",
+                           "--model", str(tmp_path / "tiny.onnx"), "--energy", "10,100", "--multiplicity", "2",
+                           "-n", "12", "--seed", "2", "--batch-events", "5", "-o", str(tmp_path / "fast.h5")],
+                          capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for word in ("transport", "inference", "placement", "wrote 12 events", "24 showers from the model"):
+        assert word in proc.stdout
+    assert "Geant4 version" not in proc.stdout  # the banner stays off the table
+    from fastshower.data import read_showers
+
+    s = read_showers(tmp_path / "fast.h5")
+    assert len(s) == 12 and set(np.round(s.primary_energy).tolist()) <= {20.0, 110.0, 200.0}
+    assert np.allclose(s.showers, s.primary_energy[:, None, None, None] * frac[None], rtol=1e-5)  # both primaries at the centre
+    assert s.attrs["simulator"] == "geant4-fast" and s.attrs["physics"] == "transport"
+
+
 @needs_geant4
 def test_g4run_cli_fast_mode_writes_a_file(tmp_path):
     pytest.importorskip("fastshower.simulate.gflash", reason="the gflash reference simulator has not landed")
