@@ -1,0 +1,255 @@
+"""The generation API: a trained generator, loaded once, producing showers in the shared convention.
+
+``Generator.load(name_or_path)`` takes a shipped model name (``gan3d_clic25``), a saved stem /
+``.json`` / ``.safetensors`` (``fastshower.models.registry``) or an exported ``.onnx`` file (ONNX
+Runtime back-end). ``generate`` returns a :class:`~fastshower.showers.ShowerSet` (float32 GeV per
+cell, conditions in GeV and rad); ``generate_to_file`` streams batches into an HDF5 file with
+constant memory.
+
+Reproducibility: the noise comes from a ``torch.Generator`` on the CPU seeded with ``seed`` (drawn
+batch after batch, then moved to the device), so the same seed, conditions and batch size give the
+same showers on every back-end and device up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastshower.geometry import Geometry, load_geometry
+from fastshower.showers import ShowerSet
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("torch", "onnx")
+#: Relative slack on the trained energy range and absolute slack on the angle range (rad).
+ENERGY_SLACK = 1e-6
+ANGLE_SLACK_RAD = 1e-6
+
+
+class Generator:
+    """A loaded shower generator on one device, precision and back-end. Build with :meth:`load`.
+
+    Attributes: ``name`` (model), ``geometry`` (:class:`~fastshower.geometry.Geometry`),
+    ``noise_dim``, ``energy_range_gev``, ``angle_range_rad``, ``device``, ``precision``,
+    ``backend``, ``module`` (the torch network; None on ONNX) and ``session`` (ONNX Runtime; None
+    on torch).
+    """
+
+    def __init__(self, *, name: str, geometry: Geometry, noise_dim: int, energy_range_gev: tuple[float, float],
+                 angle_range_rad: tuple[float, float], device: torch.device, precision: str, backend: str,
+                 allow_extrapolation: bool, module: torch.nn.Module | None = None, session: Any = None) -> None:
+        self.name = name
+        self.geometry = geometry
+        self.noise_dim = noise_dim
+        self.energy_range_gev = tuple(float(v) for v in energy_range_gev)
+        self.angle_range_rad = tuple(float(v) for v in angle_range_rad)
+        self.device = device
+        self.precision = precision
+        self.backend = backend
+        self.allow_extrapolation = allow_extrapolation
+        self.module = module
+        self.session = session
+
+    # ------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
+             threads: int | None = None, allow_extrapolation: bool = False) -> "Generator":
+        """Load a generator.
+
+        ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
+        back-end; the network runs in that precision, the post-processing to GeV in fp32).
+        ``backend``: ``torch`` or ``onnx`` (a ``.onnx`` path always uses ONNX Runtime; a model
+        name with ``onnx`` is exported to a temporary file first). ``threads``: intra-op threads
+        (torch: ``torch.set_num_threads``, process-wide; ONNX: the session's own).
+        ``allow_extrapolation``: conditions outside the trained range give a warning, not an error.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected {', '.join(BACKENDS)}")
+        dev = _device(device)
+        if str(name_or_path).endswith(".onnx"):
+            backend = "onnx"
+        if backend == "onnx":
+            return cls._load_onnx(name_or_path, dev, precision, threads, allow_extrapolation)
+        from fastshower.models.registry import load_generator
+
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        module = load_generator(name_or_path, device=dev)
+        if precision != "fp32":
+            _check_precision(dev, precision)
+            module = module.to(PRECISIONS[precision])
+        return cls(name=module.name, geometry=load_geometry(module.geometry), noise_dim=module.noise_dim,
+                   energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad, device=dev,
+                   precision=precision, backend="torch", allow_extrapolation=allow_extrapolation, module=module)
+
+    @classmethod
+    def _load_onnx(cls, name_or_path, dev, precision, threads, allow_extrapolation) -> "Generator":
+        from fastshower.infer.onnx_export import export_onnx, open_session, read_metadata
+
+        if precision != "fp32":
+            raise ValueError(f"the onnx backend runs the exported file's own precision; ask for fp32, not "
+                             f"{precision} (fp16/int8 files: fastshower quantize)")
+        path = Path(name_or_path)
+        if path.suffix != ".onnx":
+            tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-onnx-")
+            path = Path(tmpdir.name) / "generator.onnx"
+            export_onnx(str(name_or_path), path, check=False)
+            session = open_session(path, device=str(dev), threads=threads)
+            meta = read_metadata(path)
+            tmpdir.cleanup()
+        else:
+            meta = read_metadata(path)
+            session = open_session(path, device=str(dev), threads=threads)
+        return cls(name=meta["model"], geometry=load_geometry(meta["geometry"]), noise_dim=meta["noise_dim"],
+                   energy_range_gev=meta["energy_range_gev"], angle_range_rad=meta["angle_range_rad"], device=dev,
+                   precision="fp32", backend="onnx", allow_extrapolation=allow_extrapolation, session=session)
+
+    # ------------------------------------------------------------------------------ conditions
+    def check_conditions(self, primary_energy: np.ndarray, incident_angle: np.ndarray) -> None:
+        """ValueError (or, with ``allow_extrapolation``, a warning) when a primary energy (GeV) or
+        incident angle (rad) lies outside the model's trained range."""
+        problems = []
+        e_lo, e_hi = self.energy_range_gev
+        if primary_energy.size and (primary_energy.min() < e_lo * (1 - ENERGY_SLACK)
+                                    or primary_energy.max() > e_hi * (1 + ENERGY_SLACK)):
+            problems.append(f"primary energy {primary_energy.min():.4g}-{primary_energy.max():.4g} GeV outside "
+                            f"the trained range {e_lo:g}-{e_hi:g} GeV")
+        a_lo, a_hi = self.angle_range_rad
+        if incident_angle.size and (incident_angle.min() < a_lo - ANGLE_SLACK_RAD
+                                    or incident_angle.max() > a_hi + ANGLE_SLACK_RAD):
+            problems.append(f"incident angle {math.degrees(incident_angle.min()):.4g}-"
+                            f"{math.degrees(incident_angle.max()):.4g} deg outside the trained range "
+                            f"{math.degrees(a_lo):.4g}-{math.degrees(a_hi):.4g} deg")
+        if not np.all(primary_energy > 0):
+            raise ValueError("primary energy must be positive (GeV)")
+        if problems:
+            message = f"{self.name}: " + "; ".join(problems)
+            if not self.allow_extrapolation:
+                raise ValueError(message + " (allow_extrapolation / --allow-extrapolation to go on)")
+            warnings.warn(message + ": extrapolating", UserWarning, stacklevel=3)
+
+    def _conditions(self, primary_energy, incident_angle, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        e = np.atleast_1d(np.asarray(primary_energy, dtype=np.float64))
+        a = np.atleast_1d(np.asarray(incident_angle, dtype=np.float64))
+        if e.ndim != 1 or a.ndim != 1:
+            raise ValueError("primary_energy and incident_angle must be scalars or 1-d arrays")
+        sizes = {len(x) for x in (e, a) if len(x) != 1}
+        if n is not None:
+            sizes.add(int(n))
+        if len(sizes) > 1:
+            raise ValueError(f"inconsistent numbers of showers: {sorted(sizes)} (primary_energy, incident_angle, n)")
+        count = sizes.pop() if sizes else 1
+        if count < 0:
+            raise ValueError(f"n must be >= 0, got {count}")
+        e, a = np.broadcast_to(e, (count,)).copy(), np.broadcast_to(a, (count,)).copy()
+        self.check_conditions(e, a)
+        return e, a
+
+    # ------------------------------------------------------------------------------ generation
+    def run_batch(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        """One batch, no checks: float32 ``(B, *shape)`` showers in GeV for energies (GeV), angles
+        (rad) and ``(B, noise_dim)`` CPU float32 noise."""
+        if self.session is not None:
+            return self.session.run(["showers"], {
+                "primary_energy": np.asarray(primary_energy, np.float32),
+                "incident_angle": np.asarray(incident_angle, np.float32),
+                "noise": noise.numpy()})[0]
+        dtype = PRECISIONS[self.precision]
+        dev = self.device
+        with torch.inference_mode():
+            e = torch.as_tensor(np.asarray(primary_energy, np.float32), device=dev)
+            a = torch.as_tensor(np.asarray(incident_angle, np.float32), device=dev)
+            z = noise.to(dev, non_blocking=True)
+            if dtype == torch.float32:
+                out = self.module(e, a, z)
+            else:  # network in low precision, post-processing (e.g. x ** (1/0.85)) in fp32
+                raw = self.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
+                out = self.module.postprocess(raw.float())
+            return out.float().cpu().numpy()
+
+    def iter_batches(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
+                     seed: int | None = None) -> Iterator[ShowerSet]:
+        """:meth:`generate` batch by batch (constant memory)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        e, a = self._conditions(primary_energy, incident_angle, n)
+        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        noise_rng = torch.Generator(device="cpu").manual_seed(seed)
+        attrs = {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
+                 "precision": self.precision, "device": str(self.device)}
+        for start in range(0, len(e), batch_size):
+            stop = min(start + batch_size, len(e))
+            noise = torch.randn(stop - start, self.noise_dim, generator=noise_rng)
+            showers = self.run_batch(e[start:stop], a[start:stop], noise)
+            yield ShowerSet(showers, e[start:stop], a[start:stop], self.geometry.name, dict(attrs))
+
+    def generate(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
+                 seed: int | None = None) -> ShowerSet:
+        """Showers for primary energies (GeV) and incident angles (rad), scalars or 1-d arrays; ``n``
+        repeats scalars. ``seed`` None draws one (recorded in ``attrs["seed"]``)."""
+        parts = list(self.iter_batches(primary_energy, incident_angle, n, batch_size, seed))
+        if not parts:
+            return ShowerSet(np.zeros((0, *self.geometry.shape), np.float32), [], [], self.geometry.name,
+                             {"model": self.name})
+        return ShowerSet.concatenate(parts)
+
+    def generate_to_file(self, path: str | Path, primary_energy, incident_angle, n: int | None = None,
+                         format: str = "native", batch_size: int = 256, seed: int | None = None,
+                         progress: bool = False) -> int:
+        """Stream showers into ``path`` (HDF5, ``native``, ``3dgan`` or ``calochallenge``), batch
+        by batch with constant memory; the file appears only when complete. Returns the count."""
+        from fastshower.data import ShowerWriter
+
+        e, a = self._conditions(primary_energy, incident_angle, n)
+        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        attrs = {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
+                 "precision": self.precision, "device": str(self.device)}
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(e), unit="shower", desc=f"generate {self.name}")
+        with ShowerWriter(path, self.geometry, format=format, attrs=attrs) as writer:
+            for part in self.iter_batches(e, a, batch_size=batch_size, seed=seed):
+                writer.write(part)
+                if bar is not None:
+                    bar.update(len(part))
+        if bar is not None:
+            bar.close()
+        return writer.n_events
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {device} asked for, but torch sees no CUDA GPU here")
+    elif dev.type != "cpu":
+        raise ValueError(f"unknown device {device!r}; expected cpu or cuda[:N]")
+    return dev
+
+
+def _check_precision(dev: torch.device, precision: str) -> None:
+    """Clear error when ``precision`` cannot run on ``dev`` (a 3-d convolution probe)."""
+    dtype = PRECISIONS[precision]
+    if dev.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise RuntimeError(f"{precision} is not supported on {torch.cuda.get_device_name(dev)}")
+    try:
+        with torch.inference_mode():
+            conv = torch.nn.Conv3d(1, 1, 3).to(dev, dtype)
+            conv(torch.ones(1, 1, 3, 3, 3, device=dev, dtype=dtype))
+    except (RuntimeError, NotImplementedError) as exc:
+        raise RuntimeError(f"{precision} 3-d convolutions are not supported on {dev.type} by this torch "
+                           f"({torch.__version__}): {str(exc).splitlines()[0]}") from None
