@@ -323,7 +323,8 @@ def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: 
     parts_out = rng.standard_gamma(outside * scale)
     total = parts.sum(axis=lateral_axes) + parts_out
     layer_visible = rng.standard_gamma(layer_energy / c2[None, :]) * c2[None, :]  # sampling fluctuation
-    norm = np.divide(layer_visible, total, out=np.zeros_like(total), where=total > 0)
+    # A layer whose parts all underflow float32 (expected energy below ~1e-4 GeV) reads 0.
+    norm = np.divide(layer_visible, total, out=np.zeros_like(total), where=total > 1e-30)
     active = (parts * (geometry.sampling_fraction * norm)[:, None, None, :]).astype(np.float32)
     active[active < geometry.readout_threshold_gev] = 0.0
     return active
