@@ -119,6 +119,33 @@ def test_load_unknown_generator_names_shipped(tmp_path):
         registry.build_generator("gan4d")
 
 
+def test_shipped_generators_are_found_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
+    assert registry.list_shipped() == []
+    torch.manual_seed(4)
+    g = registry.build_generator("conv2d_g1", **SMALL).eval()
+    registry.save_generator(g, tmp_path / "conv2d_g1", {"trained_by": "test"})
+    (tmp_path / "orphan.json").write_text("{}")  # a card without weights is not listed
+    assert registry.list_shipped() == ["conv2d_g1"]
+    loaded = registry.load_generator("conv2d_g1")
+    energy, angle = torch.tensor([80.0]), torch.tensor([math.pi / 2])
+    noise = g.sample_noise(1, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(loaded(energy, angle, noise), g(energy, angle, noise))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_spec_default_config_round_trips(name):
+    spec = registry.MODELS[name]
+    config = spec.default_config()
+    assert config.width == 1.0
+    assert spec.config_class.model_validate_json(config.model_dump_json()) == config
+    g = registry.build_generator(name, width=0.5)
+    assert g.geometry == spec.geometry and g.config.width == 0.5
+    with pytest.raises(ValueError):
+        registry.build_generator(name, no_such_option=1)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_discriminator_heads(name, rng):
     torch.manual_seed(2)
