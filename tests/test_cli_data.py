@@ -204,3 +204,29 @@ def test_inspect_checks_a_calochallenge_binning(cli, tmp_path, fake_gflash):
     assert code == 0 and "matches geometry par04_ds3" in out and "events:           2" in out
     code, _, err = cli("inspect", tmp_path / "cc.h5", "--binning", tmp_path / "b2.xml")
     assert code == 2 and "layer 0: binning has 16 alpha bins, geometry 'par04_ds3' has 50" in err
+
+
+def test_simulate_with_gflash_then_inspect(cli, tmp_path):
+    """The real reference simulator: the file holds exactly what one seeded rng gives for the
+    conditions, then the showers; inspect reports the detector's sampling fraction."""
+    from fastshower.conditions import sample_angles, sample_energies
+    from fastshower.simulate.gflash import simulate_showers
+
+    path = tmp_path / "g.h5"
+    code, out, err = cli("simulate", "--geometry", "clic51", "--energy", "20:200", "--angle", "70:110", "-n", 6,
+                         "--seed", 5, "--format", "3dgan", "-o", path)
+    assert code == 0, err
+    g = load_geometry("clic51")
+    rng = np.random.default_rng(5)
+    primary_energy = sample_energies("20:200", 6, rng, g.energy_range_gev)
+    incident_angle = sample_angles("70:110", 6, rng, g.angle_range_rad)
+    expected = simulate_showers(g, primary_energy, incident_angle, rng)
+    s = read_showers(path)
+    np.testing.assert_allclose(s.showers, expected, rtol=1e-6)
+    np.testing.assert_array_equal(s.incident_angle, incident_angle)
+
+    code, out, err = cli("inspect", path)
+    assert code == 0, err
+    assert value(out, "events") == "6" and value(out, "layout") == "3dgan_variable_angle"
+    assert float(value(out, r"sampling fraction \(mean deposited / primary\)")) == pytest.approx(
+        g.sampling_fraction, rel=0.15)
