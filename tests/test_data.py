@@ -329,3 +329,15 @@ def test_other_compressions_round_trip(tmp_path, rng, compression):
 def test_unknown_compression_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown compression 'zstd'"):
         ShowerWriter(tmp_path / "x.h5", "clic25", compression="zstd")
+
+
+def test_read_events_gives_a_checked_random_access_slice(tmp_path, rng):
+    from fastshower.data import read_events
+
+    s = make_set(rng, "clic51", n=9)
+    write_showers(tmp_path / "a.h5", s, format="3dgan")
+    part = read_events(tmp_path / "a.h5", 4, 7)
+    np.testing.assert_allclose(part.showers, s.showers[4:7], rtol=1e-6)
+    np.testing.assert_array_equal(part.incident_angle, s.incident_angle[4:7])
+    with pytest.raises(ValueError, match="event range 5:12 is outside the file's 9 events"):
+        read_events(tmp_path / "a.h5", 5, 12)

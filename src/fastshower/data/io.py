@@ -224,6 +224,22 @@ def iter_showers(path: PathSpec, chunk_size: int = 1000, geometry: str | Geometr
                 yield ShowerSet(showers, primary_energy, incident_angle, g.name, dict(attrs))
 
 
+def read_events(path: str | Path, start: int, stop: int, geometry: str | Geometry | None = None) -> ShowerSet:
+    """Events ``start:stop`` of one file (random access, e.g. for shuffled training chunks), converted
+    and checked like :func:`iter_showers` chunks."""
+    (p,) = resolve_paths(Path(path))
+    with _open(p) as f:
+        layout = _layout_of(f, p)
+        g = _geometry_for_file(f, layout, p, geometry)
+        n = layout.count_events(f)
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"{p}: event range {start}:{stop} is outside the file's {n} events")
+        showers, primary_energy, incident_angle = layout.read(f, start, stop, g)
+        attrs = _read_attrs(f, g)
+    check_showers(str(p), start, showers, primary_energy, incident_angle, g)
+    return ShowerSet(showers, primary_energy, incident_angle, g.name, attrs)
+
+
 def read_showers(path: PathSpec, geometry: str | Geometry | None = None, max_events: int | None = None,
                  chunk_size: int = 1000) -> ShowerSet:
     """Read a whole file (or glob/list), or its first ``max_events`` events, as one shower set."""
