@@ -212,21 +212,23 @@ def _rectangle_primitive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def rectangle_fractions(x_edges: np.ndarray, y_edges: np.ndarray, r_core: np.ndarray, r_tail: np.ndarray,
                         core_weight: np.ndarray) -> np.ndarray:
-    """Fraction of the two-component radial profile in each rectangular cell (float32).
+    """Fraction of the two-component radial profile in each rectangular cell of each layer (float32).
 
-    ``x_edges`` (nx + 1,) and ``y_edges`` (..., ny + 1) cell edges relative to the axis; radii
-    ``r_core``, ``r_tail`` and the core weight ``core_weight`` (...) ; lengths in one unit (mm).
-    Returns (..., nx, ny). The primitive is odd in x, so it is evaluated on the distinct |x| only.
+    ``x_edges`` (nx + 1,) and ``y_edges`` (n, ny + 1, n_layers) cell edges relative to the axis;
+    radii ``r_core``, ``r_tail`` and the core weight ``core_weight`` (n, n_layers); lengths in one
+    unit (mm). Returns (n, nx, ny, n_layers). The primitive is odd in x, so it is evaluated on the
+    distinct |x| only.
     """
     abs_x, where = np.unique(np.abs(np.asarray(x_edges, dtype=np.float32)), return_inverse=True)
-    sign_x = np.sign(x_edges).astype(np.float32)[:, None]
-    y = np.asarray(y_edges, dtype=np.float32)[..., None, :]
-    prim = np.zeros(y.shape[:-2] + (len(abs_x), y.shape[-1]), dtype=np.float32)
+    sign_x = np.sign(x_edges).astype(np.float32)[:, None, None]
+    y = np.asarray(y_edges, dtype=np.float32)[:, None, :, :]
+    x = abs_x[None, :, None, None]
+    prim = np.zeros((y.shape[0], len(abs_x), y.shape[2], y.shape[3]), dtype=np.float32)
     for radius, weight in ((r_core, core_weight), (r_tail, 1.0 - core_weight)):
-        r = radius.astype(np.float32)[..., None, None]
-        prim += weight.astype(np.float32)[..., None, None] * _rectangle_primitive(abs_x[:, None] / r, y / r)
-    prim = sign_x * prim[..., where, :]
-    return np.diff(np.diff(prim, axis=-2), axis=-1)
+        r = radius.astype(np.float32)[:, None, None, :]
+        prim += weight.astype(np.float32)[:, None, None, :] * _rectangle_primitive(x / r, y / r)
+    prim = sign_x * prim[:, where]
+    return np.diff(np.diff(prim, axis=1), axis=2)
 
 
 def ring_fractions(r_edges: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -288,9 +290,8 @@ def _lateral_fractions(geometry: Geometry, stack: StackParameters, primary_energ
     centres = 0.5 * (stack.layer_edges_mm[1:] + stack.layer_edges_mm[:-1])
     y_axis = (centres[None, :] - pivot_mm[:, None]) * cot_theta[:, None]  # (n, L) mm
     # The profile lives in the plane normal to the axis: a layer plane cuts it stretched by 1/sin(theta) in y.
-    v_edges = (y_edges[None, None, :] - y_axis[:, :, None]) * sin_theta[:, None, None]  # (n, L, ny + 1)
-    frac = rectangle_fractions(x_edges, v_edges, r_core * rm, r_tail * rm, core_weight)  # (n, L, nx, ny)
-    return np.moveaxis(frac, 1, -1)
+    v_edges = (y_edges[None, :, None] - y_axis[:, None, :]) * sin_theta[:, None, None]  # (n, ny + 1, L)
+    return rectangle_fractions(x_edges, v_edges, r_core * rm, r_tail * rm, core_weight)
 
 
 def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: np.ndarray,
@@ -307,25 +308,33 @@ def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: 
     t_spot = np.maximum(t_hom * (0.813 + 0.0019 * stack.z_eff), 0.5)
     alpha_spot = np.maximum(alpha_hom * (0.844 + 0.0026 * stack.z_eff), 1.1)
     layer_spots = n_spots[:, None] * gamma_profile_fractions(t_spot, alpha_spot, depth_x0)
-    spot_energy = layer_energy / np.maximum(layer_spots, 1.0)  # GeV per spot
+    # at least one spot in a layer that holds energy
+    layer_spots = np.where(layer_energy > 0, np.maximum(layer_spots, 1.0), 0.0)
+    spot_energy = np.divide(layer_energy, layer_spots, out=np.zeros_like(layer_energy), where=layer_spots > 0)  # GeV
     tau = np.maximum(0.5 * (depth_x0[:, 1:] + depth_x0[:, :-1]), 0.0) / t_max[:, None]
     r_core, r_tail, core_weight = radial_parameters(stack, primary_energy, tau)
     pivot_mm = _pivot_depth_mm(stack, primary_energy, sin_theta, particle)
     frac = _lateral_fractions(geometry, stack, primary_energy, sin_theta, cot_theta, pivot_mm,
                               r_core, r_tail, core_weight)  # (n, a, b, L)
-    frac = np.maximum(frac, 0.0)
-    c2 = stack.layer_sampling_term ** 2  # GeV per unit of variance / energy
-    granule = spot_energy + c2[None, :]  # (n, L) GeV: variance / mean of one cell's energy
+    frac = np.maximum(frac, np.float32(0.0))
     lateral_axes = (1, 2)
-    outside = np.maximum(1.0 - frac.sum(axis=lateral_axes), 0.0)  # (n, L)
-    scale = layer_energy / granule
-    parts = rng.standard_gamma((frac * scale[:, None, None, :]).astype(np.float32), dtype=np.float32)
-    parts_out = rng.standard_gamma(outside * scale)
-    total = parts.sum(axis=lateral_axes) + parts_out
-    layer_visible = rng.standard_gamma(layer_energy / c2[None, :]) * c2[None, :]  # sampling fluctuation
-    # A layer whose parts all underflow float32 (expected energy below ~1e-4 GeV) reads 0.
-    norm = np.divide(layer_visible, total, out=np.zeros_like(total), where=total > 1e-30)
-    active = (parts * (geometry.sampling_fraction * norm)[:, None, None, :]).astype(np.float32)
+    # spots per cell: Poisson with mean N_layer x cell fraction; the energy leaving the grid is one more part
+    spots = rng.poisson(frac * layer_spots.astype(np.float32)[:, None, None, :])
+    outside = np.maximum(1.0 - frac.sum(axis=lateral_axes, dtype=np.float64), 0.0)
+    spots_drawn = spots.sum(axis=lateral_axes) + rng.poisson(outside * layer_spots)  # (n, L)
+    # sampling fluctuation of the spots' energy: Gamma with mean k e_s and variance c^2 k e_s for k spots
+    c2 = stack.layer_sampling_term ** 2  # GeV: sampling variance per GeV of deposited energy
+    hit = spots > 0
+    shape_per_spot = np.broadcast_to((spot_energy / c2[None, :]).astype(np.float32)[:, None, None, :], spots.shape)
+    deposit = np.zeros(spots.shape, dtype=np.float32)  # GeV of shower energy
+    deposit[hit] = rng.standard_gamma(spots[hit] * shape_per_spot[hit], dtype=np.float32) \
+        * np.broadcast_to(c2.astype(np.float32), spots.shape)[hit]
+    # GFlash's spot number per layer is fixed: rescale the Poisson total to N_layer (Poisson given its
+    # sum is multinomial); 1/(1 - exp(-N)) restores the mean lost to layers that drew no spot.
+    norm = np.divide(layer_spots, spots_drawn * -np.expm1(-layer_spots), out=np.zeros_like(layer_spots),
+                     where=spots_drawn > 0)
+    active = deposit
+    active *= (geometry.sampling_fraction * norm).astype(np.float32)[:, None, None, :]
     active[active < geometry.readout_threshold_gev] = 0.0
     return active
 
