@@ -298,6 +298,11 @@ def test_tilted_primaries_land_in_the_right_cells(tmp_path):
             gun = Gun("e-", 100.0, math.radians(60), psi_rad=psi, entry_mm=(2 * 5.1, -2 * 5.1), distance_mm=50.0)
             result = run_geant4("clic51", 10, gun, pencil_source("clic51"), seed=3, batch_events=4)
             res[name] = save(sys.argv[1] + f"/{name}.npz", result)
+        from fastshower.simulate.geant4.sources import gflash_source
+        for name, psi in (("gflash_yz", 0.0), ("gflash_xz", math.pi / 2)):
+            gun = Gun("e-", 100.0, math.radians(70), psi_rad=psi, entry_mm=(5.1, 0.0))
+            result = run_geant4("clic51", 10, gun, gflash_source("clic51"), seed=4, batch_events=10)
+            res[name] = save(sys.argv[1] + f"/{name}.npz", result)
         print(json.dumps(res))
     """)
     g = load_geometry("clic51")
@@ -319,6 +324,19 @@ def test_tilted_primaries_land_in_the_right_cells(tmp_path):
             assert np.allclose(by[inside], -10.2, atol=1e-4) and np.allclose(bx[inside], (10.2 + shift)[inside], atol=1e-4)
         assert np.all(np.diff(by[inside] if name == "yz" else bx[inside]) > -1e-9)  # moves away with depth
         assert np.allclose(r["showers"].reshape(10, -1).sum(1) + r["leaked"], 2.0, rtol=1e-5)
+    # GFlash showers (axis through the grid centre at the shower maximum): after placement the
+    # shower axis runs from the entry point along the particle, y (resp. x) = entry + depth cot(theta)
+    cot = 1 / math.tan(math.radians(70))
+    for name in ("gflash_yz", "gflash_xz"):
+        r = np.load(tmp_path / f"{name}.npz")
+        s = r["showers"].sum(axis=0)
+        w = s.sum(axis=(0, 1))
+        along = np.einsum("ijk,j->k", s, yc) / w if name == "gflash_yz" else np.einsum("ijk,i->k", s, xc) / w - 5.1
+        across = np.einsum("ijk,i->k", s, xc) / w - 5.1 if name == "gflash_yz" else np.einsum("ijk,j->k", s, yc) / w
+        core = w > 0.05 * w.max()  # layers around the maximum
+        slope, intercept = np.polyfit(depth[core], along[core], 1, w=np.sqrt(w[core]))
+        assert abs(slope - cot) < 0.05 and abs(intercept) < 2.0, (name, slope, intercept)
+        assert np.all(np.abs(across[core]) < 2.5), (name, across[core])  # fluctuations of 10 showers
 
 
 @needs_geant4

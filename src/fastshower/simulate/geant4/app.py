@@ -49,7 +49,7 @@ from fastshower.simulate.geant4.datasets import (ensure_nuclide_table_for_fast_m
                                                  require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
                                                   direction_to_condition, entry_layer_of, place_showers)
-from fastshower.simulate.geant4.sources import ShowerSource, batch_seed, call_source
+from fastshower.simulate.geant4.sources import ShowerSource, batch_seed, call_source, entry_offset_of
 
 MODES = ("fast", "full")
 #: Particles the fast-simulation hook takes.
@@ -552,7 +552,8 @@ class _Runner:
             t0 = time.perf_counter()
             generated = call_source(self.source, geo, energy, theta, batch_seed(self.seed, self.batch_index))
             t1 = time.perf_counter()
-            cells, leaked = place_showers(geo, generated, arr[:, 2:4], psi, layer, event, size)
+            model_entry = entry_offset_of(self.source, energy, theta)
+            cells, leaked = place_showers(geo, generated, arr[:, 2:4], psi, layer, event, size, model_entry)
             gen_sum = np.bincount(event, weights=generated.reshape(len(arr), -1).sum(axis=1, dtype=np.float64),
                                   minlength=size)
             dev = check_energy_conservation(gen_sum, cells.reshape(size, -1).sum(axis=1, dtype=np.float64), leaked)

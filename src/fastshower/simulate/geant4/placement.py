@@ -11,12 +11,16 @@ Frames and conventions (the project's angle convention, DESIGN.md):
   incidence, ``psi`` the azimuth of the tilt plane about z (psi = 0: the shower axis lies in the
   y-z plane, y(depth) = y0 + depth cot(theta), x constant). psi is folded into (-pi/2, pi/2] so
   that directions in the y-z plane always give psi = 0 and theta in (0, pi).
-- A generated shower is in *model* cells: the detector's own grid, translated so that the entry
-  point lies at the grid centre, with the tilt theta already inside it (the networks and GFlash are
-  trained/parametrised in detector cells, layer k = depth layer k). Placement therefore does *not*
-  rotate the shower in 3-d (unlike Par04, whose mesh follows the particle): it rotates the lateral
-  pattern by psi about the entry point, translates it to the entry point, and shifts the layers by
-  the entry layer. Each generated cell goes, whole, to the detector cell that holds its rotated and
+- A generated shower is in *model* cells: the detector's own grid, translated laterally, with the
+  tilt theta already inside it (the networks and GFlash are trained/parametrised in detector
+  cells, layer k = depth layer k). Where the particle enters the face in the model frame is the
+  *model entry point* ``(mx, my)`` relative to the grid centre: (0, 0) when showers are centred
+  on the entry point; for GFlash-convention showers (the project's training data), whose tilted
+  axis crosses the grid centre at the depth of the mean shower maximum z_p(E, theta),
+  ``(0, -z_p cot(theta))`` (see ``sources.gflash_entry_offset``). Placement therefore does *not*
+  rotate the shower in 3-d (unlike Par04, whose mesh follows the particle): it moves the model
+  entry point onto the detector entry point, rotates the lateral pattern about it by psi, and
+  shifts the layers by the entry layer. Each generated cell goes, whole, to the detector cell that holds its rotated and
   translated centre (cell-centre placement, as Par04 and DDML do); a cell that falls outside the
   grid is *leakage*. Hence, per event, placed energy + leakage = generated energy exactly (up to
   float rounding), which :func:`check_energy_conservation` verifies.
@@ -66,17 +70,20 @@ def entry_layer_of(geometry: Geometry | str, depth_mm: np.ndarray) -> np.ndarray
     return np.clip(k, 0, g.n_layers).astype(np.int64)
 
 
-def _lateral_targets(g: Geometry, x0: np.ndarray, y0: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lateral_targets(g: Geometry, x0: np.ndarray, y0: np.ndarray, psi: np.ndarray,
+                     model_entry: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Detector lateral cell (flat index) of every model lateral cell, and whether it is inside.
 
     Returns ``(target, inside)`` of shape ``(m, n_lateral)``.
     """
     c, s = np.cos(psi)[:, None], np.sin(psi)[:, None]
+    mx, my = model_entry[:, 0:1], model_entry[:, 1:2]
     if g.kind == "cartesian":
         nx, ny, _ = g.shape
         dx, dy = g.cell_size_mm  # type: ignore[misc]
         xc, yc = g.cell_centres_mm()
         X, Y = (a.reshape(1, -1) for a in np.meshgrid(xc, yc, indexing="ij"))
+        X, Y = X - mx, Y - my
         xd = X * c + Y * s + x0[:, None]
         yd = -X * s + Y * c + y0[:, None]
         ix = np.floor(xd / dx + nx / 2).astype(np.int64)
@@ -87,7 +94,7 @@ def _lateral_targets(g: Geometry, x0: np.ndarray, y0: np.ndarray, psi: np.ndarra
     edges = np.asarray(g.r_edges_mm, dtype=np.float64)
     rc, ac = g.cell_centres_mm()
     R, A = (a.reshape(1, -1) for a in np.meshgrid(rc, ac, indexing="ij"))
-    X, Y = R * np.cos(A), R * np.sin(A)
+    X, Y = R * np.cos(A) - mx, R * np.sin(A) - my
     xd = X * c + Y * s + x0[:, None]
     yd = -X * s + Y * c + y0[:, None]
     r = np.hypot(xd, yd)
@@ -100,14 +107,15 @@ def _lateral_targets(g: Geometry, x0: np.ndarray, y0: np.ndarray, psi: np.ndarra
 def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np.ndarray,
                   psi: np.ndarray | None = None, entry_layer: np.ndarray | None = None,
                   event_index: np.ndarray | None = None, n_events: int | None = None,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  model_entry_mm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Place generated showers into detector cells, summing the primaries of each event.
 
     ``showers`` float ``(m, *geometry.shape)`` GeV in model cells (one per primary);
     ``entry_xy_mm`` ``(m, 2)`` entry points on the face (mm, detector frame); ``psi`` ``(m,)`` tilt
     azimuths (rad, default 0); ``entry_layer`` ``(m,)`` the layer where each primary enters
     (default 0, the face); ``event_index`` ``(m,)`` the event of each primary in ``[0, n_events)``
-    (default: one event per primary).
+    (default: one event per primary); ``model_entry_mm`` ``(m, 2)`` the entry point in the model
+    frame relative to the grid centre (default (0, 0)).
 
     Returns ``(cells, leaked)``: ``cells`` float32 ``(n_events, *geometry.shape)`` GeV and
     ``leaked`` float64 ``(n_events,)`` GeV generated outside the grid (laterally or behind the last
@@ -121,6 +129,7 @@ def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np
     psi = np.zeros(m) if psi is None else np.broadcast_to(np.asarray(psi, dtype=np.float64), (m,))
     layer = np.zeros(m, np.int64) if entry_layer is None else np.broadcast_to(
         np.asarray(entry_layer, dtype=np.int64), (m,))
+    model_entry = np.zeros((m, 2)) if model_entry_mm is None else np.asarray(model_entry_mm, np.float64).reshape(m, 2)
     event = np.arange(m) if event_index is None else np.asarray(event_index, dtype=np.int64).reshape(m)
     n_events = (int(event.max()) + 1 if m else 0) if n_events is None else int(n_events)
     if m and (event.min() < 0 or event.max() >= n_events):
@@ -130,8 +139,8 @@ def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np
     cells = np.zeros((n_events, n_cells), dtype=np.float64)
     leaked = np.zeros(n_events, dtype=np.float64)
     for start in range(0, m, _CHUNK):
-        target, inside = _lateral_targets(g, entry[start:start + _CHUNK, 0], entry[start:start + _CHUNK, 1],
-                                          psi[start:start + _CHUNK])
+        sl = slice(start, start + _CHUNK)
+        target, inside = _lateral_targets(g, entry[sl, 0], entry[sl, 1], psi[sl], model_entry[sl])
         for b in range(len(target)):
             i = start + b
             w = showers[i].reshape(n_lat, nz).astype(np.float64)

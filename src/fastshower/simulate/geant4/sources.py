@@ -6,7 +6,11 @@ A shower source is any callable
         -> np.ndarray (m, *geometry.shape) float, GeV deposited in the active material per cell,
            in model cells (entry point at the grid centre; see placement.py)
 
-called once per batch with all the primaries of that batch (one or several events). Sources here:
+called once per batch with all the primaries of that batch (one or several events). A source may
+carry ``source.entry_offset(primary_energy, incident_angle) -> (m, 2)``: where the particle enters
+the face in its model frame, relative to the grid centre (mm); without it, (0, 0). The sources
+made here for the project's models and GFlash use :func:`gflash_entry_offset` (the convention of
+the training data: a tilted axis crosses the grid centre at the mean shower maximum). Sources here:
 the GFlash reference parametrisation (:func:`gflash_source`), a trained generator through
 ``fastshower.infer`` (:func:`generator_source`), a raw ``ShowerGenerator`` module
 (:func:`module_source`, e.g. an untrained small-width model in tests), and an ONNX session
@@ -30,6 +34,48 @@ def batch_seed(seed: int, batch_index: int) -> int:
     return int(np.random.default_rng([int(seed), 1, int(batch_index)]).integers(2**31 - 1))
 
 
+def gflash_entry_offset(geometry: Geometry | str, particle: str = "e-") -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Model-frame entry point of GFlash-convention showers: (0, -z_p cot(theta)) mm, with z_p the
+    depth where GFlash's tilted axis crosses the grid centre (the mean shower maximum). Zero at
+    normal incidence."""
+    g = load_geometry(geometry)
+    try:
+        from fastshower.simulate.gflash import _pivot_depth_mm, stack_parameters
+    except ImportError as exc:
+        raise RuntimeError(f"the GFlash entry-point convention needs fastshower.simulate.gflash: {exc}") from exc
+    stack = stack_parameters(g)
+    kind = "gamma" if particle == "gamma" else "e-"
+
+    def entry_offset(primary_energy: np.ndarray, incident_angle: np.ndarray) -> np.ndarray:
+        e = np.asarray(primary_energy, np.float64).reshape(-1)
+        t = np.asarray(incident_angle, np.float64).reshape(-1)
+        pivot = _pivot_depth_mm(stack, e, np.sin(t), kind)
+        return np.stack([np.zeros_like(e), -pivot * np.cos(t) / np.sin(t)], axis=1)
+
+    return entry_offset
+
+
+def entry_offset_of(source: ShowerSource, primary_energy: np.ndarray, incident_angle: np.ndarray) -> np.ndarray:
+    """``source.entry_offset(...)`` if the source has one, else zeros ``(m, 2)``."""
+    fn = getattr(source, "entry_offset", None)
+    if fn is None:
+        return np.zeros((len(primary_energy), 2))
+    return np.asarray(fn(primary_energy, incident_angle), np.float64).reshape(len(primary_energy), 2)
+
+
+def with_entry_offset(source: ShowerSource, geometry: Geometry | str, convention: str = "gflash",
+                      particle: str = "e-") -> ShowerSource:
+    """Attach the model-frame entry convention: ``gflash`` (:func:`gflash_entry_offset`) or
+    ``centre`` (showers centred on the entry point)."""
+    if convention == "gflash":
+        source.entry_offset = gflash_entry_offset(geometry, particle)  # type: ignore[attr-defined]
+    elif convention == "centre":
+        source.entry_offset = None  # type: ignore[attr-defined]
+    else:
+        raise ValueError(f"unknown entry convention {convention!r}; expected gflash or centre")
+    return source
+
+
 def gflash_source(geometry: Geometry | str, particle: str = "e-") -> ShowerSource:
     """The GFlash reference parametrisation (``fastshower.simulate.gflash``) as a shower source."""
     try:
@@ -45,7 +91,7 @@ def gflash_source(geometry: Geometry | str, particle: str = "e-") -> ShowerSourc
                                 np.random.default_rng(seed), particle=particle)
 
     source.description = f"gflash ({particle})"  # type: ignore[attr-defined]
-    return source
+    return with_entry_offset(source, g, "gflash", particle)
 
 
 def generator_source(name_or_path: str | Path, geometry: Geometry | str | None = None,
@@ -113,16 +159,19 @@ def onnx_source(path: str | Path, noise_dim: int | None = None) -> ShowerSource:
     return source
 
 
-def resolve_source(model: str, geometry: Geometry | str, particle: str = "e-") -> ShowerSource:
+def resolve_source(model: str, geometry: Geometry | str, particle: str = "e-",
+                   entry_convention: str = "gflash") -> ShowerSource:
     """``gflash`` -> :func:`gflash_source`; ``*.onnx`` -> :func:`onnx_source`; otherwise a model
-    name or weights path for :func:`generator_source`."""
+    name or weights path for :func:`generator_source`. Models get ``entry_convention`` (default
+    ``gflash``: the convention of the project's training data; ``centre`` for showers centred on the
+    entry point)."""
     if model == "gflash":
         return gflash_source(geometry, "gamma" if particle == "gamma" else "e-")
     if str(model).endswith(".onnx"):
         if not Path(model).exists():
             raise FileNotFoundError(f"ONNX model not found: {model}")
-        return onnx_source(model)
-    return generator_source(model, geometry)
+        return with_entry_offset(onnx_source(model), geometry, entry_convention)
+    return with_entry_offset(generator_source(model, geometry), geometry, entry_convention)
 
 
 def call_source(source: ShowerSource, geometry: Geometry, primary_energy: np.ndarray,
