@@ -145,6 +145,9 @@ def test_seeded_reproducible():
     assert np.array_equal(one, simulate_showers("clic25", e, a, np.random.default_rng(5)))
     assert not np.array_equal(one, simulate_showers("clic25", e, a, np.random.default_rng(6)))
     assert one.dtype == np.float32 and one.shape == (3, 25, 25, 25)
+    # outside the fitted range of the parametrisation (y = E/E_c < 30) it stays finite
+    edge = simulate_showers("clic25", np.array([0.05, 0.2, 1000.0]), np.full(3, NORMAL), np.random.default_rng(0))
+    assert np.all(np.isfinite(edge)) and edge.min() >= 0 and np.all(edge.sum(axis=(1, 2, 3)) > 0)
 
 
 def test_par04_cylindrical_shape_and_normalisation(rng):

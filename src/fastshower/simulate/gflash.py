@@ -125,7 +125,7 @@ def mean_log_profile_parameters(stack: StackParameters, primary_energy: np.ndarr
     rho = 0.705 - 0.023 ln y, with y = E / E_c. Sampling calorimeter:
     T = T_hom - 0.55/F_S - 0.69 (1 - e_hat), alpha = alpha_hom - 0.476/F_S,
     sigma(ln T) = 1/(-2.5 + 1.25 ln y), sigma(ln alpha) = 1/(-0.82 + 0.79 ln y), rho = 0.784 - 0.023 ln y.
-    Widths are capped at 0.5 as in GFlash.
+    Widths are capped at 0.5 as in GFlash (also where the fitted form turns negative, y < ~30).
     """
     ln_y = np.log(np.asarray(primary_energy, dtype=np.float64) / stack.critical_energy_gev)
     t_hom = np.maximum(ln_y - 0.812, 0.1)
@@ -134,13 +134,13 @@ def mean_log_profile_parameters(stack: StackParameters, primary_energy: np.ndarr
     return {
         "ln_t_hom": np.log(t_hom),
         "ln_alpha_hom": np.log(a_hom),
-        "sigma_ln_t_hom": np.minimum(0.5, 1.0 / (-1.4 + 1.26 * ln_y)),
-        "sigma_ln_alpha_hom": np.minimum(0.5, 1.0 / (-0.58 + 0.86 * ln_y)),
+        "sigma_ln_t_hom": 1.0 / np.maximum(-1.4 + 1.26 * ln_y, 2.0),
+        "sigma_ln_alpha_hom": 1.0 / np.maximum(-0.58 + 0.86 * ln_y, 2.0),
         "rho_hom": 0.705 - 0.023 * ln_y,
         "ln_t": np.log(np.maximum(t_hom - 0.55 / fs - 0.69 * (1.0 - e_hat), 0.1)),
         "ln_alpha": np.log(np.maximum(a_hom - 0.476 / fs, 1.1)),
-        "sigma_ln_t": np.minimum(0.5, 1.0 / (-2.5 + 1.25 * ln_y)),
-        "sigma_ln_alpha": np.minimum(0.5, 1.0 / (-0.82 + 0.79 * ln_y)),
+        "sigma_ln_t": 1.0 / np.maximum(-2.5 + 1.25 * ln_y, 2.0),
+        "sigma_ln_alpha": 1.0 / np.maximum(-0.82 + 0.79 * ln_y, 2.0),
         "rho": 0.784 - 0.023 * ln_y,
     }
 
