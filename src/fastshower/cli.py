@@ -254,6 +254,9 @@ def g4run(
                                           "G4EmStandardPhysics + decays) or FTFP_BERT."),
     batch_events: int = typer.Option(100, "--batch-events", help="Events per shower-source call and written block."),
     format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
+    entry_convention: str = typer.Option("gflash", "--entry-convention",
+                                         help="Where a model's tilted showers enter its grid: gflash (axis through "
+                                              "the grid centre at the shower maximum) or centre (at the entry point)."),
 ) -> None:
     """Run Geant4 on a fastshower geometry: fast simulation with a shower source, or full simulation."""
     import math
@@ -281,7 +284,7 @@ def g4run(
     rng = np.random.default_rng([seed, 0])
     guns = [Gun(particle, sample_energies(energy, n, rng), sample_angles(angle, n, rng), math.radians(azimuth), (x0, y0))
             for _ in range(multiplicity)]
-    source = resolve_source(model, g, particle) if mode == "fast" else None
+    source = resolve_source(model, g, particle, entry_convention) if mode == "fast" else None
     g4app = get_app(g, mode, physics)
     attrs = {"simulator": f"geant4-{mode}", "geant4": g4app.version, "physics": g4app.physics, "seed": seed,
              "particle": particle, "multiplicity": multiplicity, "energy_spec": energy, "angle_spec_deg": angle,
