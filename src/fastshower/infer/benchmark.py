@@ -1,0 +1,457 @@
+"""Inference benchmark: ms/shower, showers/s, memory, FLOPs and the fraction of the machine's peak,
+with the speed-up over the reference simulator (GFlash) measured in the same run.
+
+Two timing protocols (``bench/inference.py`` and ``fastshower benchmark`` share this module):
+
+- **steps** (the 3DGAN seeds' protocol): ``warmup`` batches of ``batch_size`` (timed, reported
+  apart), then ``repeats`` steps of ``batches_per_step`` batches; ms/shower per step, reported as
+  median, min, max and the interquartile range.
+- **calochallenge** (peers-and-benchmarks 6.1): batch sizes 1, 100 and 10 000 (``quick``: 1, 16,
+  256), one warm-up batch excluded and reported separately, then 10 (``quick``: 3) repetitions;
+  median and spread of ms/shower.
+
+Every timed batch is a full generation call: seeded noise drawn on the CPU, moved to the device,
+network, post-processing to GeV, result copied back to host memory as numpy.
+
+Per back-end *variant* (torch eager under ``inference_mode``, ``channels_last_3d``,
+``torch.compile``, ONNX Runtime; on GPUs also CUDA graphs and two CUDA streams) the steps protocol
+is run and the fastest variant is kept and recorded; the CaloChallenge protocol runs on that one.
+
+Quantities: ``flops_per_shower`` counted with ``torch.utils.flop_counter.FlopCounterMode`` (a
+multiply-add = 2 FLOPs; convolutions and matrix products only); ``peak_gflops`` measured once per
+run with a large fp32 matrix product (best of a few); ``fraction_of_peak`` = achieved GFLOP/s over
+that peak (fp32 peak also for bf16/fp16); ``peak_memory_mb``: on CPU the process's peak resident set
+(VmHWM, reset before each measurement where Linux allows, else ``ru_maxrss``; includes the Python
+interpreter and libraries), on GPU ``torch.cuda.max_memory_allocated``; ``gpu_utilisation_pct``:
+mean of pynvml samples during the timed steps (None without pynvml or on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import fastshower
+from fastshower.fileio import atomic_path
+from fastshower.infer.generator import Generator
+
+#: Fields of every result row (the JSON ``results`` list); tests check them.
+RESULT_FIELDS = (
+    "model", "backend", "variant", "precision", "device", "batch_size", "ms_per_shower", "ms_per_shower_min",
+    "ms_per_shower_max", "ms_per_shower_iqr", "showers_per_s", "warmup_ms_per_shower", "peak_memory_mb",
+    "parameters", "flops_per_shower", "achieved_gflops", "fraction_of_peak", "gpu_utilisation_pct",
+    "reference_ms_per_shower", "speedup_vs_reference", "weights", "variants", "calochallenge")
+
+Runner = Callable[[np.ndarray, np.ndarray, torch.Tensor], np.ndarray]
+
+
+# ------------------------------------------------------------------------------ machine facts
+
+def measure_peak_gflops(device: torch.device | str = "cpu", size: int | None = None, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of a ``size`` x ``size`` matrix product (2 size^3 FLOPs) on ``device``."""
+    dev = torch.device(device)
+    size = size or (8192 if dev.type == "cuda" else 2048)
+    a = torch.randn(size, size, device=dev)
+    b = torch.randn(size, size, device=dev)
+    best = math.inf
+    for _ in range(repeats + 1):  # the first is a warm-up
+        _sync(dev)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * size**3 / best / 1e9
+
+
+def flops_per_shower(module: torch.nn.Module, noise_dim: int, batch: int = 2) -> float:
+    """FLOPs of one shower (FlopCounterMode on a float32 CPU copy, averaged over ``batch``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(module).float().cpu().eval()
+    e = torch.full((batch,), 100.0)
+    a = torch.full((batch,), math.pi / 2)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net(e, a, torch.zeros(batch, noise_dim))
+    return counter.get_total_flops() / batch
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _reset_peak_memory(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM
+    except OSError:
+        pass
+
+
+def _peak_memory_mb(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _gpu_sampler(dev: torch.device):
+    """(start, stop) pair sampling GPU utilisation with pynvml every 20 ms; stop() returns the
+    mean in percent, or None without pynvml / GPU."""
+    if dev.type != "cuda":
+        return (lambda: None), (lambda: None)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(dev.index or 0)
+    except Exception:  # pynvml missing or no NVML: optional
+        return (lambda: None), (lambda: None)
+    samples: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            done.wait(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+
+    def stop() -> float | None:
+        done.set()
+        thread.join()
+        return float(np.mean(samples)) if samples else None
+
+    return thread.start, stop
+
+
+# ------------------------------------------------------------------------------ variants
+
+def _module_runner(generator: Generator, module: Callable) -> Runner:
+    """``generator.run_batch`` with ``module`` in place of the generator's network."""
+    twin = copy.copy(generator)
+    twin.module = module
+    return twin.run_batch
+
+
+def _cuda_graph_runner(generator: Generator, batch_size: int) -> Runner:
+    """The network captured once as a CUDA graph for ``batch_size`` (static input buffers)."""
+    dev = generator.device
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[generator.precision]
+    module = generator.module
+    e = torch.full((batch_size,), 100.0, device=dev, dtype=dtype)
+    a = torch.full((batch_size,), math.pi / 2, device=dev, dtype=dtype)
+    z = torch.zeros(batch_size, generator.noise_dim, device=dev, dtype=dtype)
+    with torch.inference_mode():
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                module.postprocess(module.generate_raw(e, a, z).float())
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = module.postprocess(module.generate_raw(e, a, z).float())
+
+    def run(primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        n = len(primary_energy)
+        if n != batch_size:
+            raise ValueError(f"CUDA graph captured for batch {batch_size}, got {n}")
+        e.copy_(torch.as_tensor(np.asarray(primary_energy, np.float32)).to(dtype), non_blocking=True)
+        a.copy_(torch.as_tensor(np.asarray(incident_angle, np.float32)).to(dtype), non_blocking=True)
+        z.copy_(noise.to(dtype), non_blocking=True)
+        graph.replay()
+        return out.cpu().numpy()
+
+    return run
+
+
+def _streams_runner(generator: Generator, n_streams: int = 2) -> Runner:
+    """Each batch split over ``n_streams`` CUDA streams."""
+    dev = generator.device
+    streams = [torch.cuda.Stream(dev) for _ in range(n_streams)]
+
+    def run(primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        parts = np.array_split(np.arange(len(primary_energy)), n_streams)
+        outs = []
+        for stream, idx in zip(streams, parts):
+            with torch.cuda.stream(stream), torch.inference_mode():
+                e = torch.as_tensor(primary_energy[idx].astype(np.float32)).to(dev, non_blocking=True)
+                a = torch.as_tensor(incident_angle[idx].astype(np.float32)).to(dev, non_blocking=True)
+                z = noise[torch.as_tensor(idx)].to(dev, non_blocking=True)
+                dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[generator.precision]
+                raw = generator.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
+                outs.append(generator.module.postprocess(raw.float()))
+        torch.cuda.synchronize(dev)
+        return torch.cat(outs).cpu().numpy()
+
+    return run
+
+
+def make_variants(model: str, generator: Generator, batch_size: int, threads: int | None,
+                  include_compile: bool) -> dict[str, Runner | str]:
+    """Runnable variants of ``generator`` (name -> runner), or name -> reason it is unavailable."""
+    variants: dict[str, Runner | str] = {}
+    if generator.backend == "onnx":
+        return {"onnxruntime": generator.run_batch}
+    variants["eager"] = generator.run_batch
+    dev = generator.device
+    if dev.type == "cpu":
+        variants["channels_last_3d"] = _module_runner(
+            generator, copy.deepcopy(generator.module).to(memory_format=torch.channels_last_3d))
+        if generator.precision == "fp32":
+            try:
+                variants["onnxruntime"] = Generator.load(model, backend="onnx", threads=threads).run_batch
+            except Exception as exc:  # an optional variant: record why it is missing
+                variants["onnxruntime"] = f"unavailable: {str(exc).splitlines()[0]}"
+    else:
+        try:
+            variants["cuda_graph"] = _cuda_graph_runner(generator, batch_size)
+        except Exception as exc:
+            variants["cuda_graph"] = f"unavailable: {str(exc).splitlines()[0]}"
+        variants["two_streams"] = _streams_runner(generator, 2)
+    if include_compile:
+        try:
+            compiled = torch.compile(generator.module)
+            runner = _module_runner(generator, compiled)
+            e = np.full(2, 100.0)
+            runner(e, np.full(2, math.pi / 2), torch.zeros(2, generator.noise_dim))  # compile now
+            variants["compile"] = runner
+        except Exception as exc:
+            variants["compile"] = f"unavailable: {str(exc).splitlines()[0]}"
+    return variants
+
+
+# ------------------------------------------------------------------------------ timing
+
+def _inputs(generator: Generator, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    (e_lo, e_hi), (a_lo, a_hi) = generator.energy_range_gev, generator.angle_range_rad
+    noise = torch.randn(n, generator.noise_dim, generator=torch.Generator().manual_seed(seed))
+    return rng.uniform(e_lo, e_hi, n), rng.uniform(a_lo, a_hi, n), noise
+
+
+def time_steps(run: Runner, generator: Generator, batch_size: int, warmup: int, repeats: int,
+               batches_per_step: int, seed: int = 0) -> dict[str, Any]:
+    """The steps protocol for one runner: ms/shower per step (median, min, max, IQR), warm-up
+    ms/shower, peak memory (MB) and mean GPU utilisation (%) during the steps."""
+    dev = generator.device
+    e, a, z = _inputs(generator, batch_size, seed)
+    _reset_peak_memory(dev)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        run(e, a, z)
+    _sync(dev)
+    warm = (time.perf_counter() - t0) / max(warmup * batch_size, 1) * 1e3
+    start, stop = _gpu_sampler(dev)
+    start()
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(batches_per_step):
+            run(e, a, z)
+        _sync(dev)
+        per_step.append((time.perf_counter() - t0) / (batches_per_step * batch_size) * 1e3)
+    util = stop()
+    q1, _, q3 = np.percentile(per_step, [25, 50, 75])
+    median = statistics.median(per_step)
+    return {"ms_per_shower": median, "ms_per_shower_min": min(per_step), "ms_per_shower_max": max(per_step),
+            "ms_per_shower_iqr": float(q3 - q1), "showers_per_s": 1e3 / median, "warmup_ms_per_shower": warm,
+            "peak_memory_mb": _peak_memory_mb(dev), "gpu_utilisation_pct": util, "steps_ms_per_shower": per_step}
+
+
+def time_calochallenge(run: Runner, generator: Generator, quick: bool, seed: int = 0) -> list[dict[str, Any]]:
+    """CaloChallenge protocol: batch 1, 100, 10 000 (quick: 1, 16, 256); one warm-up batch
+    reported apart, then 10 (quick: 3) timed repetitions."""
+    sizes, reps = ((1, 16, 256), 3) if quick else ((1, 100, 10_000), 10)
+    rows = []
+    for batch in sizes:
+        e, a, z = _inputs(generator, batch, seed)
+        dev = generator.device
+        _sync(dev)
+        t0 = time.perf_counter()
+        run(e, a, z)
+        _sync(dev)
+        warm = (time.perf_counter() - t0) / batch * 1e3
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            run(e, a, z)
+            _sync(dev)
+            times.append((time.perf_counter() - t0) / batch * 1e3)
+        rows.append({"batch_size": batch, "repetitions": reps, "warmup_ms_per_shower": warm,
+                     "ms_per_shower": statistics.median(times), "ms_per_shower_min": min(times),
+                     "ms_per_shower_max": max(times)})
+    return rows
+
+
+def reference_ms_per_shower(generator: Generator, n: int, seed: int = 0) -> float:
+    """GFlash (the reference simulator) ms/shower for ``n`` showers of the benchmark's conditions
+    (energies and angles uniform in the model's range)."""
+    from fastshower.simulate.gflash import simulate_showers
+
+    e, a, _ = _inputs(generator, n, seed)
+    simulate_showers(generator.geometry, e[:min(n, 8)], a[:min(n, 8)], np.random.default_rng(seed))  # warm-up
+    t0 = time.perf_counter()
+    simulate_showers(generator.geometry, e, a, np.random.default_rng(seed))
+    return (time.perf_counter() - t0) / n * 1e3
+
+
+# ------------------------------------------------------------------------------ the run
+
+def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisions: tuple[str, ...] = ("fp32",),
+              device: str = "cpu", batch_size: int = 128, warmup: int = 2, repeats: int = 5,
+              batches_per_step: int = 2, threads: int | None = None, quick: bool = False,
+              calochallenge: bool = True, include_compile: bool = False, reference_n: int = 200,
+              seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Benchmark every (model, backend, precision) on ``device``; returns the JSON-ready dict
+    ``{"machine": {...}, "settings": {...}, "results": [row, ...]}`` (row fields: RESULT_FIELDS).
+    Combinations a back-end cannot run (ONNX at bf16/fp16) are skipped and listed in ``skipped``."""
+    say = log or (lambda _msg: None)
+    dev = torch.device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    peak = measure_peak_gflops(dev)
+    say(f"peak fp32 matmul: {peak:.1f} GFLOP/s on {device}")
+    results, skipped = [], []
+    tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-bench-")
+    for name in models:
+        model, weights = _loadable(name, Path(tmpdir.name))
+        reference_ms = None
+        for backend in backends:
+            for precision in precisions:
+                if backend == "onnx" and precision != "fp32":
+                    skipped.append(f"{name} onnx {precision}: the onnx backend runs fp32 files")
+                    continue
+                gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads)
+                if reference_ms is None:
+                    reference_ms = reference_ms_per_shower(gen, reference_n, seed)
+                    say(f"{name}: reference (gflash) {reference_ms:.3f} ms/shower")
+                torch_module = gen.module if gen.module is not None else _torch_twin(model)
+                flops = flops_per_shower(torch_module, gen.noise_dim)
+                params = sum(p.numel() for p in torch_module.parameters())
+                variants = make_variants(model, gen, batch_size, threads, include_compile)
+                timings: dict[str, Any] = {}
+                for variant, runner in variants.items():
+                    if isinstance(runner, str):
+                        timings[variant] = runner
+                        continue
+                    timings[variant] = time_steps(runner, gen, batch_size, warmup, repeats, batches_per_step, seed)
+                    say(f"{name} {backend} {precision} {variant}: {timings[variant]['ms_per_shower']:.3f} ms/shower")
+                best = min((k for k, v in timings.items() if isinstance(v, dict)),
+                           key=lambda k: timings[k]["ms_per_shower"])
+                row = dict(timings[best])
+                row.pop("steps_ms_per_shower")
+                achieved = flops * row["showers_per_s"] / 1e9
+                row.update(model=name, backend=backend, variant=best, precision=precision, device=str(dev),
+                           batch_size=batch_size, parameters=params, flops_per_shower=flops,
+                           achieved_gflops=achieved, fraction_of_peak=achieved / peak,
+                           reference_ms_per_shower=reference_ms,
+                           speedup_vs_reference=reference_ms / row["ms_per_shower"],
+                           variants={k: (v if isinstance(v, str) else
+                                         {"ms_per_shower": v["ms_per_shower"], "ms_per_shower_iqr": v["ms_per_shower_iqr"],
+                                          "steps_ms_per_shower": v["steps_ms_per_shower"]})
+                                     for k, v in timings.items()},
+                           weights=weights,
+                           calochallenge=time_calochallenge(variants["eager" if best == "cuda_graph" else best],
+                                                            gen, quick, seed) if calochallenge else None)
+                results.append({k: row[k] for k in RESULT_FIELDS})
+    tmpdir.cleanup()
+    return {"machine": machine_info(dev, peak, threads), "settings": {
+        "batch_size": batch_size, "warmup_batches": warmup, "repeats": repeats, "batches_per_step": batches_per_step,
+        "quick": quick, "reference": "gflash", "reference_n": reference_n, "seed": seed},
+        "results": results, "skipped": skipped}
+
+
+def _loadable(model: str, tmpdir: Path) -> tuple[str, str]:
+    """``model`` as ``Generator.load`` takes it, and what its weights are: a shipped name or saved
+    path as is ("trained"); a registry name without shipped weights, optionally ``name@width``,
+    becomes a freshly initialised network saved in ``tmpdir`` ("untrained": timing only)."""
+    from fastshower.models.registry import MODELS, build_generator, resolve_generator_path, save_generator
+
+    try:
+        resolve_generator_path(model)
+        return model, "trained"
+    except FileNotFoundError:
+        name, _, width = model.partition("@")
+        if name not in MODELS:
+            raise
+        stem = tmpdir / model.replace("@", "_w")
+        save_generator(build_generator(name, width=float(width or 1.0)), stem)
+        return str(stem), "untrained (timing only)"
+
+
+def _torch_twin(model: str) -> torch.nn.Module:
+    from fastshower.models.registry import load_generator
+
+    return load_generator(model)
+
+
+def machine_info(dev: torch.device, peak_gflops: float, threads: int | None) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "torch_threads": torch.get_num_threads(), "threads_asked": threads,
+            "peak_gflops_fp32": peak_gflops, "torch": torch.__version__, "fastshower": fastshower.__version__,
+            "device": str(dev), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        info["onnxruntime"] = None
+    return info
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    """Write a benchmark result atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The printed table: one line per (model, backend, precision), best variant."""
+    head = (f"{'model':14s} {'backend':7s} {'variant':16s} {'prec':5s} {'dev':5s} {'batch':>5s} {'ms/shower':>10s} "
+            f"{'IQR':>7s} {'showers/s':>10s} {'GFLOP/sh':>9s} {'%peak':>6s} {'mem MB':>8s} {'gflash ms':>9s} "
+            f"{'speed-up':>8s}")
+    lines = [f"peak fp32 matmul {result['machine']['peak_gflops_fp32']:.1f} GFLOP/s "
+             f"({result['machine']['cpu']}, {result['machine']['torch_threads']} torch threads)", head]
+    for r in result["results"]:
+        lines.append(f"{r['model']:14s} {r['backend']:7s} {r['variant']:16s} {r['precision']:5s} {r['device'][:5]:5s} "
+                      f"{r['batch_size']:>5d} {r['ms_per_shower']:>10.3f} {r['ms_per_shower_iqr']:>7.3f} "
+                      f"{r['showers_per_s']:>10.1f} {r['flops_per_shower'] / 1e9:>9.3f} "
+                      f"{100 * r['fraction_of_peak']:>6.1f} {r['peak_memory_mb']:>8.0f} "
+                      f"{r['reference_ms_per_shower']:>9.3f} {r['speedup_vs_reference']:>8.1f}")
+        for c in r["calochallenge"] or []:
+            lines.append(f"{'':14s} calochallenge batch {c['batch_size']:>6d}: {c['ms_per_shower']:.3f} ms/shower "
+                         f"(min {c['ms_per_shower_min']:.3f}, max {c['ms_per_shower_max']:.3f}, warm-up "
+                         f"{c['warmup_ms_per_shower']:.3f})")
+    lines.extend(f"skipped: {s}" for s in result.get("skipped", []))
+    return "\n".join(lines)
