@@ -139,6 +139,7 @@ class Geant4App:
         if scorer not in SCORERS:
             raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
         self.scorer = scorer
+        self.failed = ""  # set when a run dies inside the event loop (Geant4 left mid-event)
         physics = physics or _default_physics(mode)
         if mode == "full" and physics == "transport":
             raise ValueError("full simulation needs a physics list: em or FTFP_BERT")
@@ -219,6 +220,9 @@ class Geant4App:
             if not 0 < gun.distance_mm <= self.max_gun_distance_mm:
                 raise ValueError(f"gun distance must lie in (0, {self.max_gun_distance_mm:g}] mm")
         threshold = self.geometry.energy_range_gev[0] if threshold_gev is None else float(threshold_gev)
+        if self.failed:
+            raise RuntimeError(f"an earlier Geant4 run in this process failed inside the event loop ({self.failed}); "
+                               f"Geant4's state is undefined: use a new process")
         return self.runner.run(n_events, list(guns), source, seed=int(seed), threshold_gev=threshold,
                                batch_events=int(batch_events), sink=sink, collect=collect, progress=progress)
 
@@ -451,7 +455,11 @@ class _Runner:
         self.active = True
         t0 = time.perf_counter()
         try:
-            app.run_manager.BeamOn(n_events)
+            try:
+                app.run_manager.BeamOn(n_events)
+            except BaseException as exc:  # raised in a user action: Geant4 was left mid-event
+                app.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                raise
             t_loop = time.perf_counter() - t0
             if self.batch_start < n_events:
                 self._flush(n_events)
