@@ -249,7 +249,15 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         pts = np.array([[0, 0, z_active(0)], [5.1, -2 * 5.1, z_active(0)], [-12 * 5.1, 12 * 5.1, z_active(20)],
                         [0, 0, 1.0], [0, 0, -3.0], [200.0, 0, 2.35]])
         idx = get_app("clic25").cell_index_at(pts)
-        print(json.dumps(save(sys.argv[1] + "/fast.npz", result, cells=idx)))
+        errors = []
+        for bad in (lambda e, t, s: np.zeros((len(e), 3, 3, 3)), lambda e, t, s: np.zeros((len(e), 25, 25, 25))):
+            try:
+                run_geant4("clic25", 2, Gun(), bad)
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+        out = save(sys.argv[1] + "/fast.npz", result, cells=idx)
+        out["errors"] = errors
+        print(json.dumps(out))
     """)
     import torch
 
@@ -284,6 +292,9 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     assert np.allclose(r["showers"], np.concatenate(expected), rtol=1e-6, atol=1e-9)
     assert np.allclose(r["leaked"], np.concatenate(leaked))
     assert out["max_dev"] < 1e-5
+    # a bad shower source is reported; Geant4 was left mid-event, so the next run is refused
+    assert out["errors"][0].startswith("ValueError: shower source returned shape (2, 3, 3, 3), expected (2, 25, 25, 25)")
+    assert out["errors"][1].startswith("RuntimeError: an earlier Geant4 run in this process failed")
     # Geant4's scorer cells are the shower array's cells (i = x, j = y, k = layer); -1 = not active
     assert r["cells"].tolist() == [[12, 12, 0], [13, 10, 0], [0, 24, 20], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]]
 
