@@ -163,12 +163,13 @@ def test_par04_cylindrical_shape_and_normalisation(rng):
 def test_readout_threshold_zeroes_small_cells():
     e, a = np.full(20, 50.0), np.full(20, NORMAL)
     low = simulate_showers(CLIC, e, a, np.random.default_rng(3))
-    high_geo = CLIC.model_copy(update={"readout_threshold_gev": 1e-4})
+    high_geo = CLIC.model_copy(update={"readout_threshold_gev": 3e-4})
     high = simulate_showers(high_geo, e, a, np.random.default_rng(3))
     assert low[low > 0].min() >= CLIC.readout_threshold_gev
-    assert high[high > 0].min() >= 1e-4
-    assert (high > 0).sum() < 0.8 * (low > 0).sum()
-    kept = low >= 1e-4
+    assert high[high > 0].min() >= 3e-4
+    # about one spot's active energy (0.02 x 12 MeV at 50 GeV): removes about half of the hits (measured 0.53)
+    assert 0.3 < (high > 0).sum() / (low > 0).sum() < 0.7
+    kept = low >= 3e-4
     assert np.array_equal(high[kept], low[kept]) and not high[~kept].any()
 
 
