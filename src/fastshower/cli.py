@@ -226,6 +226,121 @@ def train(
 
 # ---------------------------------------------------------------- infer: generate / export / benchmark / models (issue 5)
 
+@app.command()
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name, saved stem/.json/.safetensors, or .onnx file."),
+    output: Path = typer.Option(..., "-o", "--output", help="Shower file to write (HDF5)."),
+    energy: str = typer.Option("2:500", "--energy", help="Primary energy in GeV: 100, 2:500, 1:1000:log or 10,50,100."),
+    angle: str = typer.Option("90", "--angle", help="Incident polar angle in deg (90 = normal incidence), same forms."),
+    n: int = typer.Option(1000, "-n", "--n-events", help="Number of showers."),
+    format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
+    backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Showers generated and written per batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the conditions and of the noise."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
+    allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
+                                             help="Warn, not fail, for conditions outside the trained range."),
+) -> None:
+    """Generate showers with a trained model into a file (streamed, constant memory)."""
+    import numpy as np
+
+    from fastshower.conditions import sample_angles, sample_energies
+    from fastshower.infer.generator import Generator
+
+    if n < 1:
+        raise ValueError(f"-n must be >= 1, got {n}")
+    gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads,
+                         allow_extrapolation=allow_extrapolation)
+    rng = np.random.default_rng(seed)
+    primary_energy = sample_energies(energy, n, rng)
+    incident_angle = sample_angles(angle, n, rng)
+    written = gen.generate_to_file(output, primary_energy, incident_angle, format=format, batch_size=batch_size,
+                                   seed=seed, progress=True)
+    typer.echo(f"wrote {written} showers ({gen.name}, {gen.geometry.name}, {format}, {gen.backend} {gen.precision} "
+               f"on {gen.device}) to {output}")
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", "-m", help="Shipped model name or saved stem/.json/.safetensors."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write (.onnx)."),
+    format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+) -> None:
+    """Export a generator for C++ / Geant4 use (ONNX; checked against PyTorch)."""
+    from fastshower.infer.onnx_export import export_onnx
+
+    if format != "onnx":
+        raise ValueError(f"unknown export format {format!r}; expected onnx")
+    info = export_onnx(model, output, opset=opset, check=True)
+    typer.echo(f"wrote {output} ({info['bytes'] / 2**20:.2f} MiB, opset {opset}); ONNX Runtime vs PyTorch on "
+               f"{info['n_check']} showers: summed energy rel. error {info['max_rel_err_sum']:.2e}, "
+               f"max cell error {info['max_abs_err']:.2e} GeV")
+
+
+@app.command()
+def models() -> None:
+    """List the shipped generators: geometry, trained ranges, size and validation summary."""
+    import math
+
+    from fastshower.models.registry import list_shipped, read_card
+
+    names = list_shipped()
+    if not names:
+        typer.echo("no shipped generators in this installation")
+        return
+    for name in names:
+        card = read_card(name)
+        (e_lo, e_hi), (a_lo, a_hi) = card["energy_range_gev"], card["angle_range_rad"]
+        typer.echo(f"{name}: {card['model']} on {card['geometry']} {'x'.join(map(str, card['shape']))}, "
+                   f"E {e_lo:g}-{e_hi:g} GeV, angle {math.degrees(a_lo):.0f}-{math.degrees(a_hi):.0f} deg, "
+                   f"{card['parameters']:,} parameters, noise {card['noise_dim']}")
+        validation = card.get("metadata", {}).get("validation")
+        if isinstance(validation, dict):
+            typer.echo("  validation: " + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in validation.items()
+                if not isinstance(v, (dict, list))))
+        elif validation is not None:
+            typer.echo(f"  validation: {validation}")
+        else:
+            typer.echo("  validation: none recorded in the model card")
+
+
+@app.command()
+def benchmark(
+    model: list[str] = typer.Option(..., "--model", "-m",
+                                    help="Model(s): shipped name, saved stem, or registry name[@width] (untrained, timing only)."),
+    backend: list[str] = typer.Option(["torch"], "--backend", help="torch and/or onnx (repeat the option)."),
+    precision: list[str] = typer.Option(["fp32"], "--precision", help="fp32, bf16, fp16 (repeat the option)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Batch of the steps protocol."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed steps."),
+    batches_per_step: int = typer.Option(2, "--batches-per-step", help="Batches per timed step."),
+    warmup: int = typer.Option(2, "--warmup", help="Warm-up batches (timed apart)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
+    quick: bool = typer.Option(False, "--quick", help="CaloChallenge protocol with batches 1/16/256 and 3 repetitions."),
+    no_calochallenge: bool = typer.Option(False, "--no-calochallenge", help="Skip the CaloChallenge protocol."),
+    compile: bool = typer.Option(False, "--compile", help="Also try torch.compile (slow to compile)."),
+    reference_n: int = typer.Option(200, "--reference-n", help="GFlash showers timed for the speed-up."),
+    seed: int = typer.Option(0, "--seed", help="Seed of conditions and noise."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="JSON file for the results."),
+) -> None:
+    """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash)."""
+    from fastshower.infer.benchmark import benchmark as run_benchmark
+    from fastshower.infer.benchmark import format_table, write_json
+
+    result = run_benchmark(model, backends=tuple(backend), precisions=tuple(precision), device=device,
+                           batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_step=batches_per_step,
+                           threads=threads, quick=quick, calochallenge=not no_calochallenge, include_compile=compile,
+                           reference_n=reference_n, seed=seed, log=lambda m: typer.echo(m, err=True))
+    typer.echo(format_table(result))
+    if output is not None:
+        write_json(result, output)
+        typer.echo(f"wrote {output}")
+
+
 
 # ---------------------------------------------------------------- quantize (issue 6)
 

@@ -182,18 +182,24 @@ class Generator:
     def iter_batches(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
                      seed: int | None = None) -> Iterator[ShowerSet]:
         """:meth:`generate` batch by batch (constant memory)."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         e, a = self._conditions(primary_energy, incident_angle, n)
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        return self._batches(e, a, batch_size, seed)
+
+    def _batches(self, e: np.ndarray, a: np.ndarray, batch_size: int, seed: int) -> Iterator[ShowerSet]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         noise_rng = torch.Generator(device="cpu").manual_seed(seed)
-        attrs = {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
-                 "precision": self.precision, "device": str(self.device)}
+        attrs = self._provenance(seed)
         for start in range(0, len(e), batch_size):
             stop = min(start + batch_size, len(e))
             noise = torch.randn(stop - start, self.noise_dim, generator=noise_rng)
             showers = self.run_batch(e[start:stop], a[start:stop], noise)
             yield ShowerSet(showers, e[start:stop], a[start:stop], self.geometry.name, dict(attrs))
+
+    def _provenance(self, seed: int) -> dict[str, Any]:
+        return {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
+                "precision": self.precision, "device": str(self.device)}
 
     def generate(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
                  seed: int | None = None) -> ShowerSet:
@@ -214,15 +220,22 @@ class Generator:
 
         e, a = self._conditions(primary_energy, incident_angle, n)
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
-        attrs = {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
-                 "precision": self.precision, "device": str(self.device)}
+        attrs = self._provenance(seed)
+        geometry = self.geometry
+        (e_lo, e_hi), (a_lo, a_hi) = geometry.energy_range_gev, geometry.angle_range_rad
+        if len(e) and (e.min() < e_lo or e.max() > e_hi or a.min() < a_lo or a.max() > a_hi):
+            # extrapolated showers: the file's geometry records the ranges it really covers
+            geometry = geometry.model_copy(update={
+                "energy_range_gev": (min(e_lo, float(e.min())), max(e_hi, float(e.max()))),
+                "angle_range_rad": (min(a_lo, float(a.min())), max(a_hi, float(a.max())))})
+            attrs["extrapolated"] = True
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(e), unit="shower", desc=f"generate {self.name}")
-        with ShowerWriter(path, self.geometry, format=format, attrs=attrs) as writer:
-            for part in self.iter_batches(e, a, batch_size=batch_size, seed=seed):
+        with ShowerWriter(path, geometry, format=format, attrs=attrs) as writer:
+            for part in self._batches(e, a, batch_size, seed):
                 writer.write(part)
                 if bar is not None:
                     bar.update(len(part))
