@@ -252,7 +252,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         errors = []
         for bad in (lambda e, t, s: np.zeros((len(e), 3, 3, 3)), lambda e, t, s: np.zeros((len(e), 25, 25, 25))):
             try:
-                run_geant4("clic25", 2, Gun(), bad)
+                run_geant4("clic25", 2, Gun(), bad, batch_events=1)  # the source is called inside the event loop
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
         out = save(sys.argv[1] + "/fast.npz", result, cells=idx)
@@ -293,7 +293,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     assert np.allclose(r["leaked"], np.concatenate(leaked))
     assert out["max_dev"] < 1e-5
     # a bad shower source is reported; Geant4 was left mid-event, so the next run is refused
-    assert out["errors"][0].startswith("ValueError: shower source returned shape (2, 3, 3, 3), expected (2, 25, 25, 25)")
+    assert out["errors"][0].startswith("ValueError: shower source returned shape (1, 3, 3, 3), expected (1, 25, 25, 25)")
     assert out["errors"][1].startswith("RuntimeError: an earlier Geant4 run in this process failed")
     # Geant4's scorer cells are the shower array's cells (i = x, j = y, k = layer); -1 = not active
     assert r["cells"].tolist() == [[12, 12, 0], [13, 10, 0], [0, 24, 20], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]]
