@@ -11,14 +11,16 @@ from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, dat
                                                  require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
                                                   direction_to_condition, entry_layer_of, place_showers)
-from fastshower.simulate.geant4.sources import (ShowerSource, batch_seed, gflash_source, generator_source,
-                                                module_source, onnx_source, resolve_source)
+from fastshower.simulate.geant4.sources import (ShowerSource, batch_seed, entry_offset_of, generator_source,
+                                                gflash_entry_offset, gflash_source, module_source, onnx_source,
+                                                resolve_source, with_entry_offset)
 
 __all__ = [
     "DATASETS", "PHYSICS_DATASETS", "datasets_message", "find_dataset", "geant4_available", "import_geant4",
     "missing_datasets", "require_datasets", "check_energy_conservation", "condition_to_direction",
     "direction_to_condition", "entry_layer_of", "place_showers", "ShowerSource", "batch_seed", "gflash_source",
-    "generator_source", "module_source", "onnx_source", "resolve_source", "Gun", "G4RunResult", "get_app",
+    "generator_source", "module_source", "onnx_source", "resolve_source", "gflash_entry_offset", "with_entry_offset",
+    "entry_offset_of", "Gun", "G4RunResult", "get_app",
     "run_geant4", "format_timing",
 ]
 

@@ -175,7 +175,8 @@ def import_geant4():
     except ModuleNotFoundError as exc:
         raise RuntimeError("geant4_pybind is not installed: pip install 'fastshower[geant4]'") from exc
     except ImportError as exc:
-        raise RuntimeError(f"cannot import geant4_pybind: {exc}; {captured.getvalue().strip()}") from exc
+        said = captured.getvalue().strip().replace("\n", " ")
+        raise RuntimeError(f"cannot import geant4_pybind: {exc}" + (f" (it said: {said})" if said else "")) from exc
     finally:
         sys.stdin = saved_stdin
         if saved_ci is not None:
