@@ -106,9 +106,12 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, t
     """(generator, discriminator or None) state dicts from a checkpoint or run directory, or from a
     generator file saved by ``registry.save_generator`` (``best.safetensors``: no discriminator)."""
     p = Path(path)
-    if p.suffix == ".safetensors" or p.with_suffix(".safetensors").is_file() and not p.is_dir():
-        tensors = load_file(str(p.with_suffix(".safetensors")))
-        return tensors, None
+    if not p.is_dir():  # a saved generator: <stem>, <stem>.json or <stem>.safetensors
+        weights = p.with_suffix(".safetensors") if p.suffix in (".json", ".safetensors") else \
+            p.with_name(p.name + ".safetensors")
+        if not weights.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+        return load_file(str(weights)), None
     tensors = load_file(str(find_checkpoint(p) / MODELS_FILE))
     gen = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
     disc = {k.removeprefix("discriminator."): v for k, v in tensors.items() if k.startswith("discriminator.")}

@@ -148,7 +148,7 @@ class Trainer:
         self._fit: EcalFit | None = None
         self._ranges: tuple[tuple[float, float], tuple[float, float]] | None = None
         self.validation_set: ShowerSet | None = None
-        if cfg.data.validation is not None:
+        if cfg.data.validation is not None and self.info.is_main:  # validation runs on rank 0
             self.validation_set = read_showers(cfg.data.validation, geometry=cfg.data.geometry,
                                                max_events=cfg.data.max_validation_events)
         self.tb = self._tensorboard()
