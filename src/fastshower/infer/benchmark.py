@@ -46,7 +46,7 @@ import torch
 
 import fastshower
 from fastshower.fileio import atomic_path
-from fastshower.infer.generator import Generator
+from fastshower.infer.generator import PRECISIONS, Generator
 
 #: Fields of every result row (the JSON ``results`` list); tests check them.
 RESULT_FIELDS = (
@@ -157,7 +157,7 @@ def _module_runner(generator: Generator, module: Callable) -> Runner:
 def _cuda_graph_runner(generator: Generator, batch_size: int) -> Runner:
     """The network captured once as a CUDA graph for ``batch_size`` (static input buffers)."""
     dev = generator.device
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[generator.precision]
+    dtype = PRECISIONS[generator.precision]
     module = generator.module
     e = torch.full((batch_size,), 100.0, device=dev, dtype=dtype)
     a = torch.full((batch_size,), math.pi / 2, device=dev, dtype=dtype)
@@ -190,6 +190,7 @@ def _streams_runner(generator: Generator, n_streams: int = 2) -> Runner:
     """Each batch split over ``n_streams`` CUDA streams."""
     dev = generator.device
     streams = [torch.cuda.Stream(dev) for _ in range(n_streams)]
+    dtype = PRECISIONS[generator.precision]
 
     def run(primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         parts = np.array_split(np.arange(len(primary_energy)), n_streams)
@@ -199,7 +200,6 @@ def _streams_runner(generator: Generator, n_streams: int = 2) -> Runner:
                 e = torch.as_tensor(primary_energy[idx].astype(np.float32)).to(dev, non_blocking=True)
                 a = torch.as_tensor(incident_angle[idx].astype(np.float32)).to(dev, non_blocking=True)
                 z = noise[torch.as_tensor(idx)].to(dev, non_blocking=True)
-                dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[generator.precision]
                 raw = generator.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
                 outs.append(generator.module.postprocess(raw.float()))
         torch.cuda.synchronize(dev)
@@ -448,7 +448,7 @@ def format_table(result: dict[str, Any]) -> str:
                       f"{r['batch_size']:>5d} {r['ms_per_shower']:>10.3f} {r['ms_per_shower_iqr']:>7.3f} "
                       f"{r['showers_per_s']:>10.1f} {r['flops_per_shower'] / 1e9:>9.3f} "
                       f"{100 * r['fraction_of_peak']:>6.1f} {r['peak_memory_mb']:>8.0f} "
-                      f"{r['reference_ms_per_shower']:>9.3f} {r['speedup_vs_reference']:>8.1f}")
+                      f"{r['reference_ms_per_shower']:>9.3f} {r['speedup_vs_reference']:>8.3g}")
         for c in r["calochallenge"] or []:
             lines.append(f"{'':14s} calochallenge batch {c['batch_size']:>6d}: {c['ms_per_shower']:.3f} ms/shower "
                          f"(min {c['ms_per_shower_min']:.3f}, max {c['ms_per_shower_max']:.3f}, warm-up "
