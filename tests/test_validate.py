@@ -271,8 +271,10 @@ def test_compare_floor_is_small_and_degraded_copy_is_detected(toys):
 
 def test_compare_splits_the_reference_without_reference2(toys):
     res = M.compare(toys["ref"], toys["ref2"][:200], quick=True, energy_bins=[2, 250, 500])
-    assert res["n_reference"] == 750 and res["n_reference2"] == 750
+    assert res["n_reference"] == 750 and res["n_reference2"] == 750 and res["n_candidate"] == 200
     assert "halves" in res["floor_source"]
+    big = M.compare(toys["ref"][:600], toys["ref2"], quick=True, energy_bins=[2, 250, 500])
+    assert big["n_candidate"] == 300 and "subsampled" in big["floor_source"]
     few = toys["ref2"][:15]  # fewer than 10 events in every energy bin: one bin of all events
     sf_ref = np.mean(toys["ref"].deposited_energy / toys["ref"].primary_energy)
     sf_few = np.mean(few.deposited_energy / few.primary_energy)

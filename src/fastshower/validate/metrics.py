@@ -558,7 +558,9 @@ def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: Show
     """Check the sets, make the floor's second reference sample and threshold all three.
 
     Without ``reference2`` the reference is split into two random halves A and B (seeded): the
-    candidate is compared with A and the floor is A vs B. Returns (reference, candidate,
+    candidate is compared with A and the floor is A vs B. A candidate larger than the floor's
+    second sample is cut to its size (random subset), so both columns have the same statistics.
+    Returns (reference, candidate,
     reference2, geometry, floor_source). ``in_place`` thresholds the input arrays themselves
     instead of copies (for callers that do not need them afterwards).
     """
@@ -576,6 +578,10 @@ def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: Show
         floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
     else:
         floor_source = "independent reference sample (reference2)"
+    if len(candidate) > len(reference2):  # same statistics for the candidate and the floor
+        keep = np.random.default_rng([seed, 1]).permutation(len(candidate))[:len(reference2)]
+        candidate = candidate[np.sort(keep)]
+        floor_source += f"; candidate subsampled to {len(reference2)} events like the floor's sample"
     thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
     ref, cand, ref2 = (Sample.from_set(s, geometry, thr, in_place) for s in (reference, candidate, reference2))
     return ref, cand, ref2, geometry, floor_source
@@ -616,8 +622,8 @@ def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | 
 
     The floor is the same metric for ``reference`` against ``reference2`` (an independent reference
     sample). Without ``reference2`` the reference is split into two random halves A and B (seeded):
-    the candidate is then compared with A and the floor is A vs B (``floor_source`` says so). For a
-    fair floor, give samples of the same size. Cells below ``threshold_gev`` (default: the geometry's
+    the candidate is then compared with A and the floor is A vs B (``floor_source`` says so). A
+    candidate larger than the second reference sample is cut to its size (random subset). Cells below ``threshold_gev`` (default: the geometry's
     readout threshold) are zeroed in all samples first. ``quick`` uses fewer SSIM pairs and FPD/KPD
     draws and skips the classifiers; ``classifier=False`` skips them too.
 
