@@ -200,3 +200,11 @@ def test_benchmark_skips_onnx_low_precision(saved):
     result = benchmark([str(saved["gan3d_clic25"])], backends=("onnx",), precisions=("bf16",), batch_size=2,
                        repeats=1, warmup=0, calochallenge=False, reference_n=4)
     assert result["results"] == [] and "onnx bf16" in result["skipped"][0]
+
+
+@pytest.mark.parametrize("name", ["conv2d_g1", "conv2d_g3"])
+def test_conv2d_generators_export(tmp_path, name):
+    torch.manual_seed(1)
+    info = export_onnx(build_generator(name, width=WIDTH).eval(), tmp_path / "g.onnx", n_check=3)
+    assert info["ok"] and info["max_rel_err_sum"] < 1e-4 and info["n_check"] == 3
+    assert [i.name for i in onnx.load(str(tmp_path / "g.onnx")).graph.input] == list(INPUT_NAMES)
