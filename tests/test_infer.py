@@ -190,7 +190,7 @@ def test_benchmark_quick_has_every_field(cli, saved, tmp_path):
         assert r["variant"] in r["variants"] and isinstance(r["variants"][r["variant"]], dict)
         assert [c["batch_size"] for c in r["calochallenge"]] == [1, 16, 256]
     torch_row = rows[0]
-    assert set(torch_row["variants"]) == {"eager", "channels_last_3d", "onnxruntime"}
+    assert set(torch_row["variants"]) == {"eager", "channels_last", "onnxruntime"}
     assert torch_row["flops_per_shower"] == rows[1]["flops_per_shower"]
     assert rows[2]["flops_per_shower"] < torch_row["flops_per_shower"]  # width 0.0625 < 0.125
     assert "ms/shower" in stdout and "speed-up" in stdout

@@ -13,7 +13,8 @@ Two timing protocols (``bench/inference.py`` and ``fastshower benchmark`` share 
 Every timed batch is a full generation call: seeded noise drawn on the CPU, moved to the device,
 network, post-processing to GeV, result copied back to host memory as numpy.
 
-Per back-end *variant* (torch eager under ``inference_mode``, ``channels_last_3d``,
+Per back-end *variant* (torch eager under ``inference_mode``, ``channels_last`` (3-d weights
+``channels_last_3d``),
 ``torch.compile``, ONNX Runtime; on GPUs also CUDA graphs and two CUDA streams) the steps protocol
 is run and the fastest variant is kept and recorded; the CaloChallenge protocol runs on that one.
 
@@ -154,6 +155,18 @@ def _module_runner(generator: Generator, module: Callable) -> Runner:
     return twin.run_batch
 
 
+def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` with 5-d weights in ``channels_last_3d`` and 4-d ones in
+    ``channels_last`` memory layout (Conv3D and Conv2D models alike)."""
+    twin = copy.deepcopy(module)
+    for tensor in [*twin.parameters(), *twin.buffers()]:
+        if tensor.dim() == 5:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+        elif tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return twin
+
+
 def _cuda_graph_runner(generator: Generator, batch_size: int) -> Runner:
     """The network captured once as a CUDA graph for ``batch_size`` (static input buffers)."""
     dev = generator.device
@@ -217,8 +230,7 @@ def make_variants(model: str, generator: Generator, batch_size: int, threads: in
     variants["eager"] = generator.run_batch
     dev = generator.device
     if dev.type == "cpu":
-        variants["channels_last_3d"] = _module_runner(
-            generator, copy.deepcopy(generator.module).to(memory_format=torch.channels_last_3d))
+        variants["channels_last"] = _module_runner(generator, _channels_last(generator.module))
         if generator.precision == "fp32":
             try:
                 variants["onnxruntime"] = Generator.load(model, backend="onnx", threads=threads).run_batch
