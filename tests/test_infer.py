@@ -167,6 +167,8 @@ def test_cli_models_lists_cards(cli, tmp_path, monkeypatch):
     assert code == 0
     assert "gan3d_clic51: gan3d_clic51 on clic51 51x51x25, E 2-500 GeV, angle 60-120 deg" in stdout
     assert "validation: profile_mse 0.0123, reference gflash" in stdout
+    size = (tmp_path / "gan3d_clic51.safetensors").stat().st_size / 2**20
+    assert f"parameters ({size:.1f} MiB), noise 254" in stdout
 
 
 def test_benchmark_quick_has_every_field(cli, saved, tmp_path):

@@ -285,7 +285,7 @@ def models() -> None:
     """List the shipped generators: geometry, trained ranges, size and validation summary."""
     import math
 
-    from fastshower.models.registry import list_shipped, read_card
+    from fastshower.models.registry import list_shipped, read_card, resolve_generator_path
 
     names = list_shipped()
     if not names:
@@ -296,7 +296,9 @@ def models() -> None:
         (e_lo, e_hi), (a_lo, a_hi) = card["energy_range_gev"], card["angle_range_rad"]
         typer.echo(f"{name}: {card['model']} on {card['geometry']} {'x'.join(map(str, card['shape']))}, "
                    f"E {e_lo:g}-{e_hi:g} GeV, angle {math.degrees(a_lo):.0f}-{math.degrees(a_hi):.0f} deg, "
-                   f"{card['parameters']:,} parameters, noise {card['noise_dim']}")
+                   f"{card['parameters']:,} parameters "
+                   f"({resolve_generator_path(name).with_suffix('.safetensors').stat().st_size / 2**20:.1f} MiB), "
+                   f"noise {card['noise_dim']}")
         validation = card.get("metadata", {}).get("validation")
         if isinstance(validation, dict):
             typer.echo("  validation: " + ", ".join(
