@@ -19,9 +19,10 @@ Per back-end *variant* (torch eager under ``inference_mode``, ``channels_last`` 
 is run and the fastest variant is kept and recorded; the CaloChallenge protocol runs on that one.
 
 Quantities: ``flops_per_shower`` counted with ``torch.utils.flop_counter.FlopCounterMode`` (a
-multiply-add = 2 FLOPs; convolutions and matrix products only); ``peak_gflops`` measured once per
-run with a large fp32 matrix product (best of a few); ``fraction_of_peak`` = achieved GFLOP/s over
-that peak (fp32 peak also for bf16/fp16); ``peak_memory_mb``: on CPU the process's peak resident set
+multiply-add = 2 FLOPs; convolutions and matrix products only); ``peak_gflops_fp32`` measured with
+a large fp32 matrix product (best of a few) at the start and at the end of the run, the larger kept
+(on a shared machine one measurement can land in a busy moment); ``fraction_of_peak`` = achieved
+GFLOP/s over that peak (fp32 peak also for bf16/fp16); ``peak_memory_mb``: on CPU the process's peak resident set
 (VmHWM, reset before each measurement where Linux allows, else ``ru_maxrss``; includes the Python
 interpreter and libraries), on GPU ``torch.cuda.max_memory_allocated``; ``gpu_utilisation_pct``:
 mean of pynvml samples during the timed steps (None without pynvml or on CPU).
@@ -343,8 +344,8 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
     dev = torch.device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    peak = measure_peak_gflops(dev)
-    say(f"peak fp32 matmul: {peak:.1f} GFLOP/s on {device}")
+    peak_start = measure_peak_gflops(dev)
+    say(f"peak fp32 matmul: {peak_start:.1f} GFLOP/s on {device}")
     results, skipped = [], []
     tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-bench-")
     for name in models:
@@ -377,7 +378,7 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                 achieved = flops * row["showers_per_s"] / 1e9
                 row.update(model=name, backend=backend, variant=best, precision=precision, device=str(dev),
                            batch_size=batch_size, parameters=params, flops_per_shower=flops,
-                           achieved_gflops=achieved, fraction_of_peak=achieved / peak,
+                           achieved_gflops=achieved,
                            reference_ms_per_shower=reference_ms,
                            speedup_vs_reference=reference_ms / row["ms_per_shower"],
                            variants={k: (v if isinstance(v, str) else
@@ -387,9 +388,15 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                            weights=weights,
                            calochallenge=time_calochallenge(variants["eager" if best == "cuda_graph" else best],
                                                             gen, quick, seed) if calochallenge else None)
-                results.append({k: row[k] for k in RESULT_FIELDS})
+                results.append({k: row.get(k) for k in RESULT_FIELDS})
     tmpdir.cleanup()
-    return {"machine": machine_info(dev, peak, threads), "settings": {
+    peak_end = measure_peak_gflops(dev)
+    peak = max(peak_start, peak_end)
+    for row in results:
+        row["fraction_of_peak"] = row["achieved_gflops"] / peak
+    machine = machine_info(dev, peak, threads)
+    machine.update(peak_gflops_fp32_start=peak_start, peak_gflops_fp32_end=peak_end)
+    return {"machine": machine, "settings": {
         "batch_size": batch_size, "warmup_batches": warmup, "repeats": repeats, "batches_per_step": batches_per_step,
         "quick": quick, "reference": "gflash", "reference_n": reference_n, "seed": seed},
         "results": results, "skipped": skipped}
