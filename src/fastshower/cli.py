@@ -423,7 +423,7 @@ def g4run(
 
 @app.command()
 def demo(
-    model: str = typer.Option("conv2d_g1", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
+    model: str = typer.Option("gan3d_clic25", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
     n: int = typer.Option(2000, "-n", help="Showers per sample (reference, generated, second reference)."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reference sample (default: a new one)."),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = "conv2d_g1"
+DEFAULT_MODEL = "gan3d_clic25"
 
 
 @dataclass
