@@ -74,7 +74,22 @@ def fit_ecal_sum(primary_energy: np.ndarray, ecal_sum: np.ndarray, n_bins: int =
                    np.array([ratio[idx == b].mean() for b in bins]))
 
 
-class InMemoryData:
+class _Conditions:
+    """What both training-data classes derive from their ``primary_energy`` / ``incident_angle``."""
+
+    primary_energy: np.ndarray
+    incident_angle: np.ndarray
+
+    @property
+    def n_events(self) -> int:
+        return len(self.primary_energy)
+
+    def condition_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        return ((float(self.primary_energy.min()), float(self.primary_energy.max())),
+                (float(self.incident_angle.min()), float(self.incident_angle.max())))
+
+
+class InMemoryData(_Conditions):
     """All filtered training events in memory (see the module docstring for the order)."""
 
     def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
@@ -89,14 +104,6 @@ class InMemoryData:
         self.showers = data.showers
         self.primary_energy = data.primary_energy
         self.incident_angle = data.incident_angle
-
-    @property
-    def n_events(self) -> int:
-        return len(self.primary_energy)
-
-    def condition_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        return ((float(self.primary_energy.min()), float(self.primary_energy.max())),
-                (float(self.incident_angle.min()), float(self.incident_angle.max())))
 
     def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
         sums = np.concatenate([ecal_sum_of(self.showers[i:i + chunk_size])
@@ -132,7 +139,7 @@ def _read_chunk(chunk: _Chunk, geometry: Geometry) -> ShowerSet:
     return ShowerSet(showers, energy, angle, g.name)
 
 
-class StreamingData:
+class StreamingData(_Conditions):
     """Chunked, sharded reading for data larger than memory (see the module docstring)."""
 
     def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
@@ -161,14 +168,6 @@ class StreamingData:
             raise ValueError(f"no training event passes the filters (energy range {energy_range_gev} GeV, "
                              f"deposit > {min_deposit_gev} GeV)")
         self._sums = np.concatenate(sums) if sums else None
-
-    @property
-    def n_events(self) -> int:
-        return len(self.primary_energy)
-
-    def condition_ranges(self) -> tuple[tuple[float, float], tuple[float, float]]:
-        return ((float(self.primary_energy.min()), float(self.primary_energy.max())),
-                (float(self.incident_angle.min()), float(self.incident_angle.max())))
 
     def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
         if self._sums is None:
