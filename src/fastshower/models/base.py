@@ -31,7 +31,7 @@ class ModelConfig(BaseModel):
 
 class CellTransform(BaseModel):
     """Cell-energy transform between GeV and model units: ``model = (scale * GeV) ** power``,
-    inverse ``GeV = model ** (1 / power) / scale``."""
+    inverse ``GeV = max(model, 0) ** (1 / power) / scale``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,8 +43,10 @@ class CellTransform(BaseModel):
         return x if self.power == 1.0 else x.clamp_min(0) ** self.power
 
     def to_gev(self, model_units: torch.Tensor) -> torch.Tensor:
-        x = model_units if self.power == 1.0 else model_units.clamp_min(0) ** (1.0 / self.power)
-        return x / self.scale
+        """Model units -> GeV. Negative outputs (a linear or LeakyReLU output head) are unphysical
+        deposits and become 0."""
+        x = model_units.clamp_min(0)
+        return (x if self.power == 1.0 else x ** (1.0 / self.power)) / self.scale
 
     def unpowered(self, model_units: torch.Tensor) -> torch.Tensor:
         """``model_units ** (1 / power)``: scaled GeV (``scale`` x GeV), the units the ECAL sum uses."""
@@ -127,7 +129,7 @@ class ShowerGenerator(nn.Module):
             "angle_range_rad": list(self.angle_range_rad),
             "preprocessing": {"cell_scale": self.transform.scale, "cell_power": self.transform.power,
                               "to_model_units": "(cell_scale * GeV) ** cell_power",
-                              "to_gev": "model ** (1 / cell_power) / cell_scale",
+                              "to_gev": "max(model, 0) ** (1 / cell_power) / cell_scale",
                               "energy_condition": "primary_energy / 100 (GeV)",
                               "angle_condition": "incident_angle (rad)" if self.conditions_on_angle else None},
             "parameters": keras_parameter_count(self),
