@@ -339,7 +339,10 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
               seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Benchmark every (model, backend, precision) on ``device``; returns the JSON-ready dict
     ``{"machine": {...}, "settings": {...}, "results": [row, ...]}`` (row fields: RESULT_FIELDS).
-    Combinations a back-end cannot run (ONNX at bf16/fp16) are skipped and listed in ``skipped``."""
+    Combinations a back-end cannot run (ONNX at bf16/fp16) are skipped and listed in ``skipped``.
+    A model may be an ``.onnx`` file of any precision (fp32, or fp16 / int8 from ``fastshower
+    quantize``): it runs on ONNX Runtime at its own precision (ask for fp32), and its row has no
+    FLOPs (NaN) or parameter count."""
     say = log or (lambda _msg: None)
     dev = torch.device(device)
     if threads is not None:
@@ -361,8 +364,11 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                     reference_ms = reference_ms_per_shower(gen, reference_n, seed)
                     say(f"{name}: reference (gflash) {reference_ms:.3f} ms/shower")
                 torch_module = gen.module if gen.module is not None else _torch_twin(model)
-                flops = flops_per_shower(torch_module, gen.noise_dim)
-                params = sum(p.numel() for p in torch_module.parameters())
+                if torch_module is None:  # an .onnx file (fp32, fp16 or int8): no network to count
+                    flops, params = math.nan, None
+                else:
+                    flops = flops_per_shower(torch_module, gen.noise_dim)
+                    params = sum(p.numel() for p in torch_module.parameters())
                 variants = make_variants(model, gen, batch_size, threads, include_compile)
                 timings: dict[str, Any] = {}
                 for variant, runner in variants.items():
@@ -376,7 +382,7 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                 row = dict(timings[best])
                 row.pop("steps_ms_per_shower")
                 achieved = flops * row["showers_per_s"] / 1e9
-                row.update(model=name, backend=backend, variant=best, precision=precision, device=str(dev),
+                row.update(model=name, backend=gen.backend, variant=best, precision=gen.precision, device=str(dev),
                            batch_size=batch_size, parameters=params, flops_per_shower=flops,
                            achieved_gflops=achieved,
                            reference_ms_per_shower=reference_ms,
@@ -408,6 +414,10 @@ def _loadable(model: str, tmpdir: Path) -> tuple[str, str]:
     becomes a freshly initialised network saved in ``tmpdir`` ("untrained": timing only)."""
     from fastshower.models.registry import MODELS, build_generator, resolve_generator_path, save_generator
 
+    if model.endswith(".onnx"):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"no ONNX file at {model}")
+        return model, "onnx file"
     try:
         resolve_generator_path(model)
         return model, "trained"
@@ -420,10 +430,11 @@ def _loadable(model: str, tmpdir: Path) -> tuple[str, str]:
         return str(stem), "untrained (timing only)"
 
 
-def _torch_twin(model: str) -> torch.nn.Module:
+def _torch_twin(model: str) -> torch.nn.Module | None:
+    """The torch network behind ``model`` for FLOPs and parameters (None for an .onnx file)."""
     from fastshower.models.registry import load_generator
 
-    return load_generator(model)
+    return None if model.endswith(".onnx") else load_generator(model)
 
 
 def machine_info(dev: torch.device, peak_gflops: float, threads: int | None) -> dict[str, Any]:

@@ -65,14 +65,16 @@ class Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
-        back-end; the network runs in that precision, the post-processing to GeV in fp32).
+        back-end; the network runs in that precision, the post-processing to GeV in fp32); the
+        ONNX back-end runs the file's own precision (``fp32``, or ``fp16`` / ``int8`` files written
+        by ``fastshower quantize``): ask for ``fp32`` or that precision.
         ``backend``: ``torch`` or ``onnx`` (a ``.onnx`` path always uses ONNX Runtime; a model
         name with ``onnx`` is exported to a temporary file first). ``threads``: intra-op threads
         (torch: ``torch.set_num_threads``, process-wide; ONNX: the session's own).
         ``allow_extrapolation``: conditions outside the trained range give a warning, not an error.
         """
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)}")
+        if precision not in PRECISIONS and precision != "int8":
+            raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)} (int8: .onnx files)")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected {', '.join(BACKENDS)}")
         dev = _device(device)
@@ -82,6 +84,8 @@ class Generator:
             return cls._load_onnx(name_or_path, dev, precision, threads, allow_extrapolation)
         from fastshower.models.registry import load_generator
 
+        if precision == "int8":
+            raise ValueError("int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
@@ -98,9 +102,6 @@ class Generator:
     def _load_onnx(cls, name_or_path, dev, precision, threads, allow_extrapolation) -> "Generator":
         from fastshower.infer.onnx_export import export_onnx, open_session, read_metadata
 
-        if precision != "fp32":
-            raise ValueError(f"the onnx backend runs the exported file's own precision; ask for fp32, not "
-                             f"{precision} (fp16/int8 files: fastshower quantize)")
         path = Path(name_or_path)
         if path.suffix != ".onnx":
             tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-onnx-")
@@ -112,9 +113,13 @@ class Generator:
         else:
             meta = read_metadata(path)
             session = open_session(path, device=str(dev), threads=threads)
+        file_precision = meta.get("precision", "fp32")  # fp16 / int8 files from fastshower quantize
+        if precision not in ("fp32", file_precision):
+            raise ValueError(f"the onnx backend runs the file's own precision ({file_precision}); ask for fp32 "
+                             f"(the default) or {file_precision}, not {precision} (other files: fastshower quantize)")
         return cls(name=meta["model"], geometry=load_geometry(meta["geometry"]), noise_dim=meta["noise_dim"],
                    energy_range_gev=meta["energy_range_gev"], angle_range_rad=meta["angle_range_rad"], device=dev,
-                   precision="fp32", backend="onnx", allow_extrapolation=allow_extrapolation, session=session)
+                   precision=file_precision, backend="onnx", allow_extrapolation=allow_extrapolation, session=session)
 
     # ------------------------------------------------------------------------------ conditions
     def check_conditions(self, primary_energy: np.ndarray, incident_angle: np.ndarray) -> None:

@@ -1,26 +1,42 @@
-"""Post-training int8 quantization of exported generators, tuned against a physics accuracy target.
+"""Reduced-precision ONNX generators: int8 post-training quantization tuned against a physics
+accuracy target, and float16 copies.
 
 The exported ONNX generator (see :mod:`fastshower.infer.onnx_export`: inputs ``primary_energy``
 [B] GeV, ``incident_angle`` [B] rad, ``noise`` [B, noise_dim]; output ``showers`` [B, nx, ny, nz]
 GeV) is quantized with ONNX Runtime's static quantization: QDQ format, int8 weights per output
-channel, int8 activations, ranges calibrated on generated conditions (energies and angles drawn
-uniformly from the model's trained range). ONNX Runtime is the back-end that Geant4 applications
-embed, so the int8 file is what they run.
+channel, int8 activations, ranges calibrated (MinMax) on generated conditions (energies and angles
+drawn uniformly from the model's trained range). ONNX Runtime is the back-end that Geant4
+applications embed, so the int8 file is what they run. Inputs and output stay float32.
 
-Accuracy-aware tuning (:func:`tune`): start with every eligible layer (Conv, ConvTranspose, Gemm,
-MatMul) quantized; while the accuracy target is not met, return to float32 the quantized layer with
-the largest measured sensitivity and re-measure; stop at the first (fastest) model that meets the
-target. Sensitivity of a layer = the accuracy metric of the model in which only that layer is
-quantized. Every step (layers in fp32, metric, time per shower) is logged.
+Which layers can be int8 (:func:`read_graph`, :func:`tune`): Conv, ConvTranspose, Gemm and MatMul
+nodes with a learned weight. Two kinds are left in float32 before tuning, for measured reasons:
 
-Accuracy metric (:func:`relative_shape_error`), physics rather than pixels: the published metric
-of the 3DGAN quantization study (mean and standard deviation of each x, y and z slice of the
-showers over events, int8 vs fp32 for the same inputs, squared differences averaged over slices and
-summed over axes and over mean/std), here normalised by the same sums of the fp32 values and
-square-rooted so it reads as a relative RMS deviation: ``target=0.01`` means the slice means and
-widths agree with fp32 to about 1%. The physics check against the reference simulation (profile
-MSE and sampling-fraction error, :mod:`fastshower.validate.metrics`) is reported beside it and can
-be made part of the criterion (``criterion="both"``).
+- layers whose QDQ pattern ONNX Runtime's CPU execution provider does not fuse into an integer
+  kernel (ConvTranspose in ORT 1.32): they would run in float between extra Quantize/Dequantize
+  nodes, slower and less accurate (found by optimising the all-int8 graph, :func:`unfused_layers`);
+- 3-d convolutions, unless ``conv3d=True``: ORT's int8 QLinearConv for 3-d kernels ran about 5x
+  slower than its fp32 Conv on this machine's CPU (AVX-512 VNNI; docs/inference.md).
+
+Accuracy-aware tuning (:func:`tune`): start with every eligible layer int8; while the accuracy
+target is not met, return to float32 the group of consecutive layers with the largest measured
+sensitivity (the score of the model in which only that group is int8) and re-measure. ``select=
+"first"`` stops at the first model that meets the target; ``"fastest"`` goes on for ``max_steps``
+groups and keeps the fastest model that meets it (int8 is not faster for every layer). Every step
+(layers in fp32, metrics, ms per shower) is logged to a JSON file.
+
+Accuracy metrics, physics rather than pixels:
+
+(a) :func:`relative_shape_error`, the published metric of the 3DGAN quantization study (mean and
+    standard deviation of each x, y and z slice of the showers over events, int8 vs fp32 for the
+    same inputs, squared differences averaged over slices and summed over axes and over mean/std),
+    here divided by the same sums of the fp32 values and square-rooted so that it reads as a
+    relative RMS deviation: ``target=0.01`` means slice means and widths agree with fp32 to ~1 %;
+(b) against a reference simulation (:mod:`fastshower.validate.metrics`): the profile MSE may
+    exceed the fp32 model's by at most a factor ``1 + target`` and the sampling-fraction error may
+    differ from the fp32 one by at most ``target``.
+
+``criterion`` picks (a) ``"shapes"``, (b) ``"physics"`` or ``"both"``. A step's *score* is the
+largest of its metrics divided by what the target allows (<= 1: target met).
 """
 
 from __future__ import annotations
@@ -38,122 +54,143 @@ import onnx
 
 from fastshower.fileio import atomic_path
 
-#: Operator types whose weights and inputs are quantized to int8.
+#: Operator types whose weights and inputs static quantization turns to int8.
 ELIGIBLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Operator types of integer kernels in the graph ONNX Runtime runs after optimisation.
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger",
+                "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 Criterion = Literal["shapes", "physics", "both"]
 
 
 # ------------------------------------------------------------------ model facts and inputs
 
-def model_metadata(model_path: str | Path) -> dict[str, str]:
-    """The metadata_props written by the exporter (model name, geometry, ranges, noise_dim, ...)."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+@dataclass(frozen=True)
+class GraphInfo:
+    """What the quantizer needs to know about an exported generator (read once by :func:`read_graph`).
+
+    ``layers``: nodes with a learned weight that static quantization can make int8, graph order;
+    ``conv3d_layers``: those of them that are 3-d convolutions (5-d weight)."""
+
+    path: Path
+    model: str
+    metadata: dict[str, str]
+    input_names: tuple[str, ...]
+    noise_dim: int
+    energy_range_gev: tuple[float, float]
+    angle_range_rad: tuple[float, float]
+    layers: tuple[str, ...]
+    conv3d_layers: tuple[str, ...]
 
 
-def _input_spec(model_path: str | Path) -> tuple[int, tuple[float, float], tuple[float, float]]:
-    """noise_dim, energy range (GeV) and angle range (rad) of an exported generator."""
-    meta = model_metadata(model_path)
-    model = onnx.load(str(model_path), load_external_data=False)
-    noise = next(i for i in model.graph.input if i.name == "noise")
-    noise_dim = noise.type.tensor_type.shape.dim[1].dim_value
+def read_graph(model_path: str | Path) -> GraphInfo:
+    """Load an exported generator's graph once and return its :class:`GraphInfo`."""
+    path = Path(model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX file at {path}")
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    inputs = {i.name: i for i in model.graph.input}
+    if "noise" not in inputs:
+        raise ValueError(f"{path} is not a fastshower generator export (no 'noise' input)")
+    weights = {t.name: t for t in model.graph.initializer}
+    layers, conv3d = [], []
+    for node in model.graph.node:
+        # only layers with a learned weight: a MatMul between two activations is left alone
+        if node.op_type in ELIGIBLE_OPS and len(node.input) > 1 and node.input[1] in weights:
+            layers.append(node.name)
+            if node.op_type.startswith("Conv") and len(weights[node.input[1]].dims) == 5:
+                conv3d.append(node.name)
     energy = tuple(json.loads(meta["energy_range_gev"])) if "energy_range_gev" in meta else (2.0, 500.0)
     angle = tuple(json.loads(meta["angle_range_rad"])) if "angle_range_rad" in meta else (math.pi / 2,) * 2
-    return int(noise_dim), energy, angle  # type: ignore[return-value]
+    return GraphInfo(path=path, model=meta.get("model", path.stem), metadata=meta, input_names=tuple(inputs),
+                     noise_dim=int(inputs["noise"].type.tensor_type.shape.dim[1].dim_value),
+                     energy_range_gev=energy, angle_range_rad=angle, layers=tuple(layers),
+                     conv3d_layers=tuple(conv3d))  # type: ignore[arg-type]
 
 
-def generator_inputs(model_path: str | Path, n: int, seed: int) -> dict[str, np.ndarray]:
-    """``n`` input sets for an exported generator: energies and angles uniform in its trained
-    range, standard-normal noise; float32, reproducible from ``seed``."""
-    noise_dim, (e_lo, e_hi), (a_lo, a_hi) = _input_spec(model_path)
+def generator_inputs(graph: GraphInfo, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` input sets for an exported generator: energies (GeV) and angles (rad) uniform in its
+    trained range, standard-normal noise; float32, reproducible from ``seed``."""
+    (e_lo, e_hi), (a_lo, a_hi) = graph.energy_range_gev, graph.angle_range_rad
     rng = np.random.default_rng(seed)
     return {
         "primary_energy": rng.uniform(e_lo, e_hi, n).astype(np.float32),
         "incident_angle": rng.uniform(a_lo, a_hi, n).astype(np.float32),
-        "noise": rng.standard_normal((n, noise_dim)).astype(np.float32),
+        "noise": rng.standard_normal((n, graph.noise_dim)).astype(np.float32),
     }
 
 
-def _batches(inputs: dict[str, np.ndarray], batch_size: int, names: set[str] | None = None):
-    """Batches of ``inputs``, keeping only the tensors the model declares (``names``): a generator
-    that ignores a condition (the fixed-angle models and the angle) has no input for it."""
+def _batches(inputs: dict[str, np.ndarray], batch_size: int, names) -> list[dict[str, np.ndarray]]:
+    """Batches of ``inputs``, keeping only the tensors the model declares (``names``)."""
     n = len(inputs["primary_energy"])
-    for start in range(0, n, batch_size):
-        yield {k: v[start:start + batch_size] for k, v in inputs.items() if names is None or k in names}
-
-
-def _input_names(model_path: str | Path) -> set[str]:
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {i.name for i in model.graph.input}
-
-
-def eligible_nodes(model_path: str | Path) -> list[str]:
-    """Names of the nodes that static quantization can turn into int8 kernels, in graph order."""
-    model = onnx.load(str(model_path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    nodes = []
-    for node in model.graph.node:
-        # only layers with a learned weight: a MatMul between two activations is left alone
-        if node.op_type in ELIGIBLE_OPS and len(node.input) > 1 and node.input[1] in initializers:
-            nodes.append(node.name)
-    return nodes
+    return [{k: v[start:start + batch_size] for k, v in inputs.items() if k in names}
+            for start in range(0, n, batch_size)]
 
 
 # ------------------------------------------------------------------ running
 
-def session(model_path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads."""
+def session(model_path: str | Path, threads: int | None = None, optimized_path: str | Path | None = None):
+    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads;
+    with ``optimized_path`` the optimised graph is also written there."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # no warning about the hardware-specific optimised file
     if threads:
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
     return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_model(model_path: str | Path, inputs: dict[str, np.ndarray], batch_size: int = 128,
-              threads: int | None = None) -> np.ndarray:
-    """Showers (GeV) from an ONNX generator for all ``inputs``, in batches."""
-    sess = session(model_path, threads)
+def run_model(sess, inputs: dict[str, np.ndarray], batch_size: int = 128) -> np.ndarray:
+    """Showers (GeV) from an ONNX Runtime session (or a model path) for all ``inputs``, in batches."""
+    if isinstance(sess, (str, Path)):
+        sess = session(sess)
     names = {i.name for i in sess.get_inputs()}
     return np.concatenate([sess.run(["showers"], b)[0] for b in _batches(inputs, batch_size, names)])
 
 
-def time_per_shower_ms(model_path: str | Path, inputs: dict[str, np.ndarray], batch_size: int,
-                       repeats: int = 5, threads: int | None = None) -> float:
-    """Median wall time per shower (ms) of one batch of ``batch_size``, after one warm-up run."""
-    sess = session(model_path, threads)
-    names = {i.name for i in sess.get_inputs()}
-    batch = {k: v[:batch_size] for k, v in inputs.items() if k in names}
-    if len(batch["primary_energy"]) < batch_size:
+def time_per_shower_ms(sess, inputs: dict[str, np.ndarray], batch_size: int, repeats: int = 5) -> float:
+    """Fastest of ``repeats`` timed runs of one batch of ``batch_size`` (after one warm-up run),
+    in ms per shower. The minimum, not the median: on a shared CPU it is the least disturbed."""
+    if isinstance(sess, (str, Path)):
+        sess = session(sess)
+    if len(inputs["primary_energy"]) < batch_size:
         raise ValueError(f"need at least {batch_size} inputs to time batch {batch_size}")
+    batch = _batches(inputs, batch_size, {i.name for i in sess.get_inputs()})[0]
     sess.run(["showers"], batch)
-    times = []
+    best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         sess.run(["showers"], batch)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) / batch_size * 1e3)
+        best = min(best, time.perf_counter() - t0)
+    return best / batch_size * 1e3
+
+
+def optimized_graph(model_path: str | Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime's CPU execution provider actually runs (ORT_ENABLE_ALL)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        session(model_path, threads=1, optimized_path=optimized)
+        return onnx.load(str(optimized))
 
 
 def int8_kernels_used(model_path: str | Path) -> list[str]:
-    """Operator types of the graph ONNX Runtime actually runs after optimisation that compute in
-    integer arithmetic (QLinearConv, QGemm, ConvInteger, ...): a QDQ model whose pairs were not
-    fused would run in float and this list would be empty."""
-    import onnxruntime as ort
+    """Operator types of integer kernels (QLinearConv, QGemm, ...) in the optimised graph: a QDQ
+    model whose pairs ORT did not fuse would run in float and this list would be empty."""
+    return sorted({n.op_type for n in optimized_graph(model_path).graph.node
+                   if n.op_type in INT8_KERNELS or n.op_type.startswith("QLinear")})
 
-    with tempfile.TemporaryDirectory() as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(optimized)
-        ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        model = onnx.load(str(optimized))
-    return sorted({n.op_type for n in model.graph.node
-                   if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")
-                   or n.op_type in ("QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")})
+
+def unfused_layers(quantized_path: str | Path, layers) -> list[str]:
+    """Those of ``layers`` (node names) that still run as float operators after ORT optimised the
+    QDQ graph at ``quantized_path`` (fused layers become QLinearConv / QGemm nodes)."""
+    floats = {n.name for n in optimized_graph(quantized_path).graph.node if n.op_type in ELIGIBLE_OPS}
+    return [name for name in layers if name in floats]
 
 
 # ------------------------------------------------------------------ accuracy
@@ -179,18 +216,9 @@ def relative_shape_error(candidate: np.ndarray, reference: np.ndarray) -> float:
     return float(math.sqrt(err / norm)) if norm > 0 else 0.0
 
 
-@dataclass
-class PhysicsReference:
-    """Reference-simulation showers for the conditions of the evaluation inputs, and the fp32
-    model's physics metrics against them (profile MSE, sampling-fraction error)."""
-
-    shower_set: object  # fastshower.showers.ShowerSet
-    fp32_profile_mse: float
-    fp32_sampling_fraction_error: float
-
-
 def physics_metrics(showers: np.ndarray, inputs: dict[str, np.ndarray], reference) -> dict[str, float]:
-    """Profile MSE and sampling-fraction error of generated ``showers`` against ``reference``."""
+    """Profile MSE and sampling-fraction error of generated ``showers`` (GeV, for ``inputs``)
+    against ``reference`` (a ShowerSet of the reference simulation with the same conditions)."""
     from fastshower.showers import ShowerSet
     from fastshower.validate.metrics import profile_mse, sampling_fraction_error
 
@@ -199,190 +227,267 @@ def physics_metrics(showers: np.ndarray, inputs: dict[str, np.ndarray], referenc
             "sampling_fraction_error": float(sampling_fraction_error(reference, cand))}
 
 
-# ------------------------------------------------------------------ quantization and tuning
+# ------------------------------------------------------------------ int8 and fp16 files
 
-class _CalibrationReader:
-    """ONNX Runtime calibration data reader over a dict of input arrays."""
-
-    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int, names: set[str]):
-        self._batches = list(_batches(inputs, batch_size, names))
-        self._it = iter(self._batches)
-
-    def get_next(self):
-        return next(self._it, None)
-
-    def rewind(self):
-        self._it = iter(self._batches)
-
-
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: dict[str, np.ndarray], *,
-                  exclude: list[str] = (), per_channel: bool = True, batch_size: int = 32,
-                  calibration_cache: str | Path | None = None) -> Path:
-    """Static int8 QDQ quantization of ``fp32_path`` into ``out_path`` (atomic), leaving the nodes
+def quantize_int8(prepared_path: str | Path, out_path: str | Path, calibration: dict[str, np.ndarray], *,
+                  graph: GraphInfo, exclude=(), per_channel: bool = True, batch_size: int = 32,
+                  calibration_cache: str | Path | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """Static int8 QDQ quantization of ``prepared_path`` (the fp32 generator, optionally after
+    ``onnxruntime.quantization.quant_pre_process``) into ``out_path`` (atomic), leaving the nodes
     in ``exclude`` in float32. Calibration (MinMax) runs on ``calibration`` inputs; with
-    ``calibration_cache`` the ranges are computed once and reused across calls."""
+    ``calibration_cache`` the ranges are computed once and reused across calls. ``graph``: the
+    fp32 generator's :class:`GraphInfo` (its metadata is copied, with ``precision=int8``,
+    ``fp32_layers`` and the items of ``metadata``)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_CalibrationReader, CalibrationDataReader), {})(calibration, batch_size,
-                                                                      _input_names(fp32_path))
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        with atomic_path(out_path) as tmp_out:
-            quantize_static(
-                str(prepped), str(tmp_out), reader,
-                quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(ELIGIBLE_OPS),
-                per_channel=per_channel,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude),
-                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-                calibration_cache_path=str(calibration_cache) if calibration_cache else None,
-            )
-            _copy_metadata(fp32_path, tmp_out, {"precision": "int8", "fp32_layers": json.dumps(list(exclude))})
-    return out_path
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = _batches(calibration, batch_size, graph.input_names)
+            self.rewind()
+
+        def get_next(self):
+            return next(self.it, None)
+
+        def rewind(self) -> None:
+            self.it = iter(self.batches)
+
+    with atomic_path(out_path) as tmp_out:
+        quantize_static(
+            str(prepared_path), str(tmp_out), Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(ELIGIBLE_OPS),
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            calibration_cache_path=str(calibration_cache) if calibration_cache else None,
+        )
+        _set_metadata(tmp_out, {**graph.metadata, "precision": "int8", "fp32_layers": json.dumps(list(exclude)),
+                                **(metadata or {})})
+    return Path(out_path)
 
 
-def _copy_metadata(src: str | Path, dst: str | Path, extra: dict[str, str]) -> None:
-    meta = model_metadata(src)
-    meta.update(extra)
-    model = onnx.load(str(dst))
+def _set_metadata(path: str | Path, meta: dict[str, str], model: onnx.ModelProto | None = None) -> None:
+    """Replace the metadata_props of the ONNX file at ``path`` (of ``model`` if given) and save."""
+    model = model if model is not None else onnx.load(str(path))
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=str(v))
-    onnx.save(model, str(dst))
+    onnx.save(model, str(path))
 
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """A float16 copy of an exported generator: the network (from the first to the last learned
+    layer) in fp16, the pre- and post-processing (``E/100``, ``x ** (1/0.85) / 50``, ...) and the
+    inputs and output in float32, as the torch back-end does at fp16/bf16."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    graph = read_graph(fp32_path)
+    model = onnx.load(str(fp32_path))
+    nodes = list(model.graph.node)
+    at = [i for i, node in enumerate(nodes) if node.name in set(graph.layers)]
+    # the processing before the first and after the last layer stays fp32 (this also keeps the
+    # exporter's no-op input Casts, which the converter would otherwise leave mistyped); the
+    # Identity aliases of shared weights stay with the network
+    fp32_nodes = [node.name for node in nodes[:at[0]] + nodes[at[-1] + 1:] if node.op_type != "Identity"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the float32 number ... will be truncated to 1e-07"
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=fp32_nodes)
+    with atomic_path(out_path) as tmp:
+        _set_metadata(tmp, {**graph.metadata, "precision": "fp16"}, converted)
+    return Path(out_path)
+
+
+def model_size_mb(path: str | Path) -> float:
+    """File size in MB (10^6 bytes)."""
+    return Path(path).stat().st_size / 1e6
+
+
+# ------------------------------------------------------------------ tuning
 
 @dataclass
 class TuningStep:
+    """One measured candidate: the tuned layers kept in fp32, its metrics, ms per shower (ORT,
+    ``timing_batch``), score (largest metric over what the target allows) and whether it meets it."""
+
     fp32_layers: list[str]
     relative_shape_error: float
     ms_per_shower: float
     profile_mse: float | None = None
     sampling_fraction_error: float | None = None
+    score: float = math.inf
     meets_target: bool = False
+    seconds: float = 0.0
 
 
 @dataclass
 class TuningResult:
+    """The tuning log (written as JSON). ``eligible_layers``: the layers tuned; ``skipped_layers``:
+    layer -> why it stays fp32 regardless (``conv3d``, ``not fused by onnxruntime``);
+    ``sensitivity``: layer -> score with only its group int8; ``chosen_step``: index into
+    ``steps`` of the written model (None: target not met, nothing written)."""
+
     model: str
     target: float
     criterion: str
+    select: str
     eligible_layers: list[str]
-    sensitivity: dict[str, float]
+    skipped_layers: dict[str, str]
+    settings: dict
+    sensitivity: dict[str, float] = field(default_factory=dict)
     steps: list[TuningStep] = field(default_factory=list)
     chosen_step: int | None = None
     fp32_ms_per_shower: float = float("nan")
     fp32_profile_mse: float | None = None
     fp32_sampling_fraction_error: float | None = None
     int8_kernels: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
     @property
     def met(self) -> bool:
         return self.chosen_step is not None
 
+    @property
+    def chosen(self) -> TuningStep | None:
+        return None if self.chosen_step is None else self.steps[self.chosen_step]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+
+def step_score(step: TuningStep, criterion: str, target: float, fp32_profile_mse: float | None = None,
+               fp32_sampling_fraction_error: float | None = None) -> float:
+    """Largest metric of ``step`` divided by what ``target`` allows (<= 1: met). ``shapes``:
+    relative_shape_error / target; ``physics``: profile-MSE excess over fp32 (relative) / target and
+    |sampling-fraction error - fp32's| / target; ``both``: the largest of the three."""
+    scores = []
+    if criterion in ("shapes", "both"):
+        scores.append(step.relative_shape_error / target)
+    if criterion in ("physics", "both"):
+        excess = step.profile_mse / fp32_profile_mse - 1 if fp32_profile_mse > 0 else step.profile_mse
+        scores.append(max(excess, 0.0) / target)
+        scores.append(abs(step.sampling_fraction_error - fp32_sampling_fraction_error) / target)
+    return max(scores)
 
 
 def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
          criterion: Criterion = "shapes", n_calibration: int = 256, n_eval: int = 256, seed: int = 0,
          reference=None, timing_batch: int = 64, threads: int | None = None,
-         select: Literal["first", "fastest"] = "fastest", max_groups: int = 24, max_steps: int = 12,
-         log_path: str | Path | None = None, progress: bool = False) -> TuningResult:
-    """Accuracy-aware int8 tuning of an exported generator; writes the chosen model to ``out_path``
-    and the tuning log (JSON) to ``log_path`` (default: ``out_path`` with ``.tuning.json``).
+         select: Literal["first", "fastest"] = "fastest", conv3d: bool = False, max_groups: int = 24,
+         max_steps: int = 12, log_path: str | Path | None = None, progress: bool = False) -> TuningResult:
+    """Accuracy-aware int8 tuning of the exported fp32 generator ``fp32_path``; writes the chosen
+    model to ``out_path`` and the tuning log (JSON) to ``log_path`` (default: ``out_path`` with
+    ``.tuning.json``). See the module docstring for the procedure and the metrics.
 
-    The target applies to :func:`relative_shape_error` of int8 vs fp32 on held-out inputs
-    (``criterion="shapes"``), to the physics metrics against ``reference`` (a ShowerSet of the
-    reference simulation whose conditions are used as evaluation inputs; ``criterion="physics"``:
-    the int8 profile MSE may exceed the fp32 one by at most a factor ``1 + target`` and the
-    sampling-fraction errors may differ by at most ``target``), or to both. If no model
-    meets the target, the all-float32 end of the search is reported and ``out_path`` is not
-    written; :attr:`TuningResult.met` is False.
+    Calibration inputs come from ``seed``, evaluation inputs from ``seed + 1`` (held out); with
+    ``reference`` (a ShowerSet of the reference simulation, needed for ``criterion`` ``physics``
+    and ``both``) the evaluation uses its first ``n_eval`` conditions. If no model meets the
+    target, ``out_path`` is not written and :attr:`TuningResult.met` is False.
     """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm import tqdm
 
-    if target <= 0:
-        raise ValueError("the accuracy target must be positive")
+    t_start = time.perf_counter()
+    if not target > 0:
+        raise ValueError(f"the accuracy target must be positive, got {target}")
     if select not in ("first", "fastest"):
         raise ValueError(f"unknown selection {select!r}: first or fastest")
     if criterion not in ("shapes", "physics", "both"):
         raise ValueError(f"unknown criterion {criterion!r}: shapes, physics or both")
     if criterion != "shapes" and reference is None:
         raise ValueError(f"criterion {criterion!r} needs reference showers")
-    fp32_path, out_path = Path(fp32_path), Path(out_path)
-    if not fp32_path.exists():
-        raise FileNotFoundError(f"model file not found: {fp32_path}")
-    calibration = generator_inputs(fp32_path, n_calibration, seed)
-    evaluation = generator_inputs(fp32_path, n_eval, seed + 1)
+    if min(n_calibration, n_eval, timing_batch, max_groups) < 1:
+        raise ValueError("n_calibration, n_eval, timing_batch and max_groups must be >= 1")
+    out_path = Path(out_path)
+    graph = read_graph(fp32_path)
+    calibration = generator_inputs(graph, n_calibration, seed)
+    evaluation = generator_inputs(graph, max(n_eval, timing_batch), seed + 1)
     if reference is not None:
-        evaluation = {"primary_energy": reference.primary_energy.astype(np.float32)[:n_eval],
-                      "incident_angle": reference.incident_angle.astype(np.float32)[:n_eval],
-                      "noise": evaluation["noise"][:len(reference)]}
-        reference = reference[: len(evaluation["primary_energy"])]
-    nodes = eligible_nodes(fp32_path)
-    if not nodes:
-        raise ValueError(f"{fp32_path} has no layer that can be quantized ({', '.join(ELIGIBLE_OPS)})")
-    fp32_out = run_model(fp32_path, evaluation, threads=threads)
-    result = TuningResult(model=model_metadata(fp32_path).get("model", fp32_path.stem), target=target,
-                          criterion=criterion, eligible_layers=nodes, sensitivity={})
-    result.fp32_ms_per_shower = time_per_shower_ms(fp32_path, evaluation, timing_batch, threads=threads)
+        reference = reference[:n_eval]
+        n = len(reference)
+        evaluation = {"primary_energy": reference.primary_energy.astype(np.float32),
+                      "incident_angle": reference.incident_angle.astype(np.float32),
+                      "noise": generator_inputs(graph, n, seed + 1)["noise"]}
+        timing_inputs = generator_inputs(graph, timing_batch, seed + 1)
+    else:
+        timing_inputs = evaluation
+        evaluation = {k: v[:n_eval] for k, v in evaluation.items()}
+    skipped = {} if conv3d else {name: "conv3d" for name in graph.conv3d_layers}
+    layers = [name for name in graph.layers if name not in skipped]
+    if not layers:
+        raise ValueError(f"{graph.path} has no layer to quantize ({', '.join(ELIGIBLE_OPS)}"
+                         f"{'' if conv3d else '; 3-d convolutions need conv3d=True'})")
+    fp32_session = session(graph.path, threads)
+    fp32_out = run_model(fp32_session, evaluation)
+    result = TuningResult(model=graph.model, target=target, criterion=criterion, select=select,
+                          eligible_layers=layers, skipped_layers=skipped, settings={
+                              "n_calibration": n_calibration, "n_eval": len(evaluation["primary_energy"]),
+                              "seed": seed, "timing_batch": timing_batch, "threads": threads,
+                              "max_groups": max_groups, "max_steps": max_steps, "per_channel": True,
+                              "activations": "int8 asymmetric", "weights": "int8 symmetric",
+                              "reference": reference is not None})
+    result.fp32_ms_per_shower = time_per_shower_ms(fp32_session, timing_inputs, timing_batch)
     if reference is not None:
-        fp32_phys = physics_metrics(fp32_out, evaluation, reference)
-        result.fp32_profile_mse = fp32_phys["profile_mse"]
-        result.fp32_sampling_fraction_error = fp32_phys["sampling_fraction_error"]
+        phys = physics_metrics(fp32_out, evaluation, reference)
+        result.fp32_profile_mse, result.fp32_sampling_fraction_error = phys["profile_mse"], phys["sampling_fraction_error"]
 
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "calibration.cache"
-        candidate = Path(tmp) / "candidate.onnx"
+        prepared, cache, candidate = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json", Path(tmp) / "q.onnx"
+        quant_pre_process(str(graph.path), str(prepared), skip_symbolic_shape=True)
 
-        def measure(excluded: list[str], timed: bool) -> TuningStep:
-            quantize_int8(fp32_path, candidate, calibration, exclude=excluded, calibration_cache=cache)
-            out = run_model(candidate, evaluation, threads=threads)
-            step = TuningStep(fp32_layers=list(excluded), relative_shape_error=relative_shape_error(out, fp32_out),
-                              ms_per_shower=(time_per_shower_ms(candidate, evaluation, timing_batch, threads=threads)
-                                             if timed else float("nan")))
+        def quantize(fp32_layers, path=candidate, metadata=None) -> Path:
+            return quantize_int8(prepared, path, calibration, graph=graph, exclude=[*skipped, *fp32_layers],
+                                 calibration_cache=cache, metadata=metadata)
+
+        def measure(fp32_layers: list[str], timed: bool) -> TuningStep:
+            t0 = time.perf_counter()
+            sess = session(quantize(fp32_layers), threads)
+            out = run_model(sess, evaluation)
+            step = TuningStep(fp32_layers=list(fp32_layers), relative_shape_error=relative_shape_error(out, fp32_out),
+                              ms_per_shower=time_per_shower_ms(sess, timing_inputs, timing_batch) if timed else math.nan)
             if reference is not None:
                 phys = physics_metrics(out, evaluation, reference)
                 step.profile_mse, step.sampling_fraction_error = phys["profile_mse"], phys["sampling_fraction_error"]
-            step.meets_target = _meets(step, result)
+            step.score = step_score(step, criterion, target, result.fp32_profile_mse,
+                                    result.fp32_sampling_fraction_error)
+            step.meets_target = step.score <= 1.0
+            step.seconds = time.perf_counter() - t0
             return step
 
+        # layers ORT would not run as integer kernels stay fp32 (they only add Q/DQ work)
+        unfused = unfused_layers(quantize([]), layers)
+        for name in unfused:
+            skipped[name] = "not fused by onnxruntime"
+        layers = result.eligible_layers = [name for name in layers if name not in unfused]
+        if not layers:
+            raise ValueError(f"onnxruntime runs none of the layers of {graph.path} as int8 kernels")
         result.steps.append(measure([], timed=True))
         if not (select == "first" and result.steps[0].meets_target):
-            groups = _layer_groups(nodes, max_groups)
+            groups = _layer_groups(layers, max_groups)
             for group in tqdm(groups, desc="layer sensitivity", disable=not progress):
-                # only this group quantized: how much does it alone cost?
-                alone = measure([n for n in nodes if n not in group], timed=False).relative_shape_error
-                for node in group:
-                    result.sensitivity[node] = alone
+                alone = measure([n for n in layers if n not in group], timed=False).score  # only this group int8
+                result.sensitivity.update({node: alone for node in group})
             groups.sort(key=lambda g: result.sensitivity[g[0]], reverse=True)
-            excluded: list[str] = []
+            fp32_layers: list[str] = []
             for group in tqdm(groups[:max_steps], desc="returning layers to fp32", disable=not progress):
-                excluded.extend(group)
-                result.steps.append(measure(excluded, timed=True))
+                fp32_layers.extend(group)
+                result.steps.append(measure(fp32_layers, timed=True))
                 if select == "first" and result.steps[-1].meets_target:
                     break
         meeting = [i for i, s in enumerate(result.steps) if s.meets_target]
-        if not meeting:
-            chosen = None
-        elif select == "first":
-            chosen = meeting[0]
-        else:
-            chosen = min(meeting, key=lambda i: result.steps[i].ms_per_shower)
-        result.chosen_step = chosen
-        if chosen is not None:
-            quantize_int8(fp32_path, out_path, calibration, exclude=result.steps[chosen].fp32_layers,
-                          calibration_cache=cache)
-            _copy_metadata(out_path, out_path, {"quantization_target": str(target), "criterion": criterion})
+        if meeting:
+            result.chosen_step = meeting[0] if select == "first" else min(
+                meeting, key=lambda i: result.steps[i].ms_per_shower)
+            quantize(result.steps[result.chosen_step].fp32_layers, out_path,
+                     {"quantization_target": str(target), "criterion": criterion})
             result.int8_kernels = int8_kernels_used(out_path)
+    result.seconds = time.perf_counter() - t_start
     log_path = Path(log_path) if log_path else out_path.with_suffix(".tuning.json")
     with atomic_path(log_path) as tmp_log:
-        tmp_log.write_text(result.to_json())
+        tmp_log.write_text(result.to_json() + "\n")
     return result
 
 
@@ -390,31 +495,3 @@ def _layer_groups(nodes: list[str], max_groups: int) -> list[list[str]]:
     """Split ``nodes`` (graph order) into at most ``max_groups`` groups of consecutive layers."""
     size = math.ceil(len(nodes) / max_groups)
     return [nodes[i:i + size] for i in range(0, len(nodes), size)]
-
-
-def _meets(step: TuningStep, result: TuningResult) -> bool:
-    ok_shapes = step.relative_shape_error <= result.target
-    if result.criterion == "shapes":
-        return ok_shapes
-    ok_physics = (step.profile_mse <= result.fp32_profile_mse * (1 + result.target)
-                  and abs(step.sampling_fraction_error - result.fp32_sampling_fraction_error) <= result.target)
-    return ok_physics if result.criterion == "physics" else (ok_physics and ok_shapes)
-
-
-# ------------------------------------------------------------------ fp16
-
-def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
-    """A float16 copy of an exported generator (weights and arithmetic in fp16, inputs and output
-    kept float32 so callers are unchanged)."""
-    from onnxconverter_common import float16
-
-    model = onnx.load(str(fp32_path))
-    converted = float16.convert_float_to_float16(model, keep_io_types=True)
-    with atomic_path(out_path) as tmp:
-        onnx.save(converted, str(tmp))
-        _copy_metadata(fp32_path, tmp, {"precision": "fp16"})
-    return Path(out_path)
-
-
-def model_size_mb(path: str | Path) -> float:
-    return Path(path).stat().st_size / 1e6
