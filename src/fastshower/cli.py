@@ -226,16 +226,26 @@ def train(
 
 # ---------------------------------------------------------------- infer: generate / export / benchmark / models (issue 5)
 
+def _model_option(help: str):
+    """The required ``--model/-m`` option of the inference commands."""
+    return typer.Option(..., "--model", "-m", help=help)
+
+
+def _output_option(help: str):
+    """The required ``-o/--output`` option of the inference commands."""
+    return typer.Option(..., "-o", "--output", help=help)
+
+
 @app.command()
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="Shipped model name, saved stem/.json/.safetensors, or .onnx file."),
-    output: Path = typer.Option(..., "-o", "--output", help="Shower file to write (HDF5)."),
+    model: str = _model_option("Shipped model name, saved stem/.json/.safetensors, or .onnx file (fp32, fp16, int8)."),
+    output: Path = _output_option("Shower file to write (HDF5)."),
     energy: str = typer.Option("2:500", "--energy", help="Primary energy in GeV: 100, 2:500, 1:1000:log or 10,50,100."),
     angle: str = typer.Option("90", "--angle", help="Incident polar angle in deg (90 = normal incidence), same forms."),
     n: int = typer.Option(1000, "-n", "--n-events", help="Number of showers."),
     format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, bf16 or fp16 (torch); .onnx files run their own."),
     backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
     batch_size: int = typer.Option(256, "--batch-size", help="Showers generated and written per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the conditions and of the noise."),
@@ -264,8 +274,8 @@ def generate(
 
 @app.command()
 def export(
-    model: str = typer.Option(..., "--model", "-m", help="Shipped model name or saved stem/.json/.safetensors."),
-    output: Path = typer.Option(..., "-o", "--output", help="File to write (.onnx)."),
+    model: str = _model_option("Shipped model name or saved stem/.json/.safetensors."),
+    output: Path = _output_option("File to write (.onnx)."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
 ) -> None:
@@ -345,6 +355,78 @@ def benchmark(
 
 
 # ---------------------------------------------------------------- quantize (issue 6)
+
+@app.command()
+def quantize(
+    model: str = _model_option("Shipped model name, training run / saved stem/.json/.safetensors, or fp32 .onnx file."),
+    output: Path = _output_option("ONNX file to write (the tuning log goes next to it, .tuning.json)."),
+    target: float = typer.Option(0.01, "--target", help="Accuracy target relative to fp32 (0.01: slice means and "
+                                 "widths within ~1 %; with --reference: profile MSE within 1 %, sampling fraction 0.01)."),
+    precision: str = typer.Option("int8", "--precision", help="int8 (tuned layer by layer) or fp16."),
+    select: str = typer.Option("fastest", "--select", help="int8: fastest model meeting the target, or the first found."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference-simulation shower file: judge by "
+                                             "profile MSE and sampling fraction against it (its conditions are used)."),
+    criterion: Optional[str] = typer.Option(None, "--criterion", help="shapes, physics or both (default: physics "
+                                            "with --reference, else shapes)."),
+    calibration_n: int = typer.Option(256, "--calibration-n", help="int8: calibration showers (seed --seed)."),
+    eval_n: int = typer.Option(256, "--eval-n", help="Held-out evaluation showers (seed --seed + 1)."),
+    conv3d: bool = typer.Option(False, "--conv3d", help="int8: also quantize 3-d convolutions (slower than fp32 "
+                                "in ONNX Runtime on the CPUs measured)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration inputs (evaluation: seed + 1)."),
+) -> None:
+    """Reduced-precision ONNX generator: int8 tuned against an accuracy target, or fp16."""
+    import tempfile
+
+    from fastshower.infer import quantize as q
+
+    if not target > 0:
+        raise ValueError(f"--target must be > 0, got {target}")
+    if precision not in ("int8", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; expected int8 or fp16")
+    criterion = criterion or ("physics" if reference is not None else "shapes")
+    ref = None
+    if reference is not None:
+        from fastshower.data import read_showers
+
+        ref = read_showers(reference, max_events=eval_n)
+    with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        fp32_path = Path(model)
+        if fp32_path.suffix == ".onnx":
+            if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
+                raise ValueError(f"{model} is already reduced precision; give the fp32 export")
+        else:
+            from fastshower.infer.onnx_export import export_onnx
+
+            fp32_path = Path(tmp) / "fp32.onnx"
+            export_onnx(model, fp32_path, check=True)
+        common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
+        if precision == "fp16":
+            result = q.make_fp16(fp32_path, output, target, **common)
+        else:
+            result = q.tune(fp32_path, output, target, select=select, n_calibration=calibration_n, conv3d=conv3d,
+                            progress=True, **common)
+        size = (q.model_size_mb(fp32_path), q.model_size_mb(output) if result.met else None)
+    log = output.with_suffix(".tuning.json")
+    if not result.met:
+        best = min(result.steps, key=lambda st: st.score)
+        raise RuntimeError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
+                           f"1 = target); nothing written, log in {log}")
+    step = result.chosen
+    typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
+               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs {result.fp32_ms_per_shower:.3f} "
+               f"fp32 (ONNX Runtime, batch {result.settings['timing_batch']})")
+    if step.profile_mse is not None:
+        typer.echo(f"  vs {reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "
+                   f"sampling-fraction error {step.sampling_fraction_error:.4g} "
+                   f"(fp32 {result.fp32_sampling_fraction_error:.4g})")
+    if precision == "int8":
+        typer.echo(f"  {len(result.eligible_layers) - len(step.fp32_layers)} of {len(result.eligible_layers)} tuned "
+                   f"layers int8, {len(step.fp32_layers)} returned to fp32, {len(result.skipped_layers)} kept fp32 "
+                   f"({', '.join(sorted(set(result.skipped_layers.values()))) or 'none'}); int8 kernels: "
+                   f"{', '.join(result.int8_kernels) or 'none'}")
+    typer.echo(f"tuning log: {log}")
+
 
 
 # ---------------------------------------------------------------- geant4 (issue 7)

@@ -21,7 +21,8 @@ Accuracy-aware tuning (:func:`tune`): start with every eligible layer int8; whil
 target is not met, return to float32 the group of consecutive layers with the largest measured
 sensitivity (the score of the model in which only that group is int8) and re-measure. ``select=
 "first"`` stops at the first model that meets the target; ``"fastest"`` goes on for ``max_steps``
-groups and keeps the fastest model that meets it (int8 is not faster for every layer). Every step
+groups and keeps the fastest model that meets it (int8 is not faster for every layer; a model with
+more fp32 layers must be at least ``SPEED_MARGIN`` = 5 % faster to be preferred). Every step
 (layers in fp32, metrics, ms per shower) is logged to a JSON file.
 
 Accuracy metrics, physics rather than pixels:
@@ -61,6 +62,9 @@ INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvI
                 "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 Criterion = Literal["shapes", "physics", "both"]
+#: ``select="fastest"``: a step with more layers in fp32 replaces the chosen one only if it is at
+#: least this much faster (relative), so that timing noise does not undo the quantization.
+SPEED_MARGIN = 0.05
 
 
 # ------------------------------------------------------------------ model facts and inputs
@@ -373,66 +377,104 @@ def step_score(step: TuningStep, criterion: str, target: float, fp32_profile_mse
     return max(scores)
 
 
+class _Evaluation:
+    """Held-out evaluation inputs, the fp32 model's showers, time and physics metrics on them,
+    and :meth:`measure` for a candidate file (same inputs, same metrics)."""
+
+    def __init__(self, graph: GraphInfo, target: float, criterion: str, n_eval: int, seed: int, reference,
+                 timing_batch: int, threads: int | None) -> None:
+        if not target > 0:
+            raise ValueError(f"the accuracy target must be positive, got {target}")
+        if criterion not in ("shapes", "physics", "both"):
+            raise ValueError(f"unknown criterion {criterion!r}: shapes, physics or both")
+        if criterion != "shapes" and reference is None:
+            raise ValueError(f"criterion {criterion!r} needs reference showers")
+        if min(n_eval, timing_batch) < 1:
+            raise ValueError("n_eval and timing_batch must be >= 1")
+        self.target, self.criterion, self.threads, self.timing_batch = target, criterion, threads, timing_batch
+        self.timing_inputs = generator_inputs(graph, max(n_eval, timing_batch), seed + 1)
+        self.inputs = {k: v[:n_eval] for k, v in self.timing_inputs.items()}
+        self.reference = reference
+        if reference is not None:  # the reference's conditions, our noise
+            self.reference = reference = reference[:n_eval]
+            self.inputs = {"primary_energy": reference.primary_energy.astype(np.float32),
+                           "incident_angle": reference.incident_angle.astype(np.float32),
+                           "noise": generator_inputs(graph, len(reference), seed + 1)["noise"]}
+        fp32 = session(graph.path, threads)
+        self.fp32_out = run_model(fp32, self.inputs)
+        self.fp32_ms = time_per_shower_ms(fp32, self.timing_inputs, timing_batch)
+        self.fp32_physics = physics_metrics(self.fp32_out, self.inputs, reference) if reference is not None else {}
+
+    def result(self, graph: GraphInfo, select: str, layers: list[str], skipped: dict[str, str],
+               settings: dict) -> TuningResult:
+        return TuningResult(
+            model=graph.model, target=self.target, criterion=self.criterion, select=select, eligible_layers=layers,
+            skipped_layers=skipped, fp32_ms_per_shower=self.fp32_ms,
+            fp32_profile_mse=self.fp32_physics.get("profile_mse"),
+            fp32_sampling_fraction_error=self.fp32_physics.get("sampling_fraction_error"),
+            settings={"n_eval": len(self.inputs["primary_energy"]), "timing_batch": self.timing_batch,
+                      "threads": self.threads, "reference": self.reference is not None, **settings})
+
+    def measure(self, path: str | Path, fp32_layers: list[str], timed: bool) -> TuningStep:
+        """Metrics (and, if ``timed``, ms per shower) of the candidate at ``path``."""
+        t0 = time.perf_counter()
+        sess = session(path, self.threads)
+        out = run_model(sess, self.inputs)
+        step = TuningStep(fp32_layers=list(fp32_layers), relative_shape_error=relative_shape_error(out, self.fp32_out),
+                          ms_per_shower=(time_per_shower_ms(sess, self.timing_inputs, self.timing_batch)
+                                         if timed else math.nan))
+        if self.reference is not None:
+            phys = physics_metrics(out, self.inputs, self.reference)
+            step.profile_mse, step.sampling_fraction_error = phys["profile_mse"], phys["sampling_fraction_error"]
+        step.score = step_score(step, self.criterion, self.target, self.fp32_physics.get("profile_mse"),
+                                self.fp32_physics.get("sampling_fraction_error"))
+        step.meets_target = step.score <= 1.0
+        step.seconds = time.perf_counter() - t0
+        return step
+
+
+def _write_log(result: TuningResult, out_path: Path, log_path: str | Path | None, t_start: float) -> None:
+    result.seconds = time.perf_counter() - t_start
+    with atomic_path(Path(log_path) if log_path else out_path.with_suffix(".tuning.json")) as tmp_log:
+        tmp_log.write_text(result.to_json() + "\n")
+
+
 def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
          criterion: Criterion = "shapes", n_calibration: int = 256, n_eval: int = 256, seed: int = 0,
          reference=None, timing_batch: int = 64, threads: int | None = None,
          select: Literal["first", "fastest"] = "fastest", conv3d: bool = False, max_groups: int = 24,
-         max_steps: int = 12, log_path: str | Path | None = None, progress: bool = False) -> TuningResult:
+         max_steps: int | None = None, log_path: str | Path | None = None, progress: bool = False) -> TuningResult:
     """Accuracy-aware int8 tuning of the exported fp32 generator ``fp32_path``; writes the chosen
     model to ``out_path`` and the tuning log (JSON) to ``log_path`` (default: ``out_path`` with
     ``.tuning.json``). See the module docstring for the procedure and the metrics.
 
     Calibration inputs come from ``seed``, evaluation inputs from ``seed + 1`` (held out); with
     ``reference`` (a ShowerSet of the reference simulation, needed for ``criterion`` ``physics``
-    and ``both``) the evaluation uses its first ``n_eval`` conditions. If no model meets the
-    target, ``out_path`` is not written and :attr:`TuningResult.met` is False.
+    and ``both``) the evaluation uses its first ``n_eval`` conditions. Times: ORT at batch
+    ``timing_batch`` with ``threads`` intra-op threads. Layers are tuned in at most ``max_groups``
+    groups; at most ``max_steps`` groups (None: all) are returned to fp32. If no model meets the target,
+    ``out_path`` is not written and :attr:`TuningResult.met` is False.
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    if not target > 0:
-        raise ValueError(f"the accuracy target must be positive, got {target}")
     if select not in ("first", "fastest"):
         raise ValueError(f"unknown selection {select!r}: first or fastest")
-    if criterion not in ("shapes", "physics", "both"):
-        raise ValueError(f"unknown criterion {criterion!r}: shapes, physics or both")
-    if criterion != "shapes" and reference is None:
-        raise ValueError(f"criterion {criterion!r} needs reference showers")
-    if min(n_calibration, n_eval, timing_batch, max_groups) < 1:
-        raise ValueError("n_calibration, n_eval, timing_batch and max_groups must be >= 1")
+    if min(n_calibration, max_groups) < 1:
+        raise ValueError("n_calibration and max_groups must be >= 1")
     out_path = Path(out_path)
     graph = read_graph(fp32_path)
+    evaluation = _Evaluation(graph, target, criterion, n_eval, seed, reference, timing_batch, threads)
     calibration = generator_inputs(graph, n_calibration, seed)
-    evaluation = generator_inputs(graph, max(n_eval, timing_batch), seed + 1)
-    if reference is not None:
-        reference = reference[:n_eval]
-        n = len(reference)
-        evaluation = {"primary_energy": reference.primary_energy.astype(np.float32),
-                      "incident_angle": reference.incident_angle.astype(np.float32),
-                      "noise": generator_inputs(graph, n, seed + 1)["noise"]}
-        timing_inputs = generator_inputs(graph, timing_batch, seed + 1)
-    else:
-        timing_inputs = evaluation
-        evaluation = {k: v[:n_eval] for k, v in evaluation.items()}
     skipped = {} if conv3d else {name: "conv3d" for name in graph.conv3d_layers}
     layers = [name for name in graph.layers if name not in skipped]
     if not layers:
         raise ValueError(f"{graph.path} has no layer to quantize ({', '.join(ELIGIBLE_OPS)}"
                          f"{'' if conv3d else '; 3-d convolutions need conv3d=True'})")
-    fp32_session = session(graph.path, threads)
-    fp32_out = run_model(fp32_session, evaluation)
-    result = TuningResult(model=graph.model, target=target, criterion=criterion, select=select,
-                          eligible_layers=layers, skipped_layers=skipped, settings={
-                              "n_calibration": n_calibration, "n_eval": len(evaluation["primary_energy"]),
-                              "seed": seed, "timing_batch": timing_batch, "threads": threads,
-                              "max_groups": max_groups, "max_steps": max_steps, "per_channel": True,
-                              "activations": "int8 asymmetric", "weights": "int8 symmetric",
-                              "reference": reference is not None})
-    result.fp32_ms_per_shower = time_per_shower_ms(fp32_session, timing_inputs, timing_batch)
-    if reference is not None:
-        phys = physics_metrics(fp32_out, evaluation, reference)
-        result.fp32_profile_mse, result.fp32_sampling_fraction_error = phys["profile_mse"], phys["sampling_fraction_error"]
+    result = evaluation.result(graph, select, layers, skipped, {
+        "n_calibration": n_calibration, "seed": seed, "max_groups": max_groups, "max_steps": max_steps,
+        "speed_margin": SPEED_MARGIN, "per_channel": True, "activations": "int8 asymmetric (MinMax)", "weights": "int8 symmetric"})
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared, cache, candidate = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json", Path(tmp) / "q.onnx"
@@ -442,29 +484,16 @@ def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
             return quantize_int8(prepared, path, calibration, graph=graph, exclude=[*skipped, *fp32_layers],
                                  calibration_cache=cache, metadata=metadata)
 
-        def measure(fp32_layers: list[str], timed: bool) -> TuningStep:
-            t0 = time.perf_counter()
-            sess = session(quantize(fp32_layers), threads)
-            out = run_model(sess, evaluation)
-            step = TuningStep(fp32_layers=list(fp32_layers), relative_shape_error=relative_shape_error(out, fp32_out),
-                              ms_per_shower=time_per_shower_ms(sess, timing_inputs, timing_batch) if timed else math.nan)
-            if reference is not None:
-                phys = physics_metrics(out, evaluation, reference)
-                step.profile_mse, step.sampling_fraction_error = phys["profile_mse"], phys["sampling_fraction_error"]
-            step.score = step_score(step, criterion, target, result.fp32_profile_mse,
-                                    result.fp32_sampling_fraction_error)
-            step.meets_target = step.score <= 1.0
-            step.seconds = time.perf_counter() - t0
-            return step
+        def measure(fp32_layers: list[str], timed: bool = True) -> TuningStep:
+            return evaluation.measure(quantize(fp32_layers), fp32_layers, timed)
 
         # layers ORT would not run as integer kernels stay fp32 (they only add Q/DQ work)
         unfused = unfused_layers(quantize([]), layers)
-        for name in unfused:
-            skipped[name] = "not fused by onnxruntime"
+        skipped.update({name: "not fused by onnxruntime" for name in unfused})
         layers = result.eligible_layers = [name for name in layers if name not in unfused]
         if not layers:
             raise ValueError(f"onnxruntime runs none of the layers of {graph.path} as int8 kernels")
-        result.steps.append(measure([], timed=True))
+        result.steps.append(measure([]))
         if not (select == "first" and result.steps[0].meets_target):
             groups = _layer_groups(layers, max_groups)
             for group in tqdm(groups, desc="layer sensitivity", disable=not progress):
@@ -474,20 +503,42 @@ def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
             fp32_layers: list[str] = []
             for group in tqdm(groups[:max_steps], desc="returning layers to fp32", disable=not progress):
                 fp32_layers.extend(group)
-                result.steps.append(measure(fp32_layers, timed=True))
+                result.steps.append(measure(fp32_layers))
                 if select == "first" and result.steps[-1].meets_target:
                     break
         meeting = [i for i, s in enumerate(result.steps) if s.meets_target]
         if meeting:
-            result.chosen_step = meeting[0] if select == "first" else min(
-                meeting, key=lambda i: result.steps[i].ms_per_shower)
+            result.chosen_step = meeting[0]
+            for i in meeting[1:] if select == "fastest" else []:
+                # more layers in fp32 only for a real gain, not for timing noise
+                if result.steps[i].ms_per_shower < (1 - SPEED_MARGIN) * result.steps[result.chosen_step].ms_per_shower:
+                    result.chosen_step = i
             quantize(result.steps[result.chosen_step].fp32_layers, out_path,
                      {"quantization_target": str(target), "criterion": criterion})
             result.int8_kernels = int8_kernels_used(out_path)
-    result.seconds = time.perf_counter() - t_start
-    log_path = Path(log_path) if log_path else out_path.with_suffix(".tuning.json")
-    with atomic_path(log_path) as tmp_log:
-        tmp_log.write_text(result.to_json() + "\n")
+    _write_log(result, out_path, log_path, t_start)
+    return result
+
+
+def make_fp16(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
+              criterion: Criterion = "shapes", n_eval: int = 256, seed: int = 0, reference=None,
+              timing_batch: int = 64, threads: int | None = None,
+              log_path: str | Path | None = None) -> TuningResult:
+    """:func:`convert_fp16` checked like an int8 candidate: the same metrics, score and log (one
+    step, no layer in fp32). If the fp16 model misses the target, ``out_path`` is removed and
+    :attr:`TuningResult.met` is False."""
+    t_start = time.perf_counter()
+    out_path = Path(out_path)
+    graph = read_graph(fp32_path)
+    evaluation = _Evaluation(graph, target, criterion, n_eval, seed, reference, timing_batch, threads)
+    result = evaluation.result(graph, "fp16", list(graph.layers), {}, {"seed": seed, "precision": "fp16"})
+    convert_fp16(graph.path, out_path)
+    result.steps.append(evaluation.measure(out_path, [], timed=True))
+    if result.steps[0].meets_target:
+        result.chosen_step = 0
+    else:
+        out_path.unlink()
+    _write_log(result, out_path, log_path, t_start)
     return result
 
 
