@@ -300,6 +300,17 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the float32 number ... will be truncated to 1e-07"
         converted = float16.convert_float_to_float16(model, keep_io_types=True, node_block_list=fp32_nodes)
+    # float32 interface: also inputs no node reads (a fixed-angle model's angle), and the output,
+    # which the converter casts to fp16 after a blocked (fp32) last node
+    outputs = {t.name for t in converted.graph.output}
+    for node in converted.graph.node:
+        if node.op_type == "Cast" and node.output[0] in outputs:
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == onnx.TensorProto.FLOAT16:
+                    attr.i = onnx.TensorProto.FLOAT
+    for tensor in [*converted.graph.input, *converted.graph.output]:
+        if tensor.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+            tensor.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
     with atomic_path(out_path) as tmp:
         _set_metadata(tmp, {**graph.metadata, "precision": "fp16"}, converted)
     return Path(out_path)
