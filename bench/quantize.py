@@ -12,8 +12,7 @@ accuracy on held-out inputs (seed 7; tuning uses seeds 0 and 1):
   fp32, int8 kernels in the optimised graph.
 
 Timings: each variant ``--rounds`` timed calls per batch size after a warm-up, one variant after
-the other (see :func:`timings` for why not interleaved); per variant the minimum and the median
-ms/shower are written. The CPU may be shared: the load average at start and end is recorded.
+the other; per variant the minimum and the median ms/shower are written. The CPU may be shared: the load average at start and end is recorded.
 
     .venv/bin/python bench/quantize.py --out bench/quantize_cpu.json
     .venv/bin/python bench/quantize.py --models conv2d_g1 --quick
@@ -42,7 +41,9 @@ from fastshower.infer.onnx_export import export_onnx
 from fastshower.models.registry import build_generator, list_shipped, save_generator
 
 MODELS = ("gan3d_clic25", "conv2d_g1", "conv2d_g2", "conv2d_g3")
-TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
+#: torch fp16 on this CPU ran 5x slower than fp32 (gan3d_clic25, batch 128: 24.5 vs 4.6 ms/shower):
+#: ``--torch-fp16`` adds it; the fp16 row is the ONNX file.
+TORCH_PRECISIONS = ("fp32", "bf16")
 
 
 def prepare(name: str, tmp: Path, args) -> tuple[dict[str, Generator], dict, str]:
@@ -54,7 +55,8 @@ def prepare(name: str, tmp: Path, args) -> tuple[dict[str, Generator], dict, str
         stem = save_generator(build_generator(name), tmp / name).with_suffix("")
     fp32_onnx = tmp / f"{name}.onnx"
     export_onnx(stem, fp32_onnx, check=True)
-    variants = {f"torch {p}": Generator.load(stem, precision=p) for p in TORCH_PRECISIONS}
+    variants = {f"torch {p}": Generator.load(stem, precision=p)
+                for p in TORCH_PRECISIONS + (("fp16",) if args.torch_fp16 else ())}
     variants["onnx fp32"] = Generator.load(fp32_onnx, threads=args.threads)
     reference = reference_showers(variants["torch fp32"], args.tune_n, seed=1) if trained else None
     common = dict(criterion="both" if trained else "shapes", n_eval=args.tune_n, reference=reference,
@@ -63,7 +65,8 @@ def prepare(name: str, tmp: Path, args) -> tuple[dict[str, Generator], dict, str
     if fp16.met:
         variants["onnx fp16"] = Generator.load(tmp / f"{name}.fp16.onnx", threads=args.threads)
     tuning = {}
-    runs = [("int8", False)] + ([("int8 conv3d", True)] if q.read_graph(fp32_onnx).conv3d_layers else [])
+    conv3d_run = q.read_graph(fp32_onnx).conv3d_layers and not args.no_conv3d_int8
+    runs = [("int8", False)] + ([("int8 conv3d", True)] if conv3d_run else [])
     for label, conv3d in runs:
         path = tmp / f"{name}.{label.replace(' ', '_')}.onnx"
         t0 = time.perf_counter()
@@ -127,16 +130,13 @@ def _conditions(variants: dict[str, Generator], n: int) -> tuple[np.ndarray, np.
 
 def timings(variants: dict[str, Generator], batch_sizes: tuple[int, ...], rounds: int) -> dict[str, dict]:
     """Per variant and batch size, ms/shower min and median over ``rounds`` timed calls (batch 1:
-    the mean of 8 calls each), after one warm-up call. Variants are timed one after the other, not
-    interleaved: ONNX Runtime's intra-op threads spin for a while after each run, and interleaved
-    they took the CPU from the next torch call (gan3d_clic25 batch-1 torch fp32: 145 instead of
-    2.4 ms/shower)."""
+    the mean of 3 calls each), after one warm-up call; one variant after the other."""
     g = variants["torch fp32"]
     inputs = {}
     for b in batch_sizes:
         e, a = _conditions(variants, b)
         inputs[b] = (e, a, torch.randn(b, g.noise_dim, generator=torch.Generator().manual_seed(b)))
-    calls = {b: 8 if b == 1 else 1 for b in batch_sizes}
+    calls = {b: 3 if b == 1 else 1 for b in batch_sizes}
     result: dict[str, dict] = {}
     for label, gen in variants.items():
         result[label] = {}
@@ -212,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timing-batch", type=int, default=32, help="batch of the timings inside the tuning")
     p.add_argument("--max-groups", type=int, default=8, help="layer groups of the tuning")
     p.add_argument("--accuracy-n", type=int, default=256, help="held-out showers for the accuracy columns")
+    p.add_argument("--no-conv3d-int8", action="store_true", help="skip the int8 tuning with 3-d convolutions")
+    p.add_argument("--torch-fp16", action="store_true", help="also time torch fp16 (slow on CPUs)")
     p.add_argument("--quick", action="store_true", help="batch 32 and 1, 2 rounds, 64 tuning / 128 accuracy showers")
     p.add_argument("--out", default=None, help="JSON output file")
     args = p.parse_args(argv)
