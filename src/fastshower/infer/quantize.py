@@ -87,12 +87,14 @@ class GraphInfo:
     conv3d_layers: tuple[str, ...]
 
 
-def read_graph(model_path: str | Path) -> GraphInfo:
-    """Load an exported generator's graph once and return its :class:`GraphInfo`."""
+def read_graph(model_path: str | Path, model: onnx.ModelProto | None = None) -> GraphInfo:
+    """The :class:`GraphInfo` of an exported generator, loading its graph once (not at all when
+    the loaded ``model`` is given)."""
     path = Path(model_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no ONNX file at {path}")
-    model = onnx.load(str(path), load_external_data=False)
+    if model is None:
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        model = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     inputs = {i.name: i for i in model.graph.input}
     if "noise" not in inputs:
@@ -289,8 +291,8 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
 
     from onnxconverter_common import float16
 
-    graph = read_graph(fp32_path)
     model = onnx.load(str(fp32_path))
+    graph = read_graph(fp32_path, model)
     nodes = list(model.graph.node)
     at = [i for i, node in enumerate(nodes) if node.name in set(graph.layers)]
     # the processing before the first and after the last layer stays fp32 (this also keeps the
@@ -499,12 +501,15 @@ def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
             return evaluation.measure(quantize(fp32_layers), fp32_layers, timed)
 
         # layers ORT would not run as integer kernels stay fp32 (they only add Q/DQ work)
-        unfused = unfused_layers(quantize([]), layers)
-        skipped.update({name: "not fused by onnxruntime" for name in unfused})
-        layers = result.eligible_layers = [name for name in layers if name not in unfused]
-        if not layers:
-            raise ValueError(f"onnxruntime runs none of the layers of {graph.path} as int8 kernels")
-        result.steps.append(measure([]))
+        all_int8 = quantize([])
+        unfused = unfused_layers(all_int8, layers)
+        if unfused:
+            skipped.update({name: "not fused by onnxruntime" for name in unfused})
+            layers = result.eligible_layers = [name for name in layers if name not in unfused]
+            if not layers:
+                raise ValueError(f"onnxruntime runs none of the layers of {graph.path} as int8 kernels")
+            all_int8 = quantize([])
+        result.steps.append(evaluation.measure(all_int8, [], timed=True))
         if not (select == "first" and result.steps[0].meets_target):
             groups = _layer_groups(layers, max_groups)
             for group in tqdm(groups, desc="layer sensitivity", disable=not progress):
