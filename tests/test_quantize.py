@@ -165,3 +165,20 @@ def test_cli_quantize_errors(cli, tmp_path, args, message):
     code, out, err = cli("quantize", *args, "-o", tmp_path / "q.onnx")
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_physics_criterion_against_reference(fp32_files, tmp_path):
+    from fastshower.simulate.gflash import simulate
+
+    reference = simulate("clic25", energy="10:200", angle_deg="90", n=48, seed=3)
+    out = tmp_path / "phys.onnx"
+    result = q.tune(fp32_files["gan3d_clic25"], out, target=0.05, criterion="physics", reference=reference,
+                    select="first", **SMALL)
+    assert result.settings["n_eval"] == 48 and result.fp32_profile_mse > 0
+    step = result.steps[0]
+    assert step.profile_mse > 0 and 0 <= step.sampling_fraction_error
+    # the score is the physics one: profile MSE excess and sampling-fraction shift over the target
+    expected = max(max(step.profile_mse / result.fp32_profile_mse - 1, 0),
+                   abs(step.sampling_fraction_error - result.fp32_sampling_fraction_error)) / 0.05
+    assert step.score == pytest.approx(expected)
+    assert step.meets_target == (expected <= 1)
