@@ -529,6 +529,30 @@ def demo(
 
 # ---------------------------------------------------------------- hpo (issue 9)
 
+@app.command()
+def hpo(
+    config: Path = typer.Argument(..., help="HPO config (YAML): base training config, search space, objective; "
+                                  "see docs/hpo.md."),
+    trials: int = typer.Option(10, "--trials", help="Trials this worker runs (each worker started with the same "
+                               "command adds its own)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database "
+                                          "(default: SQLite file study.db in the report folder)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (overrides the config's)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report folder (overrides report_dir)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting new trials after this many "
+                                            "seconds."),
+) -> None:
+    """Hyper-parameter search with Optuna; many workers may share one study (SQLite or PostgreSQL)."""
+    from fastshower.hpo import run_study
+
+    summary = run_study(config, trials, storage=storage, study=study, report_dir=report, timeout_s=timeout)
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items() if n)
+    typer.echo(f"study {summary['study']}: {counts}")
+    if "best_value" in summary:
+        typer.echo(f"best trial {summary['best_trial']}: {summary['metric']} {summary['best_value']:.4g} "
+                   f"with {summary['best_params']}")
+    typer.echo(f"report: {summary['report_dir']} (study in {summary['storage']})")
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; user errors become ``error: <one line>`` and exit code 2."""

@@ -409,13 +409,21 @@ class Trainer:
                 "sampling_fraction_error": sampling_fraction_error(self.validation_set, cand)}
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> list[dict[str, Any]]:
-        """Train up to ``cfg.total_epochs``; returns the per-epoch records (also in metrics.jsonl/csv)."""
+    def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+        """Train up to ``cfg.total_epochs``; returns the per-epoch records (also in metrics.jsonl/csv).
+
+        ``on_epoch_end(record)`` is called on the main rank after each epoch's record (validation
+        included) is written; an exception it raises ends training (e.g. a pruned HPO trial).
+        ``should_stop()`` is asked after every step: when true, the epoch ends there (validated and
+        checkpointed as usual) and training stops (e.g. a time budget).
+        """
         from tqdm import tqdm
 
         total = self.cfg.total_epochs
         first = self.steps_in_epoch(0) if total > 0 else 0
         self._warmup_steps = self.recipe.warmup_steps + round(self.recipe.warmup_epochs * first)
+        stopped = False
         try:
             while self.epoch < total:
                 n_steps = self.steps_in_epoch(self.epoch)
@@ -438,10 +446,18 @@ class Trainer:
                     bar.set_postfix(d=f"{terms['d_real_loss'] + terms['d_fake_loss']:.3g}", g=f"{terms['g_loss']:.3g}")
                     if self.step % self.cfg.run.checkpoint_every == 0:
                         self.save_checkpoint()
+                    if should_stop is not None and should_stop():
+                        stopped = True
+                        break
                 bar.close()
                 elapsed = time.perf_counter() - t0
-                self._end_epoch(n_steps, lrs, elapsed, (self.epoch_step - steps_before) * self.global_batch)
+                done = self.epoch_step - steps_before
+                self._end_epoch(done if stopped else n_steps, lrs, elapsed, done * self.global_batch)
                 self.save_checkpoint()
+                if on_epoch_end is not None and self.info.is_main:
+                    on_epoch_end(self.records[-1])
+                if stopped:
+                    break
         finally:
             if self.tb is not None:
                 self.tb.flush()
