@@ -86,13 +86,15 @@ class PrunerSection(_Strict):
 
 class HpoConfig(_Strict):
     """A study: ``base`` training config (a path, relative to the HPO file, or a mapping);
-    ``search_space`` dotted key -> :class:`ParamSpec`; ``epochs`` / ``steps_per_epoch`` of each
+    ``overrides`` dotted key -> fixed value applied to the base (e.g. ``data.train``; relative data
+    paths resolve against the base config's folder); ``search_space`` dotted key -> :class:`ParamSpec`; ``epochs`` / ``steps_per_epoch`` of each
     trial (default: the base config's); ``trial_time_budget_s``; ``study``; ``storage`` (SQLAlchemy
     URL, default ``sqlite:///<report_dir>/study.db``); ``report_dir``; ``seed`` of the TPE sampler
     (each worker adds its process id so that workers do not propose the same points);
     ``heartbeat_s`` / ``grace_period_s`` for detecting killed workers; ``retries`` of such trials."""
 
     base: str | dict[str, Any]
+    overrides: dict[str, Any] = Field(default_factory=dict)
     search_space: dict[str, ParamSpec]
     objective: ObjectiveSection = ObjectiveSection()
     pruner: PrunerSection = PrunerSection()
@@ -111,9 +113,9 @@ class HpoConfig(_Strict):
     def _check(self) -> "HpoConfig":
         if not self.search_space:
             raise ValueError("search_space is empty")
-        for key in self.search_space:
+        for key in [*self.search_space, *self.overrides]:
             if key.split(".")[0] not in ("model", "recipe", "data", "run") or "." not in key:
-                raise ValueError(f"search_space key {key!r} must be a dotted training-config key "
+                raise ValueError(f"key {key!r} must be a dotted training-config key "
                                  "under model, recipe, data or run (e.g. recipe.optimizer.lr_generator)")
         return self
 
@@ -272,6 +274,7 @@ def make_objective(cfg: HpoConfig, base_dir: Path, report_dir: Path, worker: str
     from fastshower.train.trainer import Trainer
 
     base, base_cfg_dir = base_training_raw(cfg, base_dir)
+    base = trial_training_raw(base, cfg.overrides, {})
     run: dict[str, Any] = {"progress": False, "best_metric": cfg.objective.metric}
     if cfg.epochs is not None:
         run["epochs"] = cfg.epochs
