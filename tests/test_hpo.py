@@ -221,3 +221,17 @@ def test_two_workers_share_one_postgresql_study(tmp_path, base_config):
     finally:
         subprocess.run(_as_postgres("pg_ctl", "-D", str(pg / "data"), "-m", "immediate", "stop"), capture_output=True)
         shutil.rmtree(pg, ignore_errors=True)
+
+
+def test_example_study_config_builds_valid_trial_configs():
+    from fastshower.hpo import base_training_raw, trial_training_raw
+    from fastshower.train.config import build_config
+
+    path = Path(__file__).resolve().parents[1] / "configs/hpo_conv2d_g1.yaml"
+    cfg, folder = load_hpo_config(path)
+    base, base_dir = base_training_raw(cfg, folder)
+    params = {k: (s.choices[-1] if s.type == "categorical" else s.high) for k, s in cfg.search_space.items()}
+    train = build_config(trial_training_raw(trial_training_raw(base, cfg.overrides, {}), params, {}), base_dir=base_dir)
+    assert train.model.name == "conv2d_g1" and train.model.config == {"width": 0.5}
+    assert train.recipe.optimizer.lr_generator == 3e-3 and train.recipe.lr_scaling == "none"
+    assert Path(train.data.train).resolve() == path.parents[1] / "data/hpo_clic25_train.h5"
