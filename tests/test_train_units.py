@@ -89,9 +89,12 @@ def test_config_errors_are_one_line(raw, message):
 
 
 def test_load_config_resolves_paths_and_overrides(tmp_path):
-    (tmp_path / "c.yaml").write_text("model: {name: gan3d_clic25}\ndata: {train: d/train.h5}\nrun: {epochs: 4}\n")
+    (tmp_path / "c.yaml").write_text("model: {name: gan3d_clic25}\ndata: {train: d/train.h5}\n"
+                                     "run: {epochs: 4, output_dir: ../runs/x}\n")
     cfg = load_config(tmp_path / "c.yaml", {"run": {"epochs": 7}})
     assert cfg.data.train == str(tmp_path / "d/train.h5") and cfg.run.epochs == 7
+    assert cfg.run.output_dir == str(tmp_path / "../runs/x")  # relative to the config file, not the cwd
+    assert load_config(tmp_path / "c.yaml", {"run": {"output_dir": "/abs/out"}}).run.output_dir == "/abs/out"
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 

@@ -208,7 +208,7 @@ def train(
     if epochs is not None:
         overrides["run"] = {"epochs": epochs}
     if out is not None:
-        overrides.setdefault("run", {})["output_dir"] = str(out)
+        overrides.setdefault("run", {})["output_dir"] = str(out.resolve())  # --out is relative to the cwd
     cfg = load_config(config, overrides)
     if epochs is not None and cfg.stages:
         raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")

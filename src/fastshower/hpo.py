@@ -332,7 +332,7 @@ def run_study(config_path: str | Path, trials: int, storage: str | None = None, 
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
     # --report is relative to the working directory, report_dir in the YAML to the YAML's folder
-    report = Path(report_dir) if report_dir is not None else base_dir / Path(cfg.report_dir).expanduser()
+    report = (Path(report_dir) if report_dir is not None else base_dir / Path(cfg.report_dir).expanduser()).resolve()
     report.mkdir(parents=True, exist_ok=True)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)

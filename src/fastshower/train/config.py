@@ -143,7 +143,7 @@ class RunSection(_Strict):
     ``epochs``; ``steps_per_epoch`` caps the steps of an epoch; ``seed``; ``precision`` fp32, bf16
     (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA only); ``device`` auto/cpu/cuda;
     ``checkpoint_every`` steps (and at every epoch end and the end of the run); ``keep_checkpoints``
-    most recent kept; ``output_dir``; ``best_metric`` picks the best epoch on validation;
+    most recent kept; ``output_dir`` (relative to the config file's folder when loaded from a file); ``best_metric`` picks the best epoch on validation;
     ``tensorboard`` writes event files when the ``tensorboard`` package is installed (auto) or
     demands it (true); ``find_unused_parameters`` and ``sync_batchnorm`` are passed to DDP.
     """
@@ -212,7 +212,7 @@ def _first_error(exc: ValidationError, source: str) -> str:
 
 def build_config(raw: dict, source: str = "config", base_dir: Path | None = None) -> TrainConfig:
     """Validate a config mapping; the ``recipe`` preset is expanded and overridden; relative data
-    paths are resolved against ``base_dir``. Errors are one-line ValueErrors naming the key."""
+    paths and ``run.output_dir`` are resolved against ``base_dir``. Errors are one-line ValueErrors naming the key."""
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: the config must be a mapping")
     raw = dict(raw)
@@ -240,6 +240,9 @@ def build_config(raw: dict, source: str = "config", base_dir: Path | None = None
     if preset not in RECIPES:
         raise ValueError(f"{source}: recipe.preset: unknown recipe {preset!r}; known: {', '.join(RECIPES)}")
     raw["recipe"] = _merge(RECIPES[preset], {**recipe, "preset": preset})
+    run = raw.get("run")
+    if base_dir is not None and isinstance(run, dict) and isinstance(run.get("output_dir"), str):
+        raw["run"] = {**run, "output_dir": _resolve(run["output_dir"], base_dir)}
     data = raw.get("data")
     if base_dir is not None and isinstance(data, dict):
         data = dict(data)
