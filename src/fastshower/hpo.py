@@ -123,23 +123,15 @@ class HpoConfig(_Strict):
 def load_hpo_config(path: str | Path, **overrides: Any) -> tuple[HpoConfig, Path]:
     """Read an HPO YAML (``yaml.safe_load``); ``overrides`` (None values ignored) replace top-level
     keys. Returns the config and the folder relative paths are resolved against."""
+    from fastshower.train.config import first_error, read_yaml_mapping
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"HPO config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the HPO config must be a mapping")
+    raw = read_yaml_mapping(path, "HPO config")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return HpoConfig.model_validate(raw), path.parent
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ValueError(f"{path}: {loc}: {msg}") from None
+        raise ValueError(first_error(exc, str(path))) from None
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -176,14 +168,10 @@ def base_training_raw(cfg: HpoConfig, base_dir: Path) -> tuple[dict[str, Any], P
     """The base training config mapping and the folder its relative paths are resolved against."""
     if isinstance(cfg.base, dict):
         return copy.deepcopy(cfg.base), base_dir
-    path = Path(cfg.base).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        raise FileNotFoundError(f"base training config not found: {path}")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the config must be a mapping")
-    return raw, path.parent
+    from fastshower.train.config import read_yaml_mapping
+
+    path = base_dir / Path(cfg.base).expanduser()
+    return read_yaml_mapping(path, "base training config"), path.parent
 
 
 def trial_training_raw(base: dict[str, Any], params: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:

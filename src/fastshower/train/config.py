@@ -202,7 +202,8 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _first_error(exc: ValidationError, source: str) -> str:
+def first_error(exc: ValidationError, source: str) -> str:
+    """One line for a pydantic error: ``source: key.path: message (and N more)``."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
@@ -256,7 +257,7 @@ def build_config(raw: dict, source: str = "config", base_dir: Path | None = None
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(_first_error(exc, source)) from None
+        raise ValueError(first_error(exc, source)) from None
     if cfg.recipe.loss_weights.real == 0 and cfg.recipe.loss_weights.energy == 0 \
             and cfg.recipe.loss_weights.ecal_sum == 0 and cfg.recipe.loss_weights.angle == 0:
         raise ValueError(f"{source}: recipe.loss_weights: all weights are zero")
@@ -270,18 +271,24 @@ def _resolve(path: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else base_dir / p)
 
 
-def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
-    """Read a YAML config (``yaml.safe_load``); ``overrides`` maps block -> {key: value} (e.g. the
-    command line's ``--epochs`` and ``--out``) and is merged before validation."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, what: str = "config") -> dict[str, Any]:
+    """A YAML file (``yaml.safe_load``) that must hold a mapping; one-line errors otherwise."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: the config must be a mapping")
+        raise ValueError(f"{path}: the {what} must be a mapping")
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
+    """Read a YAML config (``yaml.safe_load``); ``overrides`` maps block -> {key: value} (e.g. the
+    command line's ``--epochs`` and ``--out``) and is merged before validation."""
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     if overrides:
         raw = _merge(raw, overrides)
     return build_config(raw, source=str(path), base_dir=path.parent)
