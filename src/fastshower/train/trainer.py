@@ -265,6 +265,14 @@ class Trainer:
         return as_t(energy), as_t(angle), as_t(ecal)
 
     # ------------------------------------------------------------------ one iteration
+    def _fake_conditions(self, real: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """(energy GeV, angle rad, ECAL-sum target, angle target) of a fake batch: the real batch's
+        (``fake_conditions: real``) or freshly sampled ones with the fitted ECAL sum."""
+        if self.recipe.fake_conditions == "real":
+            return real
+        e, a, ecal = self._sampled_conditions()
+        return e, a, ecal, a
+
     def _update(self, module: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 loss_fn: Callable[[slice], tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]],
                 prefix: str) -> tuple[dict[str, float], list[dict[str, torch.Tensor]]]:
@@ -332,11 +340,8 @@ class Trainer:
         angle_real = torch.cat([o["angle"] for o in outs])
 
         # D on a fake batch (generated part by part: the generator's BN sees the same groups)
-        if rc.fake_conditions == "real":
-            e_fake, a_fake, ecal_fake, ang_fake = energy, angle, ecal_real, angle_real
-        else:
-            e_fake, a_fake, ecal_fake = self._sampled_conditions()
-            ang_fake = a_fake
+        real_conditions = (energy, angle, ecal_real, angle_real)
+        e_fake, a_fake, ecal_fake, ang_fake = self._fake_conditions(real_conditions)
         noise = self._noise()
         labels = self._labels(rc.fake_label, rc.real_label)
 
@@ -356,11 +361,7 @@ class Trainer:
         target = torch.full((self.batch,), rc.generator_label, device=dev)
         collapsed = True
         for _ in range(rc.generator_steps):
-            if rc.fake_conditions == "real":
-                e_g, a_g, ecal_g, ang_g = energy, angle, ecal_real, angle_real
-            else:
-                e_g, a_g, ecal_g = self._sampled_conditions()
-                ang_g = a_g
+            e_g, a_g, ecal_g, ang_g = self._fake_conditions(real_conditions)
             noise = self._noise()
 
             def g_step(part: slice):
