@@ -54,6 +54,38 @@ def _flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1).flatten(1)
 
 
+class _Gan3dDiscriminator(ShowerDiscriminator):
+    """Common part of the 3DGAN discriminators: Conv3D ``features`` of the (B, 1, x, y, z) image,
+    flattened channels-last, and the heads Dense(1, sigmoid) ``real`` and Dense(1, linear)
+    ``energy`` on them. A model names its ``generator_class`` (whose ``name``, ``geometry`` and
+    ``transform`` it takes) and ``config_class``, and supplies :meth:`build_features`."""
+
+    generator_class: ClassVar[type[ShowerGenerator]]
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.geometry = cls.generator_class.name, cls.generator_class.geometry
+        cls.transform = cls.generator_class.transform
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        config = config or self.config_class()
+        super().__init__(config)
+        self.features, n_features = self.build_features(
+            config.width, config.discriminator_bn_eps, config.dropout)  # type: ignore[attr-defined]
+        self.real_head = dense(n_features, 1)
+        self.energy_head = dense(n_features, 1)
+
+    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+        """The convolutional part and its number of output features."""
+        raise NotImplementedError
+
+    def learned_heads(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``real`` (probability) and ``energy`` (E / 100 GeV), (B,) each, of ``image`` (B, nx, ny, nz)."""
+        h = _flatten_channels_last(self.features(image.unsqueeze(1)))
+        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1), "energy": self.energy_head(h).squeeze(1)}
+
+
 # ============================================================================ fixed angle, 25^3
 
 class Gan3dClic25Config(ModelConfig):
@@ -112,7 +144,7 @@ class Gan3dClic25Generator(ShowerGenerator):
         return self.net(latent).squeeze(1)
 
 
-class Gan3dClic25Discriminator(ShowerDiscriminator):
+class Gan3dClic25Discriminator(_Gan3dDiscriminator):
     """Fixed-angle 25^3 3DGAN discriminator.
 
     Conv3D(32,5^3,same), LeakyReLU, Dropout; three blocks [ZeroPad(2|2|1), Conv3D(8,5^3),
@@ -121,30 +153,20 @@ class Gan3dClic25Discriminator(ShowerDiscriminator):
     ``energy`` (E / 100 GeV), and the image sum ``ecal_sum`` (100 x GeV).
     """
 
-    name: ClassVar[str] = "gan3d_clic25"
-    geometry: ClassVar[str] = "clic25"
-    transform: ClassVar[CellTransform] = Gan3dClic25Generator.transform
+    generator_class: ClassVar[type[ShowerGenerator]] = Gan3dClic25Generator
+    config_class: ClassVar[type[ModelConfig]] = Gan3dClic25Config
 
-    def __init__(self, config: Gan3dClic25Config | None = None) -> None:
-        config = config or Gan3dClic25Config()
-        super().__init__(config)
-        w, eps, p = config.width, config.discriminator_bn_eps, config.dropout
-        c0, c1 = scaled_channels(32, w), scaled_channels(8, w)
-        blocks: list[nn.Module] = [Conv3d(1, c0, 5, padding="same"), leaky_relu(), nn.Dropout(p)]
+    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+        c0, c1 = scaled_channels(32, width), scaled_channels(8, width)
+        blocks: list[nn.Module] = [Conv3d(1, c0, 5, padding="same"), leaky_relu(), nn.Dropout(dropout)]
         for pad, c_in in ((2, c0), (2, c1), (1, c1)):
             blocks += [_zero_pad(pad, pad, pad), Conv3d(c_in, c1, 5), leaky_relu(),
-                       BatchNorm3dAlwaysTraining(c1, eps), nn.Dropout(p)]
+                       BatchNorm3dAlwaysTraining(c1, bn_eps), nn.Dropout(dropout)]
         blocks.append(nn.AvgPool3d(2))
-        self.features = nn.Sequential(*blocks)
-        n_features = c1 * 11 ** 3
-        self.real_head = dense(n_features, 1)
-        self.energy_head = dense(n_features, 1)
+        return nn.Sequential(*blocks), c1 * 11 ** 3
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = _flatten_channels_last(self.features(image.unsqueeze(1)))
-        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
-                "energy": self.energy_head(h).squeeze(1),
-                "ecal_sum": self.ecal_sum_of(image)}
+        return {**self.learned_heads(image), "ecal_sum": self.ecal_sum_of(image)}
 
 
 # ============================================================================ variable angle, 51x51x25
@@ -249,7 +271,7 @@ def measured_angle(energy: torch.Tensor) -> torch.Tensor:
     return torch.where(empty, torch.full_like(angle, 100.0), angle)
 
 
-class Gan3dClic51Discriminator(ShowerDiscriminator):
+class Gan3dClic51Discriminator(_Gan3dDiscriminator):
     """Variable-angle 51x51x25 3DGAN discriminator (input in (50 x GeV) ** 0.85).
 
     Conv3D(16,(5,6,6),same), LeakyReLU, Dropout; [ZeroPad(0,0,1), Conv3D(8,(5,6,6)), LeakyReLU, BN,
@@ -259,30 +281,20 @@ class Gan3dClic51Discriminator(ShowerDiscriminator):
     ``ecal_sum`` (50 x GeV).
     """
 
-    name: ClassVar[str] = "gan3d_clic51"
-    geometry: ClassVar[str] = "clic51"
-    transform: ClassVar[CellTransform] = Gan3dClic51Generator.transform
+    generator_class: ClassVar[type[ShowerGenerator]] = Gan3dClic51Generator
+    config_class: ClassVar[type[ModelConfig]] = Gan3dClic51Config
 
-    def __init__(self, config: Gan3dClic51Config | None = None) -> None:
-        config = config or Gan3dClic51Config()
-        super().__init__(config)
-        w, eps, p = config.width, config.discriminator_bn_eps, config.dropout
-        c0, c1 = scaled_channels(16, w), scaled_channels(8, w)
-        self.features = nn.Sequential(
-            Conv3d(1, c0, (5, 6, 6), padding="same"), leaky_relu(), nn.Dropout(p),
-            _zero_pad(0, 0, 1), Conv3d(c0, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
-            _zero_pad(0, 0, 1), Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
-            Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, eps), nn.Dropout(p),
+    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+        c0, c1 = scaled_channels(16, width), scaled_channels(8, width)
+        features = nn.Sequential(
+            Conv3d(1, c0, (5, 6, 6), padding="same"), leaky_relu(), nn.Dropout(dropout),
+            _zero_pad(0, 0, 1), Conv3d(c0, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
+            _zero_pad(0, 0, 1), Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
+            Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
             nn.AvgPool3d(2),
         )
-        n_features = c1 * 19 * 18 * 7
-        self.real_head = dense(n_features, 1)
-        self.energy_head = dense(n_features, 1)
+        return features, c1 * 19 * 18 * 7
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        h = _flatten_channels_last(self.features(image.unsqueeze(1)))
         energy = self.transform.unpowered(image)
-        return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
-                "energy": self.energy_head(h).squeeze(1),
-                "ecal_sum": energy.sum(dim=(1, 2, 3)),
-                "angle": measured_angle(energy)}
+        return {**self.learned_heads(image), "ecal_sum": energy.sum(dim=(1, 2, 3)), "angle": measured_angle(energy)}

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -89,47 +89,47 @@ def same_padding(kernel: Sequence[int]) -> tuple[int, ...]:
     return tuple(pads)
 
 
+def _keras_init_layer_(layer: nn.Module, init: Init) -> None:
+    """Keras initialisation of a layer: ``init`` for the kernel, zeros for the bias (if any)."""
+    keras_init_(layer.weight, init)  # type: ignore[arg-type]
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
+
+
+def _check_padding(padding: str) -> None:
+    if padding not in ("same", "valid"):
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+
+
 class _KerasConv:
-    """Mixin: Keras padding and initialisation for a stride-1 convolution."""
+    """Mixin before ``nn.ConvNd``: Keras padding and initialisation for a stride-1 convolution of
+    ``dims`` spatial dimensions."""
 
-    def _keras_setup(self, kernel: tuple[int, ...], padding: str, init: Init) -> None:
-        if padding not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+    dims: ClassVar[int]
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
+                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
+                 init: Init = "glorot_uniform") -> None:
+        kernel = _tuple(kernel_size, self.dims)
+        super().__init__(in_channels, out_channels, kernel, bias=bias)  # type: ignore[call-arg]
+        _check_padding(padding)
         self.keras_padding = same_padding(kernel) if padding == "same" else None
-        keras_init_(self.weight, init)  # type: ignore[attr-defined]
-        if self.bias is not None:  # type: ignore[attr-defined]
-            nn.init.zeros_(self.bias)  # type: ignore[attr-defined]
+        _keras_init_layer_(self, init)  # type: ignore[arg-type]
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, self.keras_padding) if self.keras_padding else x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.keras_padding) if self.keras_padding else x)  # type: ignore[misc]
 
 
 class Conv3d(_KerasConv, nn.Conv3d):
     """Keras ``Conv3D(filters, kernel, padding)``, stride 1, channels-first input (B, C, x, y, z)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
-                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
-                 init: Init = "glorot_uniform") -> None:
-        kernel = _tuple(kernel_size, 3)
-        nn.Conv3d.__init__(self, in_channels, out_channels, kernel, bias=bias)
-        self._keras_setup(kernel, padding, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.Conv3d.forward(self, self._pad(x))
+    dims: ClassVar[int] = 3
 
 
 class Conv2d(_KerasConv, nn.Conv2d):
     """Keras ``Conv2D(filters, kernel, padding)``, stride 1, channels-first input (B, C, h, w)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Sequence[int],
-                 padding: Literal["same", "valid"] = "valid", bias: bool = True,
-                 init: Init = "glorot_uniform") -> None:
-        kernel = _tuple(kernel_size, 2)
-        nn.Conv2d.__init__(self, in_channels, out_channels, kernel, bias=bias)
-        self._keras_setup(kernel, padding, init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.Conv2d.forward(self, self._pad(x))
+    dims: ClassVar[int] = 2
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -142,16 +142,13 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
                  padding: Literal["same", "valid"] = "valid", bias: bool = True,
                  init: Init = "glorot_uniform") -> None:
-        if padding not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        _check_padding(padding)
         if padding == "same" and kernel_size < stride:
             raise ValueError("'same' transposed convolution needs kernel_size >= stride")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, bias=bias)
         crop = kernel_size - stride if padding == "same" else 0
         self.crop_before, self.crop_after = crop // 2, crop - crop // 2
-        keras_init_(self.weight, init)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        _keras_init_layer_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         y = super().forward(x)
@@ -164,8 +161,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 def dense(in_features: int, out_features: int, init: Init = "glorot_uniform") -> nn.Linear:
     """Keras ``Dense``: glorot-uniform kernel, zero bias."""
     layer = nn.Linear(in_features, out_features)
-    keras_init_(layer.weight, init)
-    nn.init.zeros_(layer.bias)
+    _keras_init_layer_(layer, init)
     return layer
 
 

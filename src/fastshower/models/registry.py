@@ -64,49 +64,35 @@ class ModelSpec:
         return self.config_class()
 
 
-MODELS: dict[str, ModelSpec] = {
-    spec.name: spec
-    for spec in [
-        ModelSpec(
-            name="gan3d_clic25",
-            description="3DGAN, fixed angle, 25x25x25 (Keras EcalEnergyGan): latent 200, (E/100)*noise, cells x100",
-            geometry="clic25", config_class=Gan3dClic25Config,
-            generator=Gan3dClic25Generator, discriminator=Gan3dClic25Discriminator,
-            published_parameters={"generator": 872_948, "discriminator": 73_450},
-            source="computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/EcalEnergyGan.py)"),
-        ModelSpec(
-            name="gan3d_clic51",
-            description="3DGAN, variable angle 60-120 deg, 51x51x25 (Keras AngleArch3dGAN): latent [E/100, theta, "
-                        "254 noise], cells (50 x GeV)^0.85",
-            geometry="clic51", config_class=Gan3dClic51Config,
-            generator=Gan3dClic51Generator, discriminator=Gan3dClic51Discriminator,
-            published_parameters={"generator": 1_365_047, "discriminator": 87_402},
-            source="computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/AngleArch3dGAN.py)"),
-        ModelSpec(
-            name="conv2d_g1",
-            description="Conv2D GAN G1, three branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
-            geometry="clic25", config_class=Conv2dConfig,
-            generator=Conv2dG1Generator, discriminator=Conv2dG1Discriminator,
-            published_parameters={"generator": 2_055_324, "discriminator": 714_114},
-            source="computed from the TF2/Keras code (svalleco/3Dgan@frehm/Conv2D Conv2D/Models_m4_1_ReLU.py)"),
-        ModelSpec(
-            name="conv2d_g2",
-            description="Conv2D GAN G2, 25 branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
-            geometry="clic25", config_class=Conv2dConfig,
-            generator=Conv2dG2Generator, discriminator=Conv2dG2Discriminator,
-            published_parameters={"generator": 2_131_000, "discriminator": 714_114},
-            source="computed from the TF2/Keras code (Conv2D_25_branches/PTF_m1_25path.py); reference note: ~2.13 M"),
-        ModelSpec(
-            name="conv2d_g3",
-            description="Conv2D GAN G3, single branch with residual sums (Rehm), 25x25x25: latent 200, "
-                        "(E/100)*noise, cells in GeV",
-            geometry="clic25", config_class=Conv2dConfig,
-            generator=Conv2dG3Generator, discriminator=Conv2dG3Discriminator,
-            published_parameters={"generator": 2_397_022, "discriminator": 902_658},
-            source="computed from the TF2/Keras code (Conv2D_1_branch_residual/PTF_m1_2_fullK_1path_residual.py); "
-                   "reference note: G ~2.40 M; its '~714 k' D figure is the shared design without the G3 extra blocks"),
-    ]
-}
+def _spec(generator: type[ShowerGenerator], discriminator: type[ShowerDiscriminator],
+          config_class: type[ModelConfig], published: tuple[int, int], description: str, source: str) -> ModelSpec:
+    """A spec named after, and on the geometry of, its generator class; ``published`` = (G, D) sizes."""
+    return ModelSpec(name=generator.name, description=description, geometry=generator.geometry,
+                     config_class=config_class, generator=generator, discriminator=discriminator,
+                     published_parameters={"generator": published[0], "discriminator": published[1]},
+                     source=source)
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    _spec(Gan3dClic25Generator, Gan3dClic25Discriminator, Gan3dClic25Config, (872_948, 73_450),
+          "3DGAN, fixed angle, 25x25x25 (Keras EcalEnergyGan): latent 200, (E/100)*noise, cells x100",
+          "computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/EcalEnergyGan.py)"),
+    _spec(Gan3dClic51Generator, Gan3dClic51Discriminator, Gan3dClic51Config, (1_365_047, 87_402),
+          "3DGAN, variable angle 60-120 deg, 51x51x25 (Keras AngleArch3dGAN): latent [E/100, theta, "
+          "254 noise], cells (50 x GeV)^0.85",
+          "computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/AngleArch3dGAN.py)"),
+    _spec(Conv2dG1Generator, Conv2dG1Discriminator, Conv2dConfig, (2_055_324, 714_114),
+          "Conv2D GAN G1, three branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
+          "computed from the TF2/Keras code (svalleco/3Dgan@frehm/Conv2D Conv2D/Models_m4_1_ReLU.py)"),
+    _spec(Conv2dG2Generator, Conv2dG2Discriminator, Conv2dConfig, (2_131_000, 714_114),
+          "Conv2D GAN G2, 25 branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
+          "computed from the TF2/Keras code (Conv2D_25_branches/PTF_m1_25path.py); reference note: ~2.13 M"),
+    _spec(Conv2dG3Generator, Conv2dG3Discriminator, Conv2dConfig, (2_397_022, 902_658),
+          "Conv2D GAN G3, single branch with residual sums (Rehm), 25x25x25: latent 200, "
+          "(E/100)*noise, cells in GeV",
+          "computed from the TF2/Keras code (Conv2D_1_branch_residual/PTF_m1_2_fullK_1path_residual.py); "
+          "reference note: G ~2.40 M; its '~714 k' D figure is the shared design without the G3 extra blocks"),
+]}
 
 
 def get_spec(name: str) -> ModelSpec:

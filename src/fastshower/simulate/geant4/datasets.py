@@ -26,6 +26,7 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,21 +47,23 @@ class Dataset:
         return f"{self.name}{self.version}"
 
 
-#: The data sets of Geant4 11.4 (versions as geant4_pybind 0.1.3 expects them).
-DATASETS: dict[str, Dataset] = {d.name: d for d in [
-    Dataset("G4EMLOW", "8.8", "G4LEDATA"),
-    Dataset("G4ENSDFSTATE", "3.0", "G4ENSDFSTATEDATA"),
-    Dataset("G4PARTICLEXS", "4.2", "G4PARTICLEXSDATA"),
-    Dataset("PhotonEvaporation", "6.1.2", "G4LEVELGAMMADATA"),
-    Dataset("RadioactiveDecay", "6.1.2", "G4RADIOACTIVEDATA"),
-    Dataset("G4SAIDDATA", "2.0", "G4SAIDXSDATA"),
-    Dataset("G4NDL", "4.7.1", "G4NEUTRONHPDATA"),
-    Dataset("G4PII", "1.3", "G4PIIDATA"),
-    Dataset("RealSurface", "2.2", "G4REALSURFACEDATA"),
-    Dataset("G4ABLA", "3.3", "G4ABLADATA"),
-    Dataset("G4INCL", "1.3", "G4INCLDATA"),
-    Dataset("G4CHANNELING", "2.0", "G4CHANNELINGDATA"),
-]}
+#: The data sets of Geant4 11.4 (versions as geant4_pybind 0.1.3 expects them): name, version,
+#: environment variable.
+_DATASET_TABLE = """
+G4EMLOW            8.8     G4LEDATA
+G4ENSDFSTATE       3.0     G4ENSDFSTATEDATA
+G4PARTICLEXS       4.2     G4PARTICLEXSDATA
+PhotonEvaporation  6.1.2   G4LEVELGAMMADATA
+RadioactiveDecay   6.1.2   G4RADIOACTIVEDATA
+G4SAIDDATA         2.0     G4SAIDXSDATA
+G4NDL              4.7.1   G4NEUTRONHPDATA
+G4PII              1.3     G4PIIDATA
+RealSurface        2.2     G4REALSURFACEDATA
+G4ABLA             3.3     G4ABLADATA
+G4INCL             1.3     G4INCLDATA
+G4CHANNELING       2.0     G4CHANNELINGDATA
+"""
+DATASETS: dict[str, Dataset] = {d.name: d for d in (Dataset(*row.split()) for row in _DATASET_TABLE.split("\n") if row)}
 
 #: Data sets each physics choice needs. "transport" (fast mode: transportation only) needs none;
 #: "em" is G4EmStandardPhysics + G4DecayPhysics; FTFP_BERT adds hadronic physics.
@@ -135,12 +138,12 @@ def ensure_nuclide_table_for_fast_mode() -> str:
     """
     if os.environ.get("G4ENSDFSTATEDATA"):
         return "user"
-    if find_dataset("G4ENSDFSTATE") is not None:
-        if os.environ.get("GEANT4_DATA_DIR"):
-            return "dataset"
-        # found in ~/.geant4_pybind: geant4_pybind sets the variable at import only if *all* data
-        # sets are there; point at the real one rather than at a stub
-        os.environ["G4ENSDFSTATEDATA"] = str(find_dataset("G4ENSDFSTATE"))
+    found = find_dataset("G4ENSDFSTATE")
+    if found is not None:
+        if not os.environ.get("GEANT4_DATA_DIR"):
+            # found in ~/.geant4_pybind: geant4_pybind sets the variable at import only if *all*
+            # data sets are there; point at the real one rather than at a stub
+            os.environ["G4ENSDFSTATEDATA"] = str(found)
         return "dataset"
     stub = _stub_dir()
     stub.mkdir(parents=True, exist_ok=True)
@@ -154,33 +157,36 @@ def ensure_nuclide_table_for_fast_mode() -> str:
     return "empty"
 
 
-def import_geant4():
-    """Import geant4_pybind without its interactive data set download; RuntimeError if impossible."""
-    if "geant4_pybind" in sys.modules:
-        return sys.modules["geant4_pybind"]
-    if os.environ.get(ALLOW_DOWNLOAD_ENV) == "1":
-        try:
-            import geant4_pybind
-        except ImportError as exc:
-            raise RuntimeError(f"cannot import geant4_pybind: {exc}") from exc
-        return geant4_pybind
-    saved_stdin, saved_ci = sys.stdin, os.environ.get("CI")
-    if saved_ci is not None:
-        del os.environ["CI"]  # CI=true would make the import download 2 GB without asking
-    sys.stdin = io.StringIO("n\n")  # decline geant4_pybind's download offer
-    captured = io.StringIO()
+@contextlib.contextmanager
+def _declining_download(captured: io.StringIO) -> Iterator[None]:
+    """While importing geant4_pybind: stdin answers "n" to its download offer, ``CI`` is unset
+    (CI=true would make the import download 2 GB without asking), stdout goes to ``captured``."""
+    saved_stdin, saved_ci = sys.stdin, os.environ.pop("CI", None)
+    sys.stdin = io.StringIO("n\n")
     try:
         with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        sys.stdin = saved_stdin
+        if saved_ci is not None:
+            os.environ["CI"] = saved_ci
+
+
+def import_geant4():
+    """Import geant4_pybind without its interactive data set download (unless
+    ``FASTSHOWER_G4_ALLOW_DOWNLOAD=1``); RuntimeError if impossible."""
+    if "geant4_pybind" in sys.modules:
+        return sys.modules["geant4_pybind"]
+    captured = io.StringIO()
+    allow_download = os.environ.get(ALLOW_DOWNLOAD_ENV) == "1"
+    try:
+        with contextlib.nullcontext() if allow_download else _declining_download(captured):
             import geant4_pybind
     except ModuleNotFoundError as exc:
         raise RuntimeError("geant4_pybind is not installed: pip install 'fastshower[geant4]'") from exc
     except ImportError as exc:
         said = captured.getvalue().strip().replace("\n", " ")
         raise RuntimeError(f"cannot import geant4_pybind: {exc}" + (f" (it said: {said})" if said else "")) from exc
-    finally:
-        sys.stdin = saved_stdin
-        if saved_ci is not None:
-            os.environ["CI"] = saved_ci
     return geant4_pybind
 
 
