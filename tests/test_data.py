@@ -248,6 +248,18 @@ def test_glob_and_list_of_files_read_in_sorted_order(tmp_path, rng):
     np.testing.assert_array_equal(r2.primary_energy[:3], b.primary_energy)
 
 
+def test_a_file_named_like_a_glob_is_read_as_itself(tmp_path, rng):
+    from fastshower.data import read_events
+
+    a, b = make_set(rng, n=4), make_set(rng, n=3)
+    write_showers(tmp_path / "run[1].h5", a, format="3dgan")
+    write_showers(tmp_path / "run1.h5", b, format="3dgan")  # what the pattern run[1].h5 matches
+    np.testing.assert_array_equal(read_showers(tmp_path / "run[1].h5").primary_energy, a.primary_energy)
+    np.testing.assert_array_equal(read_events(tmp_path / "run[1].h5", 1, 3).primary_energy, a.primary_energy[1:3])
+    (tmp_path / "run1.h5").unlink()
+    assert count_events(str(tmp_path / "run[1].h5")) == 4
+
+
 def test_writer_streams_blocks_into_one_file(tmp_path, rng):
     blocks = [make_set(rng, "par04_ds2", n=k) for k in (3, 4, 2)]
     with ShowerWriter(tmp_path / "s.h5", "par04_ds2", format="calochallenge", attrs={"seed": 1}) as w:

@@ -45,14 +45,15 @@ PathSpec = str | Path | Sequence[str | Path]
 # --- paths and layouts ---------------------------------------------------------------------------
 
 def resolve_paths(path: PathSpec) -> list[Path]:
-    """A file, a glob pattern (``EleEscan_*.h5``, sorted) or a list of files -> existing files."""
+    """A file, a glob pattern (``EleEscan_*.h5``, sorted) or a list of files -> existing files. An
+    existing file is taken as it is, even when its name has glob characters (``run[1].h5``)."""
     if isinstance(path, (list, tuple)):
         files = [p for item in path for p in resolve_paths(item)]
         if not files:
             raise FileNotFoundError("no shower file given")
         return files
     text = str(path)
-    if glob.has_magic(text):
+    if glob.has_magic(text) and not Path(text).is_file():
         files = sorted(Path(p) for p in glob.glob(text))
         if not files:
             raise FileNotFoundError(f"no file matches {text}")

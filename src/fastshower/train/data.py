@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastshower.data import iter_showers, resolve_paths
-from fastshower.data.io import _geometry_for_file, _layout_of, _open, check_showers
+from fastshower.data import iter_showers, read_events, resolve_paths
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 
@@ -130,15 +129,6 @@ class _Chunk:
     n_kept: int
 
 
-def _read_chunk(chunk: _Chunk, geometry: Geometry) -> ShowerSet:
-    with _open(chunk.path) as f:
-        layout = _layout_of(f, chunk.path)
-        g = _geometry_for_file(f, layout, chunk.path, geometry)
-        showers, energy, angle = layout.read(f, chunk.start, chunk.stop, g)
-    check_showers(str(chunk.path), chunk.start, showers, energy, angle, g)
-    return ShowerSet(showers, energy, angle, g.name)
-
-
 class StreamingData(_Conditions):
     """Chunked, sharded reading for data larger than memory (see the module docstring)."""
 
@@ -193,7 +183,7 @@ class StreamingData(_Conditions):
             if step + n_here <= start_step:
                 step += n_here
                 continue
-            parts = [_read_chunk(c, self.geometry) for c in buf]
+            parts = [read_events(c.path, c.start, c.stop, self.geometry) for c in buf]
             data = ShowerSet.concatenate([p[event_mask(p, self.energy_range_gev, self.min_deposit_gev)]
                                           for p in parts])
             perm = np.random.default_rng([seed, epoch, rank, j]).permutation(len(data))
