@@ -95,6 +95,18 @@ def test_load_config_resolves_paths_and_overrides(tmp_path):
     assert cfg.data.train == str(tmp_path / "d/train.h5") and cfg.run.epochs == 7
     assert cfg.run.output_dir == str(tmp_path / "../runs/x")  # relative to the config file, not the cwd
     assert load_config(tmp_path / "c.yaml", {"run": {"output_dir": "/abs/out"}}).run.output_dir == "/abs/out"
+    # the same mapping from another folder: paths follow the file, not the working directory
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text((tmp_path / "c.yaml").read_text())
+    moved = load_config(tmp_path / "sub" / "c.yaml")
+    assert Path(moved.run.output_dir).resolve() == (tmp_path / "runs/x").resolve()
+    assert moved.data.train == str(tmp_path / "sub/d/train.h5")
+    # no output_dir in the file: the default stays relative to the working directory
+    (tmp_path / "d.yaml").write_text("model: {name: gan3d_clic25}\ndata: {train: [a.h5, /abs/b.h5]}\n")
+    default = load_config(tmp_path / "d.yaml")
+    assert default.run.output_dir == "runs/train" and default.data.train == [str(tmp_path / "a.h5"), "/abs/b.h5"]
+    raw = {"model": {"name": "gan3d_clic25"}, "data": {"train": "t.h5"}, "run": {"output_dir": "out"}}
+    assert build_config(raw).run.output_dir == "out" and build_config(raw).data.train == "t.h5"  # no folder given
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
 
@@ -163,3 +175,6 @@ def test_example_configs_load(name):
     expected = {"gan3d_clic51": 150, "conv2d_g1": 30, "conv2d_g2": 30, "conv2d_g3": 30, "gan3d_clic25": 60,
                 "smoke_cpu": 3}[name]
     assert cfg.total_epochs == expected
+    repo = Path(__file__).resolve().parent.parent  # ../runs and ../data in configs/ mean the repository's
+    assert Path(cfg.run.output_dir).resolve().parent == repo / "runs"
+    assert Path(cfg.data.train).resolve().parent == repo / "data"

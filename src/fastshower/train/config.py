@@ -8,7 +8,8 @@ A config file has four blocks (all documented in docs/training.md)::
     run:      {epochs: 30, seed: 0, precision: fp32, device: auto, output_dir: runs/x, ...}
     stages:   [{epochs: 130, energy_range_gev: [100, 200]}, {epochs: 20}]   # optional
 
-``recipe`` may also be just the preset name. Paths in ``data`` are relative to the config file.
+``recipe`` may also be just the preset name. Relative paths in ``data`` (``train``, ``validation``)
+and ``run.output_dir`` are relative to the config file's folder.
 """
 
 from __future__ import annotations
@@ -143,9 +144,13 @@ class RunSection(_Strict):
     ``epochs``; ``steps_per_epoch`` caps the steps of an epoch; ``seed``; ``precision`` fp32, bf16
     (autocast, CPU or CUDA) or fp16 (autocast + GradScaler, CUDA only); ``device`` auto/cpu/cuda;
     ``checkpoint_every`` steps (and at every epoch end and the end of the run); ``keep_checkpoints``
-    most recent kept; ``output_dir`` (relative to the config file's folder when loaded from a file); ``best_metric`` picks the best epoch on validation;
-    ``tensorboard`` writes event files when the ``tensorboard`` package is installed (auto) or
-    demands it (true); ``find_unused_parameters`` and ``sync_batchnorm`` are passed to DDP.
+    most recent kept; ``output_dir``: a relative one given in a config file is relative to the
+    file's folder, like the data paths (``../runs/x`` in ``configs/x.yaml``: the repository's
+    ``runs/x``); the default ``runs/train``, and any in a config built without a folder
+    (``build_config(raw)``), are relative to the working directory;
+    ``best_metric`` picks the best epoch on validation; ``tensorboard`` writes event files when the
+    ``tensorboard`` package is installed (auto) or demands it (true); ``find_unused_parameters``
+    and ``sync_batchnorm`` are passed to DDP.
     """
 
     epochs: int = Field(default=1, ge=1)
