@@ -232,6 +232,25 @@ def test_example_study_config_builds_valid_trial_configs():
     base, base_dir = base_training_raw(cfg, folder)
     params = {k: (s.choices[-1] if s.type == "categorical" else s.high) for k, s in cfg.search_space.items()}
     train = build_config(trial_training_raw(trial_training_raw(base, cfg.overrides, {}), params, {}), base_dir=base_dir)
-    assert train.model.name == "conv2d_g1" and train.model.config == {"width": 0.5}
+    assert train.model.name == "conv2d_g1" and train.model.config == {"width": 0.5, "cell_power": 1.0}
     assert train.recipe.optimizer.lr_generator == 3e-3 and train.recipe.lr_scaling == "none"
     assert Path(train.data.train).resolve() == path.parents[1] / "data/hpo_clic25_train.h5"
+
+
+def test_searched_cell_power_is_the_models_preprocessing(tmp_path):
+    import torch
+
+    from fastshower.models import registry
+    from fastshower.models.conv2d import Conv2dGenerator
+
+    g = registry.build_generator("conv2d_g1", width=0.125, cell_power=0.5)
+    d = registry.build_discriminator("conv2d_g1", width=0.125, cell_power=0.5)
+    assert g.transform.power == d.transform.power == 0.5 and Conv2dGenerator.transform.power == 1.0
+    showers = torch.full((1, 25, 25, 25), 4.0)
+    assert torch.allclose(g.preprocess(showers), torch.full_like(showers, 2.0))  # (1 x 4 GeV) ** 0.5
+    assert torch.allclose(g.postprocess(g.preprocess(showers)), showers)
+    assert torch.allclose(d.ecal_sum_of(g.preprocess(showers)), torch.tensor([4.0 * 25**3]))
+    # the power travels with the weights (model card) and an unset power keeps the model's own
+    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g"))
+    assert loaded.transform.power == 0.5 and loaded.metadata()["preprocessing"]["cell_power"] == 0.5
+    assert registry.build_generator("conv2d_g1", width=0.125).transform.power == 1.0

@@ -22,11 +22,14 @@ from fastshower.models.layers import keras_parameter_count
 
 class ModelConfig(BaseModel):
     """Options a model is rebuilt from. ``width`` multiplies every hidden channel count (1.0 = the
-    published architecture; small values give fast networks for tests)."""
+    published architecture; small values give fast networks for tests). ``cell_power`` replaces the
+    model's preprocessing power (:class:`CellTransform`; None = the model's own, e.g. for a
+    hyper-parameter search over it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     width: float = Field(default=1.0, gt=0)
+    cell_power: float | None = Field(default=None, gt=0)
 
 
 class CellTransform(BaseModel):
@@ -53,6 +56,11 @@ class CellTransform(BaseModel):
         return model_units if self.power == 1.0 else model_units.clamp_min(0) ** (1.0 / self.power)
 
 
+def _configured_transform(transform: CellTransform, config: ModelConfig) -> CellTransform:
+    """The model's transform with ``config.cell_power`` (when set) as its power."""
+    return transform if config.cell_power is None else CellTransform(scale=transform.scale, power=config.cell_power)
+
+
 class ShowerGenerator(nn.Module):
     """A conditional shower generator.
 
@@ -70,6 +78,7 @@ class ShowerGenerator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.transform = _configured_transform(type(self).transform, config)
 
     # --- conditions ---------------------------------------------------------------------------
     @property
@@ -152,6 +161,7 @@ class ShowerDiscriminator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.transform = _configured_transform(type(self).transform, config)
 
     def ecal_sum_of(self, image: torch.Tensor) -> torch.Tensor:
         """``(B,)`` total energy of ``image`` (model units, (B, nx, ny, nz)) in the units of the
