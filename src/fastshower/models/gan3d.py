@@ -54,6 +54,30 @@ def _flatten_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1).flatten(1)
 
 
+class _Gan3dGenerator(ShowerGenerator):
+    """Common part of the 3DGAN generators: ``net`` maps the :meth:`latent` (B, L) to (B, 1, x, y, z)
+    in model units. A model supplies ``config_class``, ``noise_dim``, ``conditions_on_angle``,
+    :meth:`build_net` and :meth:`latent`."""
+
+    config_class: ClassVar[type[ModelConfig]]
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        config = config or self.config_class()
+        super().__init__(config)
+        self.net = self.build_net(config.width, config.generator_bn_eps)  # type: ignore[attr-defined]
+
+    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+        raise NotImplementedError
+
+    def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
+                     noise: torch.Tensor) -> torch.Tensor:
+        """(B, nx, ny, nz) showers in model units for energies (GeV), angles (rad), noise (B, noise_dim)."""
+        return self.net(self.latent(primary_energy, incident_angle, noise)).squeeze(1)
+
+
 class _Gan3dDiscriminator(ShowerDiscriminator):
     """Common part of the 3DGAN discriminators: Conv3D ``features`` of the (B, 1, x, y, z) image,
     flattened channels-last, and the heads Dense(1, sigmoid) ``real`` and Dense(1, linear)
@@ -98,7 +122,7 @@ class Gan3dClic25Config(ModelConfig):
     dropout: float = Field(default=0.2, ge=0, lt=1)
 
 
-class Gan3dClic25Generator(ShowerGenerator):
+class Gan3dClic25Generator(_Gan3dGenerator):
     """Fixed-angle 25^3 3DGAN generator.
 
     | Keras layer                                                          | output (x,y,z) x ch |
@@ -115,21 +139,19 @@ class Gan3dClic25Generator(ShowerGenerator):
     name: ClassVar[str] = "gan3d_clic25"
     geometry: ClassVar[str] = "clic25"
     transform: ClassVar[CellTransform] = CellTransform(scale=100.0)
+    config_class: ClassVar[type[ModelConfig]] = Gan3dClic25Config
+    noise_dim: int = 200
+    conditions_on_angle: bool = False
 
-    def __init__(self, config: Gan3dClic25Config | None = None) -> None:
-        config = config or Gan3dClic25Config()
-        super().__init__(config)
-        self.noise_dim = 200
-        self.conditions_on_angle = False
-        w, eps = config.width, config.generator_bn_eps
-        c0, c1, c2 = scaled_channels(8, w), scaled_channels(64, w), scaled_channels(6, w)
-        self.net = nn.Sequential(
+    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+        c0, c1, c2 = scaled_channels(8, width), scaled_channels(64, width), scaled_channels(6, width)
+        return nn.Sequential(
             _DenseToVolume(self.noise_dim, (7, 7, 8), c0),
             Conv3d(c0, c1, (6, 6, 8), padding="same", init="he_uniform"),
-            leaky_relu(), batch_norm(3, c1, eps), nn.Upsample(scale_factor=(2, 2, 2), mode="nearest"),
+            leaky_relu(), batch_norm(3, c1, bn_eps), nn.Upsample(scale_factor=(2, 2, 2), mode="nearest"),
             _zero_pad(2, 2, 0),
             Conv3d(c1, c2, (6, 5, 8), init="he_uniform"),
-            leaky_relu(), batch_norm(3, c2, eps), nn.Upsample(scale_factor=(2, 2, 3), mode="nearest"),
+            leaky_relu(), batch_norm(3, c2, bn_eps), nn.Upsample(scale_factor=(2, 2, 3), mode="nearest"),
             _zero_pad(1, 0, 3),
             Conv3d(c2, c2, (3, 3, 8), init="he_uniform"),
             leaky_relu(),
@@ -137,11 +159,9 @@ class Gan3dClic25Generator(ShowerGenerator):
             nn.ReLU(),
         )
 
-    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
-                     noise: torch.Tensor) -> torch.Tensor:
-        """(B, 25, 25, 25) showers in 100 x GeV for energies (GeV) and noise (B, 200)."""
-        latent = (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1) * noise
-        return self.net(latent).squeeze(1)
+    def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """(E / 100 GeV) * noise (B, 200); the output is (B, 25, 25, 25) in 100 x GeV."""
+        return (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1) * noise
 
 
 class Gan3dClic25Discriminator(_Gan3dDiscriminator):
@@ -184,7 +204,7 @@ class Gan3dClic51Config(ModelConfig):
     dropout: float = Field(default=0.2, ge=0, lt=1)
 
 
-class Gan3dClic51Generator(ShowerGenerator):
+class Gan3dClic51Generator(_Gan3dGenerator):
     """Variable-angle 51x51x25 3DGAN generator.
 
     | Keras layer                                                     | output (x,y,z) x ch |
@@ -203,35 +223,32 @@ class Gan3dClic51Generator(ShowerGenerator):
     name: ClassVar[str] = "gan3d_clic51"
     geometry: ClassVar[str] = "clic51"
     transform: ClassVar[CellTransform] = CellTransform(scale=50.0, power=ANGLE_POWER)
+    config_class: ClassVar[type[ModelConfig]] = Gan3dClic51Config
+    noise_dim: int = 254
+    conditions_on_angle: bool = True
 
-    def __init__(self, config: Gan3dClic51Config | None = None) -> None:
-        config = config or Gan3dClic51Config()
-        super().__init__(config)
-        self.noise_dim = 254
-        self.conditions_on_angle = True
-        w, eps = config.width, config.generator_bn_eps
-        c0, c1 = scaled_channels(8, w), scaled_channels(6, w)
+    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+        c0, c1 = scaled_channels(8, width), scaled_channels(6, width)
         layers: list[nn.Module] = [
             _DenseToVolume(self.noise_dim + 2, (9, 9, 8), c0),
             nn.Upsample(scale_factor=(6, 6, 6), mode="nearest"),
-            Conv3d(c0, c0, (6, 6, 8), init="he_uniform"), nn.ReLU(), batch_norm(3, c0, eps),
+            Conv3d(c0, c0, (6, 6, 8), init="he_uniform"), nn.ReLU(), batch_norm(3, c0, bn_eps),
         ]
         c_in = c0
         for _ in range(3):
             layers += [_zero_pad(2, 2, 1), Conv3d(c_in, c1, (4, 4, 6), init="he_uniform"), nn.ReLU(),
-                       batch_norm(3, c1, eps)]
+                       batch_norm(3, c1, bn_eps)]
             c_in = c1
-        layers += [_zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 5), init="he_uniform"), nn.ReLU(), batch_norm(3, c1, eps),
+        layers += [_zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 5), init="he_uniform"), nn.ReLU(),
+                   batch_norm(3, c1, bn_eps),
                    _zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 3), init="he_uniform"), nn.ReLU(),
                    Conv3d(c1, 1, (2, 2, 2), init="glorot_normal"), nn.ReLU()]
-        self.net = nn.Sequential(*layers)
+        return nn.Sequential(*layers)
 
-    def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
-                     noise: torch.Tensor) -> torch.Tensor:
-        """(B, 51, 51, 25) showers in (50 x GeV) ** 0.85 for energies (GeV), angles (rad), noise (B, 254)."""
-        latent = torch.cat([(primary_energy.to(noise.dtype) / 100.0).unsqueeze(1),
-                            incident_angle.to(noise.dtype).unsqueeze(1), noise], dim=1)
-        return self.net(latent).squeeze(1)
+    def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """[E / 100 GeV, theta (rad), noise (B, 254)]; the output is (B, 51, 51, 25) in (50 x GeV) ** 0.85."""
+        return torch.cat([(primary_energy.to(noise.dtype) / 100.0).unsqueeze(1),
+                          incident_angle.to(noise.dtype).unsqueeze(1), noise], dim=1)
 
 
 def measured_angle(energy: torch.Tensor) -> torch.Tensor:

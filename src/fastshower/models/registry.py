@@ -73,25 +73,29 @@ def _spec(generator: type[ShowerGenerator], discriminator: type[ShowerDiscrimina
                      source=source)
 
 
+#: Where the published sizes come from: the Keras 3DGAN code (svalleco/3Dgan@Anglegan) and F. Rehm's
+#: TF2/Keras Conv2D code (svalleco/3Dgan@frehm/Conv2D); the Conv2D models share their conditioning.
+_KERAS_3DGAN = "computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/{})"
+_CONV2D_TF2 = "computed from the TF2/Keras code ({})"
+_CONV2D = "Conv2D GAN {} (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV"
+
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     _spec(Gan3dClic25Generator, Gan3dClic25Discriminator, Gan3dClic25Config, (872_948, 73_450),
           "3DGAN, fixed angle, 25x25x25 (Keras EcalEnergyGan): latent 200, (E/100)*noise, cells x100",
-          "computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/EcalEnergyGan.py)"),
+          _KERAS_3DGAN.format("EcalEnergyGan.py")),
     _spec(Gan3dClic51Generator, Gan3dClic51Discriminator, Gan3dClic51Config, (1_365_047, 87_402),
           "3DGAN, variable angle 60-120 deg, 51x51x25 (Keras AngleArch3dGAN): latent [E/100, theta, "
-          "254 noise], cells (50 x GeV)^0.85",
-          "computed from the Keras layer list (svalleco/3Dgan@Anglegan keras/AngleArch3dGAN.py)"),
+          "254 noise], cells (50 x GeV)^0.85", _KERAS_3DGAN.format("AngleArch3dGAN.py")),
     _spec(Conv2dG1Generator, Conv2dG1Discriminator, Conv2dConfig, (2_055_324, 714_114),
-          "Conv2D GAN G1, three branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
-          "computed from the TF2/Keras code (svalleco/3Dgan@frehm/Conv2D Conv2D/Models_m4_1_ReLU.py)"),
+          _CONV2D.format("G1, three branches"),
+          _CONV2D_TF2.format("svalleco/3Dgan@frehm/Conv2D Conv2D/Models_m4_1_ReLU.py")),
     _spec(Conv2dG2Generator, Conv2dG2Discriminator, Conv2dConfig, (2_131_000, 714_114),
-          "Conv2D GAN G2, 25 branches (Rehm), 25x25x25: latent 200, (E/100)*noise, cells in GeV",
-          "computed from the TF2/Keras code (Conv2D_25_branches/PTF_m1_25path.py); reference note: ~2.13 M"),
+          _CONV2D.format("G2, 25 branches"),
+          _CONV2D_TF2.format("Conv2D_25_branches/PTF_m1_25path.py") + "; reference note: ~2.13 M"),
     _spec(Conv2dG3Generator, Conv2dG3Discriminator, Conv2dConfig, (2_397_022, 902_658),
-          "Conv2D GAN G3, single branch with residual sums (Rehm), 25x25x25: latent 200, "
-          "(E/100)*noise, cells in GeV",
-          "computed from the TF2/Keras code (Conv2D_1_branch_residual/PTF_m1_2_fullK_1path_residual.py); "
-          "reference note: G ~2.40 M; its '~714 k' D figure is the shared design without the G3 extra blocks"),
+          _CONV2D.format("G3, single branch with residual sums"),
+          _CONV2D_TF2.format("Conv2D_1_branch_residual/PTF_m1_2_fullK_1path_residual.py")
+          + "; reference note: G ~2.40 M; its '~714 k' D figure is the shared design without the G3 extra blocks"),
 ]}
 
 
