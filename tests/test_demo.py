@@ -1,7 +1,5 @@
 """The shipped generators and the main job (`fastshower demo`)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

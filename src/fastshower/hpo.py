@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fastshower.fileio import atomic_path, write_text_atomic
@@ -334,7 +333,6 @@ def run_study(config_path: str | Path, trials: int, storage: str | None = None, 
 def write_report(study, cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path, report: Path) -> dict[str, Any]:
     """best_config.yaml (the base config with the best parameters: ``fastshower train`` takes it),
     best.json, trials.csv and the history / importance plots, all written atomically."""
-    import optuna
     from optuna.trial import TrialState
 
     from fastshower.train.config import build_config, dump_config

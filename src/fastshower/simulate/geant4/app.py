@@ -546,7 +546,7 @@ class _Runner:
 
     def _flush(self, end: int) -> None:
         """Generate and place the showers of events [batch_start, end) and emit the batch."""
-        app, geo = self.app, self.app.geometry
+        geo = self.app.geometry
         start, size = self.batch_start, end - self.batch_start
         cells = np.zeros((size, *geo.shape), dtype=np.float32)
         leaked = np.zeros(size)
