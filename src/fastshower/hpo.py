@@ -185,8 +185,7 @@ def trial_training_raw(base: dict[str, Any], params: dict[str, Any], run: dict[s
 
 def objective_value(record: dict[str, Any], objective: ObjectiveSection, ms_per_shower: float) -> float:
     """The objective of one epoch record: ``val_<metric> + speed_weight * ms_per_shower``."""
-    value = float(record[f"val_{objective.metric}"])
-    return value + objective.speed_weight * ms_per_shower if objective.speed_weight else value
+    return float(record[f"val_{objective.metric}"]) + objective.speed_weight * ms_per_shower
 
 
 # ------------------------------------------------------------------ the study
@@ -357,27 +356,26 @@ def write_report(study, cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path
                 f"{cfg.objective.metric} {best.value:.6g}); train it with: fastshower train best_config.yaml\n"
                 + dump_config(build_config(raw, source="best config", base_dir=base_cfg_dir)))
         write_text_atomic(report / "best_config.yaml", text)
-    summary["plots"] = _plots(study, report)
+    summary["plots"] = _plots(study, report, counts["complete"])
     write_text_atomic(report / "best.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
 
 
-def _plots(study, report: Path) -> dict[str, str]:
-    """Optimisation history and parameter importances as PNG; a plot that cannot be made (e.g.
-    importances with fewer than two complete trials) is listed with the reason instead."""
+def _plots(study, report: Path, n_complete: int) -> dict[str, str]:
+    """Optimisation history and parameter importances as PNG (``n_complete``: the study's complete
+    trials); a plot that cannot be made (e.g. importances with fewer than two complete trials) is
+    listed with the reason instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as ovm
 
     out: dict[str, str] = {}
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     for name, fn, need in (("history", ovm.plot_optimization_history, 1),
                            ("importances", ovm.plot_param_importances, 2)):
-        if len(complete) < need:
-            out[name] = f"skipped: needs {need} complete trials, the study has {len(complete)}"
+        if n_complete < need:
+            out[name] = f"skipped: needs {need} complete trials, the study has {n_complete}"
             continue
         try:
             ax = fn(study)

@@ -417,7 +417,8 @@ class Trainer:
         ``on_epoch_end(record)`` is called on the main rank after each epoch's record (validation
         included) is written; an exception it raises ends training (e.g. a pruned HPO trial).
         ``should_stop()`` is asked after every step: when true, the epoch ends there (validated and
-        checkpointed as usual) and training stops (e.g. a time budget).
+        checkpointed as usual) and training stops (e.g. a time budget); under torchrun it must give
+        the same answer on every rank.
         """
         from tqdm import tqdm
 
