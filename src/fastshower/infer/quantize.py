@@ -226,11 +226,10 @@ def physics_metrics(showers: np.ndarray, inputs: dict[str, np.ndarray], referenc
     """Profile MSE and sampling-fraction error of generated ``showers`` (GeV, for ``inputs``)
     against ``reference`` (a ShowerSet of the reference simulation with the same conditions)."""
     from fastshower.showers import ShowerSet
-    from fastshower.validate.metrics import profile_mse, sampling_fraction_error
+    from fastshower.validate.metrics import quick_metrics
 
-    cand = ShowerSet(showers, inputs["primary_energy"], inputs["incident_angle"], reference.geometry)
-    return {"profile_mse": float(profile_mse(reference, cand)),
-            "sampling_fraction_error": float(sampling_fraction_error(reference, cand))}
+    return quick_metrics(reference, ShowerSet(showers, inputs["primary_energy"], inputs["incident_angle"],
+                                              reference.geometry))
 
 
 # ------------------------------------------------------------------ int8 and fp16 files

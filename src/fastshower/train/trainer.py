@@ -401,13 +401,11 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Profile MSE and sampling-fraction error of the generator against the held-out file."""
-        from fastshower.validate.metrics import profile_mse, sampling_fraction_error
+        from fastshower.validate.metrics import quick_metrics
 
         if self.validation_set is None:
             raise ValueError("no validation file configured (data.validation)")
-        cand = self.generate_like(self.validation_set)
-        return {"profile_mse": profile_mse(self.validation_set, cand),
-                "sampling_fraction_error": sampling_fraction_error(self.validation_set, cand)}
+        return quick_metrics(self.validation_set, self.generate_like(self.validation_set))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,

@@ -167,6 +167,14 @@ def profile_mse(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) ->
     return _profile_mse(ob.axis_profiles(reference.showers), ob.axis_profiles(candidate.showers), bins)
 
 
+
+def quick_metrics(reference: ShowerSet, candidate: ShowerSet) -> dict[str, float]:
+    """The two cheap metrics used to pick epochs, score HPO trials and check reduced precision:
+    ``{"profile_mse": ..., "sampling_fraction_error": ...}`` of ``candidate`` against ``reference``."""
+    return {"profile_mse": float(profile_mse(reference, candidate)),
+            "sampling_fraction_error": float(sampling_fraction_error(reference, candidate))}
+
+
 # ------------------------------------------------------------------ 3DGAN optimisation metric
 
 def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionBin]) -> dict[str, float]:
