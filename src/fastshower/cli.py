@@ -446,57 +446,89 @@ def g4run(
     position: str = typer.Option("0,0", "--position", help="Entry point x,y on the calorimeter face in mm."),
     multiplicity: int = typer.Option(1, "--multiplicity", help="Primaries per event (energies drawn independently)."),
     n: int = typer.Option(100, "-n", "--n-events", help="Number of events."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the conditions and of the shower source."),
+    seed: int = typer.Option(0, "--seed", help="Run seed: every shard's conditions, shower-source and Geant4 "
+                                               "engine streams are spawned from it."),
     threshold_gev: Optional[float] = typer.Option(None, "--threshold-gev", help="Fast mode: smallest e+/e-/gamma "
                                                   "energy handed to the model (default: the geometry's lowest energy)."),
     physics: Optional[str] = typer.Option(None, "--physics", help="transport (fast default), em (full default: "
-                                          "G4EmStandardPhysics + decays) or FTFP_BERT."),
+                                          "an EM constructor + G4DecayPhysics) or FTFP_BERT."),
+    em_physics: str = typer.Option("option0", "--em-physics", help="EM constructor: option0 "
+                                   "(G4EmStandardPhysics), option1 or option2 (_option1/_option2)."),
+    cut_mm: float = typer.Option(0.7, "--production-cut-mm", help="Geant4 production (range) cut in mm."),
     batch_events: int = typer.Option(100, "--batch-events", help="Events per shower-source call and written block."),
     format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
     entry_convention: str = typer.Option("gflash", "--entry-convention",
                                          help="Where a model's tilted showers enter its grid: gflash (axis through "
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
+    workers: int = typer.Option(1, "--workers", help="Local Dask worker processes (1: run in this process)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
+                                            "(e.g. dask-jobqueue on Slurm/HTCondor); workers must see the output "
+                                            "folder."),
+    shards: int = typer.Option(0, "--shards", help="Number of seeded shards (default: one per 100 events). The "
+                                                   "output depends on it, not on the number of workers."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: simulate only shard K (0-based) of N into the "
+                                        "work folder <output>.shards/, then `fastshower merge`."),
+    retries: int = typer.Option(2, "--retries", help="Dask: times a failed shard task is retried."),
+    keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep the work folder <output>.shards/ after "
+                                     "the merge."),
 ) -> None:
-    """Run Geant4 on a fastshower geometry: fast simulation with a shower source, or full simulation."""
-    import math
+    """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
+    on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
+    An interrupted run resumes from the complete shards in <output>.shards/."""
+    from fastshower.simulate.geant4.production import (Production, format_production, produce,
+                                                       produce_shard)
 
-    import numpy as np
-
-    from fastshower.conditions import sample_angles, sample_energies
-    from fastshower.data import ShowerWriter
-    from fastshower.geometry import load_geometry
-    from fastshower.simulate.geant4.app import Gun, format_timing, get_app
-    from fastshower.simulate.geant4.datasets import require_datasets
-    from fastshower.simulate.geant4.sources import resolve_source
-
-    if n < 1 or batch_events < 1 or multiplicity < 1:
-        raise ValueError(f"-n, --batch-events and --multiplicity must be >= 1, got {n}, {batch_events}, {multiplicity}")
-    if mode not in ("fast", "full"):
-        raise ValueError(f"unknown mode {mode!r}; expected fast or full")
     try:
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
         raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
-    g = load_geometry(geometry)
-    if physics is not None or mode == "full":
-        require_datasets(physics or "em")  # the one data-set message, before any model is loaded
-    rng = np.random.default_rng([seed, 0])
-    guns = [Gun(particle, sample_energies(energy, n, rng), sample_angles(angle, n, rng), math.radians(azimuth), (x0, y0))
-            for _ in range(multiplicity)]
-    source = resolve_source(model, g, particle, entry_convention) if mode == "fast" else None
-    g4app = get_app(g, mode, physics)
-    attrs = {"simulator": f"geant4-{mode}", "geant4": g4app.version, "physics": g4app.physics, "seed": seed,
-             "particle": particle, "multiplicity": multiplicity, "energy_spec": energy, "angle_spec_deg": angle,
-             "azimuth_deg": azimuth, "position_mm": position, "model": model if mode == "fast" else None,
-             "threshold_gev": threshold_gev}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer:
-        result = g4app.run(n, guns, source, seed=seed, threshold_gev=threshold_gev, batch_events=batch_events,
-                           sink=writer.write, collect=False, progress=True)
-    typer.echo(format_timing(result))
-    if mode == "fast":
-        typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
-                   f"leakage {result.leaked_gev.mean():.4g} GeV per event")
-    typer.echo(f"wrote {n} events ({g.name}, geant4 {mode}) to {output}")
+    shard_index = None
+    if shard is not None:
+        try:
+            shard_index, shards = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be K/N (0 <= K < N), got {shard!r}") from None
+    production = Production(geometry, n, mode=mode, particle=particle, energy=energy, angle=angle,
+                            azimuth_deg=azimuth, position_mm=(x0, y0), multiplicity=multiplicity, seed=seed,
+                            n_shards=shards, model=model, physics=physics, em_physics=em_physics,
+                            production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
+                            entry_convention=entry_convention)
+    if shard_index is not None:
+        result = produce_shard(production, shard_index, output)
+        typer.echo(format_production(result))
+        typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
+                   + (" (already complete)" if result.resumed else ""))
+    else:
+        result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
+                         keep_shards=keep_shards, progress=True)
+        typer.echo(format_production(result))
+        if mode == "fast":
+            typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
+                       f"leakage {sum(m['leaked_gev'] for m in result.manifests) / n:.4g} GeV per event")
+        typer.echo(f"wrote {n} events ({production.geometry}, geant4 {mode}) to {output}")
+    _end_geant4_process()
+
+
+@app.command()
+def merge(
+    shards: list[str] = typer.Argument(..., help="Shard files, work folders or glob patterns in quotes."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write (the shards in order)."),
+    format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
+) -> None:
+    """Merge the shard files of one `g4run` production (from `--shard K/N` jobs) into one file, in shard
+    order, after checking that they belong together and are complete."""
+    from fastshower.simulate.geant4.production import merge_shards
+
+    result = merge_shards(shards, output, format=format)
+    typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
+               f"into {output}")
+
+
+def _end_geant4_process() -> None:
+    """After a command that ran Geant4 in this process: see simulate.geant4.app.shutdown."""
+    from fastshower.simulate.geant4.app import shutdown
+
+    shutdown()
 
 
 
