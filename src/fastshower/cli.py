@@ -148,9 +148,14 @@ def inspect(
     typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
     typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
     typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
+    from fastshower.simulate.geant4.production import format_provenance
+
+    for line in format_provenance(attrs):
+        typer.echo(line)
     for key, value in sorted(attrs.items()):
         if key != "geometry_yaml":
-            typer.echo(f"attr {key}: {value}")
+            text = str(value)
+            typer.echo(f"attr {key}: {text if len(text) <= 300 else text[:300] + f' ... ({len(text)} characters)'}")
     if binning is not None:
         typer.echo(f"binning {binning}: matches geometry {name}")
 
@@ -453,8 +458,10 @@ def g4run(
     physics: Optional[str] = typer.Option(None, "--physics", help="transport (fast default), em (full default: "
                                           "an EM constructor + G4DecayPhysics) or FTFP_BERT."),
     em_physics: str = typer.Option("option0", "--em-physics", help="EM constructor: option0 "
-                                   "(G4EmStandardPhysics), option1 or option2 (_option1/_option2)."),
-    cut_mm: float = typer.Option(0.7, "--production-cut-mm", help="Geant4 production (range) cut in mm."),
+                                   "(G4EmStandardPhysics), option1, option2 (run on fastshower's data set); option3, "
+                                   "option4, livermore, penelope, lowep, GS, SS, WVI (need a full G4EMLOW)."),
+    cut_mm: float = typer.Option(1.0, "--production-cut-mm", help="Geant4 production (range) cut in mm (1 mm: the "
+                                 "G4VUserPhysicsList default, used by all the project's Geant4 data so far)."),
     batch_events: int = typer.Option(100, "--batch-events", help="Events per shower-source call and written block."),
     format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
     entry_convention: str = typer.Option("gflash", "--entry-convention",
@@ -506,7 +513,6 @@ def g4run(
             typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
                        f"leakage {sum(m['leaked_gev'] for m in result.manifests) / n:.4g} GeV per event")
         typer.echo(f"wrote {n} events ({production.geometry}, geant4 {mode}) to {output}")
-    _end_geant4_process()
 
 
 @app.command()
@@ -522,14 +528,6 @@ def merge(
     result = merge_shards(shards, output, format=format)
     typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
                f"into {output}")
-
-
-def _end_geant4_process() -> None:
-    """After a command that ran Geant4 in this process: see simulate.geant4.app.shutdown."""
-    from fastshower.simulate.geant4.app import shutdown
-
-    shutdown()
-
 
 
 # ---------------------------------------------------------------- demo (issue 8)

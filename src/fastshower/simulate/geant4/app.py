@@ -35,7 +35,9 @@ reuses it for later runs with the same geometry, mode and physics.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -125,17 +127,33 @@ def format_timing(result: G4RunResult) -> str:
     return "\n".join(lines)
 
 
-#: Default production cut (mm), Geant4's own default.
-DEFAULT_CUT_MM = 0.7
+#: The manifest ``fastshower g4data build`` writes at the top of its data set.
+G4DATA_MANIFEST = "fastshower-g4data.json"
+_LENGTH_MM = {"nm": 1e-6, "um": 1e-3, "mm": 1.0, "cm": 10.0, "m": 1000.0, "km": 1e6}
+#: Default production cut (mm): 1 mm, G4VUserPhysicsList's default and the cut every Geant4 sample
+#: of the project so far was made with (the 0.7 mm that earlier code asked for never took effect,
+#: see Geant4App.__init__). Geant4's reference lists (FTFP_BERT, ...) use 0.7 mm.
+DEFAULT_CUT_MM = 1.0
 DEFAULT_EM_PHYSICS = "option0"
-#: EM physics choices (``--em-physics``): Geant4 constructor and the G4EMLOW8.8 paths it reads.
+#: EM physics choices (``--em-physics``): Geant4 constructor and G4EMLOW8.8 paths it reads.
 #: option0-2 read only brem_SB and the photoelectric (+ Rayleigh for option0) files that
-#: ``fastshower g4data build`` makes; the others need parts of the full G4EMLOW data set
-#: (found by running each with the built data set until Geant4 named the file it could not open).
+#: ``fastshower g4data build`` makes (strace, reference note section 1). The others need more of
+#: the real G4EMLOW: the path listed is the one Geant4 11.4 aborted on when each was run on the
+#: built set (fatal em0003; checked here one by one), so it is where they first differ, not
+#: necessarily all they read.
+_EXTRA = ("brem_SB", "epics2017/phot", "fluor")
 EM_PHYSICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "option0": ("G4EmStandardPhysics", ("brem_SB", "epics2017/phot", "epics2017/rayl")),
     "option1": ("G4EmStandardPhysics_option1", ("brem_SB", "epics2017/phot")),
     "option2": ("G4EmStandardPhysics_option2", ("brem_SB", "epics2017/phot")),
+    "option3": ("G4EmStandardPhysics_option3", _EXTRA),
+    "option4": ("G4EmStandardPhysics_option4", _EXTRA),
+    "livermore": ("G4EmLivermorePhysics", _EXTRA),
+    "penelope": ("G4EmPenelopePhysics", _EXTRA),
+    "lowep": ("G4EmLowEPPhysics", ("brem_SB", "epics2017/phot", "photoelectric_angular")),
+    "GS": ("G4EmStandardPhysicsGS", _EXTRA),
+    "SS": ("G4EmStandardPhysicsSS", _EXTRA),
+    "WVI": ("G4EmStandardPhysicsWVI", _EXTRA),
 }
 
 
@@ -172,7 +190,16 @@ def dataset_provenance(physics: str) -> dict:
     out = {}
     for name in PHYSICS_DATASETS[physics]:
         path = find_dataset(name)
-        out[name] = {"path": str(path) if path else None}
+        entry: dict = {"path": str(path) if path else None}
+        manifest = path.parent / G4DATA_MANIFEST if path else None
+        if manifest is not None and manifest.exists():
+            raw = manifest.read_bytes()
+            m = json.loads(raw)
+            elements = " ".join(e.get("symbol", str(e.get("Z"))) for e in m.get("elements", []))
+            entry["fastshower_g4data"] = (f"recipe {m.get('recipe')}, fastshower {m.get('fastshower_version')}, "
+                                          f"xraylib {m.get('xraylib_version')}, elements {elements}, manifest "
+                                          f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
+        out[name] = entry
     return out
 
 
@@ -231,8 +258,14 @@ class Geant4App:
             ui.ApplyCommand(cmd)
         self.detector = _make_detector(self)
         self.run_manager.SetUserInitialization(self.detector)
-        self.physics_list = _make_physics(g4, physics, production_cut_mm, em_physics)
+        self.physics_list = _make_physics(g4, physics, em_physics)
         self.run_manager.SetUserInitialization(self.physics_list)
+        # The cut goes through Geant4's own /run/setCut (G4UserPhysicsListMessenger). Calling
+        # SetDefaultCutValue through geant4_pybind 0.1.3 does not take effect (the cuts stay at
+        # 1 mm, the G4VUserPhysicsList default) and makes the process crash at exit (SIGSEGV in
+        # G4ParticleTable::DeleteAllParticles when geant4_pybind's atexit hook deletes the run
+        # manager): both checked with /run/dumpCouples and the exit code.
+        ui.ApplyCommand(f"/run/setCut {self.production_cut_mm!r} mm")  # (the binding returns no status)
         self.runner = _Runner(self)
         self.run_manager.SetUserInitialization(self.runner.action_initialization)
         self.run_manager.Initialize()
@@ -253,6 +286,19 @@ class Geant4App:
                 "physics_list": self.physics_list_name, "em_physics": self.em_physics,
                 "production_cut_mm": self.production_cut_mm, "random_engine": self.engine.name(),
                 "geant4_data": self.data_provenance, "nuclide_table": self.nuclide_table}
+
+    def applied_range_cuts_mm(self) -> dict[str, float]:
+        """The range cuts Geant4 applies, per particle (mm), as ``/run/dumpCouples`` prints them for
+        the first material-cuts couple (valid after a run has built the couple table)."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.g4.G4UImanager.GetUIpointer().ApplyCommand("/run/dumpCouples")
+        for line in out.getvalue().splitlines():
+            if line.strip().startswith("Range cuts"):
+                words = line.split(":", 1)[1].split()
+                return {words[i]: round(float(words[i + 1]) * _LENGTH_MM[words[i + 2]], 9)
+                        for i in range(0, len(words) - 2, 3)}
+        raise RuntimeError("Geant4 printed no range cuts (no run yet?)")
 
     def seed_engine(self, words: Sequence[int]) -> None:
         """Seed Geant4's MixMax engine with four 32-bit words (all of them count)."""
@@ -359,7 +405,7 @@ def run_geant4(geometry: Geometry | str, n_events: int, guns: Sequence[Gun] | Gu
 # ------------------------------------------------------------------------------------------------
 # Geant4 user classes (built lazily, because geant4_pybind is optional)
 
-def _make_physics(g4, physics: str, cut_mm: float, em_physics: str = DEFAULT_EM_PHYSICS):
+def _make_physics(g4, physics: str, em_physics: str = DEFAULT_EM_PHYSICS):
     if physics == "transport":
         class TransportOnly(g4.G4VModularPhysicsList):
             """Constructs particles, adds transportation only (G4VModularPhysicsList.ConstructProcess)."""
@@ -379,8 +425,7 @@ def _make_physics(g4, physics: str, cut_mm: float, em_physics: str = DEFAULT_EM_
             pl.ReplacePhysics(getattr(g4, EM_PHYSICS[em_physics][0])())
     else:
         raise ValueError(f"unknown physics {physics!r}")
-    pl.SetDefaultCutValue(cut_mm * g4.mm)
-    return pl
+    return pl  # the production cut is set through Geant4's UI (see Geant4App.__init__)
 
 
 def _make_detector(app: Geant4App):
@@ -688,7 +733,3 @@ class _Runner:
         self.batch_records = []
         self.batch_start, self.batch_index = end, self.batch_index + 1
 
-
-def shutdown() -> None:
-    """End this process's Geant4 application (placeholder: filled in with the exit fix)."""
-    return None

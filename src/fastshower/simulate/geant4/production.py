@@ -94,7 +94,7 @@ class Production:
     model: str = "gflash"
     physics: str | None = None
     em_physics: str = "option0"
-    production_cut_mm: float = 0.7
+    production_cut_mm: float = 1.0
     threshold_gev: float | None = None
     batch_events: int = 100
     entry_convention: str = "gflash"
@@ -569,3 +569,43 @@ def _geometry(shower_set):
     from fastshower.data import geometry_of
 
     return geometry_of(shower_set)
+
+
+def format_provenance(attrs: dict) -> list[str]:
+    """Lines that ``fastshower inspect`` prints for a Geant4 file: version, physics list and EM
+    option, production cut, data sets (directory and, for fastshower's built set, what it was built
+    from) and seeds (run seed, shards, Geant4 engine seeds). Empty for other files."""
+    if "geant4" not in attrs:
+        return []
+
+    def load(value):
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value
+        return value
+
+    lines = [f"geant4:           {attrs['geant4']}, {attrs.get('simulator', '?')}, "
+             f"{attrs.get('physics_list', attrs.get('physics', '?'))}"
+             + (f" (EM {attrs['em_physics']})" if attrs.get("em_physics") else "")]
+    if "production_cut_mm" in attrs:
+        lines.append(f"production cut:   {attrs['production_cut_mm']:g} mm")
+    data = load(attrs.get("geant4_data"))
+    if isinstance(data, dict):
+        for name, info in data.items():
+            info = info if isinstance(info, dict) else {"path": info}
+            built = info.get("fastshower_g4data")
+            origin = (f" (fastshower g4data: {built})" if built else "")
+            lines.append(f"geant4 data:      {name}: {info.get('path')}{origin}")
+    shards = load(attrs.get("shards"))
+    seeds = f"seed {attrs.get('seed', '?')}"
+    if isinstance(shards, list) and shards:
+        seeds += f", {len(shards)} shards; geant4 engine ({attrs.get('random_engine', 'MixMaxRng')}) seeds "
+        shown = [f"shard {s['shard']}: {s.get('geant4_seeds')}" for s in shards[:3]]
+        seeds += "; ".join(shown) + (f"; ... ({len(shards) - 3} more)" if len(shards) > 3 else "")
+    elif "geant4_seeds" in attrs:
+        seeds += f", shard {attrs.get('shard', 0)} of {attrs.get('n_shards', 1)}; geant4 engine seeds " \
+                 f"{load(attrs['geant4_seeds'])}"
+    lines.append(f"seeds:            {seeds}")
+    return lines
