@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fastshower.simulate.geant4.datasets import find_dataset
-from fastshower.simulate.geant4.production import Production, merge_shards, shard_seeds
+from fastshower.simulate.geant4.production import Production, shard_seeds
 
 from test_geant4 import G4_OK, G4_REASON  # noqa: E402  (the probe runs once, in a subprocess)
 
@@ -162,3 +162,125 @@ def test_inspect_shows_the_provenance(tmp_path, g4env, cli):
     for text in ("geant4:", "geant4-11", "G4EmStandardPhysics_option2 + G4DecayPhysics", "production cut:   0.7 mm",
                  "G4EMLOW8.8", "seed 0, 2 shards", "geant4 engine"):
         assert text in out, (text, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# sharded production: workers, resume, --shard K/N + merge
+
+def _scenario(tmp_path: Path, env: dict, body: str, timeout: int = 400) -> dict:
+    script = "import json, os, sys\nfrom pathlib import Path\nd = Path(sys.argv[1])\n" + textwrap.dedent(body)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, f"scenario exit code {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["stderr"] = proc.stderr
+    return out
+
+
+@needs_geant4
+def test_two_dask_workers_give_the_file_of_one_and_a_lost_worker_is_retried(tmp_path, g4env):
+    """Full Geant4 (2-5 GeV e-, 4 events in 3 shards): a Dask cluster of two single-threaded worker
+    processes, reached through its scheduler address, gives bit-identical showers and the same
+    conditions as the same production run shard after shard in one process. The worker that
+    starts shard 1 is killed the first time (os._exit): the scheduler reschedules the shard."""
+    out = _scenario(tmp_path, g4env, """
+        from dask.distributed import Client, LocalCluster, WorkerPlugin
+        from fastshower.simulate.geant4.production import Production, produce
+
+        class KillOnce(WorkerPlugin):
+            # the first worker that starts shard 1 dies (a lost node), once
+            def transition(self, key, start, finish, *args, **kwargs):
+                marker = d / "killed"
+                if finish == "executing" and str(key).split("-")[3] == "1" and not marker.exists():
+                    marker.write_text(str(os.getpid()))
+                    os._exit(1)
+
+        p = Production("clic25", 4, mode="full", energy="2:5", seed=11, n_shards=3)
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
+                Client(cluster) as client:
+            client.register_plugin(KillOnce())
+            two = produce(p, d / "two.h5", scheduler=cluster.scheduler_address)
+        one = produce(p, d / "one.h5")  # in this process
+        print(json.dumps({"killed": (d / "killed").read_text(), "two_pids": [m["pid"] for m in two.manifests],
+                          "one_pids": [m["pid"] for m in one.manifests], "me": os.getpid(),
+                          "work_left": (d / "two.h5.shards").exists()}))
+    """)
+    one, two = _arrays(tmp_path / "one.h5"), _arrays(tmp_path / "two.h5")
+    for key in ("showers", "primary_energy", "incident_angle"):
+        assert np.array_equal(one[key], two[key]), key
+    assert np.all(one["showers"].reshape(4, -1).sum(1) > 0) and len(set(one["primary_energy"])) == 4
+    assert out["one_pids"] == [out["me"]] * 3 and out["me"] not in out["two_pids"]
+    assert out["killed"] not in map(str, out["two_pids"])  # shard 1 finished on a live worker
+    assert not out["work_left"]
+    a, b = _attrs(tmp_path / "one.h5"), _attrs(tmp_path / "two.h5")
+    assert a["shards"] == b["shards"] and a["production_id"] == b["production_id"]
+
+
+@needs_geant4
+def test_resume_shard_jobs_and_merge_give_the_single_run(tmp_path, cli):
+    """Fast mode with GFlash (the point is the bookkeeping): 10 events in 4 shards. A re-run after
+    a shard file was removed, one was truncated and one lost its manifest redoes exactly those
+    three; four `--shard K/N` jobs (any order) + `fastshower merge` give the single run's file."""
+    pytest.importorskip("fastshower.simulate.gflash")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    out = _scenario(tmp_path, env, """
+        import shutil
+        from fastshower.cli import main
+        from fastshower.simulate.geant4.production import Production, produce
+
+        def cli(*args):
+            try:
+                main([str(a) for a in args])
+            except SystemExit as exc:
+                assert exc.code in (0, None), exc.code
+
+        base = ["g4run", "-g", "clic25", "--mode", "fast", "--model", "gflash", "--energy", "5:50", "-n", "10",
+                "--seed", "3", "--shards", "4", "--batch-events", "2"]
+        cli(*base, "-o", d / "single.h5", "--keep-shards")
+        shutil.copy(d / "single.h5", d / "first.h5")
+        work = d / "single.h5.shards"
+        (work / "shard-00001-of-00004.h5").unlink()
+        with open(work / "shard-00002-of-00004.h5", "r+b") as f:
+            f.truncate(2000)
+        (work / "shard-00003-of-00004.json").unlink()
+        errors = []
+        try:  # another production (seed 4) never uses, nor overwrites, these shards
+            produce(Production("clic25", 10, mode="fast", energy="5:50", seed=4, n_shards=4, batch_events=2),
+                    d / "single.h5")
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        p = Production("clic25", 10, mode="fast", energy="5:50", seed=3, n_shards=4, batch_events=2)
+        again = produce(p, d / "single.h5")
+        for k in (3, 1, 0, 2):
+            cli(*base, "--shard", f"{k}/4", "-o", d / "jobs.h5")
+        cli(*base, "--shard", "1/4", "-o", d / "jobs.h5")  # a repeated job finds its shard complete
+        os.makedirs(d / "wrong", exist_ok=True)
+        cli(*[a if a != "3" else "4" for a in base], "--shard", "2/4", "-o", d / "wrong" / "w.h5")  # seed 4
+        print(json.dumps({"resumed": again.resumed, "ran": [m["shard"] for m in again.manifests
+                                                            if m["shard"] not in again.resumed],
+                          "errors": errors, "left": work.exists()}))
+    """)
+    assert out["resumed"] == [0] and out["ran"] == [1, 2, 3] and not out["left"]
+    assert len(out["errors"]) == 1 and "holds shards of another production" in out["errors"][0]
+    first = _arrays(tmp_path / "first.h5")
+    assert len(first["primary_energy"]) == 10 and np.all(first["showers"].reshape(10, -1).sum(1) > 0)
+    assert np.array_equal(first["showers"], _arrays(tmp_path / "single.h5")["showers"])
+    jobs = tmp_path / "jobs.h5.shards"
+    assert sorted(p.name for p in jobs.glob("*.h5")) == [f"shard-0000{k}-of-00004.h5" for k in range(4)]
+    code, stdout, err = cli("merge", str(jobs), "-o", tmp_path / "merged.h5")
+    assert code == 0, err
+    assert "merged 4 shards, 10 events" in stdout
+    merged = _arrays(tmp_path / "merged.h5")
+    for key in ("showers", "primary_energy", "incident_angle"):
+        assert np.array_equal(first[key], merged[key]), key
+    assert json.loads(_attrs(tmp_path / "merged.h5")["shards"]) == json.loads(_attrs(tmp_path / "first.h5")["shards"])
+    # shards that do not belong together are refused, with the reason
+    shards = sorted(jobs.glob("*.h5"))
+    code, _, err = cli("merge", *map(str, shards[:2] + shards[3:]), "-o", tmp_path / "m2.h5")
+    assert code == 2 and "1 of 4 shards are missing: 2" in err
+    wrong = next((tmp_path / "wrong" / "w.h5.shards").glob("*.h5"))
+    code, _, err = cli("merge", *map(str, shards[:2] + [wrong] + shards[3:]), "-o", tmp_path / "m3.h5")
+    assert code == 2 and "2 different productions" in err
+    code, _, err = cli("merge", *map(str, shards + [shards[1]]), "-o", tmp_path / "m4.h5")
+    assert code == 2 and "shard 1 given twice" in err
+    assert not any((tmp_path / f"m{i}.h5").exists() for i in (2, 3, 4))

@@ -266,6 +266,8 @@ class Geant4App:
         # G4ParticleTable::DeleteAllParticles when geant4_pybind's atexit hook deletes the run
         # manager): both checked with /run/dumpCouples and the exit code.
         ui.ApplyCommand(f"/run/setCut {self.production_cut_mm!r} mm")  # (the binding returns no status)
+        if physics != "transport":  # no EM parameter and model tables on stdout (Geant4 prints them at BeamOn)
+            g4.G4EmParameters.Instance().SetVerbose(0)
         self.runner = _Runner(self)
         self.run_manager.SetUserInitialization(self.runner.action_initialization)
         self.run_manager.Initialize()

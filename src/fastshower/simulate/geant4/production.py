@@ -330,8 +330,8 @@ def format_production(result: ProductionResult) -> str:
     n = sum(m["events"][1] - m["events"][0] for m in result.manifests)
     cpu = sum(m["cpu_s_run"] for m in result.manifests)
     lines = [f"geant4 {p.mode} mode ({p.physics}" + (f", EM {p.em_physics}" if p.physics != "transport" else "")
-             + f"), {n} events in {len(result.manifests)} of {p.n_shards} shards, "
-             f"{result.n_fast_primaries} showers from the model",
+             + f"), {n} events in {len(result.manifests)} of {p.n_shards} shards"
+             + (f", {result.n_fast_primaries} showers from the model" if p.mode == "fast" else ""),
              f"{'per event':<12}{'transport':>12}{'inference':>12}{'placement':>12}{'output':>12}{'total':>12}",
              f"{'ms':<12}" + "".join(f"{1e3 * t[k]:>12.3f}" for k in ("transport", "inference", "placement",
                                                                       "output", "total")),
