@@ -12,9 +12,11 @@ docs/geant4.md, "Offline data set"):
   copied verbatim in the line order of ``G4Physics2DVector::Retrieve``.
 - photoelectric: xraylib. Shell binding energies ``EdgeEnergy``; shell cross sections Kissel
   (``CS_Photo_Partial``) up to E_kv, the highest energy where Kissel's total agrees with the
-  Elam/XCOM total (``CS_Photo``) within 2 %; above E_kv the Elam total with the shell fractions
-  frozen at E_kv; above the Elam tables (0.8 or 1 MeV) the energy dependence of Sauter's K-shell
-  formula, normalised to the last tabulated point. The two parametrisations (``pe-low``,
+  Elam/XCOM total (``CS_Photo``) within 2 %, scaled by Elam/Kissel (taken away from edges and
+  interpolated across them), so that the total is Elam's away from edges (Kissel and Elam differ
+  by up to 5 % tens of % above some edges, e.g. Si at 2.4 keV); above E_kv the Elam total with
+  the shell fractions frozen at E_kv; above the Elam tables (0.8 or 1 MeV) the energy dependence
+  of Sauter's K-shell formula, normalised to the last tabulated point. The two parametrisations (``pe-low``,
   ``pe-high``: sigma = sum_i a_i / E^i, one fit per cumulative shell sum) are least-squares fits
   in relative error; their residuals go into the manifest.
 - ``re-cs``: xraylib ``CS_Rayl`` (Elam), 0.1-800 keV.
@@ -292,34 +294,68 @@ def sauter_k_shape(e_mev: np.ndarray) -> np.ndarray:
     return p ** 3 / k ** 5 * (4.0 / 3.0 + g * (g - 2.0) / (g + 1.0) * (1.0 - np.log(g + p) / (g * p)))
 
 
+#: Energies within [B (1 - EDGE_BELOW), B (1 + EDGE_ABOVE)] of a binding energy B are "near an
+#: edge": there the Elam/Kissel ratio is interpolated (Elam's tables put some edges up to 2 % away
+#: from xraylib's EdgeEnergy, which Geant4 uses as the shell binding energies).
+EDGE_BELOW, EDGE_ABOVE = 0.005, 0.04
+ELAM_MIN_KEV = 0.1009  # the lowest energy of xraylib's CS_Photo
+#: Energies where xraylib's CS_Photo has a kink (its log-log slope jumps at 1 keV, where Elam's
+#: tables join their low-energy part): nodes of every grid, so no interpolation straddles them.
+KNOTS_KEV = (1.0,)
+
+
+def _with_knots(grid: np.ndarray) -> np.ndarray:
+    lo, hi = grid[0], grid[-1]
+    knots = [k for k in KNOTS_KEV if lo < k < hi]
+    if not knots:
+        return grid
+    keep = np.all(np.abs(grid[:, None] / np.array(knots)[None, :] - 1) > 1e-3, axis=1)
+    return np.unique(np.concatenate([grid[keep], knots]))
+
+
 @dataclass
 class PhotoModel:
-    """The photoelectric cross sections of one element (barn/atom, E in keV)."""
+    """The photoelectric cross sections of one element (barn/atom, E in keV).
+
+    Below ``e_kv_kev`` the shell cross sections are Kissel's (``CS_Photo_Partial``, edges at the
+    binding energies) times ``R(E)`` = Elam total / Kissel total, taken away from edges and
+    interpolated in log E across them; so the total equals Elam's (``CS_Photo``) away from edges.
+    Above ``e_kv_kev``: Elam's total with the shell fractions of ``e_kv_kev``; above Elam's table
+    (``e_tab_kev``) the energy dependence of Sauter's K-shell formula."""
 
     z: int
     shells: list[int]          # xraylib shell indices, K first, the lowest binding energy last
     binding_kev: np.ndarray    # (n_shells,)
     barn_per_cm2g: float       # A / N_A x 1e24
-    e_kv_kev: float            # Kissel below, Elam above
+    e_kv_kev: float            # Kissel shells (x R) below, Elam total with frozen fractions above
     e_tab_kev: float           # last energy of the Elam table (Sauter shape above)
     kissel_elam_ratio_at_e_kv: float
     frozen_fraction: np.ndarray  # shell fractions at E_kv
+    ratio_log_e: np.ndarray    # log(E/keV) nodes of R
+    ratio: np.ndarray          # R at the nodes
 
-    def shell(self, e_kev: np.ndarray) -> np.ndarray:
-        """(n_shells, n_energies) shell cross sections; 0 below each shell's binding energy."""
+    def kissel_shells(self, e_kev: np.ndarray) -> np.ndarray:
+        """(n_shells, n) Kissel shell cross sections in barn; 0 below each binding energy."""
         xrl = _xraylib()
         e = np.atleast_1d(np.asarray(e_kev, np.float64))
         out = np.zeros((len(self.shells), len(e)))
-        total_hi = None
         for j, ej in enumerate(e):
-            if ej <= self.e_kv_kev:
-                for i, (s, b) in enumerate(zip(self.shells, self.binding_kev)):
-                    if ej >= b:
-                        out[i, j] = (_try(xrl.CS_Photo_Partial, self.z, s, max(ej, b * (1 + 1e-9))) or 0.0)
-                out[:, j] *= self.barn_per_cm2g
-            else:
-                total_hi = self.total_above_e_kv(np.array([ej]))[0]
-                out[:, j] = self.frozen_fraction * total_hi * (ej >= self.binding_kev)
+            for i, (s, b) in enumerate(zip(self.shells, self.binding_kev)):
+                if ej >= b:
+                    out[i, j] = _try(xrl.CS_Photo_Partial, self.z, s, max(ej, b * (1 + 1e-9))) or 0.0
+        return out * self.barn_per_cm2g
+
+    def shell(self, e_kev: np.ndarray) -> np.ndarray:
+        """(n_shells, n_energies) shell cross sections; 0 below each shell's binding energy."""
+        e = np.atleast_1d(np.asarray(e_kev, np.float64))
+        out = np.zeros((len(self.shells), len(e)))
+        low = e <= self.e_kv_kev
+        if low.any():
+            r = np.interp(np.log(e[low]), self.ratio_log_e, self.ratio)
+            out[:, low] = self.kissel_shells(e[low]) * r[None, :]
+        if (~low).any():
+            out[:, ~low] = (self.frozen_fraction[:, None] * self.total_above_e_kv(e[~low])[None, :]
+                            * (e[~low][None, :] >= self.binding_kev[:, None]))
         return out
 
     def total_above_e_kv(self, e_kev: np.ndarray) -> np.ndarray:
@@ -334,8 +370,14 @@ class PhotoModel:
         return self.shell(e_kev).sum(axis=0)
 
 
+def _near_edge(e_kev: np.ndarray, binding_kev: np.ndarray) -> np.ndarray:
+    e = np.asarray(e_kev)[:, None]
+    b = np.asarray(binding_kev)[None, :]
+    return np.any((e >= b * (1 - EDGE_BELOW)) & (e <= b * (1 + EDGE_ABOVE)), axis=1)
+
+
 def photo_model(z: int) -> PhotoModel:
-    """Shells, E_kv and the frozen shell fractions of element ``z`` (see the module docstring)."""
+    """Shells, E_kv, R(E) and the frozen shell fractions of element ``z`` (see PhotoModel)."""
     xrl = _xraylib()
     shells, binding = [], []
     for s in range(0, 40):
@@ -355,18 +397,21 @@ def photo_model(z: int) -> PhotoModel:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if _try(xrl.CS_Photo, z, mid) is not None else (lo, mid)
     e_tab = math.floor(lo * 10 + 1e-6) / 10
-    # E_kv: the highest energy where Kissel's total is within 2 % of Elam's
-    grid = np.geomspace(0.1009, e_tab, 600)
-    e_kv = float(grid[0])
-    for e in grid:
-        k = sum(_try(xrl.CS_Photo_Partial, z, s, e) or 0.0 for s, b in zip(shells, binding) if e >= b)
-        el = _try(xrl.CS_Photo, z, float(e))
-        if el and abs(k / el - 1) <= 0.02:
-            e_kv = float(e)
-    partial = np.array([(_try(xrl.CS_Photo_Partial, z, s, e_kv) or 0.0) if e_kv >= b else 0.0
-                        for s, b in zip(shells, binding)])
-    model = PhotoModel(z, shells, binding_kev, barn, e_kv, e_tab, float(partial.sum() / xrl.CS_Photo(z, e_kv)),
-                       partial / partial.sum())
+    model = PhotoModel(z, shells, binding_kev, barn, e_tab, e_tab, 1.0, np.zeros(len(shells)),
+                       np.zeros(1), np.ones(1))
+    # E_kv: the highest energy where Kissel's total is within 2 % of Elam's (above it xraylib
+    # returns Kissel's RTAB extrapolation); R(E) = Elam / Kissel away from edges below it
+    grid = _with_knots(np.geomspace(ELAM_MIN_KEV, e_tab, 600))
+    kissel = model.kissel_shells(grid).sum(axis=0)
+    elam = np.array([xrl.CS_Photo(z, float(e)) for e in grid]) * barn
+    good = np.abs(kissel / elam - 1) <= 0.02
+    e_kv = float(grid[np.nonzero(good)[0][-1]]) if good.any() else float(grid[0])
+    use = (grid <= e_kv) & ~_near_edge(grid, binding_kev) & (kissel > 0)
+    model.ratio_log_e, model.ratio = np.log(grid[use]), elam[use] / kissel[use]
+    model.e_kv_kev = e_kv
+    partial = model.kissel_shells(np.array([e_kv]))[:, 0]
+    model.kissel_elam_ratio_at_e_kv = float(partial.sum() / (xrl.CS_Photo(z, e_kv) * barn))
+    model.frozen_fraction = partial / partial.sum()
     return model
 
 
@@ -461,12 +506,12 @@ def photoelectric_files(z: int) -> tuple[dict[str, str], dict]:
 
     files = {f"pe-high-{z}.dat": fit_file(e_hi, rows_hi), f"pe-low-{z}.dat": fit_file(e_lo, rows_lo)}
     # total above the K edge: sigma E^3 [barn MeV^3]
-    e_cs = np.geomspace(b_k, e_lo, PE_CS_POINTS)
+    e_cs = _with_knots(np.geomspace(b_k, e_lo, PE_CS_POINTS))
     files[f"pe-cs-{z}.dat"] = _fmt_vector(e_cs * _MEV, m.total(e_cs) * (e_cs * _MEV) ** 3)
     if n_sh > 1:
         # below the K edge: log grid plus both sides of every edge
         edges = np.unique(m.binding_kev)
-        pts = np.geomspace(b_min, b_k, PE_LE_POINTS)
+        pts = _with_knots(np.geomspace(b_min, b_k, PE_LE_POINTS))
         keep = np.all(np.abs(pts[:, None] / edges[None, :] - 1) > 1e-4, axis=1)
         e_le = np.unique(np.concatenate([pts[keep], edges, edges[edges > b_min] * (1 - 1e-6)]))
         e_le = e_le[(e_le >= b_min) & (e_le <= b_k)]
@@ -474,14 +519,15 @@ def photoelectric_files(z: int) -> tuple[dict[str, str], dict]:
         blocks = []
         for s in range(n_sh):
             b = float(m.binding_kev[s])
-            e_s = np.geomspace(b, e_lo, PE_SS_POINTS)
+            e_s = _with_knots(np.geomspace(b, e_lo, PE_SS_POINTS))
             v = m.shell(e_s)[s] * (e_s * _MEV) ** 3
-            blocks.append(f"{b * _MEV:.10e} {e_lo * _MEV:.10e} {PE_SS_POINTS} {s}")
+            blocks.append(f"{b * _MEV:.10e} {e_lo * _MEV:.10e} {len(e_s)} {s}")
             blocks += [f"{e * _MEV:.10e} {x:.8e}" for e, x in zip(e_s, v)]
         files[f"pe-ss-cs-{z}.dat"] = "\n".join(blocks) + "\n"
     record = {
         "shells": n_sh, "xraylib_shells": m.shells, "k_edge_kev": round(b_k, 6), "lowest_binding_kev": round(b_min, 6),
         "e_kv_kev": round(m.e_kv_kev, 4), "kissel_over_elam_at_e_kv": round(m.kissel_elam_ratio_at_e_kv, 5),
+        "elam_over_kissel_below_e_kv": [round(float(m.ratio.min()), 4), round(float(m.ratio.max()), 4)],
         "elam_table_end_kev": m.e_tab_kev, "table_to_kev": round(e_lo, 4), "low_fit_to_kev": round(e_hi, 4),
         "residuals": {k: float(f"{v:.3g}") for k, v in residuals.items()},
     }
