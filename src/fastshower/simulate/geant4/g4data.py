@@ -595,7 +595,7 @@ def _versions() -> dict:
     return {"fastshower": fastshower.__version__, "xraylib": str(getattr(xrl, "__version__", "unknown"))}
 
 
-def _manifest(elements: dict[int, dict], files: dict[str, str]) -> dict:
+def _manifest(elements: dict[int, dict], hashes: dict[str, str]) -> dict:
     v = _versions()
     nist = nist_brems().record
     return {
@@ -611,7 +611,7 @@ def _manifest(elements: dict[int, dict], files: dict[str, str]) -> dict:
             "placeholders": "empty marked directories; G4ENSDFSTATE3.0/ENSDFSTATE.dat empty",
         },
         "placeholders": placeholder_dirs(),
-        "files": {name: _sha256(text.encode()) for name, text in sorted(files.items())},
+        "files": dict(sorted(hashes.items())),
     }
 
 
@@ -662,24 +662,27 @@ def build_dataset(directory: str | Path | None = None, elements: Iterable[int] |
                   rebuild: bool = False, progress: bool = False) -> BuildResult:
     """Write (or extend) the data set in ``directory`` (default :func:`default_data_dir`) so that it
     holds ``elements`` (default :func:`default_elements`). Elements already there are kept; a set
-    of another recipe, or ``rebuild``, is rebuilt from scratch. Deterministic and atomic."""
+    of another recipe, or ``rebuild``, is rebuilt from scratch (with the elements it had).
+
+    Deterministic (each file depends only on its element and the recipe; the manifest is sorted and
+    has no time stamp) and atomic: a new set is assembled in a temporary sibling directory and
+    renamed into place; an extension writes each new file under a temporary name and rewrites the
+    manifest last, so the manifest never lists an element whose files are not all there. A
+    directory that is not empty and holds no manifest is never touched.
+    """
     t0 = time.perf_counter()
     root = Path(directory).expanduser() if directory is not None else default_data_dir()
-    wanted = tuple(sorted(set(elements))) if elements is not None else default_elements()
-    for z in wanted:
-        element_z(z)
+    wanted = set(default_elements() if elements is None else (element_z(z) for z in elements))
     with _lock(root):
         old = read_manifest(root)
+        if old is None and root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise RuntimeError(f"{root} exists and is not a fastshower data set (no {MANIFEST}); "
+                               f"choose another directory")
         if old is not None and (old.get("recipe") != RECIPE or rebuild):
-            keep = tuple(e["Z"] for e in old["elements"])
-            wanted = tuple(sorted(set(wanted) | set(keep)))
+            wanted |= {e["Z"] for e in old["elements"]}
             old = None
-        if old is None and root.exists() and any(root.iterdir()):
-            if not rebuild and read_manifest(root) is None:
-                raise RuntimeError(f"{root} exists and is not a fastshower data set (no {MANIFEST}); "
-                                   f"choose another directory")
         have = {e["Z"]: e for e in old["elements"]} if old else {}
-        todo = [z for z in wanted if z not in have]
+        todo = sorted(wanted - set(have))
         if not todo and old is not None:
             return BuildResult(root, tuple(sorted(have)), (), time.perf_counter() - t0, old)
         iterator: Iterable[int] = todo
@@ -687,24 +690,16 @@ def build_dataset(directory: str | Path | None = None, elements: Iterable[int] |
             from tqdm import tqdm
 
             iterator = tqdm(todo, desc="g4data", unit="element")
-        new_files: dict[str, str] = {}
+        new_files: dict[str, str] = {} if old else _placeholder_files()
         records = dict(have)
         for z in iterator:
             files, record = element_files(z)
             new_files.update(files)
             records[z] = record
+        hashes = dict(old["files"]) if old else {}
+        hashes.update({name: _sha256(text.encode()) for name, text in new_files.items()})
+        manifest = _manifest(records, hashes)
         if old is None:
-            new_files.update(_placeholder_files())
-            all_files = dict(new_files)
-        else:
-            all_files = {name: "" for name in old["files"]}
-            all_files.update(new_files)
-        manifest = _manifest(records, {})
-        manifest["files"] = {**{k: v for k, v in (old or {}).get("files", {}).items()},
-                             **{name: _sha256(text.encode()) for name, text in new_files.items()}}
-        manifest["files"] = dict(sorted(manifest["files"].items()))
-        if old is None:
-            # assemble in a temporary sibling and rename it into place
             tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
             umask = os.umask(0)
             os.umask(umask)
@@ -712,7 +707,7 @@ def build_dataset(directory: str | Path | None = None, elements: Iterable[int] |
             try:
                 _write_tree(tmp, new_files)
                 (tmp / MANIFEST).write_text(_manifest_text(manifest))
-                if root.exists():
+                if root.exists():  # an empty directory, or our own set being rebuilt
                     stale = root.with_name(f".{root.name}.old.{os.getpid()}")
                     os.replace(root, stale)
                     os.replace(tmp, root)
@@ -725,7 +720,6 @@ def build_dataset(directory: str | Path | None = None, elements: Iterable[int] |
         else:
             _write_tree(root, new_files)
             write_text_atomic(root / MANIFEST, _manifest_text(manifest))
-        del all_files
     return BuildResult(root, tuple(sorted(records)), tuple(todo), time.perf_counter() - t0, manifest)
 
 
@@ -767,10 +761,26 @@ def ensure_dataset(elements: Iterable[int], directory: str | Path | None = None,
     wanted = needed | set(default_elements()) if manifest is None else needed
     result = build_dataset(root, wanted)
     if result.added:
-        verb = "extended" if manifest is not None else "built"
+        verb = ("built" if manifest is None else "extended" if manifest.get("recipe") == RECIPE
+                else f"rebuilt (recipe {manifest.get('recipe')} -> {RECIPE})")
         announce(f"fastshower: {verb} the offline Geant4 data set in {root} for {format_elements(result.added)} "
                  f"({result.seconds:.1f} s; `fastshower g4data info` describes it)")
     return root
+
+
+def provenance(source: str) -> str:
+    """One line for a shower file's attributes: where the data of ``source`` (what
+    datasets.require_datasets returned: "installation", "fastshower:<dir>", ...) come from."""
+    if not source.startswith("fastshower:"):
+        return source
+    root = Path(source.split(":", 1)[1])
+    manifest = read_manifest(root)
+    if manifest is None:
+        return source
+    digest = hashlib.sha256(_manifest_text(manifest).encode()).hexdigest()[:16]
+    return (f"fastshower offline set (recipe {manifest['recipe']}, fastshower {manifest['fastshower_version']}, "
+            f"xraylib {manifest['xraylib_version']}, NIST SB brem; elements "
+            f"{format_elements(e['Z'] for e in manifest['elements'])}; manifest sha256 {digest}) in {root}")
 
 
 def set_environment(root: Path) -> list[str]:
