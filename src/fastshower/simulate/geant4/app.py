@@ -35,9 +35,7 @@ reuses it for later runs with the same geometry, mode and physics.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -127,8 +125,6 @@ def format_timing(result: G4RunResult) -> str:
     return "\n".join(lines)
 
 
-#: The manifest ``fastshower g4data build`` writes at the top of its data set.
-G4DATA_MANIFEST = "fastshower-g4data.json"
 _LENGTH_MM = {"nm": 1e-6, "um": 1e-3, "mm": 1.0, "cm": 10.0, "m": 1000.0, "km": 1e6}
 #: Default production cut (mm): 1 mm, G4VUserPhysicsList's default and the cut every Geant4 sample
 #: of the project so far was made with (the 0.7 mm that earlier code asked for never took effect,
@@ -182,24 +178,18 @@ def require_em_physics(em_physics: str) -> None:
                            f"option1 and option2); point G4LEDATA at a full G4EMLOW8.8 installation")
 
 
-def dataset_provenance(physics: str) -> dict:
-    """Where the data sets ``physics`` reads come from: per data set its directory and, for a
-    data set built by fastshower (``fastshower g4data build``), its manifest."""
+def dataset_provenance(physics: str, source: str) -> dict:
+    """Where the data sets ``physics`` reads come from: ``source`` as one line (what
+    ``datasets.require_datasets`` returned, expanded by ``g4data.provenance``: an installation, or
+    fastshower's offline set with its recipe, versions, elements and manifest hash) and the
+    directory of each data set."""
     from fastshower.simulate.geant4.datasets import PHYSICS_DATASETS
+    from fastshower.simulate.geant4.g4data import provenance
 
-    out = {}
+    out: dict = {"source": provenance(source)}
     for name in PHYSICS_DATASETS[physics]:
-        path = find_dataset(name)
-        entry: dict = {"path": str(path) if path else None}
-        manifest = path.parent / G4DATA_MANIFEST if path else None
-        if manifest is not None and manifest.exists():
-            raw = manifest.read_bytes()
-            m = json.loads(raw)
-            elements = " ".join(e.get("symbol", str(e.get("Z"))) for e in m.get("elements", []))
-            entry["fastshower_g4data"] = (f"recipe {m.get('recipe')}, fastshower {m.get('fastshower_version')}, "
-                                          f"xraylib {m.get('xraylib_version')}, elements {elements}, manifest "
-                                          f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
-        out[name] = entry
+        path = find_dataset(name, placeholder_ok=True)
+        out[name] = str(path) if path else None
     return out
 
 
@@ -232,7 +222,7 @@ class Geant4App:
         physics = physics or _default_physics(mode)
         if mode == "full" and physics == "transport":
             raise ValueError("full simulation needs a physics list: em or FTFP_BERT")
-        require_datasets(physics)  # before anything of Geant4 is touched
+        self.datasets = require_datasets(physics, geometry)  # before anything of Geant4 is touched
         if physics != "transport":
             require_em_physics(em_physics)
         self.geometry = load_geometry(geometry)
@@ -240,7 +230,7 @@ class Geant4App:
         self.em_physics = em_physics if physics != "transport" else None
         self.production_cut_mm = float(production_cut_mm)
         self.physics_list_name = physics_list_name(physics, em_physics)
-        self.data_provenance = dataset_provenance(physics)
+        self.data_provenance = dataset_provenance(physics, self.datasets)
         self.nuclide_table = ensure_nuclide_table_for_fast_mode() if physics == "transport" else "dataset"
         self.g4 = g4 = import_geant4()
         self.max_gun_distance_mm = float(max_gun_distance_mm)

@@ -176,7 +176,7 @@ class Production:
         parse_spec(self.energy, "energy")
         parse_spec(self.angle, "angle")
         self.guns(0)
-        require_datasets(self.physics)
+        require_datasets(self.physics, load_geometry(self.geometry))  # builds fastshower's set here, not per worker
         if self.physics != "transport":
             require_em_physics(self.em_physics)
 
@@ -593,11 +593,8 @@ def format_provenance(attrs: dict) -> list[str]:
         lines.append(f"production cut:   {attrs['production_cut_mm']:g} mm")
     data = load(attrs.get("geant4_data"))
     if isinstance(data, dict):
-        for name, info in data.items():
-            info = info if isinstance(info, dict) else {"path": info}
-            built = info.get("fastshower_g4data")
-            origin = (f" (fastshower g4data: {built})" if built else "")
-            lines.append(f"geant4 data:      {name}: {info.get('path')}{origin}")
+        lines.append(f"geant4 data:      {data.get('source', '?')}")
+        lines += [f"                  {name}: {path}" for name, path in data.items() if name != "source"]
     shards = load(attrs.get("shards"))
     seeds = f"seed {attrs.get('seed', '?')}"
     if isinstance(shards, list) and shards:
