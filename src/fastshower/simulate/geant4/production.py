@@ -347,12 +347,14 @@ def _run_local(production: Production, todo: Sequence[int], work: Path, on_done:
 
 
 def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None], *,
-              workers: int, scheduler: str | None, retries: int) -> int:
-    """Run the shards as Dask tasks; returns the number of workers seen."""
+              workers: int, scheduler: str | None, retries: int, extra: dict) -> int:
+    """Run the shards as Dask tasks; returns the number of workers seen (``extra`` gets the
+    seconds spent connecting to or starting the cluster)."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - dask is in the geant4 extra
         raise RuntimeError("parallel production needs dask.distributed: pip install 'fastshower[geant4]'") from exc
+    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if scheduler:
             client = stack.enter_context(Client(scheduler))
@@ -361,6 +363,7 @@ def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: 
                                                        dashboard_address=None, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         n_workers = len(client.scheduler_info().get("workers", {})) or workers
+        extra["cluster_start_s"] = time.perf_counter() - t0
         futures = [client.submit(run_shard, production, shard, str(work), retries=retries, pure=False,
                                  key=f"fastshower-g4shard-{production.production_id}-{shard}-{os.getpid()}")
                    for shard in todo]
@@ -411,10 +414,11 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
             bar.update(manifest["events"][1] - manifest["events"][0])
 
     n_workers = workers
+    extra: dict = {}
     try:
         if todo and (workers > 1 or scheduler):
             n_workers = _run_dask(production, todo, work, on_done, workers=workers, scheduler=scheduler,
-                                  retries=retries)
+                                  retries=retries, extra=extra)
         elif todo:
             _run_local(production, todo, work, on_done)
     finally:
@@ -425,7 +429,7 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
     if not keep_shards:
         shutil.rmtree(work)
     return ProductionResult(Path(output), production, [manifests[k] for k in range(production.n_shards)],
-                            sorted(done), n_workers, time.perf_counter() - t0, merged)
+                            sorted(done), n_workers, time.perf_counter() - t0, merged, extra=extra)
 
 
 def produce_shard(production: Production, shard: int, output: str | Path, *,
