@@ -825,7 +825,7 @@ def describe(directory: str | Path | None = None) -> list[str]:
     """Lines for ``fastshower g4data info``: which data sets Geant4 would use here (and who set
     them), and the fastshower-built set in ``directory`` (default :func:`default_data_dir`):
     elements, sources, versions, fit residuals, and whether its files match the manifest."""
-    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset,
+    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset, missing_datasets,
                                                      user_data_variables)
 
     lines = []
@@ -834,8 +834,7 @@ def describe(directory: str | Path | None = None) -> list[str]:
         lines.append("Geant4 data variables set here (an installation you point at always wins): "
                      + ", ".join(f"{n}={os.environ[n]}" for n in user))
     else:
-        lines.append("no Geant4 data variable is set: full mode uses fastshower's offline set "
-                     "(built on first use)")
+        lines.append("no Geant4 data variable is set")
     for name in PHYSICS_DATASETS["em"] + ("G4PARTICLEXS",):
         found = find_dataset(name, placeholder_ok=True)
         if found is None:
@@ -847,6 +846,17 @@ def describe(directory: str | Path | None = None) -> list[str]:
         else:
             kind = f"installation {found}"
         lines.append(f"  {DATASETS[name].dirname:18s} ({DATASETS[name].envvar}): {kind}")
+    emlow = find_dataset("G4EMLOW")
+    if not missing_datasets("em") and emlow is not None:
+        kind = "the fastshower set" if read_manifest(emlow.parent) is not None else "the installation"
+        lines.append(f"full mode (em physics) uses {kind} in {emlow.parent}")
+    elif user:
+        lines.append("full mode (em physics) stops with an error: the variables set here lack a data set "
+                     "(fastshower does not mix its files into an installation)")
+    else:
+        built = read_manifest(default_data_dir()) is not None
+        lines.append(f"full mode (em physics) uses the fastshower set in {default_data_dir()}"
+                     + ("" if built else " (built on first use)"))
     root = Path(directory).expanduser() if directory is not None else default_data_dir()
     manifest = read_manifest(root)
     if manifest is None:
