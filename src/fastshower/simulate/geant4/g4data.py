@@ -501,7 +501,9 @@ def photoelectric_files(z: int) -> tuple[dict[str, str], dict]:
     if best is None:
         raise RuntimeError(f"Z={z}: no fit range for the photoelectric parametrisation")
     _, e_lo, e_hi = best
-    rows_lo, rows_hi, residuals = [], [], {}
+    rows_lo: list[np.ndarray] = []
+    rows_hi: list[np.ndarray] = []
+    residuals: dict[str, float] = {}
     for name, lo_kev, hi_kev, rows in (("low", e_lo, e_hi, rows_lo), ("high", e_hi, FIT_TOP_KEV, rows_hi)):
         sel = (fine >= lo_kev * (1 - 1e-12)) & (fine <= hi_kev * (1 + 1e-12))
         worst_shell = 0.0
