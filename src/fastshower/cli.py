@@ -391,8 +391,10 @@ def quantize(
 
         ref = read_showers(reference, max_events=eval_n)
     with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        from fastshower.models.registry import resolve
+
         fp32_path = Path(model)
-        if fp32_path.suffix == ".onnx":
+        if resolve(model).kind == "onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
                 raise ValueError(f"{model} is already reduced precision; give the fp32 export")
         else:
@@ -467,7 +469,7 @@ def g4run(
     from fastshower.geometry import load_geometry
     from fastshower.simulate.geant4.app import Gun, format_timing, get_app
     from fastshower.simulate.geant4.datasets import require_datasets
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
     if n < 1 or batch_events < 1 or multiplicity < 1:
         raise ValueError(f"-n, --batch-events and --multiplicity must be >= 1, got {n}, {batch_events}, {multiplicity}")

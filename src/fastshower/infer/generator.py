@@ -100,7 +100,8 @@ class Generator:
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
-             threads: int | None = None, allow_extrapolation: bool = False) -> "Generator":
+             threads: int | None = None, allow_extrapolation: bool = False,
+             geometry: Geometry | str | None = None) -> "Generator":
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -111,6 +112,8 @@ class Generator:
         name with ``onnx`` is exported to a temporary file first). ``threads``: intra-op threads
         (torch: ``torch.set_num_threads``, process-wide; ONNX: the session's own).
         ``allow_extrapolation``: conditions outside the trained range give a warning, not an error.
+        ``geometry``: only for an ``.onnx`` file without fastshower metadata (a foreign export with
+        the same three inputs and output): the geometry it generates for, whose ranges it gets.
         The name is resolved by :func:`fastshower.models.registry.resolve`.
         """
         from fastshower.models.registry import load_generator, resolve
@@ -124,7 +127,7 @@ class Generator:
         if found.kind == "onnx":
             backend = "onnx"
         if backend == "onnx":
-            return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation)
+            return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation, geometry)
         if precision == "int8":
             raise ValueError("int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
         if threads is not None:
@@ -138,7 +141,7 @@ class Generator:
         return cls.from_module(module, dev, precision, allow_extrapolation)
 
     @classmethod
-    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation) -> "Generator":
+    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> "Generator":
         from fastshower.infer.onnx_export import export_onnx, read_metadata
 
         if path.suffix != ".onnx":  # a saved or shipped model: export it first
@@ -148,8 +151,15 @@ class Generator:
                 meta = read_metadata(onnx_path)
                 engine = OnnxBackend.open(onnx_path, dev, threads, meta.get("precision", "fp32"))
         else:
-            meta = read_metadata(path)
+            try:
+                meta = read_metadata(path)
+            except ValueError:
+                if geometry is None:
+                    raise
+                meta = _foreign_metadata(path, load_geometry(geometry))
             engine = OnnxBackend.open(path, dev, threads, meta.get("precision", "fp32"))
+            if "noise_dim" not in meta:
+                meta["noise_dim"] = int(engine.session.get_inputs()[engine.input_names.index("noise")].shape[-1])
         if precision not in ("fp32", engine.precision):
             raise ValueError(f"the onnx backend runs the file's own precision ({engine.precision}); ask for fp32 "
                              f"(the default) or {engine.precision}, not {precision} (other files: fastshower quantize)")
@@ -226,6 +236,21 @@ class Generator:
         return {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
                 "precision": self.precision, "device": str(self.device)}
 
+    def generate_arrays(self, primary_energy: np.ndarray, incident_angle: np.ndarray, seed: int,
+                        batch_size: int = DEFAULT_BATCH_SIZE, check_range: bool = True) -> np.ndarray:
+        """The showers of :meth:`generate` for 1-d arrays of conditions, as one float32 array
+        ``(n, *shape)``; ``check_range=False`` skips the trained-range check (e.g. an untrained
+        network in a test)."""
+        e = np.atleast_1d(np.asarray(primary_energy, dtype=np.float64))
+        a = np.atleast_1d(np.asarray(incident_angle, dtype=np.float64))
+        if e.shape != a.shape or e.ndim != 1:
+            raise ValueError(f"primary_energy and incident_angle must be 1-d arrays of one length, got "
+                             f"{e.shape} and {a.shape}")
+        if check_range:
+            self.check_conditions(e, a)
+        parts = [part.showers for part in self._batches(e, a, batch_size, int(seed))]
+        return np.concatenate(parts) if parts else np.zeros((0, *self.geometry.shape), np.float32)
+
     def generate(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int | None = None) -> ShowerSet:
         """Showers for primary energies (GeV) and incident angles (rad), scalars or 1-d arrays; ``n``
@@ -267,6 +292,13 @@ class Generator:
         if bar is not None:
             bar.close()
         return writer.n_events
+
+
+def _foreign_metadata(path: Path, geometry: Geometry) -> dict[str, Any]:
+    """Metadata for an ONNX file with the exporter's interface but without its metadata: the name
+    of the file, the geometry given and its ranges (``noise_dim`` is read from the session)."""
+    return {"model": path.stem, "geometry": geometry, "energy_range_gev": geometry.energy_range_gev,
+            "angle_range_rad": geometry.angle_range_rad}
 
 
 def _device(device: str | torch.device) -> torch.device:
