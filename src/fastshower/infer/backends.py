@@ -78,7 +78,7 @@ class TorchBackend:
     def __init__(self, module: torch.nn.Module, device: torch.device | str = "cpu", precision: str = "fp32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)}")
-        self.module = module
+        self.module: Any = module  # a ShowerGenerator, or a compiled / re-laid-out copy of one
         self.device = torch.device(device)
         self.precision = precision
 

@@ -27,6 +27,7 @@ import torch
 
 from fastshower.geometry import Geometry, load_geometry
 from fastshower.infer.backends import PRECISIONS, Backend, OnnxBackend, TorchBackend, draw_noise, noise_rng
+from fastshower.models.base import ShowerGenerator
 from fastshower.showers import ShowerSet
 
 BACKENDS = ("torch", "onnx")
@@ -79,16 +80,9 @@ class Generator:
     def session(self) -> Any:
         return getattr(self.engine, "session", None)
 
-    def with_engine(self, engine: Backend) -> "Generator":
-        """The same generator (name, ranges, noise convention) on another back-end, e.g. a
-        benchmark variant."""
-        return Generator(engine, name=self.name, geometry=self.geometry, noise_dim=self.noise_dim,
-                         energy_range_gev=self.energy_range_gev, angle_range_rad=self.angle_range_rad,
-                         allow_extrapolation=self.allow_extrapolation)
-
     # ------------------------------------------------------------------------------ loading
     @classmethod
-    def from_module(cls, module: torch.nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
+    def from_module(cls, module: ShowerGenerator, device: str | torch.device = "cpu", precision: str = "fp32",
                     allow_extrapolation: bool = False) -> "Generator":
         """A generator around a ``ShowerGenerator`` network in memory (e.g. a freshly built or
         training one): moved to ``device``; the caller sets eval/train mode."""
@@ -124,6 +118,7 @@ class Generator:
             raise ValueError(f"unknown backend {backend!r}; expected {', '.join(BACKENDS)}")
         dev = _device(device)
         found = resolve(name_or_path, untrained=False)
+        assert found.path is not None  # only untrained names have no path
         if found.kind == "onnx":
             backend = "onnx"
         if backend == "onnx":

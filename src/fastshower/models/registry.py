@@ -182,7 +182,8 @@ def resolve(name_or_path: str | Path, untrained: bool = True) -> ResolvedModel:
         meta = _onnx_metadata(path)
         return ResolvedModel("onnx", path, meta.get("model", path.stem), meta.get("geometry", ""))
     stem = _stem(Path(name_or_path))
-    for kind, candidate in (("saved", stem), ("shipped", WEIGHTS_DIR / text)):
+    candidates: tuple[tuple[ModelKind, Path], ...] = (("saved", stem), ("shipped", WEIGHTS_DIR / text))
+    for kind, candidate in candidates:
         if candidate.with_suffix(".json").is_file():
             card = _read_card_file(candidate)
             return ResolvedModel(kind, candidate, card["model"], str(card.get("geometry", "")))

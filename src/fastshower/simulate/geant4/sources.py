@@ -39,7 +39,10 @@ ENTRY_CONVENTIONS = ("gflash", "centre")
 class ShowerSource(Protocol):
     """What the Geant4 fast-simulation hook calls (see the module docstring)."""
 
-    description: str
+    @property
+    def description(self) -> str:
+        """One line naming the source (the run's ``shower_source`` attribute)."""
+        ...
 
     def __call__(self, primary_energy: np.ndarray, incident_angle: np.ndarray, seed: int) -> np.ndarray:
         ...
