@@ -396,8 +396,10 @@ def quantize(
 
         ref = read_showers(reference, max_events=eval_n)
     with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        from fastshower.models.registry import resolve
+
         fp32_path = Path(model)
-        if fp32_path.suffix == ".onnx":
+        if resolve(model).kind == "onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
                 raise ValueError(f"{model} is already reduced precision; give the fp32 export")
         else:
@@ -482,6 +484,7 @@ def g4run(
     """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
+    from fastshower.infer.sources import resolve_source
     from fastshower.simulate.geant4.production import (Production, format_production, produce,
                                                        produce_shard)
 
@@ -501,13 +504,13 @@ def g4run(
                             production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
                             entry_convention=entry_convention)
     if shard_index is not None:
-        result = produce_shard(production, shard_index, output)
+        result = produce_shard(production, shard_index, output, resolve_source=resolve_source)
         typer.echo(format_production(result))
         typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
                    + (" (already complete)" if result.resumed else ""))
     else:
         result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
-                         keep_shards=keep_shards, progress=True)
+                         keep_shards=keep_shards, progress=True, resolve_source=resolve_source)
         typer.echo(format_production(result))
         if mode == "fast":
             typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
