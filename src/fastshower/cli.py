@@ -148,7 +148,7 @@ def inspect(
     typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
     typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
     typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
-    from fastshower.simulate.geant4.production import format_provenance
+    from fastshower.production import format_provenance
 
     for line in format_provenance(attrs):
         typer.echo(line)
@@ -484,9 +484,7 @@ def g4run(
     """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
-    from fastshower.infer.sources import resolve_source
-    from fastshower.simulate.geant4.production import (Production, format_production, produce,
-                                                       produce_shard)
+    from fastshower.production import Production, format_production, produce, produce_shard
 
     try:
         x0, y0 = (float(v) for v in position.split(","))
@@ -504,13 +502,13 @@ def g4run(
                             production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
                             entry_convention=entry_convention)
     if shard_index is not None:
-        result = produce_shard(production, shard_index, output, resolve_source=resolve_source)
+        result = produce_shard(production, shard_index, output)
         typer.echo(format_production(result))
         typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
                    + (" (already complete)" if result.resumed else ""))
     else:
         result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
-                         keep_shards=keep_shards, progress=True, resolve_source=resolve_source)
+                         keep_shards=keep_shards, progress=True)
         typer.echo(format_production(result))
         if mode == "fast":
             typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
@@ -526,7 +524,7 @@ def merge(
 ) -> None:
     """Merge the shard files of one `g4run` production (from `--shard K/N` jobs) into one file, in shard
     order, after checking that they belong together and are complete."""
-    from fastshower.simulate.geant4.production import merge_shards
+    from fastshower.production import merge_shards
 
     result = merge_shards(shards, output, format=format)
     typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
