@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fastshower.errors import TargetNotMetError, UserInputError
+
 app = typer.Typer(
     name="fastshower",
     help="Fast calorimeter shower simulation with deep generative models.",
@@ -21,8 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Exceptions that mean "bad input", reported as one line, not a traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError)
 
 
 @app.callback()
@@ -83,9 +83,9 @@ def simulate(
     from fastshower.simulate.gflash import simulate_showers
 
     if n < 1 or batch_size < 1:
-        raise ValueError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+        raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
     if particle not in SIMULATED_PARTICLES:
-        raise ValueError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
+        raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
     rng = np.random.default_rng(seed)
     primary_energy = sample_energies(energy, n, rng, g.energy_range_gev)
@@ -136,7 +136,7 @@ def inspect(
             ratio += np.sum(dep / part.primary_energy)
             bar.update(len(part))
     if last is None:
-        raise ValueError(f"{path}: the file holds no events")
+        raise UserInputError(f"{path}: the file holds no events")
     name, attrs = last.geometry, last.attrs
     if binning is not None:
         check_binning(read_binning_xml(binning), geometry_of(last))
@@ -176,7 +176,7 @@ def validate(
     from fastshower.validate.report import write_report
 
     if max_events is not None and max_events < 2:
-        raise ValueError(f"--max-events must be at least 2, got {max_events}")
+        raise UserInputError(f"--max-events must be at least 2, got {max_events}")
     paths = {"reference": reference, "candidate": candidate, "reference2": reference2}
     sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
             for what, path in paths.items()}
@@ -211,7 +211,7 @@ def train(
         overrides.setdefault("run", {})["output_dir"] = str(out.resolve())  # --out is relative to the cwd
     cfg = load_config(config, overrides)
     if epochs is not None and cfg.stages:
-        raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")
+        raise UserInputError("--epochs cannot override a config with stages; edit stages[].epochs")
     trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
     try:
         records = trainer.fit()
@@ -260,7 +260,7 @@ def generate(
     from fastshower.infer.generator import Generator
 
     if n < 1:
-        raise ValueError(f"-n must be >= 1, got {n}")
+        raise UserInputError(f"-n must be >= 1, got {n}")
     gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads,
                          allow_extrapolation=allow_extrapolation)
     rng = np.random.default_rng(seed)
@@ -283,7 +283,7 @@ def export(
     from fastshower.infer.onnx_export import export_onnx
 
     if format != "onnx":
-        raise ValueError(f"unknown export format {format!r}; expected onnx")
+        raise UserInputError(f"unknown export format {format!r}; expected onnx")
     info = export_onnx(model, output, opset=opset, check=True)
     typer.echo(f"wrote {output} ({info['bytes'] / 2**20:.2f} MiB, opset {opset}); ONNX Runtime vs PyTorch on "
                f"{info['n_check']} showers: summed energy rel. error {info['max_rel_err_sum']:.2e}, "
@@ -381,9 +381,9 @@ def quantize(
     from fastshower.infer import quantize as q
 
     if not target > 0:
-        raise ValueError(f"--target must be > 0, got {target}")
+        raise UserInputError(f"--target must be > 0, got {target}")
     if precision not in ("int8", "fp16"):
-        raise ValueError(f"unknown precision {precision!r}; expected int8 or fp16")
+        raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
     criterion = criterion or ("physics" if reference is not None else "shapes")
     ref = None
     if reference is not None:
@@ -394,7 +394,7 @@ def quantize(
         fp32_path = Path(model)
         if fp32_path.suffix == ".onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
-                raise ValueError(f"{model} is already reduced precision; give the fp32 export")
+                raise UserInputError(f"{model} is already reduced precision; give the fp32 export")
         else:
             from fastshower.infer.onnx_export import export_onnx
 
@@ -410,7 +410,7 @@ def quantize(
     log = output.with_suffix(".tuning.json")
     if not result.met:
         best = min(result.steps, key=lambda st: st.score)
-        raise RuntimeError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
+        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
                            f"1 = target); nothing written, log in {log}")
     step = result.chosen
     typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
@@ -470,13 +470,13 @@ def g4run(
     from fastshower.simulate.geant4.sources import resolve_source
 
     if n < 1 or batch_events < 1 or multiplicity < 1:
-        raise ValueError(f"-n, --batch-events and --multiplicity must be >= 1, got {n}, {batch_events}, {multiplicity}")
+        raise UserInputError(f"-n, --batch-events and --multiplicity must be >= 1, got {n}, {batch_events}, {multiplicity}")
     if mode not in ("fast", "full"):
-        raise ValueError(f"unknown mode {mode!r}; expected fast or full")
+        raise UserInputError(f"unknown mode {mode!r}; expected fast or full")
     try:
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
-        raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
+        raise UserInputError(f"--position must be x,y in mm, got {position!r}") from None
     g = load_geometry(geometry)
     if physics is not None or mode == "full":
         require_datasets(physics or "em")  # the one data-set message, before any model is loaded
@@ -555,13 +555,34 @@ def hpo(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: run the app; user errors become ``error: <one line>`` and exit code 2."""
+    """Entry point: run the app. Expected failures (:mod:`fastshower.errors`) become ``error: <message>``
+    and their exit code (2 for bad input); Ctrl-C exits 130; any other exception keeps its traceback."""
+    from fastshower.errors import user_message
+
     try:
         app(args=argv, prog_name="fastshower")
-    except USER_ERRORS as exc:
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.echo(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        reported = user_message(exc)
+        if reported is None:
+            raise
+        typer.echo(f"error: {reported[0]}", err=True)
+        _exit(reported[1])
+
+
+def _exit(code: int) -> None:
+    """sys.exit, or os._exit when HDF5 holds a file it could not close (it would crash at exit)."""
+    from fastshower.data.io import hdf5_file_left_open
+
+    if hdf5_file_left_open():
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
