@@ -71,33 +71,27 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Seed of the one random generator (conditions and showers)."),
     particle: str = typer.Option("e-", "--particle", help="e- or gamma."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Showers simulated and written per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
-    """Simulate reference showers (GFlash parametrisation) and stream them to a file."""
-    import numpy as np
+    """Simulate reference showers (GFlash parametrisation) and stream them to a file (constant memory)."""
     from tqdm import tqdm
 
-    from fastshower.conditions import sample_angles, sample_energies
     from fastshower.data import ShowerWriter
     from fastshower.geometry import load_geometry
-    from fastshower.showers import ShowerSet
-    from fastshower.simulate.gflash import simulate_showers
+    from fastshower.simulate import gflash
 
     if n < 1 or batch_size < 1:
         raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
     if particle not in SIMULATED_PARTICLES:
         raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
-    rng = np.random.default_rng(seed)
-    primary_energy = sample_energies(energy, n, rng, g.energy_range_gev)
-    incident_angle = sample_angles(angle, n, rng, g.angle_range_rad)
+    batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle)
     attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer, \
+    with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer, \
             tqdm(total=n, desc="simulate", unit="shower") as bar:
-        for start in range(0, n, batch_size):
-            e, a = primary_energy[start:start + batch_size], incident_angle[start:start + batch_size]
-            showers = simulate_showers(g, e, a, rng, particle=particle)
-            writer.write(ShowerSet(showers, e, a, g.name))
-            bar.update(len(e))
+        for part in batches:
+            writer.write(part)
+            bar.update(len(part))
     typer.echo(f"wrote {n} {particle} showers ({g.name}, {writer.layout.name}) to {output}")
 
 
