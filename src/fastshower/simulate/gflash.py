@@ -26,9 +26,8 @@ where the name says ``_x0``, radii of the radial profile in Moliere radii, angle
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
