@@ -110,15 +110,8 @@ def inspect(
     import numpy as np
     from tqdm import tqdm
 
-    from fastshower.data import (
-        check_binning,
-        count_events,
-        detect_layout,
-        geometry_of,
-        iter_showers,
-        read_binning_xml,
-        resolve_paths,
-    )
+    from fastshower.data import (check_binning, count_events, detect_layout, geometry_of, iter_showers,
+                                 read_binning_xml, resolve_paths)
 
     files = resolve_paths(path)
     layout = detect_layout(files)
@@ -296,11 +289,7 @@ def models() -> None:
     """List the shipped generators: geometry, trained ranges, size and validation summary."""
     import math
 
-    from fastshower.models.registry import (
-        list_shipped,
-        read_card,
-        resolve_generator_path,
-    )
+    from fastshower.models.registry import list_shipped, read_card, resolve_generator_path
 
     names = list_shipped()
     if not names:
