@@ -29,7 +29,7 @@ from fastshower.data.layout import Layout, geometry_is_normal_incidence
 from fastshower.data.native import NativeLayout
 from fastshower.data.threedgan import FixedAngleLayout, VariableAngleLayout
 from fastshower.errors import DiskFullError
-from fastshower.fileio import InterruptFlag, atomic_path
+from fastshower.fileio import InterruptFlag, atomic_path, is_disk_full
 from fastshower.geometry import PRESETS, Geometry, load_geometry
 from fastshower.showers import ShowerSet
 
@@ -316,11 +316,15 @@ class ShowerWriter:
         self._stack: contextlib.ExitStack | None = None
         self._interrupt = InterruptFlag()
         self._tmp: Path | None = None
+        self._hdf5_errors: list[BaseException] = []
+        self._previous_hook = None
 
     def __enter__(self) -> "ShowerWriter":
         self._stack = contextlib.ExitStack()
         tmp = self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite, lock=True))
         self._stack.enter_context(self._interrupt)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         try:
             self._file = h5py.File(tmp, "w")
             self._start()
@@ -328,6 +332,19 @@ class ShowerWriter:
             self.__exit__(*sys.exc_info())
             raise
         return self
+
+    def _unraisable(self, unraisable) -> None:
+        """h5py reports HDF5 write failures of freed objects (chunk flushes) as "Exception ignored":
+        keep the full-disk ones to raise them from :meth:`write`, pass the others on."""
+        if is_disk_full(unraisable.exc_value):
+            self._hdf5_errors.append(unraisable.exc_value)
+        else:
+            (self._previous_hook or sys.__unraisablehook__)(unraisable)
+
+    def _check_hdf5_errors(self) -> None:
+        if self._hdf5_errors:
+            raise DiskFullError(f"disk full while writing {self.path} "
+                                f"({str(self._hdf5_errors[0]).splitlines()[0]}); nothing written")
 
     def _start(self) -> None:
         assert self._file is not None
@@ -350,6 +367,7 @@ class ShowerWriter:
                       shower_set.incident_angle, self.geometry)
         self.layout.append(self._file, shower_set.showers, shower_set.primary_energy, shower_set.incident_angle,
                            self.geometry, self.attrs)
+        self._check_hdf5_errors()
         self.n_events += len(shower_set)
 
     def _block_bytes(self, shower_set: ShowerSet) -> int:
@@ -367,13 +385,22 @@ class ShowerWriter:
         error = exc
         if error is None and self._interrupt.requested:  # Ctrl-C after the last write: no file
             error = KeyboardInterrupt()
-        if f is not None:
+        if error is None and self._hdf5_errors:
             try:
-                f.close()
-            except BaseException as close_error:  # e.g. the final flush on a full disk
-                global _HDF5_FILE_LEFT_OPEN
-                _HDF5_FILE_LEFT_OPEN = True
-                error = error if error is not None else close_error
+                self._check_hdf5_errors()
+            except DiskFullError as disk_full:
+                error = disk_full
+        if f is not None:
+            if error is not None and is_disk_full(error):
+                _leave_open(f)  # HDF5 failed a write: closing it now may crash the interpreter
+            else:
+                try:
+                    f.close()
+                except BaseException as close_error:  # e.g. the final flush on a full disk
+                    _leave_open(f)
+                    error = error if error is not None else close_error
+        if self._previous_hook is not None:
+            sys.unraisablehook, self._previous_hook = self._previous_hook, None
         if error is None:
             self._stack.__exit__(None, None, None)  # renames the file into place
             return False
@@ -390,6 +417,17 @@ SPACE_MARGIN_BYTES = 4 << 20
 #: Set when HDF5 could not close a file (a write failed inside HDF5, e.g. a full disk found by HDF5
 #: itself): HDF5 then crashes at interpreter exit, so the command line exits without its finalizers.
 _HDF5_FILE_LEFT_OPEN = False
+
+
+_LEFT_OPEN: list[h5py.File] = []
+
+
+def _leave_open(f: h5py.File) -> None:
+    """Keep an h5py file whose write failed inside HDF5 referenced (never closed nor freed: HDF5 may
+    crash when it retries the failed flush); its temporary file is removed all the same."""
+    global _HDF5_FILE_LEFT_OPEN
+    _HDF5_FILE_LEFT_OPEN = True
+    _LEFT_OPEN.append(f)
 
 
 def hdf5_file_left_open() -> bool:
