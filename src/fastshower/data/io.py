@@ -391,7 +391,7 @@ class ShowerWriter:
             except DiskFullError as disk_full:
                 error = disk_full
         if f is not None:
-            if error is not None and is_disk_full(error):
+            if error is not None and is_disk_full(error) and (self._hdf5_errors or "write failed" in str(error)):
                 _leave_open(f)  # HDF5 failed a write: closing it now may crash the interpreter
             else:
                 try:
