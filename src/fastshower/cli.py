@@ -193,6 +193,7 @@ def train(
                                                    "generator .safetensors); fresh optimizers and counters."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in the output directory."),
 ) -> None:
     """Train a generator (GAN recipes, checkpoints, validation). Under torchrun: data-parallel."""
     from fastshower.train.config import load_config
@@ -206,14 +207,21 @@ def train(
     cfg = load_config(config, overrides)
     if epochs is not None and cfg.stages:
         raise UserInputError("--epochs cannot override a config with stages; edit stages[].epochs")
-    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
+    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out, overwrite=overwrite)
     try:
         records = trainer.fit()
     finally:
         trainer.close()
     if trainer.info.is_main:
-        last = records[-1] if records else {}
-        val = f", val profile MSE {last['val_profile_mse']:.4g}" if "val_profile_mse" in last else ""
+        key = f"val_{cfg.run.best_metric}"
+        scored = [r for r in records if isinstance(r.get(key), (int, float))]
+        val = ""
+        if scored:  # the best epoch's metric (the one saved as best.*), not the last epoch's
+            best = min(scored, key=lambda r: r[key])
+            name = cfg.run.best_metric.replace("_", " ").replace("mse", "MSE")
+            val = f", best val {name} {best[key]:.4g} at epoch {best['epoch']} (best.safetensors)"
+            if best is not scored[-1]:
+                val += f", last epoch {scored[-1][key]:.4g}"
         typer.echo(f"trained {cfg.model.name} to epoch {trainer.epoch} (step {trainer.step}){val}; "
                    f"outputs in {trainer.out}")
 
