@@ -35,6 +35,42 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+def _overwrite_option():
+    return typer.Option(False, "--overwrite", help="Replace an existing output file.")
+
+
+def _require_onnx(*models: str) -> None:
+    """A one-line DataFileError for a ``.onnx`` model argument that is not a readable ONNX generator."""
+    from fastshower.errors import DataFileError, FastshowerError
+
+    for model in models:
+        if not str(model).endswith(".onnx"):
+            continue
+        from fastshower.infer.onnx_export import read_metadata
+
+        try:
+            read_metadata(model)
+        except (FastshowerError, FileNotFoundError, ValueError):
+            raise
+        except Exception as exc:  # protobuf DecodeError, onnx errors: not an ONNX file
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataFileError(f"{model} is not a readable ONNX file ({type(exc).__name__}: {detail})") from None
+
+
+def _check_condition_count(n: int) -> None:
+    """Refuse -n whose conditions (2 float64 per shower) do not fit in the available memory."""
+    import os
+
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if 16 * n > available:
+        raise UserInputError(f"-n {n}: its conditions alone need {16 * n / 2**30:.1f} GiB, more than the "
+                             f"{available / 2**30:.1f} GiB of free memory; split the run (several files with "
+                             f"different --seed)")
+
+
 @app.command()
 def geometries(
     show: Optional[str] = typer.Argument(None, help="Preset name or YAML file to describe in full."),
@@ -151,6 +187,9 @@ def inspect(
 
 # ---------------------------------------------------------------- validate (issue 3)
 
+#: Fewest events per sample `validate` accepts (smaller samples: per-bin plots and floors break down).
+MIN_VALIDATE_EVENTS = 100
+
 @app.command()
 def validate(
     reference: str = typer.Argument(..., help="Reference shower file (ground truth)."),
@@ -174,6 +213,14 @@ def validate(
     paths = {"reference": reference, "candidate": candidate, "reference2": reference2}
     sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
             for what, path in paths.items()}
+    need = {"candidate": MIN_VALIDATE_EVENTS,
+            "reference": MIN_VALIDATE_EVENTS * (1 if sets["reference2"] is not None else 2),
+            "reference2": MIN_VALIDATE_EVENTS}
+    small = [f"{what} {len(ss)} < {need[what]}" for what, ss in sets.items() if ss is not None and len(ss) < need[what]]
+    if small:
+        raise UserInputError(f"too few events to validate ({', '.join(small)}): the metrics and their floor need "
+                             f"{MIN_VALIDATE_EVENTS} candidate events and {MIN_VALIDATE_EVENTS} per reference sample "
+                             f"(the reference is split in two without --reference2)")
     result = write_report(sets["reference"], sets["candidate"], output, sets["reference2"], quick=quick,
                           classifier=not no_classifier, seed=seed, in_place=True,
                           labels={k: v for k, v in paths.items() if v is not None})
@@ -254,6 +301,7 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
                                              help="Warn, not fail, for conditions outside the trained range."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Generate showers with a trained model into a file (streamed, constant memory)."""
     import numpy as np
@@ -263,13 +311,18 @@ def generate(
 
     if n < 1:
         raise UserInputError(f"-n must be >= 1, got {n}")
+    _check_condition_count(n)
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads,
                          allow_extrapolation=allow_extrapolation)
     rng = np.random.default_rng(seed)
     primary_energy = sample_energies(energy, n, rng)
     incident_angle = sample_angles(angle, n, rng)
     written = gen.generate_to_file(output, primary_energy, incident_angle, format=format, batch_size=batch_size,
-                                   seed=seed, progress=True)
+                                   seed=seed, progress=True, overwrite=overwrite)
     typer.echo(f"wrote {written} showers ({gen.name}, {gen.geometry.name}, {format}, {gen.backend} {gen.precision} "
                f"on {gen.device}) to {output}")
 
@@ -280,13 +333,26 @@ def export(
     output: Path = _output_option("File to write (.onnx)."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Export a generator for C++ / Geant4 use (ONNX; checked against PyTorch)."""
+    import onnx
+    import torch
+
+    from fastshower.fileio import check_output
     from fastshower.infer.onnx_export import export_onnx
 
     if format != "onnx":
         raise UserInputError(f"unknown export format {format!r}; expected onnx")
-    info = export_onnx(model, output, opset=opset, check=True)
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise UserInputError(f"--opset {opset} is outside 7-{newest} (this onnx); the default is 17")
+    check_output(output, overwrite)
+    try:
+        info = export_onnx(model, output, opset=opset, check=True)
+    except torch.onnx.OnnxExporterError as exc:  # an operator this opset cannot express
+        detail = str(exc).strip().splitlines()[0].split(". Please")[0]
+        raise UserInputError(f"cannot export with --opset {opset}: {detail}; the default 17 works") from None
     typer.echo(f"wrote {output} ({info['bytes'] / 2**20:.2f} MiB, opset {opset}); ONNX Runtime vs PyTorch on "
                f"{info['n_check']} showers: summed energy rel. error {info['max_rel_err_sum']:.2e}, "
                f"max cell error {info['max_abs_err']:.2e} GeV")
@@ -345,6 +411,7 @@ def benchmark(
     from fastshower.infer.benchmark import benchmark as run_benchmark
     from fastshower.infer.benchmark import format_table, write_json
 
+    _require_onnx(*model)
     result = run_benchmark(model, backends=tuple(backend), precisions=tuple(precision), device=device,
                            batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_step=batches_per_step,
                            threads=threads, quick=quick, calochallenge=not no_calochallenge, include_compile=compile,
@@ -376,6 +443,7 @@ def quantize(
                                 "in ONNX Runtime on the CPUs measured)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration inputs (evaluation: seed + 1)."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Reduced-precision ONNX generator: int8 tuned against an accuracy target, or fp16."""
     import tempfile
@@ -387,6 +455,10 @@ def quantize(
     if precision not in ("int8", "fp16"):
         raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
     criterion = criterion or ("physics" if reference is not None else "shapes")
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     ref = None
     if reference is not None:
         from fastshower.data import read_showers
@@ -458,6 +530,7 @@ def g4run(
     entry_convention: str = typer.Option("gflash", "--entry-convention",
                                          help="Where a model's tilted showers enter its grid: gflash (axis through "
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Run Geant4 on a fastshower geometry: fast simulation with a shower source, or full simulation."""
     import math
@@ -479,6 +552,12 @@ def g4run(
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
         raise UserInputError(f"--position must be x,y in mm, got {position!r}") from None
+    from fastshower.fileio import check_output
+
+    _check_condition_count(n * multiplicity)
+    check_output(output, overwrite)
+    if mode == "fast":
+        _require_onnx(model)
     g = load_geometry(geometry)
     if physics is not None or mode == "full":
         require_datasets(physics or "em")  # the one data-set message, before any model is loaded
@@ -491,7 +570,7 @@ def g4run(
              "particle": particle, "multiplicity": multiplicity, "energy_spec": energy, "angle_spec_deg": angle,
              "azimuth_deg": azimuth, "position_mm": position, "model": model if mode == "fast" else None,
              "threshold_gev": threshold_gev}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer:
+    with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer:
         result = g4app.run(n, guns, source, seed=seed, threshold_gev=threshold_gev, batch_events=batch_events,
                            sink=writer.write, collect=False, progress=True)
     typer.echo(format_timing(result))
