@@ -391,8 +391,15 @@ _SKIP_CHUNK = 1 << 20
 
 
 def _advance(rng: np.random.Generator, spec, n: int) -> None:
-    """Draw and drop ``n`` values of ``spec`` (chunks of :data:`_SKIP_CHUNK`): ``rng`` ends where one
-    ``spec.sample(n, rng)`` would leave it (chunked draws give the same stream)."""
+    """Move ``rng`` to where one ``spec.sample(n, rng)`` would leave it: a uniform draw takes one
+    64-bit output per value, so PCG64 jumps there at once (``advance``) when no half-used 32-bit
+    output is buffered; other specs are drawn and dropped in chunks of :data:`_SKIP_CHUNK`."""
+    bits = rng.bit_generator
+    if spec.kind == "value":
+        return
+    if spec.kind in ("uniform", "loguniform") and hasattr(bits, "advance") and not bits.state.get("has_uint32"):
+        bits.advance(n)
+        return
     for start in range(0, n, _SKIP_CHUNK):
         spec.sample(min(_SKIP_CHUNK, n - start), rng)
 
