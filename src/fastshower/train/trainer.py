@@ -412,7 +412,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Profile MSE and sampling-fraction error of the generator against the held-out file."""
-        from fastshower.validate.metrics import quick_metrics
+        from fastshower.data.summaries import quick_metrics  # one definition, shared with validate and infer
 
         if self.validation_set is None:
             raise ValueError("no validation file configured (data.validation)")
