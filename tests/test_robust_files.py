@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastshower
-from fastshower.data import count_events, read_showers
+from fastshower.data import count_events
 from fastshower.simulate import gflash
 
 SRC = str(Path(fastshower.__file__).resolve().parent.parent)
@@ -129,7 +129,8 @@ def test_full_disk_is_one_line_error_not_a_crash(small_fs, precheck):
     code = fake_simulate_code().replace("from fastshower.cli import main", patch + "from fastshower.cli import main")
     code += f"main(['simulate', '-n', '400', '--batch-size', '20', '-o', {str(small_fs / 'x.h5')!r}])"
     # cells with noise so that gzip cannot squeeze them into 2 MiB
-    code = code.replace("    return cells * primary_energy", "    cells = cells + np.random.default_rng(calls).random(cells.shape, np.float32)\n    return cells * primary_energy")
+    noisy = "    cells = cells + np.random.default_rng(calls).random(cells.shape, np.float32)\n"
+    code = code.replace("    return cells * primary_energy", noisy + "    return cells * primary_energy")
     result = run_python(code)
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -299,7 +299,8 @@ def make_objective(cfg: HpoConfig, base_dir: Path, report_dir: Path, worker: str
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            failures.append(f"trial {trial.number}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            failures.append(f"trial {trial.number}: {type(exc).__name__}: {detail}")
             raise
 
     objective.failures = failures  # type: ignore[attr-defined]

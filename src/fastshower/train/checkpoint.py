@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from fastshower.errors import DataFileError
 from fastshower.fileio import exclusive_lock, write_text_atomic
@@ -153,7 +153,8 @@ def _read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except DataFileError:
         raise
     except Exception as exc:  # a damaged file: torch/pickle/zip/json errors of many kinds
-        raise DataFileError(f"{ckpt} is unreadable ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataFileError(f"{ckpt} is unreadable ({type(exc).__name__}: {detail})") from None
     if not isinstance(meta, dict) or not isinstance(state, dict) or "step" not in meta:
         raise DataFileError(f"{ckpt} is unreadable (meta.json / state.pt incomplete)")
     read_safetensors(ckpt / MODELS_FILE, "checkpoint")
