@@ -180,6 +180,12 @@ class Generator:
                             f"{math.degrees(a_lo):.4g}-{math.degrees(a_hi):.4g} deg")
         if not np.all(primary_energy > 0):
             raise ValueError("primary energy must be positive (GeV)")
+        if a_lo == a_hi and incident_angle.size and np.any(np.abs(incident_angle - a_lo) > ANGLE_SLACK_RAD):
+            # a fixed-angle model does not take the angle: its showers would be mislabelled, not extrapolated
+            raise ValueError(f"{self.name} is trained at the fixed angle {math.degrees(a_lo):.4g} deg only and "
+                             f"cannot make showers at {math.degrees(incident_angle.min()):.4g}-"
+                             f"{math.degrees(incident_angle.max()):.4g} deg (not an extrapolation; "
+                             f"--allow-extrapolation does not apply)")
         if problems:
             message = f"{self.name}: " + "; ".join(problems)
             if not self.allow_extrapolation:
@@ -258,9 +264,10 @@ class Generator:
 
     def generate_to_file(self, path: str | Path, primary_energy, incident_angle, n: int | None = None,
                          format: str = "native", batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
-                         progress: bool = False) -> int:
+                         progress: bool = False, overwrite: bool = True) -> int:
         """Stream showers into ``path`` (HDF5, ``native``, ``3dgan`` or ``calochallenge``), batch
-        by batch with constant memory; the file appears only when complete. Returns the count."""
+        by batch with constant memory; the file appears only when complete (``overwrite=False``:
+        an existing file is refused). Returns the count."""
         from fastshower.data import ShowerWriter
 
         e, a = self._conditions(primary_energy, incident_angle, n)
@@ -279,7 +286,7 @@ class Generator:
             from tqdm import tqdm
 
             bar = tqdm(total=len(e), unit="shower", desc=f"generate {self.name}")
-        with ShowerWriter(path, geometry, format=format, attrs=attrs) as writer:
+        with ShowerWriter(path, geometry, format=format, attrs=attrs, overwrite=overwrite) as writer:
             for part in self._batches(e, a, batch_size, seed):
                 writer.write(part)
                 if bar is not None:
