@@ -18,10 +18,10 @@ def test_report_has_its_images_and_metrics_json(tmp_path, rng):
     bad = widen_by_one_cell(scaled(toy_showers(300, rng), 0.95))
     result = write_report(ref, bad, tmp_path / "rep", ref2, quick=True, progress=False)
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 8
-    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)) == 7
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())["comparisons"][0]
     assert saved["metrics"]["sampling_fraction_mre"]["candidate"] == pytest.approx(
-        result["metrics"]["sampling_fraction_mre"]["candidate"])
+        result.metrics["sampling_fraction_mre"].candidate)
     assert saved["metrics"]["profile_mse"]["ratio"] > 5
     assert "profile_mse" in page and "floor" in page
     assert not list((tmp_path / "rep").glob("*.tmp"))
@@ -32,11 +32,11 @@ def test_cli_validate_cylindrical_files(tmp_path, cli, rng):
     for name, s in (("ref", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000))),
                     ("cand", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000)))):
         write_showers(tmp_path / f"{name}.h5", s, format="calochallenge")
-    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
+    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick", "--all")
     assert code == 0, err
     assert "sampling_fraction_mre" in out and "halves" in out
-    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert saved["geometry"] == "par04_ds2" and "ssim_skipped" in saved["details"]["candidate"]
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())["comparisons"][0]
+    assert saved["geometry"] == "par04_ds2" and saved["candidate_details"]["ssim_skipped"]
     assert np.isfinite(saved["metrics"]["chi2_width_r"]["candidate"])
 
 

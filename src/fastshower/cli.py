@@ -160,32 +160,30 @@ def inspect(
 @app.command()
 def validate(
     reference: str = typer.Argument(..., help="Reference shower file (ground truth)."),
-    candidate: str = typer.Argument(..., help="Candidate shower file (a generator's output)."),
+    candidates: list[str] = typer.Argument(..., help="Candidate shower file(s) (a generator's output, GFlash...)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for report.html and metrics.json."),
     reference2: Optional[str] = typer.Option(
         None, "--reference2", help="Independent reference sample for the floor (default: split the reference in two)."),
+    show_all: bool = typer.Option(False, "--all", help="Print the full metric table after the verdict table."),
     quick: bool = typer.Option(False, "--quick", help="Fewer SSIM pairs and FPD/KPD draws, no classifiers (CI, demo)."),
     no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the classifier tests."),
     max_events: Optional[int] = typer.Option(None, "--max-events", help="Read at most this many events per file."),
     geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the SSIM pairing and the classifiers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the floor subsamples, SSIM pairs, classifiers."),
 ) -> None:
-    """Compare a candidate shower file with a reference: metric table beside its floor, HTML report."""
-    from fastshower.data import read_showers
-    from fastshower.validate.metrics import format_table
-    from fastshower.validate.report import write_report
+    """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor), HTML report."""
+    from fastshower.validate.formatting import format_table, format_verdict
+    from fastshower.validate.report import validate_files
 
-    if max_events is not None and max_events < 2:
-        raise ValueError(f"--max-events must be at least 2, got {max_events}")
-    paths = {"reference": reference, "candidate": candidate, "reference2": reference2}
-    sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
-            for what, path in paths.items()}
-    result = write_report(sets["reference"], sets["candidate"], output, sets["reference2"], quick=quick,
-                          classifier=not no_classifier, seed=seed, in_place=True,
-                          labels={k: v for k, v in paths.items() if v is not None})
-    typer.echo(format_table(result))
-    typer.echo(f"wrote {output / 'report.html'} and {output / 'metrics.json'}")
-
+    result = validate_files(reference, candidates, output, reference2, geometry=geometry, max_events=max_events,
+                            quick=quick, classifier=not no_classifier, seed=seed)
+    typer.echo(format_verdict(result.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.comparisons))
+    else:
+        typer.echo(f"floor: {result.comparisons[0].floor_source}")
+    typer.echo(f"wrote {result.report_path} and {result.metrics_path}")
 
 
 # ---------------------------------------------------------------- train (issue 4)
