@@ -50,6 +50,7 @@ def no_datasets(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTSHOWER_G4DATA_AUTOBUILD", "0")  # no offline set built (tests/test_g4data.py tests that)
     return tmp_path
 
 
@@ -462,12 +463,14 @@ def test_g4run_cli_fast_mode_writes_a_file(tmp_path):
 @needs_geant4
 def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     """--model <weights path>: fastshower.infer's Generator is the source; at normal incidence and
-    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(seed, b))."""
+    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(s, b)) with
+    s the shower-source seed of the run's one shard."""
     import torch
 
     from fastshower.data import read_showers
     from fastshower.infer.generator import Generator
     from fastshower.models.registry import build_generator, save_generator
+    from fastshower.simulate.geant4.production import shard_seeds
 
     torch.manual_seed(0)
     save_generator(build_generator("gan3d_clic25", width=0.25), tmp_path / "tiny25", {"note": "untrained"})
@@ -479,5 +482,6 @@ def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     s = read_showers(tmp_path / "gen.h5")
     gen = Generator.load(str(tmp_path / "tiny25"))
     expected = np.concatenate([gen.generate(np.full(k, 50.0, np.float32), np.full(k, math.pi / 2, np.float32),
-                                            seed=batch_seed(9, b)).showers for b, k in enumerate((4, 2))])
+                                            seed=batch_seed(shard_seeds(9, 0).source_seed, b)).showers
+                               for b, k in enumerate((4, 2))])
     assert np.allclose(s.showers, expected, rtol=1e-5, atol=1e-9)
