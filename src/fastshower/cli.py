@@ -578,26 +578,30 @@ def g4data_info(
 
 @app.command()
 def demo(
-    model: str = typer.Option("gan3d_clic25", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
-    n: int = typer.Option(2000, "-n", help="Showers per sample (reference, generated, second reference)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
+                                    "generator, GFlash); default 200, --quick 40."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reference sample (default: a new one)."),
-    quick: bool = typer.Option(False, "--quick", help="Small and fast: 300 showers, no classifier (CI)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
+    quick: bool = typer.Option(False, "--quick", help="Small and fast (under a minute): 40 showers at 20 GeV, one "
+                               "Geant4 process, no classifier (CI)."),
+    workers: int = typer.Option(2, "--workers", help="Local Geant4 worker processes."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generator (default: the best shipped one)."),
+    show_all: bool = typer.Option(False, "--all", help="Also print the full metric table."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the generator)."),
 ) -> None:
-    """The main job: reference simulation vs a shipped generator, validated, timed, reported."""
+    """The main job: Geant4 vs the best shipped generator vs GFlash in clic25, one verdict, timed, reported."""
     from fastshower.demo import run_demo
-    from fastshower.validate.metrics import format_table
+    from fastshower.validate.formatting import format_table, format_verdict
 
-    if quick:
-        n = min(n, 300)
-    result = run_demo(model=model, n=n, out_dir=out, seed=seed, quick=quick, device=device)
-    typer.echo(format_table(result.metrics))
-    typer.echo(f"\nspeed on this machine ({result.n_showers} showers, {result.geometry}, seed {result.seed}):")
-    typer.echo(f"  reference simulation (GFlash): {result.reference_showers_per_s:10.1f} showers/s")
-    typer.echo(f"  {result.model:28s}: {result.generator_showers_per_s:10.1f} showers/s "
-               f"(x{result.speed_up:.1f})")
-    typer.echo(f"report: {(result.report_dir / 'report.html').resolve()}")
+    result = run_demo(out_dir=out, n=n, seed=seed, quick=quick, workers=workers, model=model, device=device)
+    typer.echo(f"\nGeant4 vs {result.generator} vs {result.gflash}: {result.n_showers} showers each, e- "
+               f"{result.energy_gev:g} GeV at 90 deg in clic25 (seed {result.seed})\n")
+    typer.echo(format_verdict(result.validation.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.validation.comparisons))
+    typer.echo("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.wall_seconds.items()))
+    typer.echo(f"full table and plots: {result.report_path.resolve()}")
 
 
 # ---------------------------------------------------------------- hpo (issue 9)

@@ -204,10 +204,11 @@ def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: Show
 
 def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np.ndarray,
                  angle_bins: np.ndarray | None, *, quick: bool, classifier: bool, classifier_seeds=(0, 1, 2),
-                 seed: int = 0, progress: bool = False, label: str = "candidate", ssim: bool = True
-                 ) -> tuple[dict[str, tuple[float, float | None]], PairDetails]:
+                 seed: int = 0, progress: bool = False, label: str = "candidate", ssim: bool = True,
+                 ssim_pairs: int | None = None) -> tuple[dict[str, tuple[float, float | None]], PairDetails]:
     """All metrics of ``other`` against ``ref``: ({name: (value, error or None)}, details for plots).
-    ``ssim=False`` leaves out the SSIM scan (the slowest metric)."""
+    ``ssim=False`` leaves out the SSIM scan (the slowest metric); ``ssim_pairs``: shower pairs per
+    bin (default 10 with ``quick``, else 50)."""
     from tqdm import tqdm
 
     from fastshower.validate.classifier import classifier_test, high_level_inputs, low_level_inputs
@@ -237,7 +238,7 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
     rng = np.random.default_rng(seed)
     try:
         if ssim:
-            scan = M.ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=10 if quick else 50)
+            scan = M.ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=ssim_pairs or (10 if quick else 50))
             for L, (mean, std) in scan.items():
                 m[f"ssim_L{L:g}"] = (mean, std)
     except ValueError as exc:
@@ -325,7 +326,8 @@ def floor_metrics(ref: Sample, pool: Sample, n: int, geometry: Geometry, energy_
 
 def compare_prepared(prepared: Prepared, *, energy_bins=None, quick: bool = False, classifier: bool = True,
                      classifier_seeds=(0, 1, 2), seed: int = 0, progress: bool = False,
-                     max_floor_subsamples: int = MAX_FLOOR_SUBSAMPLES) -> list[Comparison]:
+                     max_floor_subsamples: int = MAX_FLOOR_SUBSAMPLES, ssim_pairs: int | None = None
+                     ) -> list[Comparison]:
     """One :class:`Comparison` per prepared candidate; floors are shared between candidates of the
     same size."""
     p = prepared
@@ -334,7 +336,7 @@ def compare_prepared(prepared: Prepared, *, energy_bins=None, quick: bool = Fals
         default_energy_bins(geometry, ref.primary_energy)
     angle_edges = default_angle_bins(geometry, ref.incident_angle)
     kw = dict(quick=quick, classifier=classifier and not quick, classifier_seeds=classifier_seeds,
-              progress=progress)
+              progress=progress, ssim_pairs=ssim_pairs)
     floors: dict[int, tuple] = {}
     out = []
     for label, cand in p.candidates.items():

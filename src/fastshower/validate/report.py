@@ -444,7 +444,7 @@ def write_validation(reference: ShowerSet, candidates: dict[str, ShowerSet], out
                      labels: dict[str, str] | None = None, in_place: bool = False,
                      seconds_per_shower: dict[str, float] | None = None, reference_label: str = REFERENCE,
                      floor_label: str = FLOOR, timing_note: str = "", title: str = "fastshower validation report",
-                     n_boot: int = 100) -> Validation:
+                     n_boot: int = 100, ssim_pairs: int | None = None) -> Validation:
     """Validate ``candidates`` (label -> set) against ``reference`` and write the report.
 
     The floor pool is ``reference2`` or, without one, half of the reference (see
@@ -456,7 +456,7 @@ def write_validation(reference: ShowerSet, candidates: dict[str, ShowerSet], out
     out_dir.mkdir(parents=True, exist_ok=True)
     p: Prepared = prepare(reference, candidates, reference2, seed=seed, in_place=in_place)
     comps = compare_prepared(p, energy_bins=energy_bins, quick=quick, classifier=classifier,
-                             classifier_seeds=classifier_seeds, seed=seed, progress=progress)
+                             classifier_seeds=classifier_seeds, seed=seed, progress=progress, ssim_pairs=ssim_pairs)
     geometry = p.geometry
     edges = np.asarray(energy_bins, float) if energy_bins is not None else \
         default_energy_bins(geometry, p.reference.primary_energy)
