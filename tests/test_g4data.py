@@ -171,11 +171,13 @@ def test_manifest_and_info(tmp_path, cli, clean_env):
     (w,) = manifest["elements"]
     assert w["Z"] == 74 and w["photoelectric"]["residuals"]["high_max"] < 1e-3
     assert set(manifest["sources"]) >= {"brem_SB", "photoelectric", "rayleigh"}
-    assert "G4EMLOW8.8/brem_SB/br74" in manifest["files"] and len(manifest["files"]) == 7 + 12  # br, 5 pe, re-cs; 11 markers, ENSDFSTATE.dat
+    # br74, 5 pe files, re-cs; 11 placeholder markers and ENSDFSTATE.dat
+    assert "G4EMLOW8.8/brem_SB/br74" in manifest["files"] and len(manifest["files"]) == 7 + 12
     code, out, err = cli("g4data", "info", "--dir", tmp_path / "set")
     assert code == 0, err
     for word in ("elements (1): W", f"fastshower {fastshower.__version__}", f"xraylib {xraylib.__version__}",
-                 "all match the manifest", "no Geant4 data variable is set", "NIST"):
+                 "all match the manifest", "no Geant4 data variable is set", "NIST",
+                 "full mode (em physics) uses the fastshower set in"):
         assert word in out, word
     (tmp_path / "set" / "G4EMLOW8.8" / "brem_SB" / "br74").write_text("edited")
     code, out, err = cli("g4data", "info", "--dir", tmp_path / "set")

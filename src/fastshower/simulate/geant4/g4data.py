@@ -18,7 +18,8 @@ docs/geant4.md, "Offline data set"):
   the shell fractions frozen at E_kv; above the Elam tables (0.8 or 1 MeV) the energy dependence
   of Sauter's K-shell formula, normalised to the last tabulated point. The two parametrisations (``pe-low``,
   ``pe-high``: sigma = sum_i a_i / E^i, one fit per cumulative shell sum) are least-squares fits
-  in relative error; their residuals go into the manifest.
+  in relative error (for the total, refined towards the smallest largest residual); their
+  residuals go into the manifest.
 - ``re-cs``: xraylib ``CS_Rayl`` (Elam), 0.1-800 keV.
 - The other data-set directories of Geant4 11.4 (geant4_pybind sets its data variables only when
   all twelve exist) and an empty ``G4ENSDFSTATE3.0/ENSDFSTATE.dat`` (no ions), each marked with a
@@ -415,14 +416,31 @@ def photo_model(z: int) -> PhotoModel:
     return model
 
 
-def _fit_inverse_powers(e_mev: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """a_1..a_6 minimising sum_j (sum_i a_i E_j^-i / sigma_j - 1)^2 (relative least squares)."""
+def _fit_inverse_powers(e_mev: np.ndarray, sigma: np.ndarray, minimax_iterations: int = 0) -> np.ndarray:
+    """a_1..a_6 of sum_i a_i / E^i fitted to ``sigma`` in relative error: least squares, then
+    (``minimax_iterations`` > 0) Lawson's reweighting towards the smallest largest residual."""
     e0 = float(e_mev[0])
     x = e0 / e_mev
     design = np.stack([x ** i for i in range(1, 7)], axis=1) / sigma[:, None]
     norm = np.linalg.norm(design, axis=0)
-    coef, *_ = np.linalg.lstsq(design / norm, np.ones_like(sigma), rcond=None)
-    return coef / norm * e0 ** np.arange(1, 7)
+    design = design / norm
+    ones = np.ones_like(sigma)
+    coef, *_ = np.linalg.lstsq(design, ones, rcond=None)
+    best = (np.abs(design @ coef - 1).max(), coef)
+    weight = np.full(len(sigma), 1.0 / len(sigma))
+    for _ in range(minimax_iterations):
+        root = np.sqrt(weight)
+        coef, *_ = np.linalg.lstsq(design * root[:, None], root, rcond=None)
+        res = np.abs(design @ coef - 1)
+        if res.max() < best[0]:
+            best = (res.max(), coef)
+        weight = weight * res
+        weight /= weight.sum()
+    return best[1] / norm * e0 ** np.arange(1, 7)
+
+
+#: Lawson iterations for the fit of the total (the partial shell sums only choose the shell).
+MINIMAX_ITERATIONS = 60
 
 
 def _eval_inverse_powers(a: np.ndarray, e_mev: np.ndarray) -> np.ndarray:
@@ -483,12 +501,14 @@ def photoelectric_files(z: int) -> tuple[dict[str, str], dict]:
     if best is None:
         raise RuntimeError(f"Z={z}: no fit range for the photoelectric parametrisation")
     _, e_lo, e_hi = best
-    rows_lo, rows_hi, residuals = [], [], {}
+    rows_lo: list[np.ndarray] = []
+    rows_hi: list[np.ndarray] = []
+    residuals: dict[str, float] = {}
     for name, lo_kev, hi_kev, rows in (("low", e_lo, e_hi, rows_lo), ("high", e_hi, FIT_TOP_KEV, rows_hi)):
         sel = (fine >= lo_kev * (1 - 1e-12)) & (fine <= hi_kev * (1 + 1e-12))
         worst_shell = 0.0
         for s in range(n_sh):
-            a = _fit_inverse_powers(fine_mev[sel], cum[s, sel])
+            a = _fit_inverse_powers(fine_mev[sel], cum[s, sel], MINIMAX_ITERATIONS if s == n_sh - 1 else 0)
             rows.append(a)
             res = _eval_inverse_powers(a, fine_mev[sel]) / cum[s, sel] - 1
             if s == n_sh - 1:
@@ -807,7 +827,8 @@ def describe(directory: str | Path | None = None) -> list[str]:
     """Lines for ``fastshower g4data info``: which data sets Geant4 would use here (and who set
     them), and the fastshower-built set in ``directory`` (default :func:`default_data_dir`):
     elements, sources, versions, fit residuals, and whether its files match the manifest."""
-    from fastshower.simulate.geant4.datasets import DATASETS, PHYSICS_DATASETS, find_dataset, user_data_variables
+    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset, missing_datasets,
+                                                     user_data_variables)
 
     lines = []
     user = user_data_variables()
@@ -815,8 +836,7 @@ def describe(directory: str | Path | None = None) -> list[str]:
         lines.append("Geant4 data variables set here (an installation you point at always wins): "
                      + ", ".join(f"{n}={os.environ[n]}" for n in user))
     else:
-        lines.append("no Geant4 data variable is set: full mode uses fastshower's offline set "
-                     "(built on first use)")
+        lines.append("no Geant4 data variable is set")
     for name in PHYSICS_DATASETS["em"] + ("G4PARTICLEXS",):
         found = find_dataset(name, placeholder_ok=True)
         if found is None:
@@ -828,6 +848,17 @@ def describe(directory: str | Path | None = None) -> list[str]:
         else:
             kind = f"installation {found}"
         lines.append(f"  {DATASETS[name].dirname:18s} ({DATASETS[name].envvar}): {kind}")
+    emlow = find_dataset("G4EMLOW")
+    if not missing_datasets("em") and emlow is not None:
+        kind = "the fastshower set" if read_manifest(emlow.parent) is not None else "the installation"
+        lines.append(f"full mode (em physics) uses {kind} in {emlow.parent}")
+    elif user:
+        lines.append("full mode (em physics) stops with an error: the variables set here lack a data set "
+                     "(fastshower does not mix its files into an installation)")
+    else:
+        built = read_manifest(default_data_dir()) is not None
+        lines.append(f"full mode (em physics) uses the fastshower set in {default_data_dir()}"
+                     + ("" if built else " (built on first use)"))
     root = Path(directory).expanduser() if directory is not None else default_data_dir()
     manifest = read_manifest(root)
     if manifest is None:
@@ -845,7 +876,8 @@ def describe(directory: str | Path | None = None) -> list[str]:
         + f") with xraylib {manifest['xraylib_version']}; layout {manifest['layout']}",
         f"  elements ({len(manifest['elements'])}): " + format_elements(e["Z"] for e in manifest["elements"]),
         f"  {len(files)} files, {size / 1e3:.0f} kB; "
-        + ("all match the manifest's sha256" if not bad else f"{len(bad)} differ from the manifest: {', '.join(bad[:5])}"),
+        + ("all match the manifest's sha256" if not bad
+           else f"{len(bad)} differ from the manifest: {', '.join(bad[:5])}"),
         "  sources:",
     ]
     lines += [f"    {k}: {v}" for k, v in manifest["sources"].items()]

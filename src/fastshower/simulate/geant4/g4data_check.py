@@ -155,7 +155,8 @@ def geant4_cross_sections(elements: tuple[int, ...], energies: dict[int, np.ndar
             out["elements"][str(z)] = {"energy_kev": e.tolist(), "phot_barn": phot, "rayl_barn": rayl}
         for name in MATERIAL_ELEMENTS:
             mat = nist.FindOrBuildMaterial(name)
-            out["materials"][name] = sorted(int(round(mat.GetElement(i).GetZ())) for i in range(mat.GetNumberOfElements()))
+            out["materials"][name] = sorted(int(round(mat.GetElement(i).GetZ()))
+                                            for i in range(mat.GetNumberOfElements()))
     return out
 
 
