@@ -9,10 +9,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from test_validate import scaled, toy_showers, widen_by_one_cell
 
 from fastshower.data import write_showers
 from fastshower.validate.report import write_report
-from test_validate import scaled, toy_showers, widen_by_one_cell
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,11 @@ def test_cli_validate_fails_cleanly_on_a_missing_file(tmp_path, cli, rng):
 
 def test_observables_stream_from_a_file_as_from_memory(tmp_path, rng):
     from fastshower.geometry import load_geometry
-    from fastshower.validate.observables import apply_threshold, event_observables, observables_from_file
+    from fastshower.validate.observables import (
+        apply_threshold,
+        event_observables,
+        observables_from_file,
+    )
 
     s = toy_showers(130, rng)
     write_showers(tmp_path / "s.h5", s)

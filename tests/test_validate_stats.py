@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_validate import scaled, toy_showers, widen_by_one_cell
 
 from fastshower.geometry import load_geometry
 from fastshower.validate import comparison as C
 from fastshower.validate.binning import default_energy_bins
 from fastshower.validate.verdict import Column, auc_floor, build_verdict, mark
-from test_validate import scaled, toy_showers, widen_by_one_cell
 
 
 def test_a_small_identical_candidate_scores_about_its_floor():

@@ -25,7 +25,12 @@ from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.validate import metrics as M
 from fastshower.validate import observables as ob
-from fastshower.validate.binning import condition_bins, default_angle_bins, default_energy_bins, overlap_warnings
+from fastshower.validate.binning import (
+    condition_bins,
+    default_angle_bins,
+    default_energy_bins,
+    overlap_warnings,
+)
 
 #: Fewest events a candidate (and each reference sample) needs: below it the floor and most binned
 #: metrics are noise, and the histograms hold a handful of entries.
@@ -50,12 +55,12 @@ class Sample:
 
     @classmethod
     def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float,
-                 in_place: bool = False) -> "Sample":
+                 in_place: bool = False) -> Sample:
         showers = ob.apply_threshold(shower_set.showers, threshold_gev, in_place=in_place)
         return cls(showers, shower_set.primary_energy, shower_set.incident_angle,
                    ob.observables_in_chunks(showers, shower_set.primary_energy, geometry), threshold_gev)
 
-    def take(self, index: np.ndarray) -> "Sample":
+    def take(self, index: np.ndarray) -> Sample:
         """The events ``index`` (integer indices or a boolean mask), observables included."""
         return Sample(self.showers[index], self.primary_energy[index], self.incident_angle[index],
                       {k: v[index] for k, v in self.obs.items()}, self.threshold_gev)
@@ -188,7 +193,7 @@ def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: 
             c = c[np.sort(keep)]
         cut[what] = c
     thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
-    make = lambda s: Sample.from_set(s, geometry, thr, in_place)  # noqa: E731
+    make = lambda s: Sample.from_set(s, geometry, thr, in_place)
     return Prepared(make(reference), make(reference2), {k: make(v) for k, v in cut.items()}, geometry,
                     floor_source, notes, before)
 
@@ -211,7 +216,11 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
     bin (default 10 with ``quick``, else 50)."""
     from tqdm import tqdm
 
-    from fastshower.validate.classifier import classifier_test, high_level_inputs, low_level_inputs
+    from fastshower.validate.classifier import (
+        classifier_test,
+        high_level_inputs,
+        low_level_inputs,
+    )
 
     m: dict[str, tuple[float, float | None]] = {}
     bins = condition_bins(ref.primary_energy, ref.incident_angle, other.primary_energy, other.incident_angle,
@@ -227,7 +236,7 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
         mu90_sigma90=M.mu90_sigma90_per_bin(ratio_o, bins, "candidate").tolist(),
         mu90_sigma90_reference=M.mu90_sigma90_per_bin(ratio_r, bins, "reference").tolist())
     m["sampling_fraction_mre"] = (M.sampling_fraction_mre(ratio_r, ratio_o, bins), None)
-    prof = lambda o: {a: o.obs[f"profile_{a}"] for a in "xyz"}  # noqa: E731
+    prof = lambda o: {a: o.obs[f"profile_{a}"] for a in "xyz"}
     m["profile_mse"] = (M.binned_profile_mse(prof(ref), prof(other), bins), None)
     for k, v in M.gan_optimisation_metric(ref.obs, other.obs, bins).items():
         m[f"gan_metric_{k}"] = (v, None)

@@ -4,7 +4,13 @@
 from __future__ import annotations
 
 from fastshower.validate.comparison import Comparison
-from fastshower.validate.verdict import KEY_NUMBERS, PASS_RATIO, TOLERANCES, Verdict, VerdictCell
+from fastshower.validate.verdict import (
+    KEY_NUMBERS,
+    PASS_RATIO,
+    TOLERANCES,
+    Verdict,
+    VerdictCell,
+)
 
 
 def _num(v: float | None, e: float | None = None) -> str:
@@ -97,7 +103,7 @@ def format_verdict(verdict: Verdict) -> str:
     """The verdict table as aligned text, with a legend of the marks."""
     header, rows = verdict_rows(verdict)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     lines.append(f"each cell: value, difference to the reference, deviation / floor (x), mark. floor = the deviation "
                  f"of a statistically identical sample of the same size. pass: <= {PASS_RATIO:g}x floor; close: "

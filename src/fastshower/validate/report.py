@@ -29,7 +29,13 @@ from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.validate import metrics as M
 from fastshower.validate.binning import default_angle_bins, default_energy_bins
-from fastshower.validate.comparison import Comparison, Prepared, Sample, compare_prepared, prepare
+from fastshower.validate.comparison import (
+    Comparison,
+    Prepared,
+    Sample,
+    compare_prepared,
+    prepare,
+)
 from fastshower.validate.formatting import verdict_rows
 from fastshower.validate.observables import HIT_THRESHOLD_GEV
 from fastshower.validate.verdict import Column, Verdict, build_verdict, event_depth_mm
@@ -509,7 +515,7 @@ def validate_files(reference: str | Path, candidates: list[str | Path], out_dir:
         raise ValueError(f"--max-events must be at least 2, got {max_events}")
     if not candidates:
         raise ValueError("give at least one candidate file")
-    read = lambda path: read_showers(path, geometry=geometry, max_events=max_events)  # noqa: E731
+    read = lambda path: read_showers(path, geometry=geometry, max_events=max_events)
     ref = read(reference)
     ref2 = read(reference2) if reference2 else None
     sets, labels, times = {}, {REFERENCE: str(reference)}, {}
