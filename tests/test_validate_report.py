@@ -60,13 +60,21 @@ def test_report_renders_in_a_headless_browser(toy_report, tmp_path):
 
 
 def test_cli_validate_cylindrical_files(tmp_path, cli, rng):
-    """par04_ds2 in the CaloChallenge layout: the report works, SSIM is skipped (9 radial bins < 11)."""
+    """par04_ds2 in the CaloChallenge layout, two candidates: the verdict (each candidate a column),
+    the full table with --all, the report; SSIM is skipped (9 radial bins < 11)."""
     for name, s in (("ref", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000))),
-                    ("cand", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000)))):
+                    ("cand", toy_showers(200, rng, "par04_ds2", energy_gev=(1, 1000))),
+                    ("low", scaled(toy_showers(100, rng, "par04_ds2", energy_gev=(1, 1000)), 0.8))):
         write_showers(tmp_path / f"{name}.h5", s, format="calochallenge")
-    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick", "--all")
+    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", tmp_path / "low.h5", "-o",
+                         tmp_path / "rep", "--quick", "--all")
     assert code == 0, err
-    assert "sampling_fraction_mre" in out and "halves" in out
+    verdict, full = out.split("sampling_fraction_mre", 1)
+    assert "mean response" in verdict and "cand (100)" in verdict and "low (100)" in verdict
+    response = next(line for line in verdict.splitlines() if line.startswith("mean response"))
+    assert response.endswith("fail")  # the 0.8 x candidate, last column: 20 % low
+    assert -22 < float(re.findall(r"([-+][0-9.]+)%", response)[-1]) < -18
+    assert "halves" in full and "chi2_width_r" in full
     saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())["comparisons"][0]
     assert saved["geometry"] == "par04_ds2" and saved["candidate_details"]["ssim_skipped"]
     assert np.isfinite(saved["metrics"]["chi2_width_r"]["candidate"])
