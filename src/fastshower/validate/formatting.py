@@ -94,7 +94,8 @@ def verdict_rows(verdict: Verdict) -> tuple[list[str], list[list[str]]]:
     time_row = ["time per shower (speed-up)", _time_text(verdict.reference_seconds_per_shower)]
     for c in verdict.candidates:
         t = _time_text(c.seconds_per_shower)
-        time_row.append(t if c.speed_up is None else f"{t} (x{c.speed_up:.3g})")
+        speed = None if c.speed_up is None else (f"{c.speed_up:.0f}" if c.speed_up >= 100 else f"{c.speed_up:.3g}")
+        time_row.append(t if speed is None else f"{t} (x{speed})")
     rows.append(time_row)
     return header, rows
 

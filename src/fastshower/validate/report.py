@@ -54,11 +54,21 @@ class Validation:
     metrics_path: Path
 
 
-def _colours(labels: list[str]) -> dict[str, str]:
-    out = {REFERENCE: "black", FLOOR: "tab:blue"}
-    cands = [k for k in labels if k not in out]
-    out.update({k: _CANDIDATE_COLOURS[i % len(_CANDIDATE_COLOURS)] for i, k in enumerate(cands)})
-    return out
+class Palette(dict):
+    """Sample key -> colour, with the name each sample has in legends and titles."""
+
+    def __init__(self, labels: list[str], names: dict[str, str] | None = None) -> None:
+        super().__init__({REFERENCE: "black", FLOOR: "tab:blue"})
+        cands = [k for k in labels if k not in self]
+        self.update({k: _CANDIDATE_COLOURS[i % len(_CANDIDATE_COLOURS)] for i, k in enumerate(cands)})
+        self.names = dict(names or {})
+
+    def name(self, key: str) -> str:
+        return self.names.get(key, key)
+
+
+def _colours(labels: list[str], names: dict[str, str] | None = None) -> Palette:
+    return Palette(labels, names)
 
 
 def _png(fig) -> str:
@@ -97,7 +107,15 @@ def _ratio_axes(ax, ylabel: str = "ratio to ref.") -> None:
     ax.set_ylabel(ylabel, fontsize=13)
 
 
-def _overlay_hist(top, bottom, samples: dict[str, np.ndarray], edges: np.ndarray, colours: dict[str, str],
+def _reference_range(values: np.ndarray, n_bins: int = 40) -> np.ndarray:
+    """Bin edges around the bulk of the reference: its 0.1-99.9 % quantiles widened by a quarter of
+    that span on each side (other samples' entries outside land in the edge bins)."""
+    lo, hi = np.quantile(values, [0.001, 0.999])
+    pad = 0.25 * (hi - lo) if hi > lo else max(abs(lo) * 0.05, 1e-6)
+    return np.linspace(lo - pad, hi + pad, n_bins + 1)
+
+
+def _overlay_hist(top, bottom, samples: dict[str, np.ndarray], edges: np.ndarray, colours: Palette,
                   *, logy: bool = False) -> None:
     """Normalised histograms (density) of every sample, the reference with its statistical band,
     and each sample / reference in the ratio panel (statistical error bars of the sample)."""
@@ -112,7 +130,7 @@ def _overlay_hist(top, bottom, samples: dict[str, np.ndarray], edges: np.ndarray
     for label, values in samples.items():
         counts = np.histogram(np.clip(values, edges[0], edges[-1]), edges)[0].astype(float)
         d = counts / max(counts.sum(), 1) / widths
-        top.stairs(d, edges, color=colours[label], label=f"{label}", lw=2 if label == REFERENCE else 1.5)
+        top.stairs(d, edges, color=colours[label], label=colours.name(label), lw=2 if label == REFERENCE else 1.5)
         if label != REFERENCE:
             with np.errstate(divide="ignore", invalid="ignore"):
                 err = np.sqrt(counts) / max(counts.sum(), 1) / widths / ref_d
@@ -123,7 +141,7 @@ def _overlay_hist(top, bottom, samples: dict[str, np.ndarray], edges: np.ndarray
     _ratio_axes(bottom)
 
 
-def plot_profiles(samples: dict[str, Sample], geometry: Geometry, colours: dict[str, str]):
+def plot_profiles(samples: dict[str, Sample], geometry: Geometry, colours: Palette):
     """Event-averaged energy per layer (longitudinal) and per x and y column (lateral), GeV, log
     scale, with sample / reference ratio panels (error bars: standard error of the mean)."""
     import matplotlib.pyplot as plt
@@ -138,7 +156,7 @@ def plot_profiles(samples: dict[str, Sample], geometry: Geometry, colours: dict[
         for label, s in samples.items():
             p = s.obs[f"profile_{a}"]
             mean, sem = p.mean(axis=0), p.std(axis=0) / math.sqrt(len(p))
-            top.step(pos[a], mean, where="mid", color=colours[label], label=label, lw=2 if label == REFERENCE else 1.5)
+            top.step(pos[a], mean, where="mid", color=colours[label], label=colours.name(label), lw=2 if label == REFERENCE else 1.5)
             if label != REFERENCE:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     bottom.errorbar(pos[a], mean / r, yerr=sem / r, fmt="o", ms=3, color=colours[label], lw=1)
@@ -151,14 +169,14 @@ def plot_profiles(samples: dict[str, Sample], geometry: Geometry, colours: dict[
     return fig
 
 
-def plot_response(samples: dict[str, Sample], energy_bins: np.ndarray, colours: dict[str, str], n_panels: int = 3):
+def plot_response(samples: dict[str, Sample], energy_bins: np.ndarray, colours: Palette, n_panels: int = 3):
     """E_deposited / E_primary per primary-energy bin (up to ``n_panels`` bins with events), with ratios."""
     import matplotlib.pyplot as plt
 
     ref = samples[REFERENCE]
     ids = [i for i in range(len(energy_bins) - 1)
            if np.sum((ref.primary_energy >= energy_bins[i]) & (ref.primary_energy < energy_bins[i + 1])) >= 10]
-    if not ids:  # a single energy outside the edges, or few events: all events in one panel
+    if not ids or np.ptp(ref.primary_energy) < 1e-6:  # a single energy outside the edges, or few events: all events in one panel
         chosen = [(float(ref.primary_energy.min()), float(ref.primary_energy.max()) + 1e-9)]
     else:
         picks = sorted({ids[int(round(k))] for k in np.linspace(0, len(ids) - 1, min(n_panels, len(ids)))})
@@ -169,16 +187,14 @@ def plot_response(samples: dict[str, Sample], energy_bins: np.ndarray, colours: 
         top, bottom = _panel_pair(fig, (grid[0, col], grid[1, col]))
         vals = {k: s.obs["energy_ratio"][(s.primary_energy >= lo) & (s.primary_energy <= hi)]
                 for k, s in samples.items()}
-        allv = np.concatenate(list(vals.values()))
-        edges = np.linspace(*np.quantile(allv, [0.002, 0.998]), 31)
-        _overlay_hist(top, bottom, vals, edges, colours)
+        _overlay_hist(top, bottom, vals, _reference_range(vals[REFERENCE]), colours)
         top.set_title(f"{lo:g}-{hi:g} GeV" if hi - lo > 1e-6 else f"{lo:g} GeV", fontsize=15)
         bottom.set_xlabel(r"response $E_{dep}/E_{primary}$ (active energy)", fontsize=13)
     fig.axes[0].legend(fontsize=11)
     return fig
 
 
-def plot_spectra(samples: dict[str, Sample], geometry: Geometry, colours: dict[str, str]):
+def plot_spectra(samples: dict[str, Sample], geometry: Geometry, colours: Palette):
     """Cell-energy spectrum (GeV, log-log, cells per event) and the number of hits (cells above
     0.2 MeV, log-spaced bins where it spans a decade or more), with ratio panels."""
     import matplotlib.pyplot as plt
@@ -194,7 +210,7 @@ def plot_spectra(samples: dict[str, Sample], geometry: Geometry, colours: dict[s
     for label, s in samples.items():
         counts = M.cell_energy_histogram(s.showers, edges)
         per_event = counts / len(s)
-        top.stairs(per_event, edges, color=colours[label], label=label, lw=2 if label == REFERENCE else 1.5)
+        top.stairs(per_event, edges, color=colours[label], label=colours.name(label), lw=2 if label == REFERENCE else 1.5)
         if label != REFERENCE:
             with np.errstate(divide="ignore", invalid="ignore"):
                 bottom.errorbar(np.sqrt(edges[1:] * edges[:-1]), per_event / r_counts,
@@ -222,7 +238,7 @@ def plot_spectra(samples: dict[str, Sample], geometry: Geometry, colours: dict[s
     return fig
 
 
-def plot_shapes(samples: dict[str, Sample], geometry: Geometry, colours: dict[str, str]):
+def plot_shapes(samples: dict[str, Sample], geometry: Geometry, colours: Palette):
     """Per-event shower depth (energy-weighted mean layer depth, mm), lateral width in x (energy-
     weighted RMS over the layers' widths, mm) and shower-maximum layer, with ratio panels."""
     import matplotlib.pyplot as plt
@@ -241,14 +257,14 @@ def plot_shapes(samples: dict[str, Sample], geometry: Geometry, colours: dict[st
         if col == 2:
             edges = np.arange(geometry.n_layers + 1) - 0.5
         else:
-            edges = np.linspace(*np.quantile(np.concatenate(list(vals.values())), [0.002, 0.998]), 31)
+            edges = _reference_range(vals[REFERENCE])
         _overlay_hist(top, bottom, vals, edges, colours)
         bottom.set_xlabel(xlabel, fontsize=13)
     fig.axes[0].legend(fontsize=11)
     return fig
 
 
-def plot_sampling_fraction(samples: dict[str, Sample], comps: list[Comparison], colours: dict[str, str]):
+def plot_sampling_fraction(samples: dict[str, Sample], comps: list[Comparison], colours: Palette):
     """Mean response vs primary energy (25 bins), mu90 and sigma90/mu90 per metric bin."""
     import matplotlib.pyplot as plt
 
@@ -262,7 +278,7 @@ def plot_sampling_fraction(samples: dict[str, Sample], comps: list[Comparison], 
         mean = [s.obs["energy_ratio"][idx == i].mean() for i in ok]
         err = [s.obs["energy_ratio"][idx == i].std() / math.sqrt(np.sum(idx == i)) for i in ok]
         axes[0].errorbar(0.5 * (edges[ok] + edges[np.array(ok, int) + 1]), mean, yerr=err, fmt="o", ms=4,
-                         color=colours[label], label=label)
+                         color=colours[label], label=colours.name(label))
     axes[0].set_xlabel("primary energy [GeV]")
     axes[0].set_ylabel(r"mean $E_{dep}/E_{primary}$")
     axes[0].legend(fontsize=11)
@@ -276,8 +292,8 @@ def plot_sampling_fraction(samples: dict[str, Sample], comps: list[Comparison], 
             series[c.label] = c.candidate_details.mu90_sigma90
     for label, vals in series.items():
         v = np.asarray(vals)
-        axes[1].plot(x, v[:, 0], "o-", color=colours[label], label=label)
-        axes[2].plot(x, v[:, 1] / v[:, 0], "o-", color=colours[label], label=label)
+        axes[1].plot(x, v[:, 0], "o-", color=colours[label], label=colours.name(label))
+        axes[2].plot(x, v[:, 1] / v[:, 0], "o-", color=colours[label], label=colours.name(label))
     for ax, title in ((axes[1], r"$\mu_{90}$ of $E_{dep}/E_{primary}$"), (axes[2], r"$\sigma_{90}/\mu_{90}$")):
         ax.set_xticks(x)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=10)
@@ -285,7 +301,7 @@ def plot_sampling_fraction(samples: dict[str, Sample], comps: list[Comparison], 
     return fig
 
 
-def plot_projections(samples: dict[str, Sample], geometry: Geometry):
+def plot_projections(samples: dict[str, Sample], geometry: Geometry, colours: Palette | None = None):
     """2D projections of the average shower (GeV, log colour scale): x-y summed over depth, y-z summed over x."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
@@ -302,14 +318,14 @@ def plot_projections(samples: dict[str, Sample], geometry: Geometry):
         for col, (label, img) in enumerate(imgs.items()):
             im = axes[row, col].imshow(np.where(img > 0, img, np.nan), origin="lower", aspect="auto",
                                        norm=LogNorm(vmin=vmin, vmax=vmax), cmap="viridis")
-            axes[row, col].set_title(label, fontsize=14)
+            axes[row, col].set_title(colours.name(label) if colours else label, fontsize=14)
             axes[row, col].set_xlabel(xl)
             axes[row, col].set_ylabel(yl)
             fig.colorbar(im, ax=axes[row, col], label="mean energy [GeV]")
     return fig
 
 
-def plot_ssim(comps: list[Comparison], colours: dict[str, str]):
+def plot_ssim(comps: list[Comparison], colours: Palette):
     """Mean SSIM (+- std over pairs) vs the data range L, candidates and floor."""
     import matplotlib.pyplot as plt
 
@@ -320,7 +336,7 @@ def plot_ssim(comps: list[Comparison], colours: dict[str, str]):
     fig, ax = plt.subplots(figsize=(8, 5.5))
     rows = comps[0].metrics
     ax.errorbar(ls, [rows[k].floor for k in names], yerr=[rows[k].floor_error or 0 for k in names], fmt="o-",
-                color=colours[FLOOR], label="floor (ref. vs floor sample)", capsize=3)
+                color=colours[FLOOR], label=f"floor ({colours.name(REFERENCE)} vs {colours.name(FLOOR)})", capsize=3)
     for c in comps:
         ax.errorbar(ls, [c.metrics[k].candidate for k in names], yerr=[c.metrics[k].candidate_error or 0 for k in names],
                     fmt="o-", color=colours[c.label], label=f"ref. vs {c.label}", capsize=3)
@@ -410,8 +426,8 @@ reference with the sample's statistical error.</p>
 """
 
 
-def _draw(samples: dict[str, Sample], comps: list[Comparison], geometry: Geometry, progress: bool
-          ) -> list[tuple[str, str, str]]:
+def _draw(samples: dict[str, Sample], comps: list[Comparison], geometry: Geometry, progress: bool,
+          names: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -419,12 +435,13 @@ def _draw(samples: dict[str, Sample], comps: list[Comparison], geometry: Geometr
     import mplhep
     from tqdm import tqdm
 
-    colours = _colours(list(samples))
+    colours = _colours(list(samples), names)
     edges = np.asarray(comps[0].energy_bins_gev)
     plots = [
         ("Shower profiles", "Mean energy per layer (vs the layer's depth) and per lateral column, log scale.",
          lambda: plot_profiles(samples, geometry, colours)),
-        ("Energy response", "Active energy over primary energy, per primary-energy bin.",
+        ("Energy response", "Active energy over primary energy, per primary-energy bin. Ranges follow the "
+         "reference; other samples' entries outside them are counted in the first or last bin.",
          lambda: plot_response(samples, edges, colours)),
         ("Cell-energy spectrum and hits", "Both span decades: log scales.",
          lambda: plot_spectra(samples, geometry, colours)),
@@ -432,7 +449,7 @@ def _draw(samples: dict[str, Sample], comps: list[Comparison], geometry: Geometr
          lambda: plot_shapes(samples, geometry, colours)),
         ("Response vs primary energy", "Mean response, mu90 and sigma90/mu90 per metric bin.",
          lambda: plot_sampling_fraction(samples, comps, colours)),
-        ("Average shower", "2D projections of the mean shower.", lambda: plot_projections(samples, geometry)),
+        ("Average shower", "2D projections of the mean shower.", lambda: plot_projections(samples, geometry, colours)),
         ("SSIM vs data range L", "A weak shape metric (docs/metrics.md).", lambda: plot_ssim(comps, colours)),
     ]
     images = []
@@ -483,7 +500,7 @@ def write_validation(reference: ShowerSet, candidates: dict[str, ShowerSet], out
                             timing_note=timing_note)
     verdict.notes = sorted({w for c in comps for w in c.warnings})
     samples = {REFERENCE: p.reference, FLOOR: p.pool, **p.candidates}
-    images = _draw(samples, comps, geometry, progress)
+    images = _draw(samples, comps, geometry, progress, {REFERENCE: reference_label, FLOOR: floor_label})
     names = {reference_label: REFERENCE, floor_label: FLOOR, **{k: k for k in candidates}}
     names.update(labels or {})
     report_path, metrics_path = out_dir / "report.html", out_dir / "metrics.json"
