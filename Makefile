@@ -1,7 +1,7 @@
 # fastshower: set-up, main job and tests.
 #
 #   make demo   set up .venv and run the main job on the built-in defaults
-#   make test   set up .venv and run the test suite (what CI runs)
+#   make test   set up .venv, run ruff and mypy on src/ and the test suite (what CI runs)
 #
 # Variables:
 #   PYTHON       interpreter used to create the virtual environment (default python3)
@@ -29,7 +29,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/fastshower demo
 
+# lint and type-check the library first (settings in pyproject.toml), then the tests
 test: setup
+	$(PY) -m ruff check src
+	$(PY) -m mypy src/fastshower
 	$(PY) -m pytest -q tests
 
 bench: setup

@@ -4,6 +4,75 @@ Pipeline (one sub-package each): simulate -> data -> models -> train -> validate
 Shared convention: a shower is a float32 array ``(n_events, nx, ny, nz)`` of energy deposited in the
 active material per cell, in GeV, z along the depth; ``primary_energy`` in GeV and
 ``incident_angle`` (polar angle, rad, 90 deg = normal incidence) travel with it.
+
+The public API below is re-exported here and imported on first use (``import fastshower`` stays
+fast: torch, h5py and pydantic load only when a name that needs them is touched). The contracts of
+each name are in docs/INTERFACES.md.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    # containers and detectors
+    "ShowerSet": "fastshower.showers",
+    "Geometry": "fastshower.geometry",
+    "PRESETS": "fastshower.geometry",
+    "load_geometry": "fastshower.geometry",
+    "save_geometry": "fastshower.geometry",
+    "parse_spec": "fastshower.conditions",
+    "sample_energies": "fastshower.conditions",
+    "sample_angles": "fastshower.conditions",
+    # simulate
+    "simulate_showers": "fastshower.simulate.gflash",
+    # data (files)
+    "read_showers": "fastshower.data.io",
+    "iter_showers": "fastshower.data.io",
+    "read_events": "fastshower.data.io",
+    "write_showers": "fastshower.data.io",
+    "ShowerWriter": "fastshower.data.io",
+    # models and inference (torch)
+    "Generator": "fastshower.infer.generator",
+    "load_generator": "fastshower.models.registry",
+    "save_generator": "fastshower.models.registry",
+    "build_generator": "fastshower.models.registry",
+    # validate
+    "compare": "fastshower.validate.comparison",
+    "compare_many": "fastshower.validate.comparison",
+    "Comparison": "fastshower.validate.comparison",
+    # errors the command line reports in one line
+    "FastshowerError": "fastshower.errors",
+    "UserInputError": "fastshower.errors",
+    "DataFileError": "fastshower.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from fastshower.conditions import parse_spec, sample_angles, sample_energies
+    from fastshower.data.io import ShowerWriter, iter_showers, read_events, read_showers, write_showers
+    from fastshower.errors import DataFileError, FastshowerError, UserInputError
+    from fastshower.geometry import PRESETS, Geometry, load_geometry, save_geometry
+    from fastshower.infer.generator import Generator
+    from fastshower.models.registry import build_generator, load_generator, save_generator
+    from fastshower.showers import ShowerSet
+    from fastshower.simulate.gflash import simulate_showers
+    from fastshower.validate.comparison import Comparison, compare, compare_many
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fastshower' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -73,7 +72,7 @@ def _check_condition_count(n: int) -> None:
 
 @app.command()
 def geometries(
-    show: Optional[str] = typer.Argument(None, help="Preset name or YAML file to describe in full."),
+    show: str | None = typer.Argument(None, help="Preset name or YAML file to describe in full."),
 ) -> None:
     """List the detector geometry presets, or describe one (derived material properties included)."""
     from fastshower.geometry import PRESETS, load_geometry
@@ -134,10 +133,10 @@ def simulate(
 @app.command()
 def inspect(
     path: str = typer.Argument(..., help="Shower file or glob pattern in quotes ('EleEscan_*.h5')."),
-    geometry: Optional[str] = typer.Option(None, "--geometry", "-g",
+    geometry: str | None = typer.Option(None, "--geometry", "-g",
                                            help="Geometry (preset or YAML) when the file does not tell."),
     chunk_size: int = typer.Option(1000, "--chunk-size", help="Events read per chunk."),
-    binning: Optional[Path] = typer.Option(None, "--binning",
+    binning: Path | None = typer.Option(None, "--binning",
                                            help="CaloChallenge binning XML to check against the file's geometry."),
 ) -> None:
     """Describe a shower file: layout, geometry, events, energy and angle ranges, deposits, attributes."""
@@ -146,8 +145,15 @@ def inspect(
     import numpy as np
     from tqdm import tqdm
 
-    from fastshower.data import (check_binning, count_events, detect_layout, geometry_of, iter_showers,
-                                 read_binning_xml, resolve_paths)
+    from fastshower.data import (
+        check_binning,
+        count_events,
+        detect_layout,
+        geometry_of,
+        iter_showers,
+        read_binning_xml,
+        resolve_paths,
+    )
 
     files = resolve_paths(path)
     layout = detect_layout(files)
@@ -197,16 +203,17 @@ def validate(
     reference: str = typer.Argument(..., help="Reference shower file (ground truth)."),
     candidates: list[str] = typer.Argument(..., help="Candidate shower file(s) (a generator's output, GFlash...)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for report.html and metrics.json."),
-    reference2: Optional[str] = typer.Option(
+    reference2: str | None = typer.Option(
         None, "--reference2", help="Independent reference sample for the floor (default: split the reference in two)."),
     show_all: bool = typer.Option(False, "--all", help="Print the full metric table after the verdict table."),
     quick: bool = typer.Option(False, "--quick", help="Fewer SSIM pairs and FPD/KPD draws, no classifiers (CI, demo)."),
     no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the classifier tests."),
-    max_events: Optional[int] = typer.Option(None, "--max-events", help="Read at most this many events per file."),
-    geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
+    max_events: int | None = typer.Option(None, "--max-events", help="Read at most this many events per file."),
+    geometry: str | None = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the floor subsamples, SSIM pairs, classifiers."),
 ) -> None:
-    """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor), HTML report."""
+    """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor),
+    HTML report."""
     from fastshower.validate.formatting import format_table, format_verdict
     from fastshower.validate.report import validate_files
 
@@ -226,12 +233,12 @@ def validate(
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="Training config (YAML); see docs/training.md."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue a run directory (or checkpoint) exactly."),
-    warm_start: Optional[Path] = typer.Option(None, "--warm-start",
+    resume: Path | None = typer.Option(None, "--resume", help="Continue a run directory (or checkpoint) exactly."),
+    warm_start: Path | None = typer.Option(None, "--warm-start",
                                               help="Start from another run's weights (checkpoint, run dir or "
                                                    "generator .safetensors); fresh optimizers and counters."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in the output directory."),
 ) -> None:
     """Train a generator (GAN recipes, checkpoints, validation). Under torchrun: data-parallel."""
@@ -265,7 +272,7 @@ def train(
                    f"outputs in {trainer.out}")
 
 
-# ---------------------------------------------------------------- infer: generate / export / benchmark / models (issue 5)
+# ------------------------------------------------------- infer: generate / export / benchmark / models (issue 5)
 
 def _model_option(help: str):
     """The required ``--model/-m`` option of the inference commands."""
@@ -290,7 +297,7 @@ def generate(
     backend: str = typer.Option("torch", "--backend", help="torch or onnx."),
     batch_size: int = typer.Option(256, "--batch-size", help="Showers generated and written per batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the conditions and of the noise."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op CPU threads."),
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
                                              help="Warn, not fail, for conditions outside the trained range."),
     overwrite: bool = _overwrite_option(),
@@ -383,7 +390,8 @@ def models() -> None:
 @app.command()
 def benchmark(
     model: list[str] = typer.Option(..., "--model", "-m",
-                                    help="Model(s): shipped name, saved stem, or registry name[@width] (untrained, timing only)."),
+                                    help="Model(s): shipped name, saved stem, or registry name[@width] "
+                                         "(untrained, timing only)."),
     backend: list[str] = typer.Option(["torch"], "--backend", help="torch and/or onnx (repeat the option)."),
     precision: list[str] = typer.Option(["fp32"], "--precision", help="fp32, bf16, fp16 (repeat the option)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda[:N]."),
@@ -391,13 +399,14 @@ def benchmark(
     repeats: int = typer.Option(5, "--repeats", help="Timed steps."),
     batches_per_step: int = typer.Option(2, "--batches-per-step", help="Batches per timed step."),
     warmup: int = typer.Option(2, "--warmup", help="Warm-up batches (timed apart)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
-    quick: bool = typer.Option(False, "--quick", help="CaloChallenge protocol with batches 1/16/256 and 3 repetitions."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op CPU threads."),
+    quick: bool = typer.Option(False, "--quick",
+                               help="CaloChallenge protocol with batches 1/16/256 and 3 repetitions."),
     no_calochallenge: bool = typer.Option(False, "--no-calochallenge", help="Skip the CaloChallenge protocol."),
     compile: bool = typer.Option(False, "--compile", help="Also try torch.compile (slow to compile)."),
     reference_n: int = typer.Option(200, "--reference-n", help="GFlash showers timed for the speed-up."),
     seed: int = typer.Option(0, "--seed", help="Seed of conditions and noise."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="JSON file for the results."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="JSON file for the results."),
 ) -> None:
     """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash)."""
     from fastshower.infer.benchmark import benchmark as run_benchmark
@@ -422,18 +431,20 @@ def quantize(
     model: str = _model_option("Shipped model name, training run / saved stem/.json/.safetensors, or fp32 .onnx file."),
     output: Path = _output_option("ONNX file to write (the tuning log goes next to it, .tuning.json)."),
     target: float = typer.Option(0.01, "--target", help="Accuracy target relative to fp32 (0.01: slice means and "
-                                 "widths within ~1 %; with --reference: profile MSE within 1 %, sampling fraction 0.01)."),
+                                 "widths within ~1 %; with --reference: profile MSE within 1 %, "
+                                 "sampling fraction 0.01)."),
     precision: str = typer.Option("int8", "--precision", help="int8 (tuned layer by layer) or fp16."),
-    select: str = typer.Option("fastest", "--select", help="int8: fastest model meeting the target, or the first found."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference-simulation shower file: judge by "
+    select: str = typer.Option("fastest", "--select",
+                               help="int8: fastest model meeting the target, or the first found."),
+    reference: Path | None = typer.Option(None, "--reference", help="Reference-simulation shower file: judge by "
                                              "profile MSE and sampling fraction against it (its conditions are used)."),
-    criterion: Optional[str] = typer.Option(None, "--criterion", help="shapes, physics or both (default: physics "
+    criterion: str | None = typer.Option(None, "--criterion", help="shapes, physics or both (default: physics "
                                             "with --reference, else shapes)."),
     calibration_n: int = typer.Option(256, "--calibration-n", help="int8: calibration showers (seed --seed)."),
     eval_n: int = typer.Option(256, "--eval-n", help="Held-out evaluation showers (seed --seed + 1)."),
     conv3d: bool = typer.Option(False, "--conv3d", help="int8: also quantize 3-d convolutions (slower than fp32 "
                                 "in ONNX Runtime on the CPUs measured)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
+    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration inputs (evaluation: seed + 1)."),
     overwrite: bool = _overwrite_option(),
 ) -> None:
@@ -478,12 +489,12 @@ def quantize(
     log = output.with_suffix(".tuning.json")
     if not result.met:
         best = min(result.steps, key=lambda st: st.score)
-        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
-                           f"1 = target); nothing written, log in {log}")
+        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; "
+                                f"best score {best.score:.3g}, 1 = target); nothing written, log in {log}")
     step = result.chosen
     typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
-               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs {result.fp32_ms_per_shower:.3f} "
-               f"fp32 (ONNX Runtime, batch {result.settings['timing_batch']})")
+               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs "
+               f"{result.fp32_ms_per_shower:.3f} fp32 (ONNX Runtime, batch {result.settings['timing_batch']})")
     if step.profile_mse is not None:
         typer.echo(f"  vs {reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "
                    f"sampling-fraction error {step.sampling_fraction_error:.4g} "
@@ -516,9 +527,10 @@ def g4run(
     n: int = typer.Option(100, "-n", "--n-events", help="Number of events."),
     seed: int = typer.Option(0, "--seed", help="Run seed: every shard's conditions, shower-source and Geant4 "
                                                "engine streams are spawned from it."),
-    threshold_gev: Optional[float] = typer.Option(None, "--threshold-gev", help="Fast mode: smallest e+/e-/gamma "
-                                                  "energy handed to the model (default: the geometry's lowest energy)."),
-    physics: Optional[str] = typer.Option(None, "--physics", help="transport (fast default), em (full default: "
+    threshold_gev: float | None = typer.Option(None, "--threshold-gev", help="Fast mode: smallest e+/e-/gamma "
+                                                  "energy handed to the model "
+                                                  "(default: the geometry's lowest energy)."),
+    physics: str | None = typer.Option(None, "--physics", help="transport (fast default), em (full default: "
                                           "an EM constructor + G4DecayPhysics) or FTFP_BERT."),
     em_physics: str = typer.Option("option0", "--em-physics", help="EM constructor: option0 "
                                    "(G4EmStandardPhysics), option1, option2 (run on fastshower's data set); option3, "
@@ -532,12 +544,12 @@ def g4run(
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
     overwrite: bool = _overwrite_option(),
     workers: int = typer.Option(1, "--workers", help="Local Dask worker processes (1: run in this process)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
                                             "(e.g. dask-jobqueue on Slurm/HTCondor); workers must see the output "
                                             "folder."),
     shards: int = typer.Option(0, "--shards", help="Number of seeded shards (default: one per 100 events). The "
                                                    "output depends on it, not on the number of workers."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: simulate only shard K (0-based) of N into the "
+    shard: str | None = typer.Option(None, "--shard", help="K/N: simulate only shard K (0-based) of N into the "
                                         "work folder <output>.shards/, then `fastshower merge`."),
     retries: int = typer.Option(2, "--retries", help="Dask: times a failed shard task is retried."),
     keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep the work folder <output>.shards/ after "
@@ -608,12 +620,12 @@ app.add_typer(g4data_app, name="g4data")
 
 @g4data_app.command("build")
 def g4data_build(
-    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: "
+    directory: Path | None = typer.Option(None, "--dir", help="Data directory (default: "
                                              "$XDG_CACHE_HOME/fastshower/g4data, i.e. ~/.cache/fastshower/g4data)."),
-    elements: Optional[list[str]] = typer.Option(None, "--elements", "-e", help="Elements (symbols or Z, "
+    elements: list[str] | None = typer.Option(None, "--elements", "-e", help="Elements (symbols or Z, "
                                                  "repeatable or comma-separated; default: all materials fastshower "
                                                  "builds)."),
-    geometry: Optional[list[str]] = typer.Option(None, "--geometry", "-g", help="Take the elements of these "
+    geometry: list[str] | None = typer.Option(None, "--geometry", "-g", help="Take the elements of these "
                                                  "geometries (preset names or YAML files; repeatable)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Write every file again (else only missing elements)."),
 ) -> None:
@@ -636,7 +648,7 @@ def g4data_build(
 
 @g4data_app.command("info")
 def g4data_info(
-    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: the cache location)."),
+    directory: Path | None = typer.Option(None, "--dir", help="Data directory (default: the cache location)."),
 ) -> None:
     """Which Geant4 data sets are used here, and what the fastshower-built set holds."""
     from fastshower.simulate.geant4.g4data import describe
@@ -649,14 +661,14 @@ def g4data_info(
 
 @app.command()
 def demo(
-    n: Optional[int] = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
+    n: int | None = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
                                     "generator, GFlash); default 200, --quick 40."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
     quick: bool = typer.Option(False, "--quick", help="Small and fast (under a minute): 40 showers at 20 GeV, one "
                                "Geant4 process, no classifier (CI)."),
     workers: int = typer.Option(2, "--workers", help="Local Geant4 worker processes."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generator (default: the best shipped one)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Generator (default: the best shipped one)."),
     show_all: bool = typer.Option(False, "--all", help="Also print the full metric table."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda (the generator)."),
 ) -> None:
@@ -683,11 +695,11 @@ def hpo(
                                   "see docs/hpo.md."),
     trials: int = typer.Option(10, "--trials", help="Trials this worker runs (each worker started with the same "
                                "command adds its own)."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database "
+    storage: str | None = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database "
                                           "(default: SQLite file study.db in the report folder)."),
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (overrides the config's)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Report folder (overrides report_dir)."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop starting new trials after this many "
+    study: str | None = typer.Option(None, "--study", help="Study name (overrides the config's)."),
+    report: Path | None = typer.Option(None, "--report", help="Report folder (overrides report_dir)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop starting new trials after this many "
                                             "seconds."),
 ) -> None:
     """Hyper-parameter search with Optuna; many workers may share one study (SQLite or PostgreSQL)."""
@@ -702,7 +714,7 @@ def hpo(
     typer.echo(f"report: {summary['report_dir']} (study in {summary['storage']})")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app. Expected failures (:mod:`fastshower.errors`) become ``error: <message>``
     and their exit code (2 for bad input); Ctrl-C exits 130; any other exception keeps its traceback."""
     from fastshower.errors import user_message

@@ -185,7 +185,7 @@ class InterruptFlag:
         self._previous = None
         self._installed = False
 
-    def __enter__(self) -> "InterruptFlag":
+    def __enter__(self) -> InterruptFlag:
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self._previous = signal.signal(signal.SIGINT, self._handler)

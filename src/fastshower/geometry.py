@@ -127,7 +127,7 @@ class Geometry(BaseModel):
     angle_range_rad: tuple[float, float] = (math.pi / 2, math.pi / 2)
 
     @model_validator(mode="after")
-    def _check(self) -> "Geometry":
+    def _check(self) -> Geometry:
         n_layers = sum(g.count for g in self.layers)
         if n_layers != self.shape[2]:
             raise ValueError(

@@ -47,7 +47,7 @@ class ParamSpec(_Strict):
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "ParamSpec":
+    def _check(self) -> ParamSpec:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty 'choices' list")
@@ -78,7 +78,7 @@ class PrunerSection(_Strict):
     threshold: float | None = None
 
     @model_validator(mode="after")
-    def _check(self) -> "PrunerSection":
+    def _check(self) -> PrunerSection:
         if self.name == "threshold" and self.threshold is None:
             raise ValueError("the threshold pruner needs 'threshold'")
         return self
@@ -87,10 +87,10 @@ class PrunerSection(_Strict):
 class HpoConfig(_Strict):
     """A study: ``base`` training config (a path, relative to the HPO file, or a mapping);
     ``overrides`` dotted key -> fixed value applied to the base (e.g. ``data.train``; relative data
-    paths resolve against the base config's folder); ``search_space`` dotted key -> :class:`ParamSpec`; ``epochs`` / ``steps_per_epoch`` of each
-    trial (default: the base config's); ``trial_time_budget_s``; ``study``; ``storage`` (SQLAlchemy
-    URL, default ``sqlite:///<report_dir>/study.db``); ``report_dir``; ``seed`` of the TPE sampler
-    (each worker adds its process id so that workers do not propose the same points);
+    paths resolve against the base config's folder); ``search_space`` dotted key -> :class:`ParamSpec`;
+    ``epochs`` / ``steps_per_epoch`` of each trial (default: the base config's); ``trial_time_budget_s``;
+    ``study``; ``storage`` (SQLAlchemy URL, default ``sqlite:///<report_dir>/study.db``); ``report_dir``;
+    ``seed`` of the TPE sampler (each worker adds its process id so that workers do not propose the same points);
     ``heartbeat_s`` / ``grace_period_s`` for detecting killed workers; ``retries`` of such trials."""
 
     base: str | dict[str, Any]
@@ -110,7 +110,7 @@ class HpoConfig(_Strict):
     retries: int = Field(default=1, ge=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "HpoConfig":
+    def _check(self) -> HpoConfig:
         if not self.search_space:
             raise ValueError("search_space is empty")
         for key in [*self.search_space, *self.overrides]:
@@ -214,7 +214,6 @@ def open_study(cfg: HpoConfig, report_dir: Path, seed_offset: int = 0):
     """Create or join the study: RDB storage with heartbeats and retry of failed (killed) trials."""
     import optuna
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
     from sqlalchemy.exc import SQLAlchemyError
 
     url = storage_url(cfg, report_dir)
@@ -388,7 +387,8 @@ def write_report(study, cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path
                                "report_dir": str(report), "trials": counts}
     rows = ["number,state,value,worker,epochs,duration_s," + ",".join(cfg.search_space)]
     for t in trials:
-        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else ""
+        done = t.datetime_complete and t.datetime_start
+        dur = (t.datetime_complete - t.datetime_start).total_seconds() if done else ""
         rows.append(",".join(str(x) for x in [t.number, t.state.name, "" if t.value is None else t.value,
                                               t.user_attrs.get("worker", ""), t.user_attrs.get("epochs", ""), dur,
                                               *(t.params.get(k, "") for k in cfg.search_space)]))

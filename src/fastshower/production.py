@@ -306,7 +306,7 @@ class ProductionResult:
     resumed: list[int]
     workers: int
     wall_s: float
-    merged: "MergeResult | None" = None
+    merged: MergeResult | None = None
     shard_file: Path | None = None
     extra: dict = field(default_factory=dict)
 

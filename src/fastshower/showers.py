@@ -37,12 +37,12 @@ class ShowerSet:
     def __len__(self) -> int:
         return self.showers.shape[0]
 
-    def __getitem__(self, index: slice | np.ndarray) -> "ShowerSet":
+    def __getitem__(self, index: slice | np.ndarray) -> ShowerSet:
         return ShowerSet(self.showers[index], self.primary_energy[index], self.incident_angle[index],
                          self.geometry, dict(self.attrs))
 
     @staticmethod
-    def concatenate(parts: list["ShowerSet"]) -> "ShowerSet":
+    def concatenate(parts: list[ShowerSet]) -> ShowerSet:
         if not parts:
             raise ValueError("nothing to concatenate")
         geometries = {p.geometry for p in parts}

@@ -21,10 +21,22 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fastshower.data.layout import (Layout, append_events, create_event_dataset, event_count,
-                                    geometry_is_normal_incidence, is_normal_incidence)
-from fastshower.data.transforms import (calochallenge_mev_to_deposit_gev, deposit_gev_to_calochallenge_mev,
-                                        flatten_calochallenge, gev_to_mev, mev_to_gev, unflatten_calochallenge)
+from fastshower.data.layout import (
+    Layout,
+    append_events,
+    create_event_dataset,
+    event_count,
+    geometry_is_normal_incidence,
+    is_normal_incidence,
+)
+from fastshower.data.transforms import (
+    calochallenge_mev_to_deposit_gev,
+    deposit_gev_to_calochallenge_mev,
+    flatten_calochallenge,
+    gev_to_mev,
+    mev_to_gev,
+    unflatten_calochallenge,
+)
 from fastshower.fileio import write_text_atomic
 from fastshower.geometry import Geometry
 
@@ -127,7 +139,8 @@ def read_binning_xml(path: str | Path) -> list[LayerBinning]:
             edges = tuple(float(r) for r in el.attrib["r_edges"].split(","))
             layers.append(LayerBinning(int(el.attrib["id"]), edges, int(el.attrib["n_bin_alpha"])))
         except (KeyError, ValueError):
-            raise ValueError(f"{path}: a <Layer> needs id, r_edges=\"0,...\" and n_bin_alpha; got {el.attrib}") from None
+            raise ValueError(
+                f"{path}: a <Layer> needs id, r_edges=\"0,...\" and n_bin_alpha; got {el.attrib}") from None
     return layers
 
 

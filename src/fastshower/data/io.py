@@ -319,7 +319,7 @@ class ShowerWriter:
         self._hdf5_errors: list[BaseException] = []
         self._previous_hook = None
 
-    def __enter__(self) -> "ShowerWriter":
+    def __enter__(self) -> ShowerWriter:
         self._stack = contextlib.ExitStack()
         tmp = self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite, lock=True))
         self._stack.enter_context(self._interrupt)

@@ -18,8 +18,14 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from fastshower.data.layout import (Layout, append_events, create_event_dataset, event_count,
-                                    geometry_is_normal_incidence, is_normal_incidence)
+from fastshower.data.layout import (
+    Layout,
+    append_events,
+    create_event_dataset,
+    event_count,
+    geometry_is_normal_incidence,
+    is_normal_incidence,
+)
 from fastshower.data.transforms import ecal_x50_to_gev, gev_to_ecal_x50
 from fastshower.geometry import Geometry
 

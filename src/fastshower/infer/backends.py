@@ -111,7 +111,7 @@ class OnnxBackend:
 
     @classmethod
     def open(cls, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None,
-             precision: str = "fp32") -> "OnnxBackend":
+             precision: str = "fp32") -> OnnxBackend:
         return cls(open_session(path, device=str(device), threads=threads), precision, device)
 
     def feed(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor | np.ndarray

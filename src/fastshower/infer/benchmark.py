@@ -288,7 +288,8 @@ def time_calochallenge(run: Backend, generator: Generator, quick: bool, seed: in
     rows = []
     for batch in sizes:
         e, a, z = timed_inputs(generator, batch, seed)
-        t = time_per_shower(lambda: run.run(e, a, z), batch, warmup=1, repeats=reps, sync=lambda: _sync(dev))
+        t = time_per_shower(lambda e=e, a=a, z=z: run.run(e, a, z), batch, warmup=1, repeats=reps,
+                            sync=lambda: _sync(dev))
         rows.append({"batch_size": batch, "repetitions": reps, "warmup_ms_per_shower": t.warmup_ms_per_shower,
                      "ms_per_shower": t.ms_per_shower, "ms_per_shower_min": t.ms_per_shower_min,
                      "ms_per_shower_max": t.ms_per_shower_max})
@@ -364,7 +365,8 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                            reference_ms_per_shower=reference_ms,
                            speedup_vs_reference=reference_ms / row["ms_per_shower"],
                            variants={k: (v if isinstance(v, str) else
-                                         {"ms_per_shower": v["ms_per_shower"], "ms_per_shower_iqr": v["ms_per_shower_iqr"],
+                                         {"ms_per_shower": v["ms_per_shower"],
+                                          "ms_per_shower_iqr": v["ms_per_shower_iqr"],
                                           "steps_ms_per_shower": v["steps_ms_per_shower"]})
                                      for k, v in timings.items()},
                            weights=weights,
@@ -404,9 +406,7 @@ def _loadable(model: str, tmpdir: Path) -> tuple[str, str]:
 
 def _torch_twin(model: str) -> torch.nn.Module | None:
     """The torch network behind ``model`` for FLOPs and parameters (None for an .onnx file)."""
-    from fastshower.models.registry import load_generator
-
-    from fastshower.models.registry import resolve
+    from fastshower.models.registry import load_generator, resolve
 
     return None if resolve(model).kind == "onnx" else load_generator(model)
 

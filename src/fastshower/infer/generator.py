@@ -83,7 +83,7 @@ class Generator:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_module(cls, module: ShowerGenerator, device: str | torch.device = "cpu", precision: str = "fp32",
-                    allow_extrapolation: bool = False) -> "Generator":
+                    allow_extrapolation: bool = False) -> Generator:
         """A generator around a ``ShowerGenerator`` network in memory (e.g. a freshly built or
         training one): moved to ``device``; the caller sets eval/train mode."""
         dev = _device(device)
@@ -95,7 +95,7 @@ class Generator:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | str | None = None) -> "Generator":
+             geometry: Geometry | str | None = None) -> Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -124,7 +124,8 @@ class Generator:
         if backend == "onnx":
             return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation, geometry)
         if precision == "int8":
-            raise ValueError("int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
+            raise ValueError(
+                "int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
@@ -136,7 +137,7 @@ class Generator:
         return cls.from_module(module, dev, precision, allow_extrapolation)
 
     @classmethod
-    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> "Generator":
+    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> Generator:
         from fastshower.infer.onnx_export import export_onnx, read_metadata
 
         if path.suffix != ".onnx":  # a saved or shipped model: export it first

@@ -27,6 +27,7 @@ import torch
 
 import fastshower
 from fastshower.fileio import atomic_path
+
 # the graph's input and output names and the one ONNX Runtime session factory live with the back-ends
 from fastshower.infer.backends import INPUT_NAMES, OUTPUT_NAME, open_session  # noqa: F401
 from fastshower.models.base import ShowerGenerator

@@ -168,7 +168,8 @@ def time_per_shower_ms(sess, inputs: dict[str, np.ndarray], batch_size: int, rep
     if len(inputs["primary_energy"]) < batch_size:
         raise ValueError(f"need at least {batch_size} inputs to time batch {batch_size}")
     batch = _batches(inputs, batch_size, {i.name for i in sess.get_inputs()})[0]
-    return time_per_shower(lambda: sess.run(["showers"], batch), batch_size, warmup=1, repeats=repeats).ms_per_shower_min
+    timing = time_per_shower(lambda: sess.run(["showers"], batch), batch_size, warmup=1, repeats=repeats)
+    return timing.ms_per_shower_min
 
 
 def optimized_graph(model_path: str | Path) -> onnx.ModelProto:
@@ -480,7 +481,8 @@ def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
                          f"{'' if conv3d else '; 3-d convolutions need conv3d=True'})")
     result = evaluation.result(graph, select, layers, skipped, {
         "n_calibration": n_calibration, "seed": seed, "max_groups": max_groups, "max_steps": max_steps,
-        "speed_margin": SPEED_MARGIN, "per_channel": True, "activations": "int8 asymmetric (MinMax)", "weights": "int8 symmetric"})
+        "speed_margin": SPEED_MARGIN, "per_channel": True, "activations": "int8 asymmetric (MinMax)",
+        "weights": "int8 symmetric"})
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared, cache, candidate = Path(tmp) / "prepared.onnx", Path(tmp) / "calibration.json", Path(tmp) / "q.onnx"

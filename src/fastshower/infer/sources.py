@@ -18,8 +18,14 @@ import torch
 
 from fastshower.geometry import Geometry, load_geometry
 from fastshower.infer.generator import DEFAULT_BATCH_SIZE, Generator
-from fastshower.simulate.geant4.sources import (EntryOffset, FunctionSource, ShowerSource, centre_entry_offset,
-                                                entry_offset_for, gflash_source)
+from fastshower.simulate.geant4.sources import (
+    EntryOffset,
+    FunctionSource,
+    ShowerSource,
+    centre_entry_offset,
+    entry_offset_for,
+    gflash_source,
+)
 
 
 class GeneratorSource:

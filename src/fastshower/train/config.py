@@ -132,7 +132,7 @@ class DataSection(_Strict):
     max_validation_events: int = Field(default=2000, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> "DataSection":
+    def _check(self) -> DataSection:
         if self.energy_range_gev is not None and not 0 <= self.energy_range_gev[0] < self.energy_range_gev[1]:
             raise ValueError("energy_range_gev must be [low, high] with 0 <= low < high")
         return self

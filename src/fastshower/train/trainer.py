@@ -375,10 +375,10 @@ class Trainer:
             e_g, a_g, ecal_g, ang_g = self._fake_conditions(real_conditions)
             noise = self._noise()
 
-            def g_step(part: slice):
+            def g_step(part: slice):  # called within this iteration (by _update): the loop variables are current
                 with self._autocast():
-                    g_out = self.D(self.g_train(e_g[part], a_g[part], noise[part]))
-                loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)
+                    g_out = self.D(self.g_train(e_g[part], a_g[part], noise[part]))  # noqa: B023
+                loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)  # noqa: B023
                 return loss, terms, {"ecal_sum": g_out["ecal_sum"].detach()}
 
             sums, outs = self._update(self.g_train, self.opt_g, self.scaler_g, g_step, "g_")

@@ -12,9 +12,16 @@ import math
 import numpy as np
 
 # The condition binning itself is shared with training (epoch choice) and lives one layer down.
-from fastshower.data.summaries import (MIN_EVENTS_PER_BIN, ConditionBin, bin_index,  # noqa: F401 (re-exported)
-                                       condition_bins, default_angle_bins, default_energy_bins, geometry_or_none,
-                                       set_bins)
+from fastshower.data.summaries import (  # noqa: F401 (re-exported)
+    MIN_EVENTS_PER_BIN,
+    ConditionBin,
+    bin_index,
+    condition_bins,
+    default_angle_bins,
+    default_energy_bins,
+    geometry_or_none,
+    set_bins,
+)
 
 #: Largest fraction of candidate events allowed outside the reference's condition range before
 #: :func:`overlap_warnings` warns.

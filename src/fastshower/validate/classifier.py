@@ -26,7 +26,6 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 
-
 def low_level_inputs(showers: np.ndarray, primary_energy: np.ndarray, sampling_fraction: float) -> np.ndarray:
     """CaloChallenge ``cls-low`` inputs: [log10(E_inc / MeV), voxel / E_inc], float32 (n, 1 + n_cells).
 
@@ -96,7 +95,7 @@ def train_classifier_once(x_train, y_train, x_test, y_test, x_val, y_val, seed: 
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train.astype(np.float32))
     x_test_t, x_val_t = torch.from_numpy(x_test), torch.from_numpy(x_val)
     best_loss, best_state, bad, epoch = math.inf, None, 0, 0
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(1, max_epochs + 1):  # noqa: B007 (the last epoch is reported after the loop)
         model.train()
         perm = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(xt), batch_size):

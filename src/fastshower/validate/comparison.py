@@ -193,7 +193,8 @@ def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: 
             c = c[np.sort(keep)]
         cut[what] = c
     thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
-    make = lambda s: Sample.from_set(s, geometry, thr, in_place)
+    def make(s):
+        return Sample.from_set(s, geometry, thr, in_place)
     return Prepared(make(reference), make(reference2), {k: make(v) for k, v in cut.items()}, geometry,
                     floor_source, notes, before)
 
@@ -236,7 +237,8 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
         mu90_sigma90=M.mu90_sigma90_per_bin(ratio_o, bins, "candidate").tolist(),
         mu90_sigma90_reference=M.mu90_sigma90_per_bin(ratio_r, bins, "reference").tolist())
     m["sampling_fraction_mre"] = (M.sampling_fraction_mre(ratio_r, ratio_o, bins), None)
-    prof = lambda o: {a: o.obs[f"profile_{a}"] for a in "xyz"}
+    def prof(o):
+        return {a: o.obs[f"profile_{a}"] for a in "xyz"}
     m["profile_mse"] = (M.binned_profile_mse(prof(ref), prof(other), bins), None)
     for k, v in M.gan_optimisation_metric(ref.obs, other.obs, bins).items():
         m[f"gan_metric_{k}"] = (v, None)
@@ -247,7 +249,8 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
     rng = np.random.default_rng(seed)
     try:
         if ssim:
-            scan = M.ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=ssim_pairs or (10 if quick else 50))
+            scan = M.ssim_vs_data_range(ref.showers, other.showers, bins, rng,
+                                        max_pairs_per_bin=ssim_pairs or (10 if quick else 50))
             for L, (mean, std) in scan.items():
                 m[f"ssim_L{L:g}"] = (mean, std)
     except ValueError as exc:

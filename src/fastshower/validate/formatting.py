@@ -104,7 +104,8 @@ def format_verdict(verdict: Verdict) -> str:
     """The verdict table as aligned text, with a legend of the marks."""
     header, rows = verdict_rows(verdict)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    def fmt(r):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
     lines.append(f"each cell: value, difference to the reference, deviation / floor (x), mark. floor = the deviation "
                  f"of a statistically identical sample of the same size. pass: <= {PASS_RATIO:g}x floor; close: "

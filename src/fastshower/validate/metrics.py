@@ -14,9 +14,6 @@ import math
 import numpy as np
 from scipy import linalg
 
-from fastshower.geometry import Geometry
-from fastshower.showers import ShowerSet
-from fastshower.validate import observables as ob
 # Sampling fraction, profile MSE and quick_metrics are shared with training (epoch choice), so they
 # live one layer down, in fastshower.data.summaries; re-exported here with the other metrics.
 from fastshower.data.summaries import (  # noqa: F401
@@ -33,6 +30,8 @@ from fastshower.data.summaries import (  # noqa: F401
     sampling_fraction_mre,
     sampling_fraction_per_bin,
 )
+from fastshower.geometry import Geometry
+from fastshower.validate import observables as ob
 
 #: SSIM data ranges L scanned (GeV), as the 3DGAN low-precision study.
 SSIM_DATA_RANGES = (1.0, 1e-2, 1e-4, 1e-6, 1e-8)
@@ -54,8 +53,9 @@ def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionB
     for b in bins:
         rel = []
         for m in (1, 2):
-            rel.append(np.mean([abs((obs_ref[f"m{m}_{a}"][b.reference].mean() - obs_cand[f"m{m}_{a}"][b.candidate].mean())
-                                    / (obs_ref[f"m{m}_{a}"][b.reference].mean() + ob._EPS)) for a in "xyz"]))
+            ref_mean = {a: obs_ref[f"m{m}_{a}"][b.reference].mean() for a in "xyz"}
+            rel.append(np.mean([abs((ref_mean[a] - obs_cand[f"m{m}_{a}"][b.candidate].mean()) / (ref_mean[a] + ob._EPS))
+                                for a in "xyz"]))
         pos.append(np.mean(rel))
         per_axis = []
         for a in "xyz":
@@ -268,7 +268,6 @@ def frechet_physics_distance(reference: np.ndarray, candidate: np.ndarray, min_s
     fit error. Returns (value, error), dimensionless. CaloChallenge calls it with min_samples=10000.
     """
     from scipy.optimize import curve_fit
-
     from threadpoolctl import threadpool_limits
 
     x, y = normalise_by_reference_max(np.asarray(reference, np.float64), np.asarray(candidate, np.float64))

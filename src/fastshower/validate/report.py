@@ -156,7 +156,8 @@ def plot_profiles(samples: dict[str, Sample], geometry: Geometry, colours: Palet
         for label, s in samples.items():
             p = s.obs[f"profile_{a}"]
             mean, sem = p.mean(axis=0), p.std(axis=0) / math.sqrt(len(p))
-            top.step(pos[a], mean, where="mid", color=colours[label], label=colours.name(label), lw=2 if label == REFERENCE else 1.5)
+            top.step(pos[a], mean, where="mid", color=colours[label], label=colours.name(label),
+                     lw=2 if label == REFERENCE else 1.5)
             if label != REFERENCE:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     bottom.errorbar(pos[a], mean / r, yerr=sem / r, fmt="o", ms=3, color=colours[label], lw=1)
@@ -176,7 +177,8 @@ def plot_response(samples: dict[str, Sample], energy_bins: np.ndarray, colours: 
     ref = samples[REFERENCE]
     ids = [i for i in range(len(energy_bins) - 1)
            if np.sum((ref.primary_energy >= energy_bins[i]) & (ref.primary_energy < energy_bins[i + 1])) >= 10]
-    if not ids or np.ptp(ref.primary_energy) < 1e-6:  # a single energy outside the edges, or few events: all events in one panel
+    # a single energy outside the edges, or few events: all events in one panel
+    if not ids or np.ptp(ref.primary_energy) < 1e-6:
         chosen = [(float(ref.primary_energy.min()), float(ref.primary_energy.max()) + 1e-9)]
     else:
         picks = sorted({ids[int(round(k))] for k in np.linspace(0, len(ids) - 1, min(n_panels, len(ids)))})
@@ -210,7 +212,8 @@ def plot_spectra(samples: dict[str, Sample], geometry: Geometry, colours: Palett
     for label, s in samples.items():
         counts = M.cell_energy_histogram(s.showers, edges)
         per_event = counts / len(s)
-        top.stairs(per_event, edges, color=colours[label], label=colours.name(label), lw=2 if label == REFERENCE else 1.5)
+        top.stairs(per_event, edges, color=colours[label], label=colours.name(label),
+                   lw=2 if label == REFERENCE else 1.5)
         if label != REFERENCE:
             with np.errstate(divide="ignore", invalid="ignore"):
                 bottom.errorbar(np.sqrt(edges[1:] * edges[:-1]), per_event / r_counts,
@@ -338,7 +341,8 @@ def plot_ssim(comps: list[Comparison], colours: Palette):
     ax.errorbar(ls, [rows[k].floor for k in names], yerr=[rows[k].floor_error or 0 for k in names], fmt="o-",
                 color=colours[FLOOR], label=f"floor ({colours.name(REFERENCE)} vs {colours.name(FLOOR)})", capsize=3)
     for c in comps:
-        ax.errorbar(ls, [c.metrics[k].candidate for k in names], yerr=[c.metrics[k].candidate_error or 0 for k in names],
+        ax.errorbar(ls, [c.metrics[k].candidate for k in names],
+                    yerr=[c.metrics[k].candidate_error or 0 for k in names],
                     fmt="o-", color=colours[c.label], label=f"ref. vs {c.label}", capsize=3)
     ax.set_xscale("log")
     ax.set_xlabel("SSIM data range L [GeV]")
@@ -532,7 +536,8 @@ def validate_files(reference: str | Path, candidates: list[str | Path], out_dir:
         raise ValueError(f"--max-events must be at least 2, got {max_events}")
     if not candidates:
         raise ValueError("give at least one candidate file")
-    read = lambda path: read_showers(path, geometry=geometry, max_events=max_events)
+    def read(path):
+        return read_showers(path, geometry=geometry, max_events=max_events)
     ref = read(reference)
     ref2 = read(reference2) if reference2 else None
     sets, labels, times = {}, {REFERENCE: str(reference)}, {}

@@ -7,14 +7,35 @@ Pure-numpy parts (placement, sources, data-set checks) import without geant4_pyb
 application (:mod:`.app`) imports it when built. See docs/geant4.md.
 """
 
-from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, datasets_message, find_dataset,
-                                                 geant4_available, import_geant4, missing_datasets,
-                                                 require_datasets)
-from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
-                                                  direction_to_condition, entry_layer_of, place_showers)
-from fastshower.simulate.geant4.sources import (ENTRY_CONVENTIONS, FunctionSource, ShowerSource, as_source,
-                                                batch_seed, centre_entry_offset, entry_offset_for, entry_offset_of,
-                                                gflash_entry_offset, gflash_source)
+from fastshower.simulate.geant4.datasets import (
+    DATASETS,
+    PHYSICS_DATASETS,
+    datasets_message,
+    find_dataset,
+    geant4_available,
+    import_geant4,
+    missing_datasets,
+    require_datasets,
+)
+from fastshower.simulate.geant4.placement import (
+    check_energy_conservation,
+    condition_to_direction,
+    direction_to_condition,
+    entry_layer_of,
+    place_showers,
+)
+from fastshower.simulate.geant4.sources import (
+    ENTRY_CONVENTIONS,
+    FunctionSource,
+    ShowerSource,
+    as_source,
+    batch_seed,
+    centre_entry_offset,
+    entry_offset_for,
+    entry_offset_of,
+    gflash_entry_offset,
+    gflash_source,
+)
 
 __all__ = [
     "DATASETS", "PHYSICS_DATASETS", "datasets_message", "find_dataset", "geant4_available", "import_geant4",

@@ -38,17 +38,26 @@ import contextlib
 import io
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from fastshower.geometry import Geometry, load_geometry
 from fastshower.showers import ShowerSet
-from fastshower.simulate.geant4.datasets import (ensure_nuclide_table_for_fast_mode, find_dataset, import_geant4,
-                                                 require_datasets)
-from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
-                                                  direction_to_condition, entry_layer_of, place_showers)
+from fastshower.simulate.geant4.datasets import (
+    ensure_nuclide_table_for_fast_mode,
+    find_dataset,
+    import_geant4,
+    require_datasets,
+)
+from fastshower.simulate.geant4.placement import (
+    check_energy_conservation,
+    condition_to_direction,
+    direction_to_condition,
+    entry_layer_of,
+    place_showers,
+)
 from fastshower.simulate.geant4.sources import ShowerSource, as_source, batch_seed, call_source, entry_offset_of
 
 MODES = ("fast", "full")
@@ -103,7 +112,7 @@ class G4RunResult:
     physics: str
     n_events: int
     timing: dict[str, float]
-    showers: Optional[ShowerSet]
+    showers: ShowerSet | None
     records: dict[str, np.ndarray]
     leaked_gev: np.ndarray
     max_energy_deviation: float
@@ -316,7 +325,8 @@ class Geant4App:
         for n, (x, y, z) in enumerate(np.asarray(points_mm, dtype=np.float64)):
             touchable = g4.G4TouchableHistory()
             nav.LocateGlobalPointAndUpdateTouchable(g4.G4ThreeVector(x, y, z), touchable, False)
-            if touchable.GetHistoryDepth() >= 5 and touchable.GetVolume(0).GetLogicalVolume().GetName().startswith("cell"):
+            if (touchable.GetHistoryDepth() >= 5
+                    and touchable.GetVolume(0).GetLogicalVolume().GetName().startswith("cell")):
                 out[n] = (touchable.GetReplicaNumber(1), touchable.GetReplicaNumber(0), touchable.GetReplicaNumber(3))
         return out
 
@@ -617,7 +627,8 @@ class _Runner:
                   "placement": self.t["placement"] / n, "output": self.t["output"] / n, "total": wall / n}
         rec = np.array(self.records, dtype=np.float64).reshape(-1, 10)
         records = {"event": rec[:, 0].astype(np.int64), "energy_gev": rec[:, 1], "x_mm": rec[:, 2], "y_mm": rec[:, 3],
-                   "z_mm": rec[:, 4], "theta_rad": rec[:, 5], "psi_rad": rec[:, 6], "entry_layer": rec[:, 7].astype(np.int64),
+                   "z_mm": rec[:, 4], "theta_rad": rec[:, 5], "psi_rad": rec[:, 6],
+                   "entry_layer": rec[:, 7].astype(np.int64),
                    "batch": rec[:, 8].astype(np.int64), "pdg": rec[:, 9].astype(np.int64)}
         attrs = {**app.provenance(), "seed": seed, "geant4_seeds": list(geant4_seeds), "threshold_gev": threshold_gev,
                  "batch_events": batch_events, "particles": ",".join(g.particle for g in guns)}

@@ -827,8 +827,13 @@ def describe(directory: str | Path | None = None) -> list[str]:
     """Lines for ``fastshower g4data info``: which data sets Geant4 would use here (and who set
     them), and the fastshower-built set in ``directory`` (default :func:`default_data_dir`):
     elements, sources, versions, fit residuals, and whether its files match the manifest."""
-    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset, missing_datasets,
-                                                     user_data_variables)
+    from fastshower.simulate.geant4.datasets import (
+        DATASETS,
+        PHYSICS_DATASETS,
+        find_dataset,
+        missing_datasets,
+        user_data_variables,
+    )
 
     lines = []
     user = user_data_variables()
