@@ -75,9 +75,10 @@ def _timed_runs(app, gun_of, source, n: int, seed: int, batch_events: int = 100)
 # children (one Geant4 application each)
 
 def child_cpu(spec: dict) -> dict:
+    from fastshower.geometry import load_geometry
     from fastshower.simulate.geant4.app import Gun, get_app
 
-    app = get_app(spec["geometry"], "full", "em", em_physics=spec["em_physics"])
+    app = get_app(load_geometry(spec["geometry"]), "full", "em", em_physics=spec["em_physics"])
     warm = time.process_time()
     app.run(2, [Gun("e-", 10.0)], None, seed=1, collect=False)  # builds the physics tables
     init_cpu = time.process_time() - warm
@@ -100,11 +101,13 @@ def child_mode(spec: dict) -> dict:
         import torch
 
         torch.set_num_threads(1)
+    from fastshower.geometry import load_geometry
     from fastshower.simulate.geant4.app import Gun, get_app
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
-    app = get_app(spec["geometry"], spec["mode"], spec.get("physics"))
-    source = resolve_source(spec["model"], spec["geometry"]) if spec["mode"] == "fast" else None
+    geometry = load_geometry(spec["geometry"])
+    app = get_app(geometry, spec["mode"], spec.get("physics"))
+    source = resolve_source(spec["model"], geometry) if spec["mode"] == "fast" else None
     app.run(2, [Gun("e-", 10.0)], source, seed=1, collect=False)  # tables, first inference call
     cases = []
     for energy, n in zip(spec["energies_gev"], spec["n"]):
@@ -118,9 +121,10 @@ def child_mode(spec: dict) -> dict:
 
 
 def child_produce(spec: dict) -> dict:
+    from fastshower.geometry import load_geometry
     from fastshower.production import Production, produce
 
-    p = Production(spec["geometry"], spec["n"], mode="full", energy=str(spec["energy_gev"]), seed=spec["seed"],
+    p = Production(load_geometry(spec["geometry"]), spec["n"], mode="full", energy=str(spec["energy_gev"]), seed=spec["seed"],
                    n_shards=spec["shards"])
     load = _load()
     t0, c0 = time.perf_counter(), time.process_time()

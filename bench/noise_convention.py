@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastshower.geometry import PRESETS
 from fastshower.infer.generator import Generator
 from fastshower.infer.onnx_export import compare_showers, export_onnx
 from fastshower.models.registry import build_generator, save_generator
@@ -35,7 +36,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         e, a = rng.uniform(2, 500, 64), rng.uniform(np.radians(60), np.radians(120), 64)
         reference = Generator.load(str(stem)).generate(e, a, seed=1).showers
-        got = resolve_source(str(Path(tmp) / "g51.onnx"), "clic51")(e, a, 1)
+        got = resolve_source(str(Path(tmp) / "g51.onnx"), PRESETS["clic51"])(e, a, 1)
     print(json.dumps(compare_showers(reference, got)))
 
 

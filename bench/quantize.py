@@ -102,7 +102,7 @@ def reference_showers(generator: Generator, n: int, seed: int):
     (e_lo, e_hi), (a_lo, a_hi) = generator.energy_range_gev, generator.angle_range_rad
     e, a = rng.uniform(e_lo, e_hi, n), rng.uniform(a_lo, a_hi, n)
     showers = simulate_showers(generator.geometry, e, a, rng)
-    return ShowerSet(showers, e, a, generator.geometry.name)
+    return ShowerSet(showers, e, a, generator.geometry)
 
 
 def accuracy(variants: dict[str, Generator], n: int, trained: bool) -> dict[str, dict]:

@@ -23,7 +23,6 @@ import torch
 
 from fastshower.data import write_showers
 from fastshower.fileio import write_text_atomic
-from fastshower.geometry import load_geometry
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
 from fastshower.train.config import build_config
@@ -44,14 +43,14 @@ def _device_name(device: torch.device) -> str:
 
 
 def bench_model(name: str, workdir: Path, batch: int, steps: int, warmup: int, device: str) -> dict:
-    geometry = load_geometry(registry.build_generator(name).geometry)
+    geometry = registry.build_generator(name).geometry
     rng = np.random.default_rng(0)
     n = batch * (steps + warmup)
     energy = rng.uniform(*geometry.energy_range_gev, n)
     angle = rng.uniform(*geometry.angle_range_rad, n)
     showers = rng.exponential(1e-3, size=(n, *geometry.shape)).astype(np.float32)
     path = workdir / f"{name}.h5"
-    write_showers(path, ShowerSet(showers, energy, angle, geometry.name))
+    write_showers(path, ShowerSet(showers, energy, angle, geometry))
     cfg = build_config({"model": {"name": name}, "recipe": {"batch_size": batch, "lr_scaling": "none"},
                         "data": {"train": str(path)},
                         "run": {"device": device, "output_dir": str(workdir / name), "progress": False}})

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from fastshower.geometry import PRESETS
 from fastshower.infer import timing
 from fastshower.infer.backends import Backend, OnnxBackend, TorchBackend, open_session, seeded_noise
 from fastshower.infer.generator import Generator
@@ -58,7 +59,7 @@ def test_one_seed_same_showers_through_generate_g4run_source_and_benchmark(model
         assert gen.backend == kind
         generated[kind] = gen.generate(e, a, seed=seed).showers
         # g4run --mode fast --model <model> --seed s: batch b calls the source with batch_seed(s, b)
-        source = resolve_source(model, "clic51")
+        source = resolve_source(model, PRESETS["clic51"])
         np.testing.assert_array_equal(source(e, a, seed), generated[kind])
         # the benchmark: every variant's timed call on the timed inputs of seed s is generate(seed=s)
         te, ta, noise = timed_inputs(gen, len(e), seed)
@@ -112,15 +113,15 @@ def test_resolve_finds_each_kind(model_files, tmp_path, monkeypatch):
     from fastshower.models import registry
 
     onnx = resolve(model_files["onnx"])
-    assert (onnx.kind, onnx.name, onnx.geometry) == ("onnx", "gan3d_clic51", "clic51")
+    assert (onnx.kind, onnx.name, onnx.geometry.name) == ("onnx", "gan3d_clic51", "clic51")
     for spelling in (model_files["torch"], model_files["torch"] + ".json", model_files["torch"] + ".safetensors"):
         saved = resolve(spelling)
-        assert (saved.kind, str(saved.path), saved.name, saved.geometry) == ("saved", model_files["torch"],
+        assert (saved.kind, str(saved.path), saved.name, saved.geometry.name) == ("saved", model_files["torch"],
                                                                               "gan3d_clic51", "clic51")
     monkeypatch.setattr(registry, "WEIGHTS_DIR", tmp_path)
     save_generator(build_generator("conv2d_g1", width=WIDTH), tmp_path / "conv2d_g1")
     shipped = resolve("conv2d_g1")
-    assert (shipped.kind, shipped.path, shipped.geometry) == ("shipped", tmp_path / "conv2d_g1", "clic25")
+    assert (shipped.kind, shipped.path, shipped.geometry.name) == ("shipped", tmp_path / "conv2d_g1", "clic25")
     fresh = resolve("gan3d_clic25@0.25")
     assert (fresh.kind, fresh.path, fresh.name, fresh.width) == ("untrained", None, "gan3d_clic25", 0.25)
     assert resolve("gan3d_clic51").width == 1.0
@@ -155,17 +156,17 @@ def test_shower_sources_carry_their_entry_convention(model_files):
     from fastshower.simulate.geant4.sources import FunctionSource, ShowerSource, as_source, gflash_entry_offset
 
     e, t = np.array([100.0, 50.0]), np.radians([70.0, 90.0])
-    expected = gflash_entry_offset("clic51")(e, t)
+    expected = gflash_entry_offset(PRESETS["clic51"])(e, t)
     assert expected[0, 1] < -5 and expected[1, 1] == pytest.approx(0, abs=1e-9)  # tilted: enters below the centre
     for model in model_files.values():
-        source = resolve_source(model, "clic51")
+        source = resolve_source(model, PRESETS["clic51"])
         assert isinstance(source, ShowerSource) and isinstance(source, GeneratorSource)
         np.testing.assert_allclose(source.entry_offset(e, t), expected)
-        np.testing.assert_array_equal(generator_source(model, "clic51", entry_convention="centre").entry_offset(e, t), 0)
-    assert resolve_source(model_files["onnx"], "clic51").description.startswith("onnx ")
+        np.testing.assert_array_equal(generator_source(model, PRESETS["clic51"], entry_convention="centre").entry_offset(e, t), 0)
+    assert resolve_source(model_files["onnx"], PRESETS["clic51"]).description.startswith("onnx ")
     with pytest.raises(ValueError, match="generates showers for geometry 'clic51', not 'clic25'"):
-        resolve_source(model_files["torch"], "clic25")
-    gflash = resolve_source("gflash", "clic51")
+        resolve_source(model_files["torch"], PRESETS["clic25"])
+    gflash = resolve_source("gflash", PRESETS["clic51"])
     assert isinstance(gflash, FunctionSource) and gflash.description == "gflash (e-)"
     np.testing.assert_allclose(gflash.entry_offset(e, t), expected)
 

@@ -10,7 +10,7 @@ from fastshower.data import (ShowerWriter, check_binning, count_events, detect_l
                              measured_angle, pseudorapidity, read_binning_xml, read_showers, write_binning_xml,
                              write_showers)
 from fastshower.data import transforms as T
-from fastshower.geometry import PRESETS, Geometry, save_geometry
+from fastshower.geometry import PRESETS, Geometry, load_geometry, save_geometry
 from fastshower.showers import ShowerSet
 
 
@@ -21,7 +21,7 @@ def make_set(rng, geometry="clic25", n=12, angle=None, attrs=None):
     primary_energy = rng.uniform(10, 400, n)
     lo, hi = g.angle_range_rad
     incident_angle = rng.uniform(lo, hi, n) if angle is None else np.full(n, angle)
-    return ShowerSet(showers, primary_energy, incident_angle, geometry, dict(attrs or {}))
+    return ShowerSet(showers, primary_energy, incident_angle, g, dict(attrs or {}))
 
 
 def tilted_line_shower(theta, shape=(51, 51, 25), y0=20.0):
@@ -110,7 +110,7 @@ def test_native_round_trip_is_identical_and_keeps_provenance(tmp_path, rng):
     np.testing.assert_array_equal(r.showers, s.showers)
     np.testing.assert_array_equal(r.primary_energy, s.primary_energy)
     np.testing.assert_array_equal(r.incident_angle, s.incident_angle)
-    assert r.geometry == "clic51"
+    assert r.geometry.name == "clic51"
     assert r.attrs["simulator"] == "gflash" and r.attrs["seed"] == 7 and r.attrs["fastshower_version"]
     with h5py.File(path) as f:
         assert f["showers"].compression == "gzip"
@@ -164,7 +164,7 @@ def test_calochallenge_round_trip_mev_over_sampling_fraction(tmp_path, rng):
         np.testing.assert_allclose(f["showers"][:].reshape(6, 45, 16, 9)[:, 7, 3, 2],
                                    s.showers[:, 2, 3, 7] * 1000 / 0.033, rtol=1e-6)
     r = read_showers(path)
-    assert r.geometry == "par04_ds2" and detect_layout(path) == "calochallenge"
+    assert r.geometry.name == "par04_ds2" and detect_layout(path) == "calochallenge"
     np.testing.assert_allclose(r.showers, s.showers, rtol=2e-6)
     np.testing.assert_allclose(r.primary_energy, s.primary_energy, rtol=1e-12)
     np.testing.assert_allclose(r.incident_angle, math.pi / 2)
@@ -174,12 +174,12 @@ def test_user_defined_geometry_travels_with_its_file(tmp_path, rng):
     base = PRESETS["clic25"].model_dump()
     custom = Geometry.model_validate({**base, "name": "mycal", "shape": (7, 9, 25), "energy_range_gev": (1, 50)})
     save_geometry(custom, tmp_path / "mycal.yaml")
-    s = ShowerSet(rng.exponential(1e-3, (4, 7, 9, 25)), rng.uniform(1, 50, 4), np.full(4, math.pi / 2), "mycal")
-    write_showers(tmp_path / "c.h5", s, geometry=tmp_path / "mycal.yaml")
+    s = ShowerSet(rng.exponential(1e-3, (4, 7, 9, 25)), rng.uniform(1, 50, 4), np.full(4, math.pi / 2), custom)
+    write_showers(tmp_path / "c.h5", s, geometry=load_geometry(tmp_path / "mycal.yaml"))
     r = read_showers(tmp_path / "c.h5")  # no geometry given: read from the file
-    assert r.geometry == "mycal" and r.showers.shape == (4, 7, 9, 25)
+    assert r.geometry.name == "mycal" and r.showers.shape == (4, 7, 9, 25)
     write_showers(tmp_path / "copy.h5", r)  # the YAML travels in attrs, so a re-write needs no geometry either
-    assert read_showers(tmp_path / "copy.h5").geometry == "mycal"
+    assert read_showers(tmp_path / "copy.h5").geometry.name == "mycal"
 
 
 # --- public files as they are --------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_reads_the_public_fixed_angle_layout(tmp_path, rng):
     with h5py.File(path, "w") as f:  # keys as in EleEscan_*.h5, no fastshower attributes
         f["ECAL"], f["target"], f["HCAL"] = ecal, target, rng.exponential(1e-3, (n, 5, 5, 60))
     r = read_showers(path)
-    assert r.geometry == "clic25" and r.showers.dtype == np.float32
+    assert r.geometry.name == "clic25" and r.showers.dtype == np.float32
     np.testing.assert_allclose(r.showers, ecal, rtol=1e-6)
     np.testing.assert_array_equal(r.primary_energy, target[:, 1])
     np.testing.assert_allclose(r.incident_angle, math.pi / 2)
@@ -217,7 +217,7 @@ def test_reads_the_public_variable_angle_layout(tmp_path, rng):
         f["ECAL"], f["energy"], f["theta"] = ecal_x50, rng.uniform(2, 500, n), theta
         f["ECAL_E"], f["HCAL"], f["phi"], f["pdgID"] = ecal_x50.sum(axis=(1, 2, 3)), np.zeros((n, 5, 5, 60)), theta, 11
     r = read_showers(path)
-    assert r.geometry == "clic51"
+    assert r.geometry.name == "clic51"
     np.testing.assert_allclose(r.showers, ecal_x50 / 50, rtol=1e-6)  # back to deposited GeV
     np.testing.assert_array_equal(r.incident_angle, theta)
 
@@ -262,7 +262,7 @@ def test_a_file_named_like_a_glob_is_read_as_itself(tmp_path, rng):
 
 def test_writer_streams_blocks_into_one_file(tmp_path, rng):
     blocks = [make_set(rng, "par04_ds2", n=k) for k in (3, 4, 2)]
-    with ShowerWriter(tmp_path / "s.h5", "par04_ds2", format="calochallenge", attrs={"seed": 1}) as w:
+    with ShowerWriter(tmp_path / "s.h5", PRESETS["par04_ds2"], format="calochallenge", attrs={"seed": 1}) as w:
         for block in blocks:
             w.write(block)
         assert not (tmp_path / "s.h5").exists()  # appears only on close
@@ -274,7 +274,7 @@ def test_writer_streams_blocks_into_one_file(tmp_path, rng):
 
 def test_exception_mid_write_leaves_no_file(tmp_path, rng):
     with pytest.raises(RuntimeError, match="interrupted"):
-        with ShowerWriter(tmp_path / "x.h5", "clic25") as w:
+        with ShowerWriter(tmp_path / "x.h5", PRESETS["clic25"]) as w:
             w.write(make_set(rng, n=3))
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
@@ -298,7 +298,7 @@ def test_writers_refuse_layouts_that_cannot_hold_the_geometry(tmp_path, rng, geo
 
 def test_writer_checks_shape_energy_and_angle(tmp_path, rng):
     with pytest.raises(ValueError, match="expected \\(n, 51, 51, 25\\)"):
-        write_showers(tmp_path / "x.h5", make_set(rng, "clic25", n=2), geometry="clic51")
+        write_showers(tmp_path / "x.h5", make_set(rng, "clic25", n=2), geometry=PRESETS["clic51"])
     s = make_set(rng, "clic25", n=2)
     s.primary_energy[1] = 900.0
     with pytest.raises(ValueError, match="event 1 has primary energy 900 GeV, outside the range .* 2-500 GeV"):
@@ -340,7 +340,7 @@ def test_other_compressions_round_trip(tmp_path, rng, compression):
 
 def test_unknown_compression_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown compression 'zstd'"):
-        ShowerWriter(tmp_path / "x.h5", "clic25", compression="zstd")
+        ShowerWriter(tmp_path / "x.h5", PRESETS["clic25"], compression="zstd")
 
 
 def test_read_events_gives_a_checked_random_access_slice(tmp_path, rng):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastshower
+from fastshower.geometry import PRESETS
 from fastshower.simulate.geant4 import g4data
 from fastshower.simulate.geant4.datasets import DATASETS, require_datasets
 
@@ -90,8 +91,8 @@ def test_brem_sb_file_is_the_nist_table_in_geant4_line_order():
 
 def test_elements_of_geometries_and_specs():
     frame = (1, 6, 7, 8, 18)  # G4_Galactic, G4_AIR
-    assert g4data.geometry_elements("clic25") == tuple(sorted(frame + (14, 74)))
-    assert g4data.geometry_elements("par04_ds2") == g4data.geometry_elements("clic25")
+    assert g4data.geometry_elements(PRESETS["clic25"]) == tuple(sorted(frame + (14, 74)))
+    assert g4data.geometry_elements(PRESETS["par04_ds2"]) == g4data.geometry_elements(PRESETS["clic25"])
     assert set(g4data.default_elements()) >= {1, 6, 7, 8, 14, 18, 26, 29, 74, 82}
     assert g4data.parse_elements(["W,Si", "8", "pb"]) == (8, 14, 74, 82)
     for bad in ("Xx", "93", "0"):
@@ -197,7 +198,7 @@ def test_full_mode_builds_uses_and_extends_the_offline_set(clean_env, monkeypatc
     assert len(err) == 1 and err[0].startswith(f"fastshower: built the offline Geant4 data set in {cache} for W")
     assert os.environ["GEANT4_DATA_DIR"] == str(cache) and os.environ["G4LEDATA"] == str(cache / "G4EMLOW8.8")
     assert require_datasets("em") == f"fastshower:{cache}" and capsys.readouterr().err == ""  # found, silent
-    require_datasets("em", "clic25")  # new materials: the set is extended
+    require_datasets("em", PRESETS["clic25"])  # new materials: the set is extended
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fastshower: extended") and err[0].endswith(
         "describes it)") and " for H C N O Si Ar (" in err[0]
@@ -212,7 +213,7 @@ def test_an_installation_the_user_points_at_always_wins(clean_env, monkeypatch):
     for d in DATASETS.values():
         (real / d.dirname).mkdir(parents=True)
     monkeypatch.setenv("GEANT4_DATA_DIR", str(real))
-    assert require_datasets("em", "clic25") == "installation" and not cache.exists()
+    assert require_datasets("em", PRESETS["clic25"]) == "installation" and not cache.exists()
     monkeypatch.delenv("GEANT4_DATA_DIR")
     monkeypatch.setenv("G4LEDATA", str(clean_env / "nowhere"))
     with pytest.raises(RuntimeError, match="G4EMLOW8.8"):  # set but wrong: an error, not our files

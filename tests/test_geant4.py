@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastshower.geometry import load_geometry
+from fastshower.geometry import PRESETS, load_geometry
 from fastshower.simulate.geant4.datasets import (STUB_MARKER, datasets_message, find_dataset, missing_datasets,
                                                  require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
@@ -171,7 +171,7 @@ def test_full_mode_without_datasets_gives_the_message_not_a_crash(no_datasets, c
     from fastshower.simulate.geant4.app import Gun, run_geant4
 
     with pytest.raises(RuntimeError, match="G4PARTICLEXS"):
-        run_geant4("clic25", 1, Gun(), mode="full", physics="FTFP_BERT")
+        run_geant4(PRESETS["clic25"], 1, Gun(), mode="full", physics="FTFP_BERT")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ from fastshower.simulate.geant4.app import Gun, get_app, run_geant4
 
 def pencil_source(geometry):
     # all energy on the shower axis: model cell column x = centre, y = centre + depth*cot(theta)/dy
-    g = load_geometry(geometry)
+    g = geometry
     nx, ny, nz = g.shape
     depth = g.layer_centres_mm()
     frac = np.exp(-0.5 * ((np.arange(nz) - 8) / 4.0) ** 2)
@@ -199,7 +199,7 @@ def pencil_source(geometry):
     return source
 
 def noise_source(geometry):
-    g = load_geometry(geometry)
+    g = geometry
     def source(energy, theta, seed):
         rng = np.random.default_rng(seed)
         out = rng.gamma(0.2, 1.0, (len(energy), *g.shape)).astype(np.float32)
@@ -243,17 +243,17 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
         guns = [Gun("e-", np.linspace(20, 200, 100), math.pi / 2),
                 Gun("gamma", 50.0, math.pi / 2, entry_mm=(2 * 5.1 + 1.0, -5.1))]
-        result = run_geant4("clic25", 100, guns, module_source(model), seed=11, batch_events=40, threshold_gev=1.0)
+        result = run_geant4(PRESETS["clic25"], 100, guns, module_source(model), seed=11, batch_events=40, threshold_gev=1.0)
         g = load_geometry("clic25")
         edges = g.layer_edges_mm()
         z_active = lambda k: edges[k] + (2.1 if k < 17 else 4.2) + 0.25  # centre of layer k's silicon
         pts = np.array([[0, 0, z_active(0)], [5.1, -2 * 5.1, z_active(0)], [-12 * 5.1, 12 * 5.1, z_active(20)],
                         [0, 0, 1.0], [0, 0, -3.0], [200.0, 0, 2.35]])
-        idx = get_app("clic25").cell_index_at(pts)
+        idx = get_app(PRESETS["clic25"]).cell_index_at(pts)
         errors = []
         for bad in (lambda e, t, s: np.zeros((len(e), 3, 3, 3)), lambda e, t, s: np.zeros((len(e), 25, 25, 25))):
             try:
-                run_geant4("clic25", 2, Gun(), bad, batch_events=1)  # the source is called inside the event loop
+                run_geant4(PRESETS["clic25"], 2, Gun(), bad, batch_events=1)  # the source is called inside the event loop
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
         out = save(sys.argv[1] + "/fast.npz", result, cells=idx)
@@ -284,7 +284,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         assert np.all(r["rec_batch"][sel] == b)
         entry = np.stack([r["rec_x_mm"][sel], r["rec_y_mm"][sel]], axis=1)
         assert np.allclose(entry[r["rec_pdg"][sel] == 22], [10.2 + 1.0, -5.1], atol=1e-6)
-        cells, lk = place_showers("clic25", gen, entry, event_index=r["rec_event"][sel] - start, n_events=stop - start)
+        cells, lk = place_showers(PRESETS["clic25"], gen, entry, event_index=r["rec_event"][sel] - start, n_events=stop - start)
         expected.append(cells)
         leaked.append(lk)
         generated = np.bincount(r["rec_event"][sel] - start, weights=gen.reshape(len(gen), -1).sum(1, dtype=np.float64))
@@ -308,12 +308,12 @@ def test_tilted_primaries_land_in_the_right_cells(tmp_path):
         res = {}
         for name, psi in (("yz", 0.0), ("xz", math.pi / 2)):
             gun = Gun("e-", 100.0, math.radians(60), psi_rad=psi, entry_mm=(2 * 5.1, -2 * 5.1), distance_mm=50.0)
-            result = run_geant4("clic51", 10, gun, pencil_source("clic51"), seed=3, batch_events=4)
+            result = run_geant4(PRESETS["clic51"], 10, gun, pencil_source(PRESETS["clic51"]), seed=3, batch_events=4)
             res[name] = save(sys.argv[1] + f"/{name}.npz", result)
         from fastshower.simulate.geant4.sources import gflash_source
         for name, psi in (("gflash_yz", 0.0), ("gflash_xz", math.pi / 2)):
             gun = Gun("e-", 100.0, math.radians(70), psi_rad=psi, entry_mm=(5.1, 0.0))
-            result = run_geant4("clic51", 10, gun, gflash_source("clic51"), seed=4, batch_events=10)
+            result = run_geant4(PRESETS["clic51"], 10, gun, gflash_source(PRESETS["clic51"]), seed=4, batch_events=10)
             res[name] = save(sys.argv[1] + f"/{name}.npz", result)
         print(json.dumps(res))
     """)
@@ -355,15 +355,15 @@ def test_tilted_primaries_land_in_the_right_cells(tmp_path):
 def test_cylindrical_fast_mode_and_scorer_cells(tmp_path):
     out = _run_scenario(tmp_path, """
         from fastshower.simulate.geant4.sources import batch_seed
-        src = noise_source("par04_ds2")
-        result = run_geant4("par04_ds2", 6, Gun("e+", 30.0), src, seed=5, batch_events=6)
+        src = noise_source(PRESETS["par04_ds2"])
+        result = run_geant4(PRESETS["par04_ds2"], 6, Gun("e+", 30.0), src, seed=5, batch_events=6)
         expected = src(np.full(6, 30.0), np.full(6, math.pi / 2), batch_seed(5, 0))
         g = load_geometry("par04_ds2")
         z = g.layer_centres_mm()
         a = -math.pi + (np.array([0, 3, 15]) + 0.5) * 2 * math.pi / 16
         r = np.array([2.0, 20.0, 41.0])
         pts = np.stack([r * np.cos(a), r * np.sin(a), [z[0] + 1.5, z[7] + 1.5, z[44] + 1.5]], axis=1)
-        idx = get_app("par04_ds2").cell_index_at(pts)
+        idx = get_app(PRESETS["par04_ds2"]).cell_index_at(pts)
         print(json.dumps(save(sys.argv[1] + "/cyl.npz", result, expected=expected, cells=idx)))
     """)
     r = np.load(tmp_path / "cyl.npz")
@@ -379,7 +379,7 @@ def test_geantino_track_lengths_read_from_the_cpp_scorer(tmp_path):
     0.5 mm / sin(theta) of track into each layer's silicon, in the cell at y = depth cot(theta)."""
     _run_scenario(tmp_path, """
         gun = Gun("geantino", 10.0, math.radians(75), entry_mm=(0.0, 0.0))
-        result = run_geant4("clic25", 3, gun, None, scorer="tracklength", batch_events=2)
+        result = run_geant4(PRESETS["clic25"], 3, gun, None, scorer="tracklength", batch_events=2)
         print(json.dumps(save(sys.argv[1] + "/geantino.npz", result)))
     """)
     r = np.load(tmp_path / "geantino.npz")

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
+from fastshower.geometry import PRESETS
 from fastshower.simulate.geant4.datasets import find_dataset
 from fastshower.production import Production, shard_seeds
 
@@ -65,20 +66,20 @@ def test_shard_streams_are_independent_and_reproducible():
     assert a.geant4_seeds == shard_seeds(7, 0).geant4_seeds and a.source_seed == shard_seeds(7, 0).source_seed
     assert a.geant4_seeds != b.geant4_seeds and a.geant4_seeds != shard_seeds(8, 0).geant4_seeds
     assert all(0 <= w < 2**32 for w in a.geant4_seeds) and len(set(a.geant4_seeds)) == 4
-    p = Production("clic25", 10, mode="fast", energy="2:500", n_shards=3)
+    p = Production(PRESETS["clic25"], 10, mode="fast", energy="2:500", n_shards=3)
     assert [p.shard_range(k) for k in range(3)] == [(0, 3), (3, 6), (6, 10)]
     e0 = p.guns(0)[0].energy_gev
     assert np.array_equal(e0, p.guns(0)[0].energy_gev) and not np.array_equal(e0, p.guns(1)[0].energy_gev[:3])
     # the identity covers what changes the showers, not how they are run
-    assert p.production_id == Production("clic25", 10, mode="fast", energy="2:500", n_shards=3).production_id
+    assert p.production_id == Production(PRESETS["clic25"], 10, mode="fast", energy="2:500", n_shards=3).production_id
     for other in (dict(seed=1), dict(n_shards=2), dict(energy="2:400"), dict(production_cut_mm=0.7)):
-        assert Production("clic25", 10, **{"mode": "fast", "energy": "2:500", "n_shards": 3, **other}
+        assert Production(PRESETS["clic25"], 10, **{"mode": "fast", "energy": "2:500", "n_shards": 3, **other}
                           ).production_id != p.production_id
-    assert Production("clic25", 250, mode="fast").n_shards == 3  # default: one shard per 100 events
+    assert Production(PRESETS["clic25"], 250, mode="fast").n_shards == 3  # default: one shard per 100 events
     with pytest.raises(ValueError, match="every shard needs an event"):
-        Production("clic25", 2, n_shards=3)
+        Production(PRESETS["clic25"], 2, n_shards=3)
     with pytest.raises(ValueError, match="unknown EM physics 'option9'"):
-        Production("clic25", 2, em_physics="option9")
+        Production(PRESETS["clic25"], 2, em_physics="option9")
 
 
 def test_em_physics_beyond_the_built_set_is_one_line_naming_the_data(monkeypatch, tmp_path):
@@ -140,9 +141,9 @@ def test_library_full_run_applies_the_cut_and_exits_zero(tmp_path, g4env):
     script = textwrap.dedent("""
         import json
         from fastshower.simulate.geant4.app import Gun, get_app, run_geant4
-        r = run_geant4("clic25", 2, Gun("e-", 2.0), mode="full", em_physics="option1", production_cut_mm=0.5,
+        r = run_geant4(PRESETS["clic25"], 2, Gun("e-", 2.0), mode="full", em_physics="option1", production_cut_mm=0.5,
                        seed=3)
-        print(json.dumps({"cuts": get_app("clic25", "full", em_physics="option1", production_cut_mm=0.5)
+        print(json.dumps({"cuts": get_app(PRESETS["clic25"], "full", em_physics="option1", production_cut_mm=0.5)
                           .applied_range_cuts_mm(), "attrs": r.attrs}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=g4env,
@@ -197,7 +198,7 @@ def test_two_dask_workers_give_the_file_of_one_and_a_lost_worker_is_retried(tmp_
                     marker.write_text(str(os.getpid()))
                     os._exit(1)
 
-        p = Production("clic25", 4, mode="full", energy="2:5", seed=11, n_shards=3)
+        p = Production(PRESETS["clic25"], 4, mode="full", energy="2:5", seed=11, n_shards=3)
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \\
                 Client(cluster) as client:
             client.register_plugin(KillOnce())
@@ -247,11 +248,11 @@ def test_resume_shard_jobs_and_merge_give_the_single_run(tmp_path, cli):
         (work / "shard-00003-of-00004.json").unlink()
         errors = []
         try:  # another production (seed 4) never uses, nor overwrites, these shards
-            produce(Production("clic25", 10, mode="fast", energy="5:50", seed=4, n_shards=4, batch_events=2),
+            produce(Production(PRESETS["clic25"], 10, mode="fast", energy="5:50", seed=4, n_shards=4, batch_events=2),
                     d / "single.h5")
         except RuntimeError as exc:
             errors.append(str(exc))
-        p = Production("clic25", 10, mode="fast", energy="5:50", seed=3, n_shards=4, batch_events=2)
+        p = Production(PRESETS["clic25"], 10, mode="fast", energy="5:50", seed=3, n_shards=4, batch_events=2)
         again = produce(p, d / "single.h5")
         for k in (3, 1, 0, 2):
             cli(*base, "--shard", f"{k}/4", "-o", d / "jobs.h5")

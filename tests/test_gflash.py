@@ -141,12 +141,12 @@ def test_photons_start_later_by_nine_sevenths_x0(rng):
 
 def test_seeded_reproducible():
     e, a = np.array([20.0, 200.0, 400.0]), np.full(3, NORMAL)
-    one = simulate_showers("clic25", e, a, np.random.default_rng(5))
-    assert np.array_equal(one, simulate_showers("clic25", e, a, np.random.default_rng(5)))
-    assert not np.array_equal(one, simulate_showers("clic25", e, a, np.random.default_rng(6)))
+    one = simulate_showers(PRESETS["clic25"], e, a, np.random.default_rng(5))
+    assert np.array_equal(one, simulate_showers(PRESETS["clic25"], e, a, np.random.default_rng(5)))
+    assert not np.array_equal(one, simulate_showers(PRESETS["clic25"], e, a, np.random.default_rng(6)))
     assert one.dtype == np.float32 and one.shape == (3, 25, 25, 25)
     # outside the fitted range of the parametrisation (y = E/E_c < 30) it stays finite
-    edge = simulate_showers("clic25", np.array([0.05, 0.2, 1000.0]), np.full(3, NORMAL), np.random.default_rng(0))
+    edge = simulate_showers(PRESETS["clic25"], np.array([0.05, 0.2, 1000.0]), np.full(3, NORMAL), np.random.default_rng(0))
     assert np.all(np.isfinite(edge)) and edge.min() >= 0 and np.all(edge.sum(axis=(1, 2, 3)) > 0)
 
 
@@ -177,18 +177,18 @@ def test_bad_input():
     with pytest.raises(ValueError, match="particle"):
         simulate_showers(CLIC, [10.0], [NORMAL], np.random.default_rng(0), particle="pi+")
     with pytest.raises(ValueError, match="normal incidence"):
-        simulate_showers("par04_ds2", [10.0], [1.2], np.random.default_rng(0))
+        simulate_showers(PRESETS["par04_ds2"], [10.0], [1.2], np.random.default_rng(0))
     with pytest.raises(ValueError, match="positive"):
         simulate_showers(CLIC, [-1.0], [NORMAL], np.random.default_rng(0))
     with pytest.raises(ValueError, match="outside the allowed range"):
-        simulate("clic25", energy="1:600", n=2)
+        simulate(PRESETS["clic25"], energy="1:600", n=2)
 
 
 def test_simulate_conditions_and_provenance():
-    out = simulate("clic51", energy="10:100", angle_deg="60:120", n=30, seed=4, batch_size=7)
-    assert out.showers.shape == (30, 51, 51, 25) and out.geometry == "clic51"
+    out = simulate(PRESETS["clic51"], energy="10:100", angle_deg="60:120", n=30, seed=4, batch_size=7)
+    assert out.showers.shape == (30, 51, 51, 25) and out.geometry.name == "clic51"
     assert out.primary_energy.min() >= 10 and out.primary_energy.max() <= 100
     assert np.degrees(out.incident_angle).min() >= 60 and np.degrees(out.incident_angle).max() <= 120
     assert out.attrs["simulator"] == "gflash" and out.attrs["seed"] == 4 and out.attrs["particle"] == "e-"
-    again = simulate("clic51", energy="10:100", angle_deg="60:120", n=30, seed=4, batch_size=7)
+    again = simulate(PRESETS["clic51"], energy="10:100", angle_deg="60:120", n=30, seed=4, batch_size=7)
     assert np.array_equal(out.showers, again.showers) and np.array_equal(out.primary_energy, again.primary_energy)

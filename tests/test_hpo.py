@@ -20,6 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from fastshower.geometry import PRESETS
 from fastshower.cli import main
 from fastshower.data import write_showers
 from fastshower.hpo import ParamSpec, load_hpo_config, run_study, set_dotted
@@ -35,8 +36,8 @@ def base_config(tmp_path_factory) -> Path:
     from fastshower.simulate.gflash import simulate
 
     root = tmp_path_factory.mktemp("hpo_data")
-    write_showers(root / "train.h5", simulate("clic25", energy="50:150", angle_deg="90", n=64, seed=1))
-    write_showers(root / "val.h5", simulate("clic25", energy="50:150", angle_deg="90", n=32, seed=2))
+    write_showers(root / "train.h5", simulate(PRESETS["clic25"], energy="50:150", angle_deg="90", n=64, seed=1))
+    write_showers(root / "val.h5", simulate(PRESETS["clic25"], energy="50:150", angle_deg="90", n=32, seed=2))
     base = {"model": {"name": "conv2d_g1", "config": {"width": 0.125}},
             "recipe": {"preset": "conv2d", "batch_size": 8, "lr_scaling": "none"},
             "data": {"train": "train.h5", "validation": "val.h5"},

@@ -42,7 +42,7 @@ def test_generate_to_file_round_trip(clic51, tmp_path):
     assert n == 7
     back = read_showers(tmp_path / "g.h5")
     direct = clic51.generate(e, a, batch_size=3, seed=7)
-    assert back.geometry == "clic51" and back.showers.shape == (7, 51, 51, 25)
+    assert back.geometry.name == "clic51" and back.showers.shape == (7, 51, 51, 25)
     np.testing.assert_array_equal(back.showers, direct.showers)
     np.testing.assert_allclose(back.primary_energy, e)
     np.testing.assert_allclose(back.incident_angle, a)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastshower.geometry import load_geometry
+from fastshower.geometry import PRESETS
 from fastshower.models import registry
 from fastshower.models.layers import (
     BatchNorm3dAlwaysTraining,
@@ -23,7 +23,7 @@ from fastshower.models.layers import (
 
 MODEL_NAMES = sorted(registry.MODELS)
 #: The 25^3 models, cheap enough on a CPU to train a few dozen steps in a test.
-FIXED_ANGLE_MODELS = [n for n in MODEL_NAMES if registry.MODELS[n].geometry == "clic25"]
+FIXED_ANGLE_MODELS = [n for n in MODEL_NAMES if registry.MODELS[n].geometry.name == "clic25"]
 #: Small networks for the functional tests (the size test builds the published width).
 SMALL = {"width": 0.25}
 
@@ -70,7 +70,7 @@ def test_gan3d_counts_are_exact():
 def test_generator_output_shape_units_and_reproducible_noise(name):
     torch.manual_seed(0)
     g = registry.build_generator(name, **SMALL).eval()
-    shape = load_geometry(g.geometry).shape
+    shape = g.geometry.shape
     energy, angle = _conditions(3, g)
     noise_a = g.sample_noise(3, generator=torch.Generator().manual_seed(7))
     noise_b = g.sample_noise(3, generator=torch.Generator().manual_seed(7))
@@ -101,7 +101,7 @@ def test_save_load_round_trip(name, tmp_path):
     assert path == tmp_path / "gen.json" and (tmp_path / "gen.safetensors").is_file()
     card = registry.read_card(tmp_path / "gen")
     assert card["model"] == name and card["metadata"] == {"epoch": 3}
-    assert card["config"]["width"] == 0.25 and card["geometry"] == g.geometry
+    assert card["config"]["width"] == 0.25 and card["geometry"] == g.geometry.name
     loaded = registry.load_generator(tmp_path / "gen.safetensors")
     assert not loaded.training
     noise = g.sample_noise(4, generator=torch.Generator().manual_seed(3))
@@ -151,7 +151,7 @@ def test_discriminator_heads(name, rng):
     torch.manual_seed(2)
     g = registry.build_generator(name, **SMALL)
     d = registry.build_discriminator(name, **SMALL).train()
-    shape = load_geometry(g.geometry).shape
+    shape = g.geometry.shape
     showers_gev = torch.from_numpy(rng.exponential(1e-3, size=(4, *shape)).astype(np.float32))
     image = g.preprocess(showers_gev)
     out = d(image)
@@ -359,7 +359,7 @@ def test_measured_angle_of_reference_showers(theta_deg, rng):
     layer at the barycentre counts as 90 deg)."""
     from fastshower.models.gan3d import measured_angle
 
-    showers = _reference_showers("clic51", np.full(16, 100.0), rng, math.radians(theta_deg))
+    showers = _reference_showers(PRESETS["clic51"], np.full(16, 100.0), rng, math.radians(theta_deg))
     measured = np.degrees(measured_angle(torch.from_numpy(showers).double()).numpy())
     assert measured.mean() == pytest.approx(theta_deg, abs=2.5)
     assert measured.std() < 4.0

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from fastshower.geometry import PRESETS
 from fastshower.data import read_showers
 from fastshower.infer import quantize as q
 from fastshower.infer.benchmark import benchmark
@@ -173,7 +174,7 @@ def test_cli_quantize_errors(cli, tmp_path, args, message):
 def test_physics_criterion_against_reference(fp32_files, tmp_path):
     from fastshower.simulate.gflash import simulate
 
-    reference = simulate("clic25", energy="10:200", angle_deg="90", n=48, seed=3)
+    reference = simulate(PRESETS["clic25"], energy="10:200", angle_deg="90", n=48, seed=3)
     out = tmp_path / "phys.onnx"
     result = q.tune(fp32_files["gan3d_clic25"], out, target=0.05, criterion="physics", reference=reference,
                     select="first", **SMALL)

@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from fastshower.geometry import PRESETS
 from fastshower.data import write_showers
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
@@ -112,7 +113,7 @@ def test_generate_n_beyond_memory_is_one_line(cli, tiny_model, tmp_path):
 
 @pytest.mark.parametrize("n_candidate", [3, 30])
 def test_validate_tiny_candidate_is_a_clear_refusal(cli, tmp_path, n_candidate):
-    s = gflash.simulate("clic25", "50", "90", n=40, seed=1)
+    s = gflash.simulate(PRESETS["clic25"], "50", "90", n=40, seed=1)
     write_showers(tmp_path / "ref.h5", s)
     write_showers(tmp_path / "cand.h5", s[:n_candidate])
     code, _, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
@@ -158,7 +159,7 @@ def hpo_data(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for name, n in (("train.h5", 16), ("val.h5", 8)):
         write_showers(root / name, ShowerSet(rng.exponential(2e-3, (n, 25, 25, 25)).astype(np.float32),
-                                             rng.uniform(10, 400, n), np.full(n, math.pi / 2), "clic25"))
+                                             rng.uniform(10, 400, n), np.full(n, math.pi / 2), PRESETS["clic25"]))
     return root
 
 

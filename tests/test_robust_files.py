@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import fastshower
+from fastshower.geometry import PRESETS
 from fastshower.data import count_events
 from fastshower.simulate import gflash
 
@@ -94,9 +95,9 @@ def test_ctrl_c_is_taken_at_the_next_block(tmp_path):
     from fastshower.data import ShowerWriter
     from fastshower.showers import ShowerSet
 
-    block = ShowerSet(np.zeros((2, 25, 25, 25), np.float32), [10.0, 20.0], [np.pi / 2] * 2, "clic25")
+    block = ShowerSet(np.zeros((2, 25, 25, 25), np.float32), [10.0, 20.0], [np.pi / 2] * 2, PRESETS["clic25"])
     with pytest.raises(KeyboardInterrupt):
-        with ShowerWriter(tmp_path / "x.h5", "clic25") as w:
+        with ShowerWriter(tmp_path / "x.h5", PRESETS["clic25"]) as w:
             w.write(block)
             os.kill(os.getpid(), signal.SIGINT)  # handled: sets the flag only
             landed = True
@@ -225,8 +226,8 @@ def test_simulate_huge_n_draws_conditions_per_batch(cli, tmp_path, monkeypatch):
 @pytest.mark.parametrize("energy,angle", [("10,50,100", "80:100"), ("2:500", "70,90,100"), ("2:500:log", "90")])
 def test_streamed_simulation_equals_simulate(energy, angle):
     """Drawing conditions per batch gives the same showers and conditions as simulate()."""
-    whole = gflash.simulate("clic51", energy, angle, n=7, seed=3, batch_size=3)
-    parts = list(gflash.iter_simulate("clic51", energy, angle, n=7, seed=3, batch_size=3))
+    whole = gflash.simulate(PRESETS["clic51"], energy, angle, n=7, seed=3, batch_size=3)
+    parts = list(gflash.iter_simulate(PRESETS["clic51"], energy, angle, n=7, seed=3, batch_size=3))
     assert [len(p) for p in parts] == [3, 3, 1]
     np.testing.assert_array_equal(np.concatenate([p.primary_energy for p in parts]), whole.primary_energy)
     np.testing.assert_array_equal(np.concatenate([p.incident_angle for p in parts]), whole.incident_angle)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import fastshower
+from fastshower.geometry import PRESETS
 from fastshower.data import write_showers
 from fastshower.showers import ShowerSet
 from fastshower.train.config import build_config
@@ -29,7 +30,7 @@ def data(tmp_path_factory) -> Path:
     n = 24
     path = tmp_path_factory.mktemp("d") / "train.h5"
     write_showers(path, ShowerSet(rng.exponential(2e-3, size=(n, 25, 25, 25)).astype(np.float32),
-                                  rng.uniform(10, 400, n), np.full(n, np.pi / 2), "clic25"))
+                                  rng.uniform(10, 400, n), np.full(n, np.pi / 2), PRESETS["clic25"]))
     return path
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from fastshower.geometry import PRESETS
 from fastshower.data import write_showers
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
@@ -30,7 +31,7 @@ SMALL = {"name": "gan3d_clic25", "config": {"width": 0.125}}
 def _random_file(path: Path, geometry: str, shape: tuple[int, int, int], n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     showers = rng.exponential(2e-3, size=(n, *shape)).astype(np.float32)
-    write_showers(path, ShowerSet(showers, rng.uniform(10, 400, n), np.full(n, np.pi / 2), geometry))
+    write_showers(path, ShowerSet(showers, rng.uniform(10, 400, n), np.full(n, np.pi / 2), PRESETS[geometry]))
     return path
 
 
@@ -218,8 +219,8 @@ def test_short_training_improves_validation_against_gflash(tmp_path):
     """
     from fastshower.simulate.gflash import simulate
 
-    write_showers(tmp_path / "train.h5", simulate("clic25", energy="50:150", angle_deg="90", n=128, seed=1))
-    write_showers(tmp_path / "val.h5", simulate("clic25", energy="50:150", angle_deg="90", n=128, seed=2))
+    write_showers(tmp_path / "train.h5", simulate(PRESETS["clic25"], energy="50:150", angle_deg="90", n=128, seed=1))
+    write_showers(tmp_path / "val.h5", simulate(PRESETS["clic25"], energy="50:150", angle_deg="90", n=128, seed=2))
     raw = {"model": {"name": "gan3d_clic25", "config": {"width": 0.125}},
            "recipe": {"batch_size": 8, "lr_scaling": "none"},
            "data": {"train": str(tmp_path / "train.h5"), "validation": str(tmp_path / "val.h5")},

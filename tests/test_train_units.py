@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastshower.data import write_showers
-from fastshower.geometry import load_geometry
+from fastshower.geometry import PRESETS, load_geometry
 from fastshower.showers import ShowerSet
 from fastshower.train.config import LossWeights, build_config, load_config
 from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum
@@ -136,7 +136,7 @@ def small_file(tmp_path, rng):
     showers[::10] = 0.0  # 5 empty events, dropped by the deposit filter
     energy = np.linspace(10, 400, n)
     path = tmp_path / "train.h5"
-    write_showers(path, ShowerSet(showers, energy, np.full(n, np.pi / 2), "clic25"))
+    write_showers(path, ShowerSet(showers, energy, np.full(n, np.pi / 2), PRESETS["clic25"]))
     return path, g
 
 

@@ -35,7 +35,7 @@ def toy_showers(n: int, rng: np.random.Generator, geometry: str = "clic25", scal
     lateral /= lateral.sum()
     mean = 0.02 * e[:, None, None, None] * lateral[None, :, :, None] * depth[:, None, None, :]
     showers = rng.gamma(4.0, mean / 4.0 + 1e-12) * scale
-    return ShowerSet(showers.astype(np.float32), e, np.full(n, math.pi / 2), g.name)
+    return ShowerSet(showers.astype(np.float32), e, np.full(n, math.pi / 2), g)
 
 
 def widen_by_one_cell(s: ShowerSet) -> ShowerSet:

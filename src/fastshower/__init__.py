@@ -51,7 +51,12 @@ _EXPORTS: dict[str, str] = {
     "DataFileError": "fastshower.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "PRESETS", "Comparison", "DataFileError", "FastshowerError", "Generator", "Geometry", "ShowerSet", "ShowerWriter",
+    "UserInputError", "__version__", "build_generator", "compare", "compare_many", "iter_showers", "load_generator",
+    "load_geometry", "parse_spec", "read_events", "read_showers", "sample_angles", "sample_energies", "save_generator",
+    "save_geometry", "simulate_showers", "write_showers",
+]
 
 if TYPE_CHECKING:
     from fastshower.conditions import parse_spec, sample_angles, sample_energies

@@ -149,11 +149,11 @@ def inspect(
         check_binning,
         count_events,
         detect_layout,
-        geometry_of,
         iter_showers,
         read_binning_xml,
         resolve_paths,
     )
+    from fastshower.geometry import load_geometry
 
     files = resolve_paths(path)
     layout = detect_layout(files)
@@ -163,7 +163,7 @@ def inspect(
     deposited = ratio = 0.0
     last = None
     with tqdm(total=n, desc="inspect", unit="shower", leave=False) as bar:
-        for part in iter_showers(files, chunk_size=chunk_size, geometry=geometry):
+        for part in iter_showers(files, chunk_size=chunk_size, geometry=load_geometry(geometry) if geometry else None):
             last = part
             e_min, e_max = min(e_min, part.primary_energy.min()), max(e_max, part.primary_energy.max())
             a_min, a_max = min(a_min, part.incident_angle.min()), max(a_max, part.incident_angle.max())
@@ -173,9 +173,9 @@ def inspect(
             bar.update(len(part))
     if last is None:
         raise UserInputError(f"{path}: the file holds no events")
-    name, attrs = last.geometry, last.attrs
+    name, attrs = last.geometry.name, last.attrs
     if binning is not None:
-        check_binning(read_binning_xml(binning), geometry_of(last))
+        check_binning(read_binning_xml(binning), last.geometry)
     typer.echo(f"files:            {len(files)} ({files[0]}{' ...' if len(files) > 1 else ''})")
     typer.echo(f"layout:           {layout}")
     typer.echo(f"geometry:         {name}")
@@ -189,9 +189,8 @@ def inspect(
     for line in format_provenance(attrs):
         typer.echo(line)
     for key, value in sorted(attrs.items()):
-        if key != "geometry_yaml":
-            text = str(value)
-            typer.echo(f"attr {key}: {text if len(text) <= 300 else text[:300] + f' ... ({len(text)} characters)'}")
+        text = str(value)
+        typer.echo(f"attr {key}: {text if len(text) <= 300 else text[:300] + f' ... ({len(text)} characters)'}")
     if binning is not None:
         typer.echo(f"binning {binning}: matches geometry {name}")
 
@@ -214,10 +213,12 @@ def validate(
 ) -> None:
     """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor),
     HTML report."""
+    from fastshower.geometry import load_geometry
     from fastshower.validate.formatting import format_table, format_verdict
     from fastshower.validate.report import validate_files
 
-    result = validate_files(reference, candidates, output, reference2, geometry=geometry, max_events=max_events,
+    result = validate_files(reference, candidates, output, reference2,
+                            geometry=load_geometry(geometry) if geometry else None, max_events=max_events,
                             quick=quick, classifier=not no_classifier, seed=seed)
     typer.echo(format_verdict(result.verdict))
     if show_all:
@@ -558,6 +559,7 @@ def g4run(
     """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
+    from fastshower.geometry import load_geometry
     from fastshower.production import Production, format_production, produce, produce_shard
 
     try:
@@ -576,7 +578,7 @@ def g4run(
             shard_index, shards = (int(v) for v in shard.split("/"))
         except ValueError:
             raise ValueError(f"--shard must be K/N (0 <= K < N), got {shard!r}") from None
-    production = Production(geometry, n, mode=mode, particle=particle, energy=energy, angle=angle,
+    production = Production(load_geometry(geometry), n, mode=mode, particle=particle, energy=energy, angle=angle,
                             azimuth_deg=azimuth, position_mm=(x0, y0), multiplicity=multiplicity, seed=seed,
                             n_shards=shards, model=model, physics=physics, em_physics=em_physics,
                             production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
@@ -593,7 +595,7 @@ def g4run(
         if mode == "fast":
             typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
                        f"leakage {sum(m['leaked_gev'] for m in result.manifests) / n:.4g} GeV per event")
-        typer.echo(f"wrote {n} events ({production.geometry}, geant4 {mode}) to {output}")
+        typer.echo(f"wrote {n} events ({production.geometry.name}, geant4 {mode}) to {output}")
 
 
 @app.command()
@@ -630,6 +632,7 @@ def g4data_build(
     rebuild: bool = typer.Option(False, "--rebuild", help="Write every file again (else only missing elements)."),
 ) -> None:
     """Write (or extend) the minimal Geant4 data set: brem_SB, photoelectric and Rayleigh files per element."""
+    from fastshower.geometry import load_geometry
     from fastshower.simulate.geant4 import g4data
 
     if elements and geometry:
@@ -638,7 +641,7 @@ def g4data_build(
     if elements:
         chosen = g4data.parse_elements(elements)
     elif geometry:
-        chosen = tuple(sorted({z for g in geometry for z in g4data.geometry_elements(g)}))
+        chosen = tuple(sorted({z for g in geometry for z in g4data.geometry_elements(load_geometry(g))}))
     result = g4data.build_dataset(directory, chosen, rebuild=rebuild, progress=True)
     what = (f"wrote {g4data.format_elements(result.added)}" if result.added else "nothing to add")
     typer.echo(f"{result.directory}: {what} ({result.seconds:.1f} s); elements: "

@@ -49,7 +49,7 @@ def parse_spec(text: str | float, what: str = "value") -> ConditionSpec:
                 lo, hi = float(parts[0]), float(parts[1])
                 if lo <= 0:
                     raise ValueError
-                kind = "loguniform"
+                kind: Literal["uniform", "loguniform"] = "loguniform"
             elif len(parts) == 2:
                 lo, hi = float(parts[0]), float(parts[1])
                 kind = "uniform"

@@ -109,11 +109,12 @@ def _one_torch_thread():
 def _simulate_geant4(n_events: int, energy_gev: float, seed: int, workers: int, output: Path, progress: bool):
     """2 x ... Geant4 showers through the production; returns (ShowerSet, CPU s per shower)."""
     from fastshower.data import read_showers
+    from fastshower.geometry import load_geometry
     from fastshower.production import Production, produce
 
     shards = max(2, 2 * workers) if n_events >= 2 * workers else 1
-    prod = Production(geometry=GEOMETRY, n_events=n_events, mode="full", particle=PARTICLE, energy=f"{energy_gev:g}",
-                      angle=f"{ANGLE_DEG:g}", seed=seed, n_shards=shards)
+    prod = Production(geometry=load_geometry(GEOMETRY), n_events=n_events, mode="full", particle=PARTICLE,
+                      energy=f"{energy_gev:g}", angle=f"{ANGLE_DEG:g}", seed=seed, n_shards=shards)
     output.unlink(missing_ok=True)
     result = produce(prod, output, workers=workers, progress=progress)
     cpu = sum(m["cpu_s_run"] for m in result.manifests)
@@ -171,7 +172,7 @@ def run_demo(out_dir: str | Path = "demo_report", n: int | None = None, seed: in
     rng = np.random.default_rng([seed, 7])
     simulate_showers(geometry, energies[:8], angles[:8], rng, **kw)  # warm-up (imports, tables)
     c0 = time.process_time()
-    gflash = ShowerSet(simulate_showers(geometry, energies, angles, rng, **kw), energies, angles, geometry.name,
+    gflash = ShowerSet(simulate_showers(geometry, energies, angles, rng, **kw), energies, angles, geometry,
                        {"simulator": gflash_label})
     cpu[gflash_label] = (time.process_time() - c0) / n
     wall["gflash"] = time.perf_counter() - t0

@@ -26,6 +26,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from fastshower.errors import ConcurrentWriterError, DiskFullError, OutputExistsError
 
@@ -59,7 +60,8 @@ def clean_stale_temps(path: str | Path) -> list[Path]:
     """Remove ``.NAME.<pid>.*.tmp`` files beside ``path`` whose process is gone; returns them.
     Temporary files of an older naming (no pid) are left alone and reported with a warning."""
     path = Path(path)
-    removed, unknown = [], []
+    removed: list[Path] = []
+    unknown: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
@@ -182,7 +184,7 @@ class InterruptFlag:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None
         self._installed = False
 
     def __enter__(self) -> InterruptFlag:

@@ -300,9 +300,10 @@ PRESETS: dict[str, Geometry] = {
 
 
 def load_geometry(name_or_path: str | Path) -> Geometry:
-    """A preset by name (``clic25``, ...) or a YAML file describing a detector."""
+    """A preset by name (``clic25``, ...) or a YAML file describing a detector: where a name
+    enters the library (command line, config files); the library itself passes :class:`Geometry`."""
     if isinstance(name_or_path, Geometry):
-        return name_or_path
+        raise TypeError("load_geometry takes a preset name or a YAML path; this is already a Geometry")
     key = str(name_or_path)
     if key in PRESETS:
         return PRESETS[key]

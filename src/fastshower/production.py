@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fastshower.fileio import write_text_atomic
-from fastshower.geometry import load_geometry
+from fastshower.geometry import Geometry
 
 #: Events per shard when the number of shards is not given.
 DEFAULT_SHARD_EVENTS = 100
@@ -75,14 +75,14 @@ def shard_seeds(seed: int, shard: int) -> ShardSeeds:
 
 @dataclass(frozen=True)
 class Production:
-    """What to simulate. ``geometry``: preset name or YAML file; ``energy``/``angle``: condition
+    """What to simulate. ``geometry``: the detector; ``energy``/``angle``: condition
     specs as in ``fastshower simulate`` (GeV, deg); ``position_mm``: entry point on the face;
     ``multiplicity``: primaries per event; ``n_shards``: 0 = :func:`default_n_shards`; ``model``,
     ``threshold_gev``, ``entry_convention``: fast mode's shower source; ``physics``: transport,
     em or FTFP_BERT (default: transport for fast, em for full); ``em_physics``: option0/1/2 (see
     ``app.EM_PHYSICS``); ``production_cut_mm``: Geant4's range cut."""
 
-    geometry: str
+    geometry: Geometry
     n_events: int
     mode: str = "full"
     particle: str = "e-"
@@ -126,7 +126,7 @@ class Production:
     def identity(self) -> dict:
         """Everything that determines the showers (the geometry by content), JSON-ready."""
         d = dataclasses.asdict(self)
-        d["geometry"] = json.loads(load_geometry(self.geometry).model_dump_json())
+        d["geometry"] = json.loads(self.geometry.model_dump_json())
         d["position_mm"] = list(self.position_mm)
         if self.mode == "full":  # the shower source plays no part
             for key in ("model", "threshold_gev", "entry_convention"):
@@ -174,11 +174,10 @@ class Production:
         from fastshower.simulate.geant4.app import require_em_physics
         from fastshower.simulate.geant4.datasets import require_datasets
 
-        load_geometry(self.geometry)
         parse_spec(self.energy, "energy")
         parse_spec(self.angle, "angle")
         self.guns(0)
-        require_datasets(self.physics, load_geometry(self.geometry))  # builds fastshower's set here, not per worker
+        require_datasets(self.physics, self.geometry)  # builds fastshower's set here, not per worker
         if self.physics != "transport":
             require_em_physics(self.em_physics)
 
@@ -228,7 +227,7 @@ def run_shard(production: Production, shard: int, work_dir: str | Path) -> dict:
     from fastshower.simulate.geant4.app import get_app
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    g = load_geometry(production.geometry)
+    g = production.geometry
     app = get_app(g, production.mode, production.physics, em_physics=production.em_physics,
                   production_cut_mm=production.production_cut_mm)
     source = _source_for(production, g) if production.mode == "fast" else None
@@ -396,7 +395,7 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
         raise ValueError(f"--retries must be >= 0, got {retries}")
     from fastshower.data.io import layout_for_format
 
-    layout_for_format(format, load_geometry(production.geometry))  # a bad format fails before any shard
+    layout_for_format(format, production.geometry)  # a bad format fails before any shard
     production.check()
     t0 = time.perf_counter()
     work = prepare_work_dir(production, Path(work_dir or work_dir_for(output)).resolve())
@@ -503,7 +502,7 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
     0..N-1 exactly once, each with its event count; a manifest beside a shard must match its
     SHA-256) and that their common attributes agree. The output keeps the common attributes and
     lists every shard's events and seeds in ``shards``."""
-    from fastshower.data import ShowerWriter, geometry_of, iter_showers, read_events
+    from fastshower.data import ShowerWriter, iter_showers, read_events
 
     files = _shard_files(paths)
     info = [(path, _shard_attrs(path)) for path in files]
@@ -564,7 +563,7 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
     first = by_shard[0][0]
     if len(data_sources) > 1:
         attrs["geant4_data"] = sorted(data_sources)
-    with ShowerWriter(output, geometry_of(read_events(first, 0, 1)), format=format, attrs=attrs) as writer:
+    with ShowerWriter(output, read_events(first, 0, 1).geometry, format=format, attrs=attrs) as writer:
         for k in range(n):
             for part in iter_showers(by_shard[k][0], chunk_size=chunk_size):
                 writer.write(part)

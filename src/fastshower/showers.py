@@ -13,16 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from fastshower.geometry import Geometry
+
 
 @dataclass
 class ShowerSet:
     showers: np.ndarray
     primary_energy: np.ndarray
     incident_angle: np.ndarray
-    geometry: str
+    geometry: Geometry
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.geometry, Geometry):
+            raise TypeError(f"ShowerSet.geometry must be a Geometry (fastshower.geometry.load_geometry turns a name "
+                            f"into one), got {type(self.geometry).__name__} {self.geometry!r}")
         self.showers = np.asarray(self.showers, dtype=np.float32)
         self.primary_energy = np.asarray(self.primary_energy, dtype=np.float64).reshape(-1)
         self.incident_angle = np.asarray(self.incident_angle, dtype=np.float64).reshape(-1)
@@ -45,9 +50,9 @@ class ShowerSet:
     def concatenate(parts: list[ShowerSet]) -> ShowerSet:
         if not parts:
             raise ValueError("nothing to concatenate")
-        geometries = {p.geometry for p in parts}
-        if len(geometries) != 1:
-            raise ValueError(f"cannot concatenate shower sets of different geometries: {sorted(geometries)}")
+        names = {p.geometry.name for p in parts}  # by name: an extrapolated copy has wider ranges
+        if len(names) != 1:
+            raise ValueError(f"cannot concatenate shower sets of different geometries: {sorted(names)}")
         return ShowerSet(np.concatenate([p.showers for p in parts]),
                          np.concatenate([p.primary_energy for p in parts]),
                          np.concatenate([p.incident_angle for p in parts]),

@@ -8,22 +8,21 @@ See docs/data-formats.md.
 
 from fastshower.data.calochallenge import check_binning, read_binning_xml, write_binning_xml
 from fastshower.data.io import (
-                                FORMATS,
-                                ShowerWriter,
-                                count_events,
-                                detect_layout,
-                                geometry_from_cell_shape,
-                                geometry_of,
-                                iter_showers,
-                                read_events,
-                                read_showers,
-                                resolve_paths,
-                                write_showers,
+    FORMATS,
+    ShowerWriter,
+    count_events,
+    detect_layout,
+    geometry_from_cell_shape,
+    iter_showers,
+    read_events,
+    read_showers,
+    resolve_paths,
+    write_showers,
 )
 from fastshower.data.threedgan import measured_angle, pseudorapidity
 
 __all__ = [
     "FORMATS", "ShowerWriter", "check_binning", "count_events", "detect_layout", "geometry_from_cell_shape",
-    "geometry_of", "iter_showers", "measured_angle", "pseudorapidity", "read_binning_xml", "read_events",
+    "iter_showers", "measured_angle", "pseudorapidity", "read_binning_xml", "read_events",
     "read_showers", "resolve_paths", "write_binning_xml", "write_showers",
 ]

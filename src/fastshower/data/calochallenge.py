@@ -107,7 +107,7 @@ def binning_of(geometry: Geometry) -> list[LayerBinning]:
     """The CaloChallenge binning of a cylindrical geometry: the same r edges and alpha bins in every layer."""
     _check_cylindrical(geometry)
     _, n_alpha, n_layers = geometry.shape
-    return [LayerBinning(i, tuple(float(r) for r in geometry.r_edges_mm), n_alpha) for i in range(n_layers)]
+    return [LayerBinning(i, tuple(float(r) for r in geometry.r_edges_mm or ()), n_alpha) for i in range(n_layers)]
 
 
 def write_binning_xml(geometry: Geometry, path: str | Path, particle: str = "electron", pid: int = 11) -> None:

@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,7 +31,7 @@ from fastshower.data.native import NativeLayout
 from fastshower.data.threedgan import FixedAngleLayout, VariableAngleLayout
 from fastshower.errors import DiskFullError
 from fastshower.fileio import InterruptFlag, atomic_path, is_disk_full
-from fastshower.geometry import PRESETS, Geometry, load_geometry
+from fastshower.geometry import PRESETS, Geometry
 from fastshower.showers import ShowerSet
 
 FORMAT_VERSION = 1
@@ -123,21 +124,10 @@ def geometry_from_cell_shape(event_shape: tuple[int, ...]) -> Geometry | None:
     return None
 
 
-def geometry_of(shower_set: ShowerSet) -> Geometry:
-    """The geometry of a shower set: its YAML in ``attrs['geometry_yaml']`` if read from a file with a
-    user-defined detector, else the preset (or YAML file) named by ``shower_set.geometry``."""
-    text = shower_set.attrs.get("geometry_yaml")
-    if text:
-        g = Geometry.model_validate(yaml.safe_load(text))
-        if g.name == shower_set.geometry:
-            return g
-    return load_geometry(shower_set.geometry)
-
-
-def _geometry_for_file(f: h5py.File, layout: Layout, path: Path, geometry: str | Geometry | None) -> Geometry:
+def _geometry_for_file(f: h5py.File, layout: Layout, path: Path, geometry: Geometry | None) -> Geometry:
     event_shape = layout.event_shape(f)
     if geometry is not None:
-        g = load_geometry(geometry)
+        g = geometry
     elif "geometry_yaml" in f.attrs:
         g = Geometry.model_validate(yaml.safe_load(_text(f.attrs["geometry_yaml"])))
     else:
@@ -189,7 +179,7 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _read_attrs(f: h5py.File, geometry: Geometry) -> dict:
+def _read_attrs(f: h5py.File) -> dict:
     attrs = {}
     for key, value in f.attrs.items():
         if key in RESERVED_ATTRS:
@@ -199,12 +189,10 @@ def _read_attrs(f: h5py.File, geometry: Geometry) -> dict:
         elif isinstance(value, np.generic):
             value = value.item()
         attrs[key] = value
-    if geometry.name not in PRESETS:
-        attrs["geometry_yaml"] = yaml.safe_dump(geometry.model_dump(mode="json"), sort_keys=False)
     return attrs
 
 
-def iter_showers(path: PathSpec, chunk_size: int = 1000, geometry: str | Geometry | None = None
+def iter_showers(path: PathSpec, chunk_size: int = 1000, geometry: Geometry | None = None
                  ) -> Iterator[ShowerSet]:
     """Stream a file (or a glob/list of files) as shower sets of at most ``chunk_size`` events, in
     the shared convention. Chunks do not span files; each chunk is read by h5py slicing and checked."""
@@ -219,16 +207,16 @@ def iter_showers(path: PathSpec, chunk_size: int = 1000, geometry: str | Geometr
             if first is not None and g != first:
                 raise ValueError(f"{p}: geometry {g.name!r} differs from {first.name!r} of {files[0]}")
             first = g
-            attrs = _read_attrs(f, g)
+            attrs = _read_attrs(f)
             n = layout.count_events(f)
             for start in range(0, n, chunk_size):
                 stop = min(n, start + chunk_size)
                 showers, primary_energy, incident_angle = layout.read(f, start, stop, g)
                 check_showers(str(p), start, showers, primary_energy, incident_angle, g)
-                yield ShowerSet(showers, primary_energy, incident_angle, g.name, dict(attrs))
+                yield ShowerSet(showers, primary_energy, incident_angle, g, dict(attrs))
 
 
-def read_events(path: str | Path, start: int, stop: int, geometry: str | Geometry | None = None) -> ShowerSet:
+def read_events(path: str | Path, start: int, stop: int, geometry: Geometry | None = None) -> ShowerSet:
     """Events ``start:stop`` of one file (random access, e.g. for shuffled training chunks), converted
     and checked like :func:`iter_showers` chunks."""
     (p,) = resolve_paths(Path(path))
@@ -239,12 +227,12 @@ def read_events(path: str | Path, start: int, stop: int, geometry: str | Geometr
         if not 0 <= start < stop <= n:
             raise ValueError(f"{p}: event range {start}:{stop} is outside the file's {n} events")
         showers, primary_energy, incident_angle = layout.read(f, start, stop, g)
-        attrs = _read_attrs(f, g)
+        attrs = _read_attrs(f)
     check_showers(str(p), start, showers, primary_energy, incident_angle, g)
-    return ShowerSet(showers, primary_energy, incident_angle, g.name, attrs)
+    return ShowerSet(showers, primary_energy, incident_angle, g, attrs)
 
 
-def read_showers(path: PathSpec, geometry: str | Geometry | None = None, max_events: int | None = None,
+def read_showers(path: PathSpec, geometry: Geometry | None = None, max_events: int | None = None,
                  chunk_size: int = 1000) -> ShowerSet:
     """Read a whole file (or glob/list), or its first ``max_events`` events, as one shower set."""
     if max_events is not None and max_events < 1:
@@ -285,7 +273,7 @@ def _attr_value(value):
 class ShowerWriter:
     """Append shower sets to a file in one layout; the file appears only when the block ends cleanly.
 
-    ``with ShowerWriter("out.h5", "clic51", format="3dgan", attrs={"simulator": "gflash"}) as w:
+    ``with ShowerWriter("out.h5", geometry, format="3dgan", attrs={"simulator": "gflash"}) as w:
     w.write(shower_set)``. ``attrs`` (provenance: simulator, seed, model, particle, ...) become file
     attributes, with ``date`` and ``fastshower_version`` added when absent. ``compression``: gzip
     (level 4, default), lzf or None. ``overwrite=False`` refuses an existing file
@@ -299,12 +287,12 @@ class ShowerWriter:
     temporary file is removed and an existing output is untouched.
     """
 
-    def __init__(self, path: str | Path, geometry: str | Geometry, format: str = "native",
+    def __init__(self, path: str | Path, geometry: Geometry, format: str = "native",
                  attrs: dict | None = None, compression: str | None = "gzip", overwrite: bool = True) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression {compression!r}; expected gzip, lzf or None")
         self.path = Path(path)
-        self.geometry = load_geometry(geometry)
+        self.geometry = geometry
         self.layout = layout_for_format(format, self.geometry)
         self.compression = compression
         self.attrs = {k: v for k, v in (attrs or {}).items() if k not in RESERVED_ATTRS and v is not None}
@@ -317,7 +305,7 @@ class ShowerWriter:
         self._interrupt = InterruptFlag()
         self._tmp: Path | None = None
         self._hdf5_errors: list[BaseException] = []
-        self._previous_hook = None
+        self._previous_hook: Any = None
 
     def __enter__(self) -> ShowerWriter:
         self._stack = contextlib.ExitStack()
@@ -447,9 +435,9 @@ def check_free_space(path: str | Path, needed_bytes: int) -> None:
 
 
 def write_showers(path: str | Path, shower_set: ShowerSet, format: str = "native",
-                  geometry: str | Geometry | None = None, compression: str | None = "gzip") -> None:
+                  geometry: Geometry | None = None, compression: str | None = "gzip") -> None:
     """Write a shower set to ``path`` atomically in ``format`` (native, 3dgan or calochallenge).
-    The geometry defaults to the shower set's own (:func:`geometry_of`)."""
-    g = load_geometry(geometry) if geometry is not None else geometry_of(shower_set)
+    The geometry defaults to the shower set's own."""
+    g = geometry if geometry is not None else shower_set.geometry
     with ShowerWriter(path, g, format=format, attrs=shower_set.attrs, compression=compression) as writer:
         writer.write(shower_set)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastshower.data.io import geometry_of
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 
@@ -109,17 +108,9 @@ def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: 
     return out
 
 
-def geometry_or_none(shower_set: ShowerSet) -> Geometry | None:
-    """The set's geometry, or None when its name or YAML cannot be resolved."""
-    try:
-        return geometry_of(shower_set)
-    except (ValueError, FileNotFoundError):
-        return None
-
-
 def set_bins(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> list[ConditionBin]:
     """:func:`condition_bins` of two shower sets with the default edges of the reference's geometry."""
-    geo = geometry_or_none(reference)
+    geo = reference.geometry
     edges = np.asarray(energy_bins, dtype=float) if energy_bins is not None else \
         default_energy_bins(geo, reference.primary_energy)
     return condition_bins(reference.primary_energy, reference.incident_angle, candidate.primary_energy,

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 
-def _source(model: str, geometry: str):
+def _source(model: str, geometry):
     from fastshower.infer.sources import module_source, resolve_source
     from fastshower.models.registry import build_generator
 
@@ -50,10 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(a.threads)
+    from fastshower.geometry import load_geometry
     from fastshower.simulate.geant4.app import Gun, get_app
 
-    app = get_app(a.geometry, a.mode, a.physics)
-    source = _source(a.model, a.geometry) if a.mode == "fast" else None
+    geometry = load_geometry(a.geometry)
+    app = get_app(geometry, a.mode, a.physics)
+    source = _source(a.model, geometry) if a.mode == "fast" else None
     # warm-up (first inference call, allocations)
     app.run(min(a.batch_events, a.n), [Gun(a.particle, 50.0, math.radians(a.angle))], source, seed=a.seed + 1,
             batch_events=a.batch_events, collect=False)

@@ -88,14 +88,14 @@ class Generator:
         training one): moved to ``device``; the caller sets eval/train mode."""
         dev = _device(device)
         return cls(TorchBackend(module.to(dev), dev, precision), name=module.name,
-                   geometry=load_geometry(module.geometry), noise_dim=module.noise_dim,
+                   geometry=module.geometry, noise_dim=module.noise_dim,
                    energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad,
                    allow_extrapolation=allow_extrapolation)
 
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | str | None = None) -> Generator:
+             geometry: Geometry | None = None) -> Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -140,6 +140,7 @@ class Generator:
     def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> Generator:
         from fastshower.infer.onnx_export import export_onnx, read_metadata
 
+        foreign: Geometry | None = None
         if path.suffix != ".onnx":  # a saved or shipped model: export it first
             with tempfile.TemporaryDirectory(prefix="fastshower-onnx-") as tmp:
                 onnx_path = Path(tmp) / "generator.onnx"
@@ -152,14 +153,17 @@ class Generator:
             except ValueError:
                 if geometry is None:
                     raise
-                meta = _foreign_metadata(path, load_geometry(geometry))
+                foreign = geometry
+                meta = _foreign_metadata(path, geometry)
             engine = OnnxBackend.open(path, dev, threads, meta.get("precision", "fp32"))
             if "noise_dim" not in meta:
                 meta["noise_dim"] = int(engine.session.get_inputs()[engine.input_names.index("noise")].shape[-1])
         if precision not in ("fp32", engine.precision):
             raise ValueError(f"the onnx backend runs the file's own precision ({engine.precision}); ask for fp32 "
                              f"(the default) or {engine.precision}, not {precision} (other files: fastshower quantize)")
-        return cls(engine, name=meta["model"], geometry=load_geometry(meta["geometry"]), noise_dim=meta["noise_dim"],
+        # the file names its geometry (a preset); a foreign file's is the one given
+        geo = foreign if foreign is not None else load_geometry(meta["geometry"])
+        return cls(engine, name=meta["model"], geometry=geo, noise_dim=meta["noise_dim"],
                    energy_range_gev=meta["energy_range_gev"], angle_range_rad=meta["angle_range_rad"],
                    allow_extrapolation=allow_extrapolation)
 
@@ -232,7 +236,7 @@ class Generator:
             stop = min(start + batch_size, len(e))
             noise = draw_noise(rng, stop - start, self.noise_dim)
             showers = self.run_batch(e[start:stop], a[start:stop], noise)
-            yield ShowerSet(showers, e[start:stop], a[start:stop], self.geometry.name, dict(attrs))
+            yield ShowerSet(showers, e[start:stop], a[start:stop], self.geometry, dict(attrs))
 
     def _provenance(self, seed: int) -> dict[str, Any]:
         return {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
@@ -259,7 +263,7 @@ class Generator:
         repeats scalars. ``seed`` None draws one (recorded in ``attrs["seed"]``)."""
         parts = list(self.iter_batches(primary_energy, incident_angle, n, batch_size, seed))
         if not parts:
-            return ShowerSet(np.zeros((0, *self.geometry.shape), np.float32), [], [], self.geometry.name,
+            return ShowerSet(np.zeros((0, *self.geometry.shape), np.float32), [], [], self.geometry,
                              {"model": self.name})
         return ShowerSet.concatenate(parts)
 
@@ -300,7 +304,7 @@ class Generator:
 def _foreign_metadata(path: Path, geometry: Geometry) -> dict[str, Any]:
     """Metadata for an ONNX file with the exporter's interface but without its metadata: the name
     of the file, the geometry given and its ranges (``noise_dim`` is read from the session)."""
-    return {"model": path.stem, "geometry": geometry, "energy_range_gev": geometry.energy_range_gev,
+    return {"model": path.stem, "geometry": geometry.name, "energy_range_gev": geometry.energy_range_gev,
             "angle_range_rad": geometry.angle_range_rad}
 
 

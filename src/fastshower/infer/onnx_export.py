@@ -64,7 +64,7 @@ def check_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> dict[str, np
 
 
 def _metadata(module: ShowerGenerator, opset: int) -> dict[str, str]:
-    return {"model": module.name, "geometry": module.geometry, "shape": json.dumps(list(module.shape)),
+    return {"model": module.name, "geometry": module.geometry.name, "shape": json.dumps(list(module.shape)),
             "noise_dim": str(module.noise_dim), "energy_range_gev": json.dumps(list(module.energy_range_gev)),
             "angle_range_rad": json.dumps(list(module.angle_range_rad)),
             "conditions_on_angle": str(bool(module.conditions_on_angle)).lower(), "opset": str(opset),
@@ -115,7 +115,8 @@ def export_onnx(generator: Any, path: str | Path, opset: int = 17, check: bool =
         del model.metadata_props[:]
         for key, value in meta.items():
             model.metadata_props.add(key=key, value=value)
-        model.doc_string = f"fastshower {module.name} shower generator ({module.geometry}), showers in GeV per cell"
+        model.doc_string = (f"fastshower {module.name} shower generator ({module.geometry.name}), "
+                            "showers in GeV per cell")
         onnx.save(model, str(tmp))
     result: dict[str, Any] = {"path": str(path), "opset": opset, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
                               "metadata": meta, "bytes": path.stat().st_size,

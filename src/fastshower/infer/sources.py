@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.geometry import Geometry
 from fastshower.infer.generator import DEFAULT_BATCH_SIZE, Generator
 from fastshower.simulate.geant4.sources import (
     EntryOffset,
@@ -51,14 +51,14 @@ class GeneratorSource:
         return self.offset(primary_energy, incident_angle)
 
 
-def generator_source(name_or_path: str | Path, geometry: Geometry | str | None = None, device: str = "cpu",
+def generator_source(name_or_path: str | Path, geometry: Geometry | None = None, device: str = "cpu",
                      entry_convention: str = "gflash", particle: str = "e-", **load_kwargs) -> GeneratorSource:
     """A trained generator (shipped name, saved path or ``.onnx`` file) loaded with
     :meth:`Generator.load`; ValueError when it generates for another geometry than ``geometry``.
     ``entry_convention``: ``gflash`` (the training data's) or ``centre``."""
     gen = Generator.load(str(name_or_path), device=device, geometry=geometry, **load_kwargs)
     if geometry is not None:
-        want = load_geometry(geometry)
+        want = geometry
         if gen.geometry.name != want.name:
             raise ValueError(f"model {name_or_path} generates showers for geometry {gen.geometry.name!r}, "
                              f"not {want.name!r}")
@@ -76,7 +76,7 @@ def module_source(module: torch.nn.Module, device: str = "cpu", entry_convention
                            f"module {getattr(module, 'name', type(module).__name__)}", check_range=False)
 
 
-def resolve_source(model: str, geometry: Geometry | str, particle: str = "e-",
+def resolve_source(model: str, geometry: Geometry, particle: str = "e-",
                    entry_convention: str = "gflash") -> ShowerSource:
     """``gflash`` -> :func:`~fastshower.simulate.geant4.sources.gflash_source`; otherwise a
     model name, weights path or ``.onnx`` file (:func:`fastshower.models.registry.resolve`) for

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from fastshower.geometry import load_geometry
+from fastshower.geometry import Geometry
 from fastshower.models.layers import keras_parameter_count
 
 
@@ -64,13 +64,14 @@ def _configured_transform(transform: CellTransform, config: ModelConfig) -> Cell
 class ShowerGenerator(nn.Module):
     """A conditional shower generator.
 
-    Class attributes set by each model: ``name`` (registry name), ``geometry`` (preset name),
+    Class attributes set by each model: ``name`` (registry name), ``geometry`` (a preset
+    :class:`~fastshower.geometry.Geometry`),
     ``transform`` (:class:`CellTransform`), ``conditions_on_angle``. Instance: ``config`` (the
     :class:`ModelConfig` it was built from), ``noise_dim``.
     """
 
     name: ClassVar[str]
-    geometry: ClassVar[str]
+    geometry: ClassVar[Geometry]
     transform: ClassVar[CellTransform]
     noise_dim: int
     conditions_on_angle: bool
@@ -78,25 +79,25 @@ class ShowerGenerator(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.transform = _configured_transform(type(self).transform, config)
+        self.transform = _configured_transform(type(self).transform, config)  # type: ignore[misc]
 
     # --- conditions ---------------------------------------------------------------------------
     @property
     def energy_range_gev(self) -> tuple[float, float]:
         """Primary energies the model is meant for (GeV): the geometry's data range."""
-        return tuple(load_geometry(self.geometry).energy_range_gev)  # type: ignore[return-value]
+        return tuple(self.geometry.energy_range_gev)  # type: ignore[return-value]
 
     @property
     def angle_range_rad(self) -> tuple[float, float]:
         """Incident polar angles the model is meant for (rad); (pi/2, pi/2) for normal incidence only."""
         if not self.conditions_on_angle:
             return (math.pi / 2, math.pi / 2)
-        return tuple(load_geometry(self.geometry).angle_range_rad)  # type: ignore[return-value]
+        return tuple(self.geometry.angle_range_rad)  # type: ignore[return-value]
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """Output grid ``(nx, ny, nz)``."""
-        return tuple(load_geometry(self.geometry).shape)  # type: ignore[return-value]
+        return tuple(self.geometry.shape)  # type: ignore[return-value]
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
@@ -130,7 +131,7 @@ class ShowerGenerator(nn.Module):
         return {
             "model": self.name,
             "config": self.config.model_dump(mode="json"),
-            "geometry": self.geometry,
+            "geometry": self.geometry.name,
             "shape": list(self.shape),
             "noise_dim": self.noise_dim,
             "conditions_on_angle": self.conditions_on_angle,
@@ -155,13 +156,13 @@ class ShowerDiscriminator(nn.Module):
     """
 
     name: ClassVar[str]
-    geometry: ClassVar[str]
+    geometry: ClassVar[Geometry]
     transform: ClassVar[CellTransform]
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.transform = _configured_transform(type(self).transform, config)
+        self.transform = _configured_transform(type(self).transform, config)  # type: ignore[misc]
 
     def ecal_sum_of(self, image: torch.Tensor) -> torch.Tensor:
         """``(B,)`` total energy of ``image`` (model units, (B, nx, ny, nz)) in the units of the

@@ -41,6 +41,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fastshower.geometry import PRESETS, Geometry
 from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.layers import (
     KERAS_BN_EPS,
@@ -91,8 +92,9 @@ def _output_head(kind: OutputActivation) -> nn.Module:
 class Conv2dGenerator(ShowerGenerator):
     """Common part of the Conv2D generators: latent, Dense(125) -> (5, 5, 5), output head."""
 
-    geometry: ClassVar[str] = "clic25"
+    geometry: ClassVar[Geometry] = PRESETS["clic25"]
     transform: ClassVar[CellTransform] = CellTransform(scale=1.0)
+    config: Conv2dConfig
 
     def __init__(self, config: Conv2dConfig | None = None) -> None:
         config = config or Conv2dConfig()
@@ -244,7 +246,7 @@ def _d_path(cfg: Conv2dConfig, extra_blocks: bool) -> nn.Sequential:
 class Conv2dDiscriminator(ShowerDiscriminator):
     """The shared Conv2D discriminator; ``extra_blocks`` gives the G3 variant."""
 
-    geometry: ClassVar[str] = "clic25"
+    geometry: ClassVar[Geometry] = PRESETS["clic25"]
     transform: ClassVar[CellTransform] = Conv2dGenerator.transform
     extra_blocks: ClassVar[bool] = False
 

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from fastshower.geometry import PRESETS, Geometry
 from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.layers import (
     KERAS_BN_EPS,
@@ -137,7 +138,7 @@ class Gan3dClic25Generator(_Gan3dGenerator):
     """
 
     name: ClassVar[str] = "gan3d_clic25"
-    geometry: ClassVar[str] = "clic25"
+    geometry: ClassVar[Geometry] = PRESETS["clic25"]
     transform: ClassVar[CellTransform] = CellTransform(scale=100.0)
     config_class: ClassVar[type[ModelConfig]] = Gan3dClic25Config
     noise_dim: int = 200
@@ -221,7 +222,7 @@ class Gan3dClic51Generator(_Gan3dGenerator):
     """
 
     name: ClassVar[str] = "gan3d_clic51"
-    geometry: ClassVar[str] = "clic51"
+    geometry: ClassVar[Geometry] = PRESETS["clic51"]
     transform: ClassVar[CellTransform] = CellTransform(scale=50.0, power=ANGLE_POWER)
     config_class: ClassVar[type[ModelConfig]] = Gan3dClic51Config
     noise_dim: int = 254

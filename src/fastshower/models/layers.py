@@ -91,9 +91,9 @@ def same_padding(kernel: Sequence[int]) -> tuple[int, ...]:
 
 def _keras_init_layer_(layer: nn.Module, init: Init) -> None:
     """Keras initialisation of a layer: ``init`` for the kernel, zeros for the bias (if any)."""
-    keras_init_(layer.weight, init)  # type: ignore[arg-type]
+    keras_init_(layer.weight, init)
     if layer.bias is not None:
-        nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
+        nn.init.zeros_(layer.bias)
 
 
 def _check_padding(padding: str) -> None:
@@ -114,7 +114,7 @@ class _KerasConv:
         super().__init__(in_channels, out_channels, kernel, bias=bias)  # type: ignore[call-arg]
         _check_padding(padding)
         self.keras_padding = same_padding(kernel) if padding == "same" else None
-        _keras_init_layer_(self, init)  # type: ignore[arg-type]
+        _keras_init_layer_(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pad(x, self.keras_padding) if self.keras_padding else x)  # type: ignore[misc]
@@ -150,7 +150,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         self.crop_before, self.crop_after = crop // 2, crop - crop // 2
         _keras_init_layer_(self, init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = super().forward(x)
         if self.crop_before or self.crop_after:
             h, w = y.shape[-2:]

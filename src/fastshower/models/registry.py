@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from fastshower.errors import ChecksumError, DataFileError, UserInputError, brief, validation_details
 from fastshower.fileio import atomic_path
+from fastshower.geometry import Geometry, load_geometry
 from fastshower.models.base import ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.conv2d import (
     Conv2dConfig,
@@ -57,7 +58,7 @@ class ModelSpec:
 
     name: str
     description: str
-    geometry: str
+    geometry: Geometry
     config_class: type[ModelConfig]
     generator: Callable[[Any], ShowerGenerator]
     discriminator: Callable[[Any], ShowerDiscriminator]
@@ -224,13 +225,14 @@ class ResolvedModel:
     the package), ``saved`` (a saved stem / .json / .safetensors), ``onnx`` (an exported file) or
     ``untrained`` (a registry name without weights, optionally ``name@width``: a freshly
     initialised network, for timing only). ``path``: the stem (shipped, saved), the .onnx file, or
-    None (untrained). ``name``: the registry model; ``geometry``: its geometry's name; ``width``:
+    None (untrained). ``name``: the registry model; ``geometry``: its geometry (None when an ONNX
+    file or card does not name one); ``width``:
     the untrained network's width (1.0 unless ``@width``), else None."""
 
     kind: ModelKind
     path: Path | None
     name: str
-    geometry: str
+    geometry: Geometry | None
     width: float | None = None
 
 
@@ -245,13 +247,13 @@ def resolve(name_or_path: str | Path, untrained: bool = True) -> ResolvedModel:
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file at {path}")
         meta = _onnx_metadata(path)
-        return ResolvedModel("onnx", path, meta.get("model", path.stem), meta.get("geometry", ""))
+        return ResolvedModel("onnx", path, meta.get("model", path.stem), _named_geometry(meta.get("geometry")))
     stem = _stem(Path(name_or_path))
     candidates: tuple[tuple[ModelKind, Path], ...] = (("saved", stem), ("shipped", WEIGHTS_DIR / text))
     for kind, candidate in candidates:
         if candidate.with_suffix(".json").is_file():
             card = _read_card_file(candidate)
-            return ResolvedModel(kind, candidate, card["model"], str(card.get("geometry", "")))
+            return ResolvedModel(kind, candidate, card["model"], _named_geometry(card.get("geometry")))
     name, _, width = text.partition("@")
     if untrained and name in MODELS:
         try:
@@ -263,6 +265,11 @@ def resolve(name_or_path: str | Path, untrained: bool = True) -> ResolvedModel:
     raise FileNotFoundError(
         f"no saved generator at {stem}.json and no shipped generator named {text!r}; "
         f"shipped: {', '.join(names) if names else 'none'}")
+
+
+def _named_geometry(name: str | None) -> Geometry | None:
+    """The geometry a model card or ONNX file names (files carry names; the library, objects)."""
+    return load_geometry(name) if name else None
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.special import gammainc
 
 from fastshower import __version__
-from fastshower.geometry import Geometry, get_material, load_geometry
+from fastshower.geometry import Geometry, get_material
 from fastshower.showers import ShowerSet
 
 PARTICLES = ("e-", "gamma")
@@ -349,7 +349,7 @@ def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: 
     return active
 
 
-def simulate_showers(geometry: Geometry | str, primary_energy: np.ndarray, incident_angle: np.ndarray,
+def simulate_showers(geometry: Geometry, primary_energy: np.ndarray, incident_angle: np.ndarray,
                      rng: np.random.Generator, *, particle: str = "e-") -> np.ndarray:
     """Simulate one shower per (primary_energy [GeV], incident_angle [rad]) pair.
 
@@ -359,7 +359,7 @@ def simulate_showers(geometry: Geometry | str, primary_energy: np.ndarray, incid
     z_max the depth of the mean shower maximum for that energy (the axis crosses the grid centre
     there); cylindrical geometries accept normal incidence only.
     """
-    g = load_geometry(geometry)
+    g = geometry
     energy, angle = _check_inputs(g, primary_energy, incident_angle, particle)
     stack = stack_parameters(g)
     out = np.empty((len(energy), *g.shape), dtype=np.float32)
@@ -369,7 +369,7 @@ def simulate_showers(geometry: Geometry | str, primary_energy: np.ndarray, incid
     return out
 
 
-def simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "90", n: int = 1000,
+def simulate(geometry: Geometry, energy: str = "2:500", angle_deg: str = "90", n: int = 1000,
              seed: int = 0, batch_size: int = 1000, progress: bool = False, particle: str = "e-") -> ShowerSet:
     """Simulate ``n`` showers with conditions drawn from specs (``fastshower.conditions``:
     energy in GeV, angle in deg), checked against the geometry's allowed ranges. One generator
@@ -378,7 +378,7 @@ def simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "
 
     from fastshower.conditions import sample_angles, sample_energies
 
-    g = load_geometry(geometry)
+    g = geometry
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     rng = np.random.default_rng(seed)
@@ -392,7 +392,7 @@ def simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "
             bar.update(min(batch_size, n - s))
     attrs = {"simulator": "gflash", "simulator_version": __version__, "seed": seed, "particle": particle,
              "energy_spec": str(energy), "angle_spec_deg": str(angle_deg)}
-    return ShowerSet(showers, primary_energy, incident_angle, g.name, attrs)
+    return ShowerSet(showers, primary_energy, incident_angle, g, attrs)
 
 
 #: Conditions drawn per call when skipping a random stream ahead (bounds memory).
@@ -413,7 +413,7 @@ def _advance(rng: np.random.Generator, spec, n: int) -> None:
         spec.sample(min(_SKIP_CHUNK, n - start), rng)
 
 
-def iter_simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "90", n: int = 1000,
+def iter_simulate(geometry: Geometry, energy: str = "2:500", angle_deg: str = "90", n: int = 1000,
                   seed: int = 0, batch_size: int = 1000, particle: str = "e-") -> Iterator[ShowerSet]:
     """:func:`simulate` batch by batch in constant memory (conditions drawn per batch too): the
     concatenated batches equal ``simulate(...)`` with the same arguments. The one generator seeded
@@ -422,7 +422,7 @@ def iter_simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: st
     Each batch's ``attrs`` hold the provenance."""
     from fastshower.conditions import parse_spec, sample_angles, sample_energies
 
-    g = load_geometry(geometry)
+    g = geometry
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
     energy_spec, angle_spec = parse_spec(energy, "energy"), parse_spec(angle_deg, "angle")
@@ -441,4 +441,4 @@ def iter_simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: st
         primary_energy = sample_energies(energy_spec, size, energy_rng)
         incident_angle = sample_angles(angle_spec, size, angle_rng)
         showers = simulate_showers(g, primary_energy, incident_angle, shower_rng, particle=particle)
-        yield ShowerSet(showers, primary_energy, incident_angle, g.name, dict(attrs))
+        yield ShowerSet(showers, primary_energy, incident_angle, g, dict(attrs))

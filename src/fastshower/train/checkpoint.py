@@ -45,7 +45,7 @@ META_FILE = "meta.json"
 
 def host_rng_state() -> dict[str, Any]:
     """This process's Python and NumPy global RNG states (JSON-serialisable) and torch states."""
-    np_state = np.random.get_state()
+    np_state: tuple = np.random.get_state()  # type: ignore[assignment]  # the legacy tuple form
     py_state = random.getstate()
     return {
         "python": [py_state[0], list(py_state[1]), py_state[2]],

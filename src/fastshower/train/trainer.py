@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from fastshower.data import iter_showers, read_showers, resolve_paths
 from fastshower.errors import OutputExistsError
 from fastshower.fileio import write_text_atomic
-from fastshower.geometry import load_geometry
+from fastshower.geometry import Geometry, load_geometry
 from fastshower.showers import ShowerSet
 from fastshower.train import checkpoint as ckpt
 from fastshower.train import distributed as dist_utils
@@ -73,7 +73,7 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def _data_geometry(paths: list[Path] | str, geometry: str | None) -> str:
+def _data_geometry(paths: list[Path] | str, geometry: Geometry | None) -> Geometry:
     return next(iter(iter_showers(paths, chunk_size=1, geometry=geometry))).geometry
 
 
@@ -117,7 +117,9 @@ class Trainer:
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         self.G = registry.build_generator(cfg.model.name, **cfg.model.config)
         self.D = registry.build_discriminator(cfg.model.name, **cfg.model.config)
-        self.geometry = load_geometry(self.G.geometry)
+        self.geometry = self.G.geometry
+        # the config names the data's geometry (preset or YAML); the library passes the object
+        self.data_geometry = load_geometry(cfg.data.geometry) if cfg.data.geometry is not None else None
         self._check_geometry()
         self.has_angle = self.recipe.loss_weights.angle > 0
         if run.sync_batchnorm and self.info.distributed:
@@ -154,7 +156,7 @@ class Trainer:
         self._ranges: tuple[tuple[float, float], tuple[float, float]] | None = None
         self.validation_set: ShowerSet | None = None
         if cfg.data.validation is not None and self.info.is_main:  # validation runs on rank 0
-            self.validation_set = read_showers(cfg.data.validation, geometry=cfg.data.geometry,
+            self.validation_set = read_showers(cfg.data.validation, geometry=self.data_geometry,
                                                max_events=cfg.data.max_validation_events)
         self.tb = self._tensorboard()
 
@@ -179,15 +181,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_geometry(self) -> None:
-        g = self.G.geometry
+        g = self.G.geometry.name
         d = self.cfg.data
-        if d.geometry is not None and load_geometry(d.geometry).name != g:
-            raise ValueError(f"data.geometry {load_geometry(d.geometry).name!r} does not match model "
+        if self.data_geometry is not None and self.data_geometry.name != g:
+            raise ValueError(f"data.geometry {self.data_geometry.name!r} does not match model "
                              f"{self.cfg.model.name!r}, which generates {g!r} showers")
         for what, paths in (("training", self.train_paths), ("validation", d.validation)):
             if paths is None:
                 continue
-            found = _data_geometry(paths, d.geometry)
+            found = _data_geometry(paths, self.data_geometry).name
             if found != g:
                 raise ValueError(f"the {what} data are {found!r} showers but model {self.cfg.model.name!r} "
                                  f"generates {g!r} showers")

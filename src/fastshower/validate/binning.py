@@ -19,7 +19,6 @@ from fastshower.data.summaries import (  # noqa: F401 (re-exported)
     condition_bins,
     default_angle_bins,
     default_energy_bins,
-    geometry_or_none,
     set_bins,
 )
 

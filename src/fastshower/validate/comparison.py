@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fastshower.data import geometry_of
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.validate import metrics as M
@@ -155,7 +154,7 @@ def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: 
     and a geometry that differs from the reference's; records a warning (also issued with
     :func:`warnings.warn`) when a candidate's conditions lie outside the reference's.
     """
-    geometry = geometry_of(reference)
+    geometry = reference.geometry
     geometry.check_shape(reference.showers)
     if not candidates:
         raise ValueError("no candidate to validate")
@@ -163,8 +162,9 @@ def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: 
     if reference2 is not None:
         others["reference2"] = reference2
     for what, other in others.items():
-        if other.geometry != reference.geometry:
-            raise ValueError(f"{what} geometry {other.geometry!r} differs from the reference's {reference.geometry!r}")
+        if other.geometry.name != reference.geometry.name:  # by name: an extrapolated copy has wider ranges
+            raise ValueError(f"{what} geometry {other.geometry.name!r} differs from the reference's "
+                             f"{reference.geometry.name!r}")
         geometry.check_shape(other.showers)
         if what != "reference2":
             _need(len(other), f"the candidate {what}" if what != "candidate" else "the candidate", MIN_EVENTS)

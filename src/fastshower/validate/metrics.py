@@ -169,7 +169,8 @@ def histogram_bins(geometry: Geometry, obs_ref: dict, min_energy_gev: float, cel
     if geometry.kind == "cylindrical":
         c_lim, w_lim, r_lim, wr_lim = 30.0, 30.0, 42.0, 20.0
     else:
-        half = 0.5 * min(geometry.shape[0] * geometry.cell_size_mm[0], geometry.shape[1] * geometry.cell_size_mm[1])
+        dx, dy = geometry.cell_size_mm or (0.0, 0.0)  # always set for cartesian geometries
+        half = 0.5 * min(geometry.shape[0] * dx, geometry.shape[1] * dy)
         c_lim, w_lim, r_lim, wr_lim = half, half, half, half / 2
     edges: dict[str, np.ndarray] = {
         "energy_ratio_cc": np.linspace(0.5, 1.5, 101),

@@ -19,7 +19,7 @@ import numpy as np
 # the axis projections and the denominator guard are shared with the quick metrics one layer down
 from fastshower.data.summaries import EPS as _EPS
 from fastshower.data.summaries import axis_profiles  # noqa: F401
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.geometry import Geometry
 
 #: Default cell threshold for counting hits (GeV): 0.2 MeV, as the 3DGAN analysis (``get_hits``).
 HIT_THRESHOLD_GEV = 2e-4
@@ -162,7 +162,7 @@ def observables_in_chunks(showers: np.ndarray, primary_energy: np.ndarray, geome
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def observables_from_file(path: str | Path, geometry: str | Geometry | None = None, chunk_size: int = 2000,
+def observables_from_file(path: str | Path, geometry: Geometry | None = None, chunk_size: int = 2000,
                           max_events: int | None = None, threshold_gev: float | None = None
                           ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, Geometry]:
     """Stream a shower file through :func:`event_observables` (``fastshower.data.iter_showers``).
@@ -173,14 +173,14 @@ def observables_from_file(path: str | Path, geometry: str | Geometry | None = No
     from fastshower.data import iter_showers
 
     parts, energies, angles = [], [], []
-    geo: Geometry | None = load_geometry(geometry) if geometry is not None else None
+    geo: Geometry | None = geometry
     seen = 0
     for chunk in iter_showers(path, chunk_size=chunk_size, geometry=geometry):
         if max_events is not None and seen >= max_events:
             break
         if max_events is not None:
             chunk = chunk[: max_events - seen]
-        geo = geo or load_geometry(chunk.geometry)
+        geo = geo or chunk.geometry
         thr = geo.readout_threshold_gev if threshold_gev is None else threshold_gev
         parts.append(event_observables(apply_threshold(chunk.showers, thr), chunk.primary_energy, geo))
         energies.append(chunk.primary_energy)

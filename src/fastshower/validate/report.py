@@ -525,7 +525,7 @@ TIME_ATTR = "seconds_per_shower"
 
 
 def validate_files(reference: str | Path, candidates: list[str | Path], out_dir: str | Path,
-                   reference2: str | Path | None = None, *, geometry: str | None = None,
+                   reference2: str | Path | None = None, *, geometry: Geometry | None = None,
                    max_events: int | None = None, **kwargs) -> Validation:
     """Read the shower files and run :func:`write_validation` (in place, to save memory); each
     candidate is labelled by its file name (made unique), times come from the ``seconds_per_shower``

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +178,7 @@ class Column:
     shower (s) if measured."""
 
     label: str
-    sample: object
+    sample: Any  # a comparison.Sample
     auc: tuple[float, int] | None = None
     seconds_per_shower: float | None = None
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.simulate.geant4.datasets import (
     ensure_nuclide_table_for_fast_mode,
@@ -217,7 +217,7 @@ def _default_physics(mode: str) -> str:
 class Geant4App:
     """The application for one geometry, mode and physics (use :func:`get_app`)."""
 
-    def __init__(self, geometry: Geometry | str, mode: str = "fast", physics: str | None = None,
+    def __init__(self, geometry: Geometry, mode: str = "fast", physics: str | None = None,
                  production_cut_mm: float = DEFAULT_CUT_MM, max_gun_distance_mm: float = 1000.0, scorer: str = "edep",
                  em_physics: str = DEFAULT_EM_PHYSICS) -> None:
         if mode not in MODES:
@@ -234,7 +234,7 @@ class Geant4App:
         self.datasets = require_datasets(physics, geometry)  # before anything of Geant4 is touched
         if physics != "transport":
             require_em_physics(em_physics)
-        self.geometry = load_geometry(geometry)
+        self.geometry = geometry
         self.mode, self.physics = mode, physics
         self.em_physics = em_physics if physics != "transport" else None
         self.production_cut_mm = float(production_cut_mm)
@@ -376,13 +376,13 @@ class Geant4App:
 _APP: Geant4App | None = None
 
 
-def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = None, scorer: str = "edep",
+def get_app(geometry: Geometry, mode: str = "fast", physics: str | None = None, scorer: str = "edep",
             em_physics: str = DEFAULT_EM_PHYSICS, production_cut_mm: float = DEFAULT_CUT_MM) -> Geant4App:
     """The process's Geant4 application, built on first use. Geant4 allows one run manager per
     process: asking for another geometry, mode, physics, EM option or cut later raises
     RuntimeError (run it in a new process)."""
     global _APP
-    g = load_geometry(geometry)
+    g = geometry
     physics = physics or _default_physics(mode)
     if _APP is None:
         _APP = Geant4App(g, mode, physics, scorer=scorer, em_physics=em_physics, production_cut_mm=production_cut_mm)
@@ -395,7 +395,7 @@ def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = 
     return _APP
 
 
-def run_geant4(geometry: Geometry | str, n_events: int, guns: Sequence[Gun] | Gun,
+def run_geant4(geometry: Geometry, n_events: int, guns: Sequence[Gun] | Gun,
                source: ShowerSource | None = None, *, mode: str = "fast", physics: str | None = None,
                scorer: str = "edep", em_physics: str = DEFAULT_EM_PHYSICS, production_cut_mm: float = DEFAULT_CUT_MM,
                **kwargs) -> G4RunResult:
@@ -727,7 +727,7 @@ class _Runner:
         if self.scored is not None:
             cells = cells + self.scored[:size].reshape(size, *geo.shape).astype(np.float32)
             self.scored[:] = 0.0
-        part = ShowerSet(cells, self.gun_energy[:, start:end].sum(axis=0), self.gun_theta[0, start:end], geo.name)
+        part = ShowerSet(cells, self.gun_energy[:, start:end].sum(axis=0), self.gun_theta[0, start:end], geo)
         if self.sink is not None:
             t0 = time.perf_counter()
             self.sink(part)

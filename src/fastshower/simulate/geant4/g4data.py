@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from fastshower.fileio import write_text_atomic
+from fastshower.geometry import Geometry
 
 #: Version of the recipe (formats, grids, fits). A set built with another recipe is rebuilt.
 RECIPE = 1
@@ -115,13 +116,12 @@ def material_elements(materials: Iterable[str]) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-def geometry_elements(geometry) -> tuple[int, ...]:
-    """Elements Geant4 meets in ``geometry`` (a Geometry or a preset name / YAML path): its layers'
-    materials, the air of the gaps and the vacuum of the world."""
-    from fastshower.geometry import load_geometry
+def geometry_elements(geometry: Geometry) -> tuple[int, ...]:
+    """Elements Geant4 meets in ``geometry``: its layers' materials, the air of the gaps and the
+    vacuum of the world."""
     from fastshower.simulate.geant4.app import G4_MATERIALS
 
-    g = load_geometry(geometry)
+    g = geometry
     names = set(FRAME_MATERIALS)
     for grp in g.layers:
         for m in (grp.absorber, grp.active):

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.geometry import Geometry
 
 #: Primaries placed per vectorised chunk (bounds the index arrays to ~30 MB for 51x51x25).
 _CHUNK = 64
@@ -62,9 +62,9 @@ def condition_to_direction(theta: np.ndarray | float, psi: np.ndarray | float = 
     return np.stack([np.sin(psi) * np.cos(theta), np.cos(psi) * np.cos(theta), np.sin(theta)], axis=1)
 
 
-def entry_layer_of(geometry: Geometry | str, depth_mm: np.ndarray) -> np.ndarray:
+def entry_layer_of(geometry: Geometry, depth_mm: np.ndarray) -> np.ndarray:
     """Readout layer holding each depth (mm from the face); 0 in front of the face."""
-    g = load_geometry(geometry)
+    g = geometry
     edges = g.layer_edges_mm()
     k = np.searchsorted(edges, np.asarray(depth_mm, dtype=np.float64), side="right") - 1
     return np.clip(k, 0, g.n_layers).astype(np.int64)
@@ -104,7 +104,7 @@ def _lateral_targets(g: Geometry, x0: np.ndarray, y0: np.ndarray, psi: np.ndarra
     return ir * n_alpha + ia, inside
 
 
-def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np.ndarray,
+def place_showers(geometry: Geometry, showers: np.ndarray, entry_xy_mm: np.ndarray,
                   psi: np.ndarray | None = None, entry_layer: np.ndarray | None = None,
                   event_index: np.ndarray | None = None, n_events: int | None = None,
                   model_entry_mm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ def place_showers(geometry: Geometry | str, showers: np.ndarray, entry_xy_mm: np
     ``leaked`` float64 ``(n_events,)`` GeV generated outside the grid (laterally or behind the last
     layer). Summed in float64.
     """
-    g = load_geometry(geometry)
+    g = geometry
     showers = np.asarray(showers)
     g.check_shape(showers)
     m = len(showers)

@@ -27,7 +27,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from fastshower.geometry import Geometry, load_geometry
+from fastshower.geometry import Geometry
 
 #: ``(primary_energy_gev (m,), incident_angle_rad (m,)) -> (m, 2)`` model-frame entry point, mm.
 EntryOffset = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -61,13 +61,13 @@ def centre_entry_offset(primary_energy: np.ndarray, incident_angle: np.ndarray) 
     return np.zeros((len(np.atleast_1d(primary_energy)), 2))
 
 
-def gflash_entry_offset(geometry: Geometry | str, particle: str = "e-") -> EntryOffset:
+def gflash_entry_offset(geometry: Geometry, particle: str = "e-") -> EntryOffset:
     """Model-frame entry point of GFlash-convention showers: (0, -z_p cot(theta)) mm, with z_p the
     depth where GFlash's tilted axis crosses the grid centre (the mean shower maximum,
     :func:`fastshower.simulate.gflash.pivot_depth_mm`). Zero at normal incidence."""
     from fastshower.simulate.gflash import pivot_depth_mm, stack_parameters
 
-    stack = stack_parameters(load_geometry(geometry))
+    stack = stack_parameters(geometry)
     kind = "gamma" if particle == "gamma" else "e-"
 
     def entry_offset(primary_energy: np.ndarray, incident_angle: np.ndarray) -> np.ndarray:
@@ -79,7 +79,7 @@ def gflash_entry_offset(geometry: Geometry | str, particle: str = "e-") -> Entry
     return entry_offset
 
 
-def entry_offset_for(convention: str, geometry: Geometry | str, particle: str = "e-") -> EntryOffset:
+def entry_offset_for(convention: str, geometry: Geometry, particle: str = "e-") -> EntryOffset:
     """The entry convention by name: ``gflash`` (:func:`gflash_entry_offset`) or ``centre``
     (:func:`centre_entry_offset`)."""
     if convention == "gflash":
@@ -115,12 +115,12 @@ def as_source(source: ShowerSource | Callable[[np.ndarray, np.ndarray, int], np.
     return FunctionSource(source, centre_entry_offset, getattr(source, "__name__", type(source).__name__))
 
 
-def gflash_source(geometry: Geometry | str, particle: str = "e-") -> FunctionSource:
+def gflash_source(geometry: Geometry, particle: str = "e-") -> FunctionSource:
     """The GFlash reference parametrisation (``fastshower.simulate.gflash``) as a shower source,
     with its own entry convention."""
     from fastshower.simulate.gflash import simulate_showers
 
-    g = load_geometry(geometry)
+    g = geometry
 
     def simulate(primary_energy: np.ndarray, incident_angle: np.ndarray, seed: int) -> np.ndarray:
         return simulate_showers(g, np.asarray(primary_energy, np.float64), np.asarray(incident_angle, np.float64),
