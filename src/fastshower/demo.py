@@ -50,7 +50,7 @@ class DemoResult:
 
     @property
     def report_path(self) -> Path:
-        return self.validation.report_path
+        return self.validation.report_path  # type: ignore[attr-defined]
 
 
 def _card_rank(card: dict) -> tuple:
@@ -85,7 +85,7 @@ def gflash_parameters(geometry: str):
     """(parameters or None, description): the tuned GFlash preset of the geometry where one ships
     (``presets/gflash_<geometry>_geant4.yaml``), else None for the published parameters."""
     try:
-        from fastshower.simulate.gflash import PRESETS_DIR, load_parameters
+        from fastshower.simulate.gflash import PRESETS_DIR, load_parameters  # type: ignore[attr-defined]
     except ImportError:
         return None, "GFlash"
     for key in (f"{geometry}_geant4", geometry):

@@ -160,7 +160,7 @@ def suggest(trial, key: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(key, spec.choices)
     if spec.type == "int":
-        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)  # type: ignore[arg-type]
     return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
@@ -261,8 +261,8 @@ def check_trial_config(cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path,
     from fastshower.errors import UserInputError
     from fastshower.train.config import build_config
 
-    params = {key: spec.choices[0] if spec.type == "categorical" else
-              (int(spec.low) if spec.type == "int" else spec.low) for key, spec in cfg.search_space.items()}
+    params = {key: spec.choices[0] if spec.type == "categorical" else  # type: ignore[index]
+              (int(spec.low) if spec.type == "int" else spec.low) for key, spec in cfg.search_space.items()}  # type: ignore[arg-type]
     raw = trial_training_raw(base, params, {**run, "output_dir": "unused"})
     try:
         train_cfg = build_config(raw, source="HPO trial config", base_dir=base_cfg_dir)

@@ -177,7 +177,7 @@ class Production:
         parse_spec(self.energy, "energy")
         parse_spec(self.angle, "angle")
         self.guns(0)
-        require_datasets(self.physics, self.geometry)  # builds fastshower's set here, not per worker
+        require_datasets(self.physics, self.geometry)  # type: ignore[arg-type]  # builds fastshower's set here, not per worker
         if self.physics != "transport":
             require_em_physics(self.em_physics)
 

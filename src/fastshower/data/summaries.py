@@ -54,7 +54,7 @@ def default_energy_bins(geometry: Geometry | None, primary_energy: np.ndarray | 
     if geometry is not None:
         lo, hi = geometry.energy_range_gev
     else:
-        lo, hi = float(np.min(primary_energy)), float(np.max(primary_energy))
+        lo, hi = float(np.min(primary_energy)), float(np.max(primary_energy))  # type: ignore[arg-type]
     return np.geomspace(lo, hi, 7) if hi > lo else np.array([lo * 0.999, hi * 1.001])
 
 

@@ -176,11 +176,11 @@ class CudaGraphBackend:
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    module.postprocess(module.generate_raw(self.e, self.a, self.z).float())
+                    module.postprocess(module.generate_raw(self.e, self.a, self.z).float())  # type: ignore[union-attr]
             torch.cuda.current_stream(dev).wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.out = module.postprocess(module.generate_raw(self.e, self.a, self.z).float())
+                self.out = module.postprocess(module.generate_raw(self.e, self.a, self.z).float())  # type: ignore[union-attr]
 
     def run(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         n = len(primary_energy)
@@ -211,8 +211,8 @@ class StreamsBackend:
                 e = torch.as_tensor(primary_energy[idx].astype(np.float32)).to(dev, non_blocking=True)
                 a = torch.as_tensor(incident_angle[idx].astype(np.float32)).to(dev, non_blocking=True)
                 z = noise[torch.as_tensor(idx)].to(dev, non_blocking=True)
-                raw = self.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
-                outs.append(self.module.postprocess(raw.float()))
+                raw = self.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))  # type: ignore[union-attr]
+                outs.append(self.module.postprocess(raw.float()))  # type: ignore[union-attr]
         torch.cuda.synchronize(dev)
         return torch.cat(outs).cpu().numpy()
 
@@ -288,7 +288,7 @@ def time_calochallenge(run: Backend, generator: Generator, quick: bool, seed: in
     rows = []
     for batch in sizes:
         e, a, z = timed_inputs(generator, batch, seed)
-        t = time_per_shower(lambda e=e, a=a, z=z: run.run(e, a, z), batch, warmup=1, repeats=reps,
+        t = time_per_shower(lambda e=e, a=a, z=z: run.run(e, a, z), batch, warmup=1, repeats=reps,  # type: ignore[misc]
                             sync=lambda: _sync(dev))
         rows.append({"batch_size": batch, "repetitions": reps, "warmup_ms_per_shower": t.warmup_ms_per_shower,
                      "ms_per_shower": t.ms_per_shower, "ms_per_shower_min": t.ms_per_shower_min,
@@ -370,7 +370,7 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                                           "steps_ms_per_shower": v["steps_ms_per_shower"]})
                                      for k, v in timings.items()},
                            weights=weights,
-                           calochallenge=time_calochallenge(variants["eager" if best == "cuda_graph" else best],
+                           calochallenge=time_calochallenge(variants["eager" if best == "cuda_graph" else best],  # type: ignore[arg-type]
                                                             gen, quick, seed) if calochallenge else None)
                 results.append({k: row.get(k) for k in RESULT_FIELDS})
     tmpdir.cleanup()

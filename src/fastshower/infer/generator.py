@@ -263,7 +263,7 @@ class Generator:
         repeats scalars. ``seed`` None draws one (recorded in ``attrs["seed"]``)."""
         parts = list(self.iter_batches(primary_energy, incident_angle, n, batch_size, seed))
         if not parts:
-            return ShowerSet(np.zeros((0, *self.geometry.shape), np.float32), [], [], self.geometry,
+            return ShowerSet(np.zeros((0, *self.geometry.shape), np.float32), [], [], self.geometry,  # type: ignore[arg-type]
                              {"model": self.name})
         return ShowerSet.concatenate(parts)
 

@@ -378,9 +378,9 @@ def step_score(step: TuningStep, criterion: str, target: float, fp32_profile_mse
     if criterion in ("shapes", "both"):
         scores.append(step.relative_shape_error / target)
     if criterion in ("physics", "both"):
-        excess = step.profile_mse / fp32_profile_mse - 1 if fp32_profile_mse > 0 else step.profile_mse
-        scores.append(max(excess, 0.0) / target)
-        scores.append(abs(step.sampling_fraction_error - fp32_sampling_fraction_error) / target)
+        excess = step.profile_mse / fp32_profile_mse - 1 if fp32_profile_mse > 0 else step.profile_mse  # type: ignore[operator]
+        scores.append(max(excess, 0.0) / target)  # type: ignore[operator,type-var]
+        scores.append(abs(step.sampling_fraction_error - fp32_sampling_fraction_error) / target)  # type: ignore[operator]
     return max(scores)
 
 

@@ -268,7 +268,7 @@ def pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np
     all_seps = np.concatenate([v[np.isfinite(v)] for v in seps.values()])
     m["chi2_separation_mean"] = (float(all_seps.mean()), None)
     m["chi2_separation_worst"] = (float(all_seps.max()), None)
-    for k, v in seps.items():
+    for k, v in seps.items():  # type: ignore[assignment]
         m[f"chi2_{k}"] = (float(np.nanmean(v)), None)
     details.separation_power = {k: v.tolist() for k, v in seps.items()}
     bar.update()
@@ -333,7 +333,7 @@ def floor_metrics(ref: Sample, pool: Sample, n: int, geometry: Geometry, energy_
         vals = np.array([v for v, _ in vs])
         err = float(vals.std(ddof=1)) if len(vals) > 1 else vs[0][1]
         out[name] = (float(vals.mean()), err)
-    return out, first, len(subs)
+    return out, first, len(subs)  # type: ignore[return-value]
 
 
 def compare_prepared(prepared: Prepared, *, energy_bins=None, quick: bool = False, classifier: bool = True,

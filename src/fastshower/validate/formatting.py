@@ -36,7 +36,7 @@ def format_table(result: Comparison | list[Comparison]) -> str:
             r = comps[0].metrics[name]
             line += f" {_num(r.floor, r.floor_error):>20s}"
         for c in comps:
-            r = c.metrics.get(name)
+            r = c.metrics.get(name)  # type: ignore[assignment]
             if r is None:
                 line += f" {'n/a':>20s}" + ("" if shared else f" {'n/a':>20s}") + f" {'n/a':>7s}"
                 continue
@@ -60,13 +60,13 @@ def _cell_text(key: str, cell: VerdictCell) -> str:
         return "n/a"
     ratio = "" if cell.ratio is None else f" {cell.ratio:.1f}x"
     if key in ("response", "resolution"):
-        v = f"{cell.value:.4g}" if key == "response" else f"{100 * cell.value:.2f}%"
-        return f"{v} {100 * cell.difference:+.1f}%{ratio} {cell.mark}"
+        v = f"{cell.value:.4g}" if key == "response" else f"{100 * cell.value:.2f}%"  # type: ignore[operator]
+        return f"{v} {100 * cell.difference:+.1f}%{ratio} {cell.mark}"  # type: ignore[operator]
     if key == "depth":
         return f"{cell.value:.1f} {cell.difference:+.1f}{ratio} {cell.mark}"
     if key == "auc":
         return f"{cell.value:.3f}{ratio} {cell.mark}"
-    return f"{100 * cell.deviation:.1f}% off{ratio} {cell.mark}"
+    return f"{100 * cell.deviation:.1f}% off{ratio} {cell.mark}"  # type: ignore[operator]
 
 
 def _time_text(seconds: float | None) -> str:

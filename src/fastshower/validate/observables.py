@@ -189,4 +189,4 @@ def observables_from_file(path: str | Path, geometry: Geometry | None = None, ch
     if not parts:
         raise ValueError(f"no events in {path}")
     obs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return obs, np.concatenate(energies), np.concatenate(angles), geo
+    return obs, np.concatenate(energies), np.concatenate(angles), geo  # type: ignore[return-value]

@@ -437,7 +437,7 @@ def _make_detector(app: Geant4App):
     geo = app.geometry
     keep = app._keep
 
-    class Detector(g4.G4VUserDetectorConstruction):
+    class Detector(g4.G4VUserDetectorConstruction):  # type: ignore[name-defined]
         def Construct(self):
             nist = g4.G4NistManager.Instance()
             vacuum = nist.FindOrBuildMaterial("G4_Galactic")
@@ -549,7 +549,7 @@ class _Runner:
         self.app = app
         runner = self
 
-        class Primaries(g4.G4VUserPrimaryGeneratorAction):
+        class Primaries(g4.G4VUserPrimaryGeneratorAction):  # type: ignore[name-defined]
             def __init__(self):
                 super().__init__()
                 self.gun = g4.G4ParticleGun(1)
@@ -557,18 +557,18 @@ class _Runner:
             def GeneratePrimaries(self, event):
                 runner._generate(self.gun, event)
 
-        class Events(g4.G4UserEventAction):
+        class Events(g4.G4UserEventAction):  # type: ignore[name-defined]
             def BeginOfEventAction(self, event):
                 runner.current_event = event.GetEventID()
 
             def EndOfEventAction(self, event):
                 runner._end_of_event(event)
 
-        class Hook(g4.G4UserSteppingAction):
+        class Hook(g4.G4UserSteppingAction):  # type: ignore[name-defined]
             def UserSteppingAction(self, step):
                 runner._step(step)
 
-        class Actions(g4.G4VUserActionInitialization):
+        class Actions(g4.G4VUserActionInitialization):  # type: ignore[name-defined]
             def Build(self):
                 self.SetUserAction(runner.primaries)
                 self.SetUserAction(runner.events)
