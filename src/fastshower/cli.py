@@ -456,8 +456,10 @@ def gflash_tune(
                                         "(default: the published values)."),
     n_showers: int = typer.Option(300, "--n-showers", help="GFlash showers per energy and evaluation (at least the "
                                   "reference's count)."),
-    max_evaluations: int = typer.Option(600, "--max-evaluations", help="Objective evaluations in all."),
-    restarts: int = typer.Option(1, "--restarts", help="Simplex restarts from the best point."),
+    max_evaluations: int = typer.Option(400, "--max-evaluations", help="Objective evaluations in all (the "
+                                        "Jacobian's included)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this long; the best point "
+                                                "seen is written."),
     seed: int = typer.Option(0, "--seed", help="Seed of GFlash's draws (the same in every evaluation)."),
 ) -> None:
     """Fit GFlash's free parameters to full-simulation showers over the given energies; see docs/gflash.md."""
@@ -467,14 +469,14 @@ def gflash_tune(
         fit_energies = [float(v) for v in energies.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--energies must be comma-separated numbers (GeV), got {energies!r}") from None
-    if n_showers < 10 or max_evaluations < 1 or restarts < 0:
-        raise ValueError("--n-showers must be >= 10, --max-evaluations >= 1 and --restarts >= 0")
+    if n_showers < 10 or max_evaluations < 1 or (max_minutes is not None and max_minutes <= 0):
+        raise ValueError("--n-showers must be >= 10, --max-evaluations >= 1 and --max-minutes > 0")
     names = [v.strip() for v in free.split(",") if v.strip()] if free else None
     result = tune_files(reference, output, fit_energies, window=window, geometry=geometry, max_events=max_events,
                         free=names, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
-                        restarts=restarts, seed=seed, progress=True)
+                        max_seconds=None if max_minutes is None else 60 * max_minutes, seed=seed, progress=True)
     typer.echo(f"objective {result.objective_start:.4g} -> {result.objective:.4g} after {result.evaluations} "
-               f"evaluations ({result.seconds:.0f} s)")
+               f"evaluations ({result.seconds:.0f} s, {result.stopped_by})")
     for energy, terms in zip(fit_energies, result.terms):
         typer.echo(f"  {energy:g} GeV: " + ", ".join(f"{k} {v:+.4f}" for k, v in terms.items()))
     typer.echo(f"wrote {output}")

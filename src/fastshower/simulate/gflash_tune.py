@@ -2,20 +2,24 @@
 
 The free coefficients of :class:`~fastshower.simulate.gflash.GFlashParameters` (longitudinal means,
 widths and correlation of ln T and ln alpha and their energy dependence, radial core/tail radii and
-weights, spot number, sampling coefficient and scale, albedo; :data:`FREE_PARAMETERS`) are fitted
-with scipy's bounded Nelder-Mead simplex (adaptive, restarted) on the box of their bounds, mapped to
-[0, 1]. The objective (:func:`objective_terms`) is built on the validation observables
+weights, spot number, sampling coefficient and scale, albedo; :data:`FREE_PARAMETERS` with their
+bounds) are fitted with scipy.optimize.least_squares (trust-region reflective, bounded) on the unit
+box of their bounds. The objective is built on the validation observables
 (:mod:`fastshower.validate.observables`, :mod:`fastshower.validate.metrics`) of GFlash showers
-simulated at the reference events' own primary energies, per fit energy:
+simulated at the reference events' own primary energies and angles, per fit energy e:
 
-    J = mean over energies of  sum_i (term_i / scale_i)^2
+    J = (1 / n_energies) sum_e [ mean_cells(rel_profile^2) / 0.05^2 + mean_moments(rel_moment^2) / 0.01^2
+        + (d mu90 / mu90 / 0.005)^2 + (d sigma90 / sigma90 / 0.05)^2 + (d core / 0.005)^2
+        + (d std(m1_z) / std(m1_z) / 0.05)^2 ]
 
-with the terms (and scales, :data:`TERM_SCALES`): the profile and moment terms of the 3DGAN metric
-(``profiles`` 0.02, ``moments`` 0.01), the relative errors of mu90 (0.005) and sigma90 (0.05) of
-E_active / E_primary, the difference of the 5x5 core containment (0.005), and the relative error of
-the event-to-event spread (standard deviation) of the longitudinal centre of gravity m1_z (0.05).
-Every evaluation redraws GFlash with the same seeds (common random numbers), so J is a deterministic
-function of the parameters. See docs/gflash.md.
+rel_profile: relative differences (candidate - reference) / reference of the event-averaged energy
+profiles in x, y and z (GeV per cell, the quantities of the 3DGAN metric's profile term) over the
+cells where the reference is not empty; rel_moment: relative differences of the event means of the
+first and second moments m1, m2 of the three profiles (the 3DGAN moment term); mu90, sigma90 of
+E_active / E_primary; core: the mean 5x5 core containment; std(m1_z): the event-to-event spread of
+the longitudinal centre of gravity. The scales (:data:`TERM_SCALES`) say what counts as one unit of
+disagreement. Every evaluation redraws GFlash with the same seeds (common random numbers), so J is
+a deterministic function of the parameters up to the spot draws. See docs/gflash.md.
 """
 
 from __future__ import annotations
@@ -71,9 +75,10 @@ FREE_PARAMETERS: dict[str, tuple[float, float]] = {
     "albedo": (0.0, 0.8),
 }
 
-#: Scale of each objective term (what counts as "one unit" of disagreement).
+#: Scale of each objective term (what counts as one unit of disagreement): ``profiles`` and
+#: ``moments`` for the RMS of their relative differences, the others for the term itself.
 TERM_SCALES: dict[str, float] = {
-    "profiles": 0.02, "moments": 0.01, "mu90": 0.005, "sigma90": 0.05, "core_containment": 0.005,
+    "profiles": 0.05, "moments": 0.01, "mu90": 0.005, "sigma90": 0.05, "core_containment": 0.005,
     "depth_spread": 0.05,
 }
 
@@ -176,10 +181,13 @@ def candidate_conditions(reference: ReferenceSample, n_showers: int) -> tuple[np
     return np.tile(reference.primary_energy, reps), np.tile(reference.incident_angle, reps)
 
 
-def objective_terms(reference: ReferenceSample, showers: np.ndarray, primary_energy: np.ndarray,
-                    geometry: Geometry) -> dict[str, float]:
-    """The objective's terms of candidate ``showers`` (made at ``primary_energy``) against
-    ``reference`` (see the module docstring); each 0 for a perfect match (up to statistics)."""
+def objective_residuals(reference: ReferenceSample, showers: np.ndarray, primary_energy: np.ndarray,
+                        geometry: Geometry) -> tuple[np.ndarray, dict[str, float]]:
+    """Candidate ``showers`` (made at ``primary_energy``) against ``reference``: the scaled residuals
+    the fit minimises (module docstring) and the summary terms (each 0 for a perfect match up to
+    statistics): ``profiles`` and ``moments`` as the 3DGAN metric's terms, ``mu90`` and ``sigma90``
+    relative errors of E_active / E_primary, ``core_containment`` difference, ``depth_spread``
+    relative error of the standard deviation of m1_z."""
     s = ob.apply_threshold(showers, geometry.readout_threshold_gev, in_place=True)
     obs = ob.observables_in_chunks(s, primary_energy, geometry)
     one_bin = [ConditionBin("fit", np.ones(len(reference), bool), np.ones(len(s), bool))]
@@ -187,27 +195,39 @@ def objective_terms(reference: ReferenceSample, showers: np.ndarray, primary_ene
     mu_r, sig_r = mu90_sigma90(reference.obs["energy_ratio"])
     mu_c, sig_c = mu90_sigma90(obs["energy_ratio"])
     spread_r, spread_c = reference.obs["m1_z"].std(), obs["m1_z"].std()
-    return {"profiles": gan["profiles"], "moments": gan["moments"], "mu90": (mu_c - mu_r) / mu_r,
-            "sigma90": (sig_c - sig_r) / sig_r,
-            "core_containment": float(core_containment(s, geometry).mean() - reference.core.mean()),
-            "depth_spread": float((spread_c - spread_r) / spread_r)}
-
-
-def objective_value(terms_per_energy: Sequence[dict[str, float]]) -> float:
-    """J = mean over energies of sum over terms of (term / scale)^2 (:data:`TERM_SCALES`)."""
-    return float(np.mean([sum((t[k] / TERM_SCALES[k]) ** 2 for k in TERM_SCALES) for t in terms_per_energy]))
+    terms = {"profiles": gan["profiles"], "moments": gan["moments"], "mu90": (mu_c - mu_r) / mu_r,
+             "sigma90": (sig_c - sig_r) / sig_r,
+             "core_containment": float(core_containment(s, geometry).mean() - reference.core.mean()),
+             "depth_spread": float((spread_c - spread_r) / spread_r)}
+    profile_rel = []
+    for axis in "xyz":
+        sr = reference.obs[f"profile_{axis}"].mean(axis=0)
+        sc = obs[f"profile_{axis}"].mean(axis=0)
+        ok = sr > 0
+        profile_rel.append((sc[ok] - sr[ok]) / sr[ok])
+    profile_rel = np.concatenate(profile_rel)
+    moment_rel = np.array([(obs[f"m{m}_{a}"].mean() - reference.obs[f"m{m}_{a}"].mean())
+                           / (reference.obs[f"m{m}_{a}"].mean() + ob._EPS) for m in (1, 2) for a in "xyz"])
+    residuals = np.concatenate([
+        profile_rel / (TERM_SCALES["profiles"] * math.sqrt(len(profile_rel))),
+        moment_rel / (TERM_SCALES["moments"] * math.sqrt(len(moment_rel))),
+        [terms[k] / TERM_SCALES[k] for k in ("mu90", "sigma90", "core_containment", "depth_spread")]])
+    return residuals, terms
 
 
 def evaluate(params: GFlashParameters, references: Sequence[ReferenceSample], geometry: Geometry,
-             n_showers: int = 300, seed: int = 0) -> tuple[float, list[dict[str, float]]]:
+             n_showers: int = 300, seed: int = 0) -> tuple[float, list[dict[str, float]], np.ndarray]:
     """Simulate GFlash at every reference's conditions (seed ``[seed, k]`` for the k-th energy) and
-    return (J, terms per energy)."""
-    terms = []
+    return (J, summary terms per energy, residual vector scaled so that its sum of squares is J)."""
+    terms, residuals = [], []
     for k, ref in enumerate(references):
         e, a = candidate_conditions(ref, n_showers)
         showers = simulate_showers(geometry, e, a, np.random.default_rng([seed, k]), params=params)
-        terms.append(objective_terms(ref, showers, e, geometry))
-    return objective_value(terms), terms
+        r, t = objective_residuals(ref, showers, e, geometry)
+        terms.append(t)
+        residuals.append(r / math.sqrt(len(references)))
+    vector = np.concatenate(residuals)
+    return float(vector @ vector), terms, vector
 
 
 @dataclass
@@ -224,6 +244,11 @@ class TuneResult:
     seconds: float
     free: dict[str, tuple[float, float]]
     history: list[float] = field(default_factory=list)
+    stopped_by: str = "converged"
+
+
+class _BudgetSpent(Exception):
+    pass
 
 
 def _start_values(params: GFlashParameters, geometry: Geometry, names: Sequence[str]) -> np.ndarray:
@@ -233,18 +258,20 @@ def _start_values(params: GFlashParameters, geometry: Geometry, names: Sequence[
     return np.array([float(values[n]) for n in names])
 
 
-def tune(references: Sequence[ReferenceSample], geometry: Geometry | str, *, free: dict[str, tuple[float, float]] | None = None,
-         start: GFlashParameters | str | Path | None = None, n_showers: int = 300, max_evaluations: int = 600,
-         restarts: int = 1, seed: int = 0, progress: bool = False) -> TuneResult:
+def tune(references: Sequence[ReferenceSample], geometry: Geometry | str, *,
+         free: dict[str, tuple[float, float]] | None = None, start: GFlashParameters | str | Path | None = None,
+         n_showers: int = 300, max_evaluations: int = 400, max_seconds: float | None = None,
+         diff_step: float = 0.03, seed: int = 0, progress: bool = False) -> TuneResult:
     """Fit the ``free`` parameters (default :data:`FREE_PARAMETERS`, name -> bounds) of GFlash,
     starting from ``start`` (default the published values), to ``references`` (one per fit energy).
 
-    scipy.optimize.minimize, bounded Nelder-Mead with the adaptive coefficients for many dimensions,
-    on the unit box of the bounds, initial simplex steps of 0.1 box widths; ``restarts`` more runs
-    start from the best point with a fresh simplex (a standard cure for a collapsed simplex).
-    ``max_evaluations`` bounds the number of objective evaluations over all runs together.
+    scipy.optimize.least_squares (trust-region reflective, bounded) on the residual vector of
+    :func:`evaluate`, the parameters mapped to the unit box of their bounds, forward-difference
+    Jacobian with steps of ``diff_step`` box widths (wide enough to step over the spot and sampling
+    noise that the common random numbers leave). Stops at convergence, after ``max_evaluations``
+    objective evaluations (Jacobian ones included) or ``max_seconds``; returns the best point seen.
     """
-    from scipy.optimize import minimize
+    from scipy.optimize import least_squares
     from tqdm import tqdm
 
     geo = load_geometry(geometry)
@@ -260,43 +287,44 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry | str, *, fre
     if np.any(hi <= lo):
         raise ValueError("every free parameter needs low < high bounds")
     start_params = load_parameters(start)
-    x_start = np.clip((_start_values(start_params, geo, names) - lo) / (hi - lo), 0.0, 1.0)
+    # start strictly inside the box: the trust-region reflective method scales each step by the distance to
+    # the bounds, so a parameter that starts on one (albedo 0) would never move
+    x_start = np.clip((_start_values(start_params, geo, names) - lo) / (hi - lo), 0.02, 0.98)
 
     def to_params(x: np.ndarray) -> GFlashParameters:
         values = lo + np.clip(x, 0.0, 1.0) * (hi - lo)
         return start_params.model_copy(update={n: float(v) for n, v in zip(names, values)})
 
     t0 = time.perf_counter()
-    best = {"j": math.inf, "x": x_start}
     history: list[float] = []
+    j_start, terms_start, _ = evaluate(start_params, references, geo, n_showers, seed)
+    best = {"j": j_start, "x": x_start}
     bar = tqdm(total=max_evaluations, desc="gflash tune", unit="eval", disable=not progress)
 
-    def fun(x: np.ndarray) -> float:
+    def fun(x: np.ndarray) -> np.ndarray:
         if len(history) >= max_evaluations:
-            return best["j"] + 1.0  # budget spent: let the simplex finish without simulating
-        j, _ = evaluate(to_params(x), references, geo, n_showers, seed)
+            raise _BudgetSpent("evaluations")
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            raise _BudgetSpent("time")
+        j, _, r = evaluate(to_params(x), references, geo, n_showers, seed)
         history.append(j)
         if j < best["j"]:
             best.update(j=j, x=np.array(x))
         bar.update()
         bar.set_postfix(J=f"{best['j']:.4g}")
-        return j
+        return r
 
-    j_start, terms_start = evaluate(start_params, references, geo, n_showers, seed)
-    best.update(j=j_start, x=x_start)
-    for _ in range(1 + restarts):
-        if len(history) >= max_evaluations:
-            break
-        x0 = best["x"]
-        simplex = np.vstack([x0] + [x0 + np.where(x0[i] > 0.9, -0.1, 0.1) * np.eye(len(x0))[i] for i in range(len(x0))])
-        minimize(fun, x0, method="Nelder-Mead", bounds=[(0.0, 1.0)] * len(x0),
-                 options={"initial_simplex": simplex, "adaptive": True, "maxfev": max_evaluations - len(history),
-                          "xatol": 1e-3, "fatol": 1e-3 * max(best["j"], 1e-9)})
+    stopped_by = "converged"
+    try:
+        least_squares(fun, x_start, bounds=(np.zeros(len(names)), np.ones(len(names))), method="trf",
+                      diff_step=diff_step, x_scale=1.0, xtol=1e-3, ftol=1e-3, max_nfev=max_evaluations)
+    except _BudgetSpent as exc:
+        stopped_by = f"budget ({exc})"
     bar.close()
     params = to_params(best["x"])
-    j, terms = evaluate(params, references, geo, n_showers, seed)
+    j, terms, _ = evaluate(params, references, geo, n_showers, seed)
     return TuneResult(params, start_params, j_start, j, terms_start, terms, len(history), time.perf_counter() - t0,
-                      free, history)
+                      free, history, stopped_by)
 
 
 def provenance(result: TuneResult, references: Sequence[ReferenceSample], geometry: Geometry,
@@ -312,8 +340,10 @@ def provenance(result: TuneResult, references: Sequence[ReferenceSample], geomet
         "reference_events": [len(r) for r in references],
         "gflash_showers_per_energy": max(n_showers, *(len(r) for r in references)),
         "seed": seed,
-        "optimiser": "scipy.optimize.minimize Nelder-Mead (bounded, adaptive, restarted) on the unit box",
-        "objective": "mean over energies of sum_i (term_i / scale_i)^2; docs/gflash.md",
+        "optimiser": "scipy.optimize.least_squares (trf, bounded) on the unit box of the bounds",
+        "stopped_by": result.stopped_by,
+        "objective": "J = mean over energies of the scaled squared residuals (profiles, moments, mu90, sigma90, "
+                     "core containment, depth spread); fastshower.simulate.gflash_tune, docs/gflash.md",
         "term_scales": dict(TERM_SCALES),
         "objective_start": result.objective_start,
         "objective_value": result.objective,
@@ -336,7 +366,8 @@ def save_parameters(path: str | Path, params: GFlashParameters, provenance_block
 def tune_files(paths: Sequence[str | Path], output: str | Path, energies_gev: Sequence[float] = (10.0, 100.0), *,
                window: float = 0.2, geometry: str | Geometry | None = None, max_events: int | None = None,
                free: Sequence[str] | None = None, start: str | Path | None = None, n_showers: int = 300,
-               max_evaluations: int = 600, restarts: int = 1, seed: int = 0, progress: bool = False) -> TuneResult:
+               max_evaluations: int = 400, max_seconds: float | None = None, seed: int = 0,
+               progress: bool = False) -> TuneResult:
     """``fastshower gflash tune``: read the references, :func:`tune`, write the parameter file."""
     references, geo, files = load_references(paths, energies_gev, window, geometry, max_events)
     chosen = None
@@ -346,7 +377,7 @@ def tune_files(paths: Sequence[str | Path], output: str | Path, energies_gev: Se
             raise ValueError(f"no bounds for {', '.join(unknown)}; tunable: {', '.join(FREE_PARAMETERS)}")
         chosen = {n: FREE_PARAMETERS[n] for n in free}
     result = tune(references, geo, free=chosen, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
-                  restarts=restarts, seed=seed, progress=progress)
+                  max_seconds=max_seconds, seed=seed, progress=progress)
     block = provenance(result, references, geo, files, window=window, n_showers=n_showers, seed=seed)
     if start is not None:
         block["start"] = str(start)
