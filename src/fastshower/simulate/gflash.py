@@ -86,6 +86,11 @@ class GFlashParameters(BaseModel):
     Spots: N_S = spot_number / c_S E^spot_exponent, their profile T_S = T_hom (spot_t_offset +
     spot_t_z Z), alpha_S = alpha_hom (spot_alpha_offset + spot_alpha_z Z).
 
+    Start: ``start_offset_x0`` moves the origin of the gamma profiles that many X0 before the shower
+    start (the face for electrons, the conversion point for photons), renormalised to the part after
+    it: a shower whose particles are already there at the start (the primary and its first
+    bremsstrahlung pairs), which the published profile, zero at t = 0, lacks (default 0: the paper).
+
     Sampling (this project's model of the active-layer signal, docs/gflash.md): the sampling
     fluctuation of a layer is c^2 E_layer with c = sampling_coefficient sqrt(d_active[mm] / f_mip);
     the active signal is sampling_scale x f_mip(layer) x the shower energy at the active layer's
@@ -147,6 +152,7 @@ class GFlashParameters(BaseModel):
     spot_alpha_offset: float = 0.844
     spot_alpha_z: float = 0.0026
 
+    start_offset_x0: float = Field(default=0.0, ge=0)
     sampling_coefficient: float = Field(default=SAMPLING_COEFFICIENT, ge=0)
     sampling_scale: float | None = Field(default=None, gt=0)
     albedo: float = Field(default=0.0, ge=0, lt=1)
@@ -513,8 +519,11 @@ def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: 
     sin_theta, cot_theta = np.sin(incident_angle), 1.0 / np.tan(incident_angle)
     t_max, alpha, t_hom, alpha_hom = draw_profile_parameters(stack, primary_energy, rng, params)
     start_x0 = rng.exponential(PHOTON_CONVERSION_DEPTH_X0, n) if particle == "gamma" else np.zeros(n)
-    # shower energy each layer samples at its active layer (GeV)
+    start_x0 = start_x0 - params.start_offset_x0  # the profiles' origin (X0 along the axis from the face)
+    # shower energy each layer samples at its active layer (GeV), the profile renormalised to t > start
     layer_energy = layer_signal_energy(stack, t_max, alpha, primary_energy, sin_theta, start_x0)
+    if params.start_offset_x0 > 0:
+        layer_energy /= 1.0 - gammainc(alpha, (alpha - 1.0) / t_max * params.start_offset_x0)[:, None]
     # energy spots: their number and their own longitudinal profile (sampling-calorimeter GFlash)
     depth_x0 = stack.layer_edges_x0[None, :] / sin_theta[:, None] - start_x0[:, None]
     n_spots = params.spot_number / stack.sampling_term * primary_energy ** params.spot_exponent

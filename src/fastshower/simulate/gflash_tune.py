@@ -69,6 +69,7 @@ FREE_PARAMETERS: dict[str, tuple[float, float]] = {
     "tail_k4_offset": (0.05, 0.9),
     "weight_p1_offset": (1.0, 4.5),
     "weight_p3_offset": (0.5, 2.5),
+    "start_offset_x0": (0.0, 2.5),
     "spot_number": (2.0, 40.0),
     "sampling_coefficient": (0.0, 0.1),
     "sampling_scale": (0.3, 1.2),
@@ -297,7 +298,7 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry | str, *,
 
     t0 = time.perf_counter()
     history: list[float] = []
-    j_start, terms_start, _ = evaluate(start_params, references, geo, n_showers, seed)
+    j_start, terms_start, _ = evaluate(to_params(x_start), references, geo, n_showers, seed)
     best = {"j": j_start, "x": x_start}
     bar = tqdm(total=max_evaluations, desc="gflash tune", unit="eval", disable=not progress)
 
