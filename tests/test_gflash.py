@@ -127,8 +127,8 @@ def test_shower_maximum_grows_like_log_energy(rng):
         t_max.append(-b / (2 * a))
         log_e.append(math.log(energy))
     slope = np.polyfit(log_e, t_max, 1)[0]
-    assert slope == pytest.approx(1.0, abs=0.15)  # X0 per e-fold of energy; measured 0.93 (200 events each)
-    assert 5.0 < t_max[0] < 7.0  # 10 GeV in W/Si: ln(E/E_c) - 0.8 - sampling shift; measured 6.2 X0
+    assert slope == pytest.approx(1.0, abs=0.15)  # X0 per e-fold of energy; measured 1.04 (200 events each)
+    assert 5.0 < t_max[0] < 7.0  # 10 GeV in W/Si: ln(E/E_c) - 0.8 - sampling shift; measured 5.5 X0
 
 
 def test_energy_resolution_stochastic_term(rng):
@@ -141,8 +141,8 @@ def test_energy_resolution_stochastic_term(rng):
         rel.append(tot.std() / tot.mean())
     design = np.vstack([1 / energies, np.ones_like(energies)]).T
     a2, b2 = np.linalg.lstsq(design, np.square(rel), rcond=None)[0]
-    assert math.sqrt(a2) == pytest.approx(math.sqrt(c2), rel=0.1)  # measured 0.097 vs 0.095
-    assert abs(b2) < 0.01**2  # no constant term: nothing leaks, every layer weighs the same
+    assert math.sqrt(a2) == pytest.approx(math.sqrt(c2), rel=0.1)  # measured 0.094 vs 0.095
+    assert abs(b2) < 0.01**2  # no constant term: nothing leaks, every layer weighs the same; measured 9e-6
 
 
 def _log_step_expected(layers):
@@ -163,18 +163,18 @@ def test_no_jump_where_the_absorber_doubles(energy):
     e_sim = np.tile(e, math.ceil(400 / len(e)))
     gf = simulate_showers(CLIC, e_sim, np.full(len(e_sim), NORMAL), np.random.default_rng(energy))
     gf = gf.sum(axis=(0, 1, 2), dtype=np.float64)
-    # measured GFlash 0.738 / 0.862 against Geant4 0.753 / 0.879 (statistical error ~0.02)
+    # measured GFlash 0.762 / 0.866 against Geant4 0.753 / 0.879 (statistical error ~0.02)
     assert gf[17] / gf[16] == pytest.approx(g4[17] / g4[16], abs=0.06)
     # smooth: the log-step across the absorber change (1.2 X0 between the two silicon layers) is what the
-    # mean log-slope of the neighbouring steps predicts; Geant4 -0.28 vs -0.36 (10 GeV), -0.13 vs -0.14 (100
-    # GeV); GFlash -0.27 vs -0.29, -0.14 vs -0.17; the old GFlash +0.58
+    # mean log-slope of the neighbouring steps predicts; measured Geant4 -0.28 vs -0.36 (10 GeV), -0.13 vs -0.14
+    # (100 GeV); GFlash -0.27 vs -0.29, -0.14 vs -0.17; the old GFlash ln(1.8) = +0.58
     for layers in (g4, gf):
         assert math.log(layers[17] / layers[16]) == pytest.approx(_log_step_expected(layers), abs=0.1)
 
 
 def test_raw_sum_resolution_near_geant4():
     """At 100 GeV Geant4's raw-sum resolution (7.2% here, 90-110 GeV) comes from where the shower ends:
-    thick layers sample half. Untuned GFlash now gives 5.6% (the old one 2.2%), and its sum is as
+    thick layers sample half. Untuned GFlash now gives 5.4% (the old one 2.2%), and its sum is as
     strongly anti-correlated with the energy in the last 5 layers as Geant4's."""
     e = G4_LAYERS["primary_energy_100gev"]
     g4 = G4_LAYERS["layer_energy_100gev"].astype(np.float64)
@@ -185,7 +185,7 @@ def test_raw_sum_resolution_near_geant4():
         return ratio.std() / ratio.mean(), np.corrcoef(ratio, layers[:, -5:].sum(axis=1) / layers.sum(axis=1))[0, 1]
 
     (res_g4, corr_g4), (res_gf, corr_gf) = resolution_and_correlation(g4), resolution_and_correlation(gf)
-    assert res_gf / res_g4 == pytest.approx(1.0, abs=0.3)  # measured 0.0558 / 0.0718
+    assert 0.6 < res_gf / res_g4 < 1.3  # measured 0.054 / 0.072 = 0.75 (the old GFlash 0.022 / 0.072 = 0.30)
     assert corr_g4 < -0.85 and corr_gf < -0.85  # measured -0.92 and -0.97
 
 
@@ -213,7 +213,7 @@ def test_photons_start_later_by_nine_sevenths_x0(rng):
         # each layer calibrated with its own sampling fraction, at its active layer's depth
         per_layer = _showers(WIDE, 50.0, 300, rng, particle=particle).sum(axis=(1, 2)) / layer_sampling_fractions(st)
         cog[particle] = ((per_layer * st.active_depth_x0).sum(1) / per_layer.sum(1)).mean()
-    assert cog["gamma"] - cog["e-"] == pytest.approx(9 / 7, abs=0.25)  # measured 1.33
+    assert cog["gamma"] - cog["e-"] == pytest.approx(9 / 7, abs=0.25)  # measured 1.31
 
 
 def test_seeded_reproducible():
@@ -232,7 +232,7 @@ def test_par04_cylindrical_shape_and_normalisation(rng):
     s = _showers(g, 100.0, 200, rng)
     assert s.shape == (200, 9, 16, 45) and s.dtype == np.float32
     response = _calibrated_sum(s, g).mean() / 100.0
-    assert 0.97 < response < 1.0  # r < 41.85 mm = 3.8 R_M: ~1.2% lateral leakage; measured 0.988
+    assert 0.97 < response < 1.0  # r < 41.85 mm = 3.8 R_M: ~1.1% lateral leakage; measured 0.989
     per_alpha = s.sum(axis=(0, 1, 3))
     assert per_alpha.std() / per_alpha.mean() < 0.03  # uniform in alpha around the axis
 
