@@ -29,7 +29,7 @@ from fastshower.fileio import write_text_atomic
 from fastshower.geometry import load_geometry
 from fastshower.showers import ShowerSet
 from fastshower.simulate.gflash import load_parameters, simulate_showers
-from fastshower.simulate.gflash_tune import core_containment, select_energy
+from fastshower.gflash_tune import core_containment, select_energy
 from fastshower.validate.metrics import compare, mu90_sigma90
 from fastshower.validate.observables import apply_threshold
 

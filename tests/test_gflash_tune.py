@@ -17,7 +17,7 @@ from fastshower.simulate.gflash import (
     load_parameters,
     simulate_showers,
 )
-from fastshower.simulate.gflash_tune import (
+from fastshower.gflash_tune import (
     FREE_PARAMETERS,
     TERM_SCALES,
     evaluate,

@@ -532,7 +532,7 @@ def gflash_tune(
     seed: int = typer.Option(0, "--seed", help="Seed of GFlash's draws (the same in every evaluation)."),
 ) -> None:
     """Fit GFlash's free parameters to full-simulation showers over the given energies; see docs/gflash.md."""
-    from fastshower.simulate.gflash_tune import tune_files
+    from fastshower.gflash_tune import tune_files
 
     try:
         fit_energies = [float(v) for v in energies.split(",") if v.strip()]

@@ -3,7 +3,7 @@
 The classical fast simulation of the project (G. Grindhammer and S. Peters, hep-ex/0001020; the
 formulas of Geant4's ``GFlashSamplingShowerParameterisation``), written batch-at-a-time in numpy,
 with every coefficient in one typed set :class:`GFlashParameters` (defaults: the published values)
-that ``fastshower gflash tune`` fits to Geant4 (:mod:`fastshower.simulate.gflash_tune`).
+that ``fastshower gflash tune`` fits to Geant4 (:mod:`fastshower.gflash_tune`).
 See ``docs/gflash.md`` for the formulas, units and choices. In short, per shower:
 
 1. longitudinal profile: a gamma distribution in the depth along the shower axis t (in X0) with

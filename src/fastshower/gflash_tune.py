@@ -20,6 +20,9 @@ E_active / E_primary; core: the mean 5x5 core containment; std(m1_z): the event-
 the longitudinal centre of gravity. The scales (:data:`TERM_SCALES`) say what counts as one unit of
 disagreement. Every evaluation redraws GFlash with the same seeds (common random numbers), so J is
 a deterministic function of the parameters up to the spot draws. See docs/gflash.md.
+
+It sits on top of the pipeline (with ``hpo`` and the command line), not in ``simulate``: it fits
+the reference simulation with the validation observables and reads data files, stages above it.
 """
 
 from __future__ import annotations
@@ -344,7 +347,7 @@ def provenance(result: TuneResult, references: Sequence[ReferenceSample], geomet
         "optimiser": "scipy.optimize.least_squares (trf, bounded) on the unit box of the bounds",
         "stopped_by": result.stopped_by,
         "objective": "J = mean over energies of the scaled squared residuals (profiles, moments, mu90, sigma90, "
-                     "core containment, depth spread); fastshower.simulate.gflash_tune, docs/gflash.md",
+                     "core containment, depth spread); fastshower.gflash_tune, docs/gflash.md",
         "term_scales": dict(TERM_SCALES),
         "objective_start": result.objective_start,
         "objective_value": result.objective,
