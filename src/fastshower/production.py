@@ -213,7 +213,7 @@ _SOURCES: dict = {}
 
 def _source_for(production: Production, geometry):
     """The fast-mode shower source, built once per process."""
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
     key = (production.model, geometry.model_dump_json(), production.particle, production.entry_convention)
     if key not in _SOURCES:
