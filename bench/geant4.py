@@ -101,7 +101,7 @@ def child_mode(spec: dict) -> dict:
 
         torch.set_num_threads(1)
     from fastshower.simulate.geant4.app import Gun, get_app
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
     app = get_app(spec["geometry"], spec["mode"], spec.get("physics"))
     source = resolve_source(spec["model"], spec["geometry"]) if spec["mode"] == "fast" else None
