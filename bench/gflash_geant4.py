@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
             all_ref = all_ref if all_ref is not None else read_showers(sorted(glob.glob(args.reference)))
             ref, ref2 = select_energy(all_ref, energy, args.window), None
             bins = [energy * (1 - args.window) - 1e-6, energy * (1 + args.window) + 1e-6]
-        geometry = load_geometry(ref.geometry)
+        geometry = ref.geometry
         row: dict = {"n_reference": len(ref), "n_reference2": None if ref2 is None else len(ref2)}
         for spec in param_specs:
             params = load_parameters(spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from fastshower.errors import TargetNotMetError, UserInputError
+from fastshower.errors import UserInputError
 
 app = typer.Typer(
     name="fastshower",
@@ -112,27 +112,18 @@ def simulate(
         "(clic25_geant4) or default (the published Grindhammer-Peters values, also when omitted)."),
 ) -> None:
     """Simulate showers with the GFlash parametrisation and stream them to a file (constant memory)."""
-    from tqdm import tqdm
-
-    from fastshower.data import ShowerWriter
+    from fastshower.data import write_batches
     from fastshower.geometry import load_geometry
     from fastshower.simulate import gflash
 
     if n < 1 or batch_size < 1:
         raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
-    params = gflash.load_parameters(gflash_params)
     if particle not in SIMULATED_PARTICLES:
         raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
     batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle,
-                                   params=params)
-    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle,
-             "gflash_params": gflash.parameters_label(gflash_params)}
-    with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer, \
-            tqdm(total=n, desc="simulate", unit="shower") as bar:
-        for part in batches:
-            writer.write(part)
-            bar.update(len(part))
+                                   params=gflash_params)
+    writer = write_batches(output, batches, format, total=n, overwrite=overwrite, progress=True, desc="simulate")
     typer.echo(f"wrote {n} {particle} showers ({g.name}, {writer.layout.name}) to {output}")
 
 
@@ -146,59 +137,12 @@ def inspect(
                                            help="CaloChallenge binning XML to check against the file's geometry."),
 ) -> None:
     """Describe a shower file: layout, geometry, events, energy and angle ranges, deposits, attributes."""
-    import math
-
-    import numpy as np
-    from tqdm import tqdm
-
-    from fastshower.data import (
-        check_binning,
-        count_events,
-        detect_layout,
-        iter_showers,
-        read_binning_xml,
-        resolve_paths,
-    )
+    from fastshower.data.describe import format_file_summary, summarize_file
     from fastshower.geometry import load_geometry
-
-    files = resolve_paths(path)
-    layout = detect_layout(files)
-    n = count_events(files)
-    e_min = a_min = math.inf
-    e_max = a_max = -math.inf
-    deposited = ratio = 0.0
-    last = None
-    with tqdm(total=n, desc="inspect", unit="shower", leave=False) as bar:
-        for part in iter_showers(files, chunk_size=chunk_size, geometry=load_geometry(geometry) if geometry else None):
-            last = part
-            e_min, e_max = min(e_min, part.primary_energy.min()), max(e_max, part.primary_energy.max())
-            a_min, a_max = min(a_min, part.incident_angle.min()), max(a_max, part.incident_angle.max())
-            dep = part.deposited_energy
-            deposited += dep.sum()
-            ratio += np.sum(dep / part.primary_energy)
-            bar.update(len(part))
-    if last is None:
-        raise UserInputError(f"{path}: the file holds no events")
-    name, attrs = last.geometry.name, last.attrs
-    if binning is not None:
-        check_binning(read_binning_xml(binning), last.geometry)
-    typer.echo(f"files:            {len(files)} ({files[0]}{' ...' if len(files) > 1 else ''})")
-    typer.echo(f"layout:           {layout}")
-    typer.echo(f"geometry:         {name}")
-    typer.echo(f"events:           {n}")
-    typer.echo(f"primary energy:   {e_min:.4g} - {e_max:.4g} GeV")
-    typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
-    typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
-    typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
     from fastshower.production import format_provenance
 
-    for line in format_provenance(attrs):
-        typer.echo(line)
-    for key, value in sorted(attrs.items()):
-        text = str(value)
-        typer.echo(f"attr {key}: {text if len(text) <= 300 else text[:300] + f' ... ({len(text)} characters)'}")
-    if binning is not None:
-        typer.echo(f"binning {binning}: matches geometry {name}")
+    summary = summarize_file(path, load_geometry(geometry) if geometry else None, chunk_size, binning, progress=True)
+    typer.echo(format_file_summary(summary, format_provenance(summary.attrs)))
 
 
 # ---------------------------------------------------------------- validate (issue 3)
@@ -456,63 +400,13 @@ def quantize(
     overwrite: bool = _overwrite_option(),
 ) -> None:
     """Reduced-precision ONNX generator: int8 tuned against an accuracy target, or fp16."""
-    import tempfile
+    from fastshower.infer.quantize import format_quantize_outcome, quantize_model
 
-    from fastshower.infer import quantize as q
-
-    if not target > 0:
-        raise UserInputError(f"--target must be > 0, got {target}")
-    if precision not in ("int8", "fp16"):
-        raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
-    criterion = criterion or ("physics" if reference is not None else "shapes")
-    from fastshower.fileio import check_output
-
-    check_output(output, overwrite)
     _require_onnx(model)
-    ref = None
-    if reference is not None:
-        from fastshower.data import read_showers
-
-        ref = read_showers(reference, max_events=eval_n)
-    with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
-        from fastshower.models.registry import resolve
-
-        fp32_path = Path(model)
-        if resolve(model).kind == "onnx":
-            if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
-                raise UserInputError(f"{model} is already reduced precision; give the fp32 export")
-        else:
-            from fastshower.infer.onnx_export import export_onnx
-
-            fp32_path = Path(tmp) / "fp32.onnx"
-            export_onnx(model, fp32_path, check=True)
-        common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
-        if precision == "fp16":
-            result = q.make_fp16(fp32_path, output, target, **common)  # type: ignore[arg-type]
-        else:
-            result = q.tune(fp32_path, output, target, select=select, n_calibration=calibration_n, conv3d=conv3d,  # type: ignore[arg-type]
-                            progress=True, **common)  # type: ignore[arg-type]
-        size = (q.model_size_mb(fp32_path), q.model_size_mb(output) if result.met else None)
-    log = output.with_suffix(".tuning.json")
-    if not result.met:
-        best = min(result.steps, key=lambda st: st.score)
-        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; "
-                                f"best score {best.score:.3g}, 1 = target); nothing written, log in {log}")
-    step = result.chosen
-    typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
-               f"{step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs "  # type: ignore[union-attr]
-               f"{result.fp32_ms_per_shower:.3f} fp32 (ONNX Runtime, batch {result.settings['timing_batch']})")
-    if step.profile_mse is not None:  # type: ignore[union-attr]
-        typer.echo(f"  vs {reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "  # type: ignore[union-attr]
-                   f"sampling-fraction error {step.sampling_fraction_error:.4g} "  # type: ignore[union-attr]
-                   f"(fp32 {result.fp32_sampling_fraction_error:.4g})")
-    if precision == "int8":
-        typer.echo(f"  {len(result.eligible_layers) - len(step.fp32_layers)} of {len(result.eligible_layers)} tuned "  # type: ignore[union-attr]
-                   f"layers int8, {len(step.fp32_layers)} returned to fp32, {len(result.skipped_layers)} kept fp32 "  # type: ignore[union-attr]
-                   f"({', '.join(sorted(set(result.skipped_layers.values()))) or 'none'}); int8 kernels: "
-                   f"{', '.join(result.int8_kernels) or 'none'}")
-    typer.echo(f"tuning log: {log}")
-
+    outcome = quantize_model(model, output, precision=precision, target=target, select=select, reference=reference,
+                             criterion=criterion, calibration_n=calibration_n, eval_n=eval_n, conv3d=conv3d,
+                             threads=threads, seed=seed, overwrite=overwrite, progress=True)
+    typer.echo(format_quantize_outcome(outcome))
 
 
 # ---------------------------------------------------------------- gflash tuning (issue 14)

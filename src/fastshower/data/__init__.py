@@ -17,6 +17,7 @@ from fastshower.data.io import (
     read_events,
     read_showers,
     resolve_paths,
+    write_batches,
     write_showers,
 )
 from fastshower.data.threedgan import measured_angle, pseudorapidity
@@ -24,5 +25,5 @@ from fastshower.data.threedgan import measured_angle, pseudorapidity
 __all__ = [
     "FORMATS", "ShowerWriter", "check_binning", "count_events", "detect_layout", "geometry_from_cell_shape",
     "iter_showers", "measured_angle", "pseudorapidity", "read_binning_xml", "read_events",
-    "read_showers", "resolve_paths", "write_binning_xml", "write_showers",
+    "read_showers", "resolve_paths", "write_batches", "write_binning_xml", "write_showers",
 ]

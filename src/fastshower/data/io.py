@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import glob
+import itertools
 import json
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -441,3 +442,24 @@ def write_showers(path: str | Path, shower_set: ShowerSet, format: str = "native
     g = geometry if geometry is not None else shower_set.geometry
     with ShowerWriter(path, g, format=format, attrs=shower_set.attrs, compression=compression) as writer:
         writer.write(shower_set)
+
+
+def write_batches(path: str | Path, batches: Iterable[ShowerSet], format: str = "native", *,
+                  total: int | None = None, overwrite: bool = True, compression: str | None = "gzip",
+                  progress: bool = False, desc: str = "write") -> ShowerWriter:
+    """Stream shower sets (e.g. :func:`fastshower.simulate.gflash.iter_simulate`'s batches) into one
+    file in constant memory; geometry and provenance come from the first batch. ``total``: events
+    expected (progress bar). Returns the closed writer (``n_events``, ``layout``)."""
+    from tqdm import tqdm
+
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise ValueError(f"{path}: nothing to write")
+    with ShowerWriter(path, first.geometry, format=format, attrs=first.attrs, compression=compression,
+                      overwrite=overwrite) as writer, \
+            tqdm(total=total, desc=desc, unit="shower", disable=not progress) as bar:
+        for part in itertools.chain([first], it):
+            writer.write(part)
+            bar.update(len(part))
+    return writer

@@ -558,3 +558,88 @@ def _layer_groups(nodes: list[str], max_groups: int) -> list[list[str]]:
     """Split ``nodes`` (graph order) into at most ``max_groups`` groups of consecutive layers."""
     size = math.ceil(len(nodes) / max_groups)
     return [nodes[i:i + size] for i in range(0, len(nodes), size)]
+
+
+# ------------------------------------------------------------------ the `fastshower quantize` command
+
+@dataclass
+class QuantizeOutcome:
+    """What :func:`quantize_model` wrote: the file, its precision, the tuning result, the sizes in MB
+    (fp32, reduced), the log path and the reference file judged against (if any)."""
+
+    output: Path
+    precision: str
+    result: TuningResult
+    size_mb: tuple[float, float]
+    log: Path
+    reference: Path | None = None
+
+
+def quantize_model(model: str, output: str | Path, *, precision: str = "int8", target: float = 0.01,
+                   select: str = "fastest", reference: str | Path | None = None, criterion: str | None = None,
+                   calibration_n: int = 256, eval_n: int = 256, conv3d: bool = False, threads: int | None = None,
+                   seed: int = 0, overwrite: bool = False, progress: bool = False) -> QuantizeOutcome:
+    """A reduced-precision ONNX file of ``model`` (a name, saved stem or fp32 .onnx; exported first
+    when not ONNX): int8 tuned by :func:`tune`, or fp16 by :func:`make_fp16`. ``criterion`` defaults
+    to ``physics`` with a ``reference`` shower file (its first ``eval_n`` events), else ``shapes``.
+    :class:`~fastshower.errors.TargetNotMetError` when no model meets ``target`` (nothing written)."""
+    from fastshower.errors import TargetNotMetError, UserInputError
+    from fastshower.fileio import check_output
+    from fastshower.models.registry import resolve
+
+    output = Path(output)
+    if not target > 0:
+        raise UserInputError(f"--target must be > 0, got {target}")
+    if precision not in ("int8", "fp16"):
+        raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
+    criterion = criterion or ("physics" if reference is not None else "shapes")
+    check_output(output, overwrite)
+    ref = None
+    if reference is not None:
+        from fastshower.data import read_showers
+
+        ref = read_showers(reference, max_events=eval_n)
+    with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        fp32_path = Path(model)
+        if resolve(model).kind == "onnx":
+            if read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
+                raise UserInputError(f"{model} is already reduced precision; give the fp32 export")
+        else:
+            from fastshower.infer.onnx_export import export_onnx
+
+            fp32_path = Path(tmp) / "fp32.onnx"
+            export_onnx(model, fp32_path, check=True)
+        common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
+        if precision == "fp16":
+            result = make_fp16(fp32_path, output, target, **common)  # type: ignore[arg-type]
+        else:
+            result = tune(fp32_path, output, target, select=select, n_calibration=calibration_n,  # type: ignore[arg-type]
+                          conv3d=conv3d, progress=progress, **common)  # type: ignore[arg-type]
+        size = (model_size_mb(fp32_path), model_size_mb(output) if result.met else math.nan)
+    log = output.with_suffix(".tuning.json")
+    if not result.met:
+        best = min(result.steps, key=lambda st: st.score)
+        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; "
+                                f"best score {best.score:.3g}, 1 = target); nothing written, log in {log}")
+    return QuantizeOutcome(output, precision, result, size, log, Path(reference) if reference is not None else None)
+
+
+def format_quantize_outcome(o: QuantizeOutcome) -> str:
+    """The command's report: sizes, shape error and speed against fp32, the physics metrics against the
+    reference, the int8 layer counts and kernels, and the log path."""
+    result, step = o.result, o.result.chosen
+    assert step is not None  # a met result has a chosen step
+    lines = [f"wrote {o.output} ({o.precision}, {o.size_mb[1]:.2f} MB vs {o.size_mb[0]:.2f} MB fp32): relative "
+             f"shape error {step.relative_shape_error:.2e}, {step.ms_per_shower:.3f} ms/shower vs "
+             f"{result.fp32_ms_per_shower:.3f} fp32 (ONNX Runtime, batch {result.settings['timing_batch']})"]
+    if step.profile_mse is not None:
+        lines.append(f"  vs {o.reference}: profile MSE {step.profile_mse:.4g} (fp32 {result.fp32_profile_mse:.4g}), "
+                     f"sampling-fraction error {step.sampling_fraction_error:.4g} "
+                     f"(fp32 {result.fp32_sampling_fraction_error:.4g})")
+    if o.precision == "int8":
+        lines.append(f"  {len(result.eligible_layers) - len(step.fp32_layers)} of {len(result.eligible_layers)} "
+                     f"tuned layers int8, {len(step.fp32_layers)} returned to fp32, {len(result.skipped_layers)} "
+                     f"kept fp32 ({', '.join(sorted(set(result.skipped_layers.values()))) or 'none'}); int8 "
+                     f"kernels: {', '.join(result.int8_kernels) or 'none'}")
+    lines.append(f"tuning log: {o.log}")
+    return "\n".join(lines)
