@@ -510,42 +510,21 @@ def g4run(
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
     from fastshower.geometry import load_geometry
-    from fastshower.production import Production, format_production, produce, produce_shard
+    from fastshower.production import Production, format_run, parse_position_mm, parse_shard, run_production
 
-    try:
-        x0, y0 = (float(v) for v in position.split(","))
-    except ValueError:
-        raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
-    if shard is None:
-        from fastshower.fileio import check_output
-
-        check_output(output, overwrite)
+    position_mm = parse_position_mm(position)
+    shard_index, shards = parse_shard(shard) if shard is not None else (None, shards)
     if mode == "fast":
         _require_onnx(model)
-    shard_index = None
-    if shard is not None:
-        try:
-            shard_index, shards = (int(v) for v in shard.split("/"))
-        except ValueError:
-            raise ValueError(f"--shard must be K/N (0 <= K < N), got {shard!r}") from None
     production = Production(load_geometry(geometry), n, mode=mode, particle=particle, energy=energy, angle=angle,
-                            azimuth_deg=azimuth, position_mm=(x0, y0), multiplicity=multiplicity, seed=seed,
+                            azimuth_deg=azimuth, position_mm=position_mm, multiplicity=multiplicity, seed=seed,
                             n_shards=shards, model=model, physics=physics, em_physics=em_physics,
                             production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
                             entry_convention=entry_convention)
-    if shard_index is not None:
-        result = produce_shard(production, shard_index, output)
-        typer.echo(format_production(result))
-        typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
-                   + (" (already complete)" if result.resumed else ""))
-    else:
-        result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
-                         keep_shards=keep_shards, progress=True)
-        typer.echo(format_production(result))
-        if mode == "fast":
-            typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
-                       f"leakage {sum(m['leaked_gev'] for m in result.manifests) / n:.4g} GeV per event")
-        typer.echo(f"wrote {n} events ({production.geometry.name}, geant4 {mode}) to {output}")
+    result = run_production(production, output, shard=shard_index, workers=workers, scheduler=scheduler,
+                            format=format, retries=retries, keep_shards=keep_shards, overwrite=overwrite,
+                            progress=True)
+    typer.echo(format_run(result, shard_index))
 
 
 @app.command()

@@ -342,6 +342,54 @@ def format_production(result: ProductionResult) -> str:
     return "\n".join(lines)
 
 
+def parse_position_mm(text: str) -> tuple[float, float]:
+    """``"x,y"`` (mm on the calorimeter face) -> (x, y); one-line ValueError otherwise."""
+    try:
+        x0, y0 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--position must be x,y in mm, got {text!r}") from None
+    return x0, y0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N): shard K (0-based) of N; one-line ValueError otherwise."""
+    try:
+        shard, n_shards = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be K/N (0 <= K < N), got {text!r}") from None
+    return shard, n_shards
+
+
+def run_production(production: Production, output: str | Path, *, shard: int | None = None, workers: int = 1,
+                   scheduler: str | None = None, format: str = "native", retries: int = 2, keep_shards: bool = False,
+                   overwrite: bool = False, progress: bool = False) -> ProductionResult:
+    """``fastshower g4run``: the whole production into ``output`` (:func:`produce`; an existing output
+    is refused unless ``overwrite``), or only ``shard`` into the work folder (:func:`produce_shard`)."""
+    if shard is not None:
+        return produce_shard(production, shard, output)
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    return produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
+                   keep_shards=keep_shards, progress=progress)
+
+
+def format_run(result: ProductionResult, shard: int | None = None) -> str:
+    """What ``g4run`` prints: :func:`format_production`, the energy bookkeeping of fast mode and
+    where the events went."""
+    p = result.production
+    lines = [format_production(result)]
+    if shard is not None:
+        lines.append(f"wrote shard {shard}/{p.n_shards} to {result.shard_file}"
+                     + (" (already complete)" if result.resumed else ""))
+        return "\n".join(lines)
+    if p.mode == "fast":
+        lines.append(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
+                     f"leakage {sum(m['leaked_gev'] for m in result.manifests) / p.n_events:.4g} GeV per event")
+    lines.append(f"wrote {p.n_events} events ({p.geometry.name}, geant4 {p.mode}) to {result.output}")
+    return "\n".join(lines)
+
+
 def _run_local(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None]) -> None:
     for shard in todo:
         on_done(run_shard(production, shard, work))
