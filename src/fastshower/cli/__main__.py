@@ -1,0 +1,5 @@
+"""``python -m fastshower.cli``."""
+
+from fastshower.cli import main
+
+main()
