@@ -203,13 +203,13 @@ def objective_residuals(reference: ReferenceSample, showers: np.ndarray, primary
              "sigma90": (sig_c - sig_r) / sig_r,
              "core_containment": float(core_containment(s, geometry).mean() - reference.core.mean()),
              "depth_spread": float((spread_c - spread_r) / spread_r)}
-    profile_rel = []
+    profile_parts = []
     for axis in "xyz":
         sr = reference.obs[f"profile_{axis}"].mean(axis=0)
         sc = obs[f"profile_{axis}"].mean(axis=0)
         ok = sr > 0
-        profile_rel.append((sc[ok] - sr[ok]) / sr[ok])
-    profile_rel = np.concatenate(profile_rel)
+        profile_parts.append((sc[ok] - sr[ok]) / sr[ok])
+    profile_rel = np.concatenate(profile_parts)
     moment_rel = np.array([(obs[f"m{m}_{a}"].mean() - reference.obs[f"m{m}_{a}"].mean())
                            / (reference.obs[f"m{m}_{a}"].mean() + ob._EPS) for m in (1, 2) for a in "xyz"])
     residuals = np.concatenate([
