@@ -6,14 +6,15 @@ active material per cell, in GeV, z along the depth; ``primary_energy`` in GeV a
 ``incident_angle`` (polar angle, rad, 90 deg = normal incidence) travel with it.
 
 The public API below is re-exported here and imported on first use (``import fastshower`` stays
-fast: torch, h5py and pydantic load only when a name that needs them is touched). The contracts of
+fast: torch, h5py and pydantic load only when a name that needs them is touched; no import at the
+top, so the package root stays the bottom layer of tests/test_layers.py). The contracts of
 each name are in docs/INTERFACES.md.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -57,17 +58,6 @@ __all__ = [
     "load_geometry", "parse_spec", "read_events", "read_showers", "sample_angles", "sample_energies", "save_generator",
     "save_geometry", "simulate_showers", "write_showers",
 ]
-
-if TYPE_CHECKING:
-    from fastshower.conditions import parse_spec, sample_angles, sample_energies
-    from fastshower.data.io import ShowerWriter, iter_showers, read_events, read_showers, write_showers
-    from fastshower.errors import DataFileError, FastshowerError, UserInputError
-    from fastshower.geometry import PRESETS, Geometry, load_geometry, save_geometry
-    from fastshower.infer.generator import Generator
-    from fastshower.models.registry import build_generator, load_generator, save_generator
-    from fastshower.showers import ShowerSet
-    from fastshower.simulate.gflash import simulate_showers
-    from fastshower.validate.comparison import Comparison, compare, compare_many
 
 
 def __getattr__(name: str) -> Any:
