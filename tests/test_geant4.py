@@ -180,7 +180,7 @@ def test_full_mode_without_datasets_gives_the_message_not_a_crash(no_datasets, c
 PRELUDE = """
 import json, math, sys
 import numpy as np
-from fastshower.geometry import load_geometry
+from fastshower.geometry import PRESETS, load_geometry
 from fastshower.simulate.geant4.app import Gun, get_app, run_geant4
 
 def pencil_source(geometry):

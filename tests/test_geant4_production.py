@@ -140,6 +140,7 @@ def test_library_full_run_applies_the_cut_and_exits_zero(tmp_path, g4env):
     the EM option is the one asked for, and the interpreter exits 0."""
     script = textwrap.dedent("""
         import json
+        from fastshower.geometry import PRESETS
         from fastshower.simulate.geant4.app import Gun, get_app, run_geant4
         r = run_geant4(PRESETS["clic25"], 2, Gun("e-", 2.0), mode="full", em_physics="option1", production_cut_mm=0.5,
                        seed=3)
@@ -188,6 +189,7 @@ def test_two_dask_workers_give_the_file_of_one_and_a_lost_worker_is_retried(tmp_
     starts shard 1 is killed the first time (os._exit): the scheduler reschedules the shard."""
     out = _scenario(tmp_path, g4env, """
         from dask.distributed import Client, LocalCluster, WorkerPlugin
+        from fastshower.geometry import PRESETS
         from fastshower.production import Production, produce
 
         class KillOnce(WorkerPlugin):
@@ -229,6 +231,7 @@ def test_resume_shard_jobs_and_merge_give_the_single_run(tmp_path, cli):
     out = _scenario(tmp_path, env, """
         import shutil
         from fastshower.cli import main
+        from fastshower.geometry import PRESETS
         from fastshower.production import Production, produce
 
         def cli(*args):
