@@ -237,7 +237,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         import torch
         torch.set_num_threads(1)
         from fastshower.models.registry import build_generator
-        from fastshower.simulate.geant4.sources import module_source
+        from fastshower.infer.sources import module_source
         torch.manual_seed(0)
         model = build_generator("gan3d_clic25", width=0.25)
         torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
@@ -263,7 +263,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     import torch
 
     from fastshower.models.registry import build_generator
-    from fastshower.simulate.geant4.sources import module_source
+    from fastshower.infer.sources import module_source
 
     r = np.load(tmp_path / "fast.npz")
     assert out["n_fast"] == 200 and r["showers"].shape == (100, 25, 25, 25)
@@ -470,7 +470,7 @@ def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     from fastshower.data import read_showers
     from fastshower.infer.generator import Generator
     from fastshower.models.registry import build_generator, save_generator
-    from fastshower.simulate.geant4.production import shard_seeds
+    from fastshower.production import shard_seeds
 
     torch.manual_seed(0)
     save_generator(build_generator("gan3d_clic25", width=0.25), tmp_path / "tiny25", {"note": "untrained"})

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fastshower.errors import TargetNotMetError, UserInputError
+
 app = typer.Typer(
     name="fastshower",
     help="Fast calorimeter shower simulation with deep generative models.",
@@ -21,8 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Exceptions that mean "bad input", reported as one line, not a traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError)
 
 
 @app.callback()
@@ -33,6 +33,42 @@ def _root() -> None:
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def _overwrite_option():
+    return typer.Option(False, "--overwrite", help="Replace an existing output file.")
+
+
+def _require_onnx(*models: str) -> None:
+    """A one-line DataFileError for a ``.onnx`` model argument that is not a readable ONNX generator."""
+    from fastshower.errors import DataFileError, FastshowerError
+
+    for model in models:
+        if not str(model).endswith(".onnx"):
+            continue
+        from fastshower.infer.onnx_export import read_metadata
+
+        try:
+            read_metadata(model)
+        except (FastshowerError, FileNotFoundError, ValueError):
+            raise
+        except Exception as exc:  # protobuf DecodeError, onnx errors: not an ONNX file
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataFileError(f"{model} is not a readable ONNX file ({type(exc).__name__}: {detail})") from None
+
+
+def _check_condition_count(n: int) -> None:
+    """Refuse -n whose conditions (2 float64 per shower) do not fit in the available memory."""
+    import os
+
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if 16 * n > available:
+        raise UserInputError(f"-n {n}: its conditions alone need {16 * n / 2**30:.1f} GiB, more than the "
+                             f"{available / 2**30:.1f} GiB of free memory; split the run (several files with "
+                             f"different --seed)")
 
 
 @app.command()
@@ -71,33 +107,27 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Seed of the one random generator (conditions and showers)."),
     particle: str = typer.Option("e-", "--particle", help="e- or gamma."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Showers simulated and written per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ) -> None:
-    """Simulate reference showers (GFlash parametrisation) and stream them to a file."""
-    import numpy as np
+    """Simulate reference showers (GFlash parametrisation) and stream them to a file (constant memory)."""
     from tqdm import tqdm
 
-    from fastshower.conditions import sample_angles, sample_energies
     from fastshower.data import ShowerWriter
     from fastshower.geometry import load_geometry
-    from fastshower.showers import ShowerSet
-    from fastshower.simulate.gflash import simulate_showers
+    from fastshower.simulate import gflash
 
     if n < 1 or batch_size < 1:
-        raise ValueError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+        raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
     if particle not in SIMULATED_PARTICLES:
-        raise ValueError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
+        raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
-    rng = np.random.default_rng(seed)
-    primary_energy = sample_energies(energy, n, rng, g.energy_range_gev)
-    incident_angle = sample_angles(angle, n, rng, g.angle_range_rad)
+    batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle)
     attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer, \
+    with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer, \
             tqdm(total=n, desc="simulate", unit="shower") as bar:
-        for start in range(0, n, batch_size):
-            e, a = primary_energy[start:start + batch_size], incident_angle[start:start + batch_size]
-            showers = simulate_showers(g, e, a, rng, particle=particle)
-            writer.write(ShowerSet(showers, e, a, g.name))
-            bar.update(len(e))
+        for part in batches:
+            writer.write(part)
+            bar.update(len(part))
     typer.echo(f"wrote {n} {particle} showers ({g.name}, {writer.layout.name}) to {output}")
 
 
@@ -136,7 +166,7 @@ def inspect(
             ratio += np.sum(dep / part.primary_energy)
             bar.update(len(part))
     if last is None:
-        raise ValueError(f"{path}: the file holds no events")
+        raise UserInputError(f"{path}: the file holds no events")
     name, attrs = last.geometry, last.attrs
     if binning is not None:
         check_binning(read_binning_xml(binning), geometry_of(last))
@@ -148,7 +178,7 @@ def inspect(
     typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
     typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
     typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
-    from fastshower.simulate.geant4.production import format_provenance
+    from fastshower.production import format_provenance
 
     for line in format_provenance(attrs):
         typer.echo(line)
@@ -202,6 +232,7 @@ def train(
                                                    "generator .safetensors); fresh optimizers and counters."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in the output directory."),
 ) -> None:
     """Train a generator (GAN recipes, checkpoints, validation). Under torchrun: data-parallel."""
     from fastshower.train.config import load_config
@@ -214,15 +245,22 @@ def train(
         overrides.setdefault("run", {})["output_dir"] = str(out.resolve())  # --out is relative to the cwd
     cfg = load_config(config, overrides)
     if epochs is not None and cfg.stages:
-        raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")
-    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
+        raise UserInputError("--epochs cannot override a config with stages; edit stages[].epochs")
+    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out, overwrite=overwrite)
     try:
         records = trainer.fit()
     finally:
         trainer.close()
     if trainer.info.is_main:
-        last = records[-1] if records else {}
-        val = f", val profile MSE {last['val_profile_mse']:.4g}" if "val_profile_mse" in last else ""
+        key = f"val_{cfg.run.best_metric}"
+        scored = [r for r in records if isinstance(r.get(key), (int, float))]
+        val = ""
+        if scored:  # the best epoch's metric (the one saved as best.*), not the last epoch's
+            best = min(scored, key=lambda r: r[key])
+            name = cfg.run.best_metric.replace("_", " ").replace("mse", "MSE")
+            val = f", best val {name} {best[key]:.4g} at epoch {best['epoch']} (best.safetensors)"
+            if best is not scored[-1]:
+                val += f", last epoch {scored[-1][key]:.4g}"
         typer.echo(f"trained {cfg.model.name} to epoch {trainer.epoch} (step {trainer.step}){val}; "
                    f"outputs in {trainer.out}")
 
@@ -255,6 +293,7 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
                                              help="Warn, not fail, for conditions outside the trained range."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Generate showers with a trained model into a file (streamed, constant memory)."""
     import numpy as np
@@ -263,14 +302,19 @@ def generate(
     from fastshower.infer.generator import Generator
 
     if n < 1:
-        raise ValueError(f"-n must be >= 1, got {n}")
+        raise UserInputError(f"-n must be >= 1, got {n}")
+    _check_condition_count(n)
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads,
                          allow_extrapolation=allow_extrapolation)
     rng = np.random.default_rng(seed)
     primary_energy = sample_energies(energy, n, rng)
     incident_angle = sample_angles(angle, n, rng)
     written = gen.generate_to_file(output, primary_energy, incident_angle, format=format, batch_size=batch_size,
-                                   seed=seed, progress=True)
+                                   seed=seed, progress=True, overwrite=overwrite)
     typer.echo(f"wrote {written} showers ({gen.name}, {gen.geometry.name}, {format}, {gen.backend} {gen.precision} "
                f"on {gen.device}) to {output}")
 
@@ -281,13 +325,26 @@ def export(
     output: Path = _output_option("File to write (.onnx)."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Export a generator for C++ / Geant4 use (ONNX; checked against PyTorch)."""
+    import onnx
+    import torch
+
+    from fastshower.fileio import check_output
     from fastshower.infer.onnx_export import export_onnx
 
     if format != "onnx":
-        raise ValueError(f"unknown export format {format!r}; expected onnx")
-    info = export_onnx(model, output, opset=opset, check=True)
+        raise UserInputError(f"unknown export format {format!r}; expected onnx")
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise UserInputError(f"--opset {opset} is outside 7-{newest} (this onnx); the default is 17")
+    check_output(output, overwrite)
+    try:
+        info = export_onnx(model, output, opset=opset, check=True)
+    except torch.onnx.OnnxExporterError as exc:  # an operator this opset cannot express
+        detail = str(exc).strip().splitlines()[0].split(". Please")[0]
+        raise UserInputError(f"cannot export with --opset {opset}: {detail}; the default 17 works") from None
     typer.echo(f"wrote {output} ({info['bytes'] / 2**20:.2f} MiB, opset {opset}); ONNX Runtime vs PyTorch on "
                f"{info['n_check']} showers: summed energy rel. error {info['max_rel_err_sum']:.2e}, "
                f"max cell error {info['max_abs_err']:.2e} GeV")
@@ -346,6 +403,7 @@ def benchmark(
     from fastshower.infer.benchmark import benchmark as run_benchmark
     from fastshower.infer.benchmark import format_table, write_json
 
+    _require_onnx(*model)
     result = run_benchmark(model, backends=tuple(backend), precisions=tuple(precision), device=device,
                            batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_step=batches_per_step,
                            threads=threads, quick=quick, calochallenge=not no_calochallenge, include_compile=compile,
@@ -377,6 +435,7 @@ def quantize(
                                 "in ONNX Runtime on the CPUs measured)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration inputs (evaluation: seed + 1)."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Reduced-precision ONNX generator: int8 tuned against an accuracy target, or fp16."""
     import tempfile
@@ -384,20 +443,26 @@ def quantize(
     from fastshower.infer import quantize as q
 
     if not target > 0:
-        raise ValueError(f"--target must be > 0, got {target}")
+        raise UserInputError(f"--target must be > 0, got {target}")
     if precision not in ("int8", "fp16"):
-        raise ValueError(f"unknown precision {precision!r}; expected int8 or fp16")
+        raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
     criterion = criterion or ("physics" if reference is not None else "shapes")
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     ref = None
     if reference is not None:
         from fastshower.data import read_showers
 
         ref = read_showers(reference, max_events=eval_n)
     with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        from fastshower.models.registry import resolve
+
         fp32_path = Path(model)
-        if fp32_path.suffix == ".onnx":
+        if resolve(model).kind == "onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
-                raise ValueError(f"{model} is already reduced precision; give the fp32 export")
+                raise UserInputError(f"{model} is already reduced precision; give the fp32 export")
         else:
             from fastshower.infer.onnx_export import export_onnx
 
@@ -413,7 +478,7 @@ def quantize(
     log = output.with_suffix(".tuning.json")
     if not result.met:
         best = min(result.steps, key=lambda st: st.score)
-        raise RuntimeError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
+        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
                            f"1 = target); nothing written, log in {log}")
     step = result.chosen
     typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
@@ -465,6 +530,7 @@ def g4run(
     entry_convention: str = typer.Option("gflash", "--entry-convention",
                                          help="Where a model's tilted showers enter its grid: gflash (axis through "
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
+    overwrite: bool = _overwrite_option(),
     workers: int = typer.Option(1, "--workers", help="Local Dask worker processes (1: run in this process)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
                                             "(e.g. dask-jobqueue on Slurm/HTCondor); workers must see the output "
@@ -480,13 +546,18 @@ def g4run(
     """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
-    from fastshower.simulate.geant4.production import (Production, format_production, produce,
-                                                       produce_shard)
+    from fastshower.production import Production, format_production, produce, produce_shard
 
     try:
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
         raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
+    if shard is None:
+        from fastshower.fileio import check_output
+
+        check_output(output, overwrite)
+    if mode == "fast":
+        _require_onnx(model)
     shard_index = None
     if shard is not None:
         try:
@@ -521,7 +592,7 @@ def merge(
 ) -> None:
     """Merge the shard files of one `g4run` production (from `--shard K/N` jobs) into one file, in shard
     order, after checking that they belong together and are complete."""
-    from fastshower.simulate.geant4.production import merge_shards
+    from fastshower.production import merge_shards
 
     result = merge_shards(shards, output, format=format)
     typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
@@ -632,13 +703,34 @@ def hpo(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: run the app; user errors become ``error: <one line>`` and exit code 2."""
+    """Entry point: run the app. Expected failures (:mod:`fastshower.errors`) become ``error: <message>``
+    and their exit code (2 for bad input); Ctrl-C exits 130; any other exception keeps its traceback."""
+    from fastshower.errors import user_message
+
     try:
         app(args=argv, prog_name="fastshower")
-    except USER_ERRORS as exc:
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.echo(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        reported = user_message(exc)
+        if reported is None:
+            raise
+        typer.echo(f"error: {reported[0]}", err=True)
+        _exit(reported[1])
+
+
+def _exit(code: int) -> None:
+    """sys.exit, or os._exit when HDF5 holds a file it could not close (it would crash at exit)."""
+    from fastshower.data.io import hdf5_file_left_open
+
+    if hdf5_file_left_open():
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

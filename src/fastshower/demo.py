@@ -2,7 +2,7 @@
 
 :func:`run_demo`
 1. simulates ``2 n`` Geant4 showers (full simulation, G4EmStandardPhysics, e- at one energy and
-   angle in clic25) with the sharded production (:mod:`fastshower.simulate.geant4.production`,
+   angle in clic25) with the sharded production (:mod:`fastshower.production`,
    ``workers`` local processes; the offline data set is built on first use): the first ``n`` are
    the reference, the last ``n`` (other shards, independent random streams) the floor sample;
 2. generates the same conditions with the best shipped generator (:func:`pick_generator`) and with
@@ -109,7 +109,7 @@ def _one_torch_thread():
 def _simulate_geant4(n_events: int, energy_gev: float, seed: int, workers: int, output: Path, progress: bool):
     """2 x ... Geant4 showers through the production; returns (ShowerSet, CPU s per shower)."""
     from fastshower.data import read_showers
-    from fastshower.simulate.geant4.production import Production, produce
+    from fastshower.production import Production, produce
 
     shards = max(2, 2 * workers) if n_events >= 2 * workers else 1
     prod = Production(geometry=GEOMETRY, n_events=n_events, mode="full", particle=PARTICLE, energy=f"{energy_gev:g}",

@@ -27,6 +27,7 @@ where the name says ``_x0``, radii of the radial profile in Moliere radii, angle
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -272,6 +273,15 @@ def _pivot_depth_mm(stack: StackParameters, primary_energy: np.ndarray, sin_thet
     return np.interp(t_mean * sin_theta, edges_x0, edges_mm)
 
 
+def pivot_depth_mm(stack: StackParameters, primary_energy: np.ndarray, sin_theta: np.ndarray,
+                   particle: str = "e-") -> np.ndarray:
+    """Depth (mm, along the normal) where GFlash's tilted shower axis crosses the lateral grid
+    centre (the mean shower maximum), per primary energy (GeV) and sin(theta): the entry-point
+    convention of GFlash showers (and of the training data), used to place them in Geant4."""
+    return _pivot_depth_mm(stack, np.asarray(primary_energy, np.float64), np.asarray(sin_theta, np.float64),
+                           "gamma" if particle == "gamma" else "e-")
+
+
 def _lateral_fractions(geometry: Geometry, stack: StackParameters, primary_energy, sin_theta, cot_theta,
                        pivot_mm, r_core, r_tail, core_weight) -> np.ndarray:
     """Fraction of each layer's energy in each cell: (n, *lateral shape, n_layers)."""
@@ -383,3 +393,52 @@ def simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "
     attrs = {"simulator": "gflash", "simulator_version": __version__, "seed": seed, "particle": particle,
              "energy_spec": str(energy), "angle_spec_deg": str(angle_deg)}
     return ShowerSet(showers, primary_energy, incident_angle, g.name, attrs)
+
+
+#: Conditions drawn per call when skipping a random stream ahead (bounds memory).
+_SKIP_CHUNK = 1 << 20
+
+
+def _advance(rng: np.random.Generator, spec, n: int) -> None:
+    """Move ``rng`` to where one ``spec.sample(n, rng)`` would leave it: a uniform draw takes one
+    64-bit output per value, so PCG64 jumps there at once (``advance``) when no half-used 32-bit
+    output is buffered; other specs are drawn and dropped in chunks of :data:`_SKIP_CHUNK`."""
+    bits = rng.bit_generator
+    if spec.kind == "value":
+        return
+    if spec.kind in ("uniform", "loguniform") and hasattr(bits, "advance") and not bits.state.get("has_uint32"):
+        bits.advance(n)
+        return
+    for start in range(0, n, _SKIP_CHUNK):
+        spec.sample(min(_SKIP_CHUNK, n - start), rng)
+
+
+def iter_simulate(geometry: Geometry | str, energy: str = "2:500", angle_deg: str = "90", n: int = 1000,
+                  seed: int = 0, batch_size: int = 1000, particle: str = "e-") -> Iterator[ShowerSet]:
+    """:func:`simulate` batch by batch in constant memory (conditions drawn per batch too): the
+    concatenated batches equal ``simulate(...)`` with the same arguments. The one generator seeded
+    with ``seed`` is read as ``simulate`` reads it (all energies, then all angles, then the showers)
+    through three copies advanced to those points, so no array of ``n`` conditions is ever held.
+    Each batch's ``attrs`` hold the provenance."""
+    from fastshower.conditions import parse_spec, sample_angles, sample_energies
+
+    g = load_geometry(geometry)
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got {n} and {batch_size}")
+    energy_spec, angle_spec = parse_spec(energy, "energy"), parse_spec(angle_deg, "angle")
+    sample_energies(energy_spec, 0, np.random.default_rng(0), g.energy_range_gev)  # range checks only
+    sample_angles(angle_spec, 0, np.random.default_rng(0), g.angle_range_rad)
+    energy_rng = np.random.default_rng(seed)
+    angle_rng = np.random.default_rng(seed)
+    _advance(angle_rng, energy_spec, n)
+    shower_rng = np.random.default_rng(seed)
+    shower_rng.bit_generator.state = angle_rng.bit_generator.state
+    _advance(shower_rng, angle_spec, n)
+    attrs = {"simulator": "gflash", "simulator_version": __version__, "seed": seed, "particle": particle,
+             "energy_spec": str(energy), "angle_spec_deg": str(angle_deg)}
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        primary_energy = sample_energies(energy_spec, size, energy_rng)
+        incident_angle = sample_angles(angle_spec, size, angle_rng)
+        showers = simulate_showers(g, primary_energy, incident_angle, shower_rng, particle=particle)
+        yield ShowerSet(showers, primary_energy, incident_angle, g.name, dict(attrs))

@@ -17,80 +17,25 @@ from scipy import linalg
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.validate import observables as ob
-from fastshower.validate.binning import (  # noqa: F401  (re-exported: the public names before the split)
+# Sampling fraction, profile MSE and quick_metrics are shared with training (epoch choice), so they
+# live one layer down, in fastshower.data.summaries; re-exported here with the other metrics.
+from fastshower.data.summaries import (  # noqa: F401
     MIN_EVENTS_PER_BIN,
     ConditionBin,
+    binned_profile_mse,
     condition_bins,
     default_angle_bins,
     default_energy_bins,
+    mean_normalised_profiles,
+    profile_mse,
+    quick_metrics,
+    sampling_fraction_error,
+    sampling_fraction_mre,
+    sampling_fraction_per_bin,
 )
-from fastshower.validate.binning import set_bins as _set_bins
 
 #: SSIM data ranges L scanned (GeV), as the 3DGAN low-precision study.
 SSIM_DATA_RANGES = (1.0, 1e-2, 1e-4, 1e-6, 1e-8)
-
-
-# ------------------------------------------------------------------ sampling fraction and profiles
-
-def sampling_fraction_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin], which: str) -> np.ndarray:
-    """Mean E_deposited / E_primary in each bin (``which`` = "reference" or "candidate")."""
-    return np.array([energy_ratio[getattr(b, which)].mean() for b in bins])
-
-
-def sampling_fraction_mre(ratio_ref: np.ndarray, ratio_cand: np.ndarray, bins: list[ConditionBin]) -> float:
-    """Mean over bins of |sf_ref - sf_cand| / sf_ref from per-event E_deposited / E_primary."""
-    sf_r = sampling_fraction_per_bin(ratio_ref, bins, "reference")
-    sf_c = sampling_fraction_per_bin(ratio_cand, bins, "candidate")
-    return float(np.mean(np.abs(sf_r - sf_c) / sf_r))
-
-
-def sampling_fraction_error(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> float:
-    """Mean relative error of the sampling fraction, mean over bins of |sf_ref - sf_cand| / sf_ref.
-
-    sf = mean over the bin's events of E_deposited / E_primary (both GeV); bins in primary energy
-    (``energy_bins`` edges in GeV, default :func:`default_energy_bins`) and, for data with a spread
-    of angles, in angle. Dimensionless; 0 for identical sets.
-    """
-    bins = _set_bins(reference, candidate, energy_bins)
-    return sampling_fraction_mre(reference.deposited_energy / reference.primary_energy,
-                                  candidate.deposited_energy / candidate.primary_energy, bins)
-
-
-def mean_normalised_profiles(profiles: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Event-averaged profile of each axis over ``mask``, divided by its sum (a shape, sums to 1)."""
-    out = {}
-    for axis, p in profiles.items():
-        mean = p[mask].mean(axis=0)
-        out[axis] = mean / max(mean.sum(), ob._EPS)
-    return out
-
-
-def binned_profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
-    """:func:`profile_mse` of per-event axis profiles ({axis: (n, length)}) over condition bins."""
-    vals = []
-    for b in bins:
-        pr = mean_normalised_profiles(prof_ref, b.reference)
-        pc = mean_normalised_profiles(prof_cand, b.candidate)
-        vals.append(np.mean([np.mean((pr[a] - pc[a]) ** 2) for a in pr]))
-    return float(np.mean(vals))
-
-
-def profile_mse(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> float:
-    """Profile MSE (our definition): for each bin and axis x, y, z, the event-averaged energy
-    profile normalised to unit sum; MSE over the cells of the axis between reference and candidate;
-    averaged over the three axes and the bins. Dimensionless (fractions of the energy per cell,
-    squared); 0 for identical sets.
-    """
-    bins = _set_bins(reference, candidate, energy_bins)
-    return binned_profile_mse(ob.axis_profiles(reference.showers), ob.axis_profiles(candidate.showers), bins)
-
-
-
-def quick_metrics(reference: ShowerSet, candidate: ShowerSet) -> dict[str, float]:
-    """The two cheap metrics used to pick epochs, score HPO trials and check reduced precision:
-    ``{"profile_mse": ..., "sampling_fraction_error": ...}`` of ``candidate`` against ``reference``."""
-    return {"profile_mse": float(profile_mse(reference, candidate)),
-            "sampling_fraction_error": float(sampling_fraction_error(reference, candidate))}
 
 
 # ------------------------------------------------------------------ 3DGAN optimisation metric

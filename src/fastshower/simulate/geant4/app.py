@@ -49,7 +49,7 @@ from fastshower.simulate.geant4.datasets import (ensure_nuclide_table_for_fast_m
                                                  require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
                                                   direction_to_condition, entry_layer_of, place_showers)
-from fastshower.simulate.geant4.sources import ShowerSource, batch_seed, call_source, entry_offset_of
+from fastshower.simulate.geant4.sources import ShowerSource, as_source, batch_seed, call_source, entry_offset_of
 
 MODES = ("fast", "full")
 #: Particles the fast-simulation hook takes.
@@ -328,7 +328,8 @@ class Geant4App:
         """Simulate ``n_events`` events, each with one primary per gun.
 
         Fast mode: e-, e+ and gamma above ``threshold_gev`` (default: the low end of the
-        geometry's energy range) entering the calorimeter are replaced by ``source`` showers,
+        geometry's energy range) entering the calorimeter are replaced by ``source`` showers (a
+        :class:`~fastshower.simulate.geant4.sources.ShowerSource`, or a plain function: centred),
         generated once per ``batch_events`` events with seed ``batch_seed(seed, batch)``. Each
         finished batch becomes a ShowerSet (per event: cells in GeV, primary_energy = the sum of
         the gun energies, incident_angle = the first gun's theta) passed to ``sink`` and, with
@@ -350,6 +351,7 @@ class Geant4App:
             if not 0 < gun.distance_mm <= self.max_gun_distance_mm:
                 raise ValueError(f"gun distance must lie in (0, {self.max_gun_distance_mm:g}] mm")
         threshold = self.geometry.energy_range_gev[0] if threshold_gev is None else float(threshold_gev)
+        source = None if source is None else as_source(source)  # a plain function: showers centred on the entry
         if self.failed:
             raise RuntimeError(f"an earlier Geant4 run in this process failed inside the event loop ({self.failed}); "
                                f"Geant4's state is undefined: use a new process")
@@ -620,7 +622,7 @@ class _Runner:
         attrs = {**app.provenance(), "seed": seed, "geant4_seeds": list(geant4_seeds), "threshold_gev": threshold_gev,
                  "batch_events": batch_events, "particles": ",".join(g.particle for g in guns)}
         if source is not None:
-            attrs["shower_source"] = str(getattr(source, "description", getattr(source, "__name__", "callable")))
+            attrs["shower_source"] = source.description
         showers = None
         if collect:
             showers = ShowerSet.concatenate(self.parts)

@@ -44,6 +44,8 @@ from fastshower.geometry import load_geometry
 DEFAULT_SHARD_EVENTS = 100
 #: File attributes that differ from shard to shard (the rest must agree for a merge).
 SHARD_ATTRS = ("shard", "shard_events", "shard_source_seed", "geant4_seeds", "n_shard_events")
+#: Attributes that may differ between hosts (where the data sets lie); a merge keeps every value.
+HOST_ATTRS = ("geant4_data",)
 PRODUCTION_FILE = "production.json"
 
 
@@ -211,7 +213,7 @@ _SOURCES: dict = {}
 
 def _source_for(production: Production, geometry):
     """The fast-mode shower source, built once per process."""
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
     key = (production.model, geometry.model_dump_json(), production.particle, production.entry_convention)
     if key not in _SOURCES:
@@ -347,12 +349,14 @@ def _run_local(production: Production, todo: Sequence[int], work: Path, on_done:
 
 
 def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None], *,
-              workers: int, scheduler: str | None, retries: int) -> int:
-    """Run the shards as Dask tasks; returns the number of workers seen."""
+              workers: int, scheduler: str | None, retries: int, extra: dict) -> int:
+    """Run the shards as Dask tasks; returns the number of workers seen (``extra`` gets the
+    seconds spent connecting to or starting the cluster)."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError as exc:  # pragma: no cover - dask is in the geant4 extra
         raise RuntimeError("parallel production needs dask.distributed: pip install 'fastshower[geant4]'") from exc
+    t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if scheduler:
             client = stack.enter_context(Client(scheduler))
@@ -361,6 +365,7 @@ def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: 
                                                        dashboard_address=None, silence_logs=logging.ERROR))
             client = stack.enter_context(Client(cluster))
         n_workers = len(client.scheduler_info().get("workers", {})) or workers
+        extra["cluster_start_s"] = time.perf_counter() - t0
         futures = [client.submit(run_shard, production, shard, str(work), retries=retries, pure=False,
                                  key=f"fastshower-g4shard-{production.production_id}-{shard}-{os.getpid()}")
                    for shard in todo]
@@ -410,11 +415,12 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
         if bar is not None:
             bar.update(manifest["events"][1] - manifest["events"][0])
 
-    n_workers = workers
+    n_workers = min(workers, len(todo)) or 1  # no more local workers than shards to run
+    extra: dict = {}
     try:
-        if todo and (workers > 1 or scheduler):
-            n_workers = _run_dask(production, todo, work, on_done, workers=workers, scheduler=scheduler,
-                                  retries=retries)
+        if todo and (n_workers > 1 or scheduler):
+            n_workers = _run_dask(production, todo, work, on_done, workers=n_workers, scheduler=scheduler,
+                                  retries=retries, extra=extra)
         elif todo:
             _run_local(production, todo, work, on_done)
     finally:
@@ -425,7 +431,7 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
     if not keep_shards:
         shutil.rmtree(work)
     return ProductionResult(Path(output), production, [manifests[k] for k in range(production.n_shards)],
-                            sorted(done), n_workers, time.perf_counter() - t0, merged)
+                            sorted(done), n_workers, time.perf_counter() - t0, merged, extra=extra)
 
 
 def produce_shard(production: Production, shard: int, output: str | Path, *,
@@ -497,7 +503,7 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
     0..N-1 exactly once, each with its event count; a manifest beside a shard must match its
     SHA-256) and that their common attributes agree. The output keeps the common attributes and
     lists every shard's events and seeds in ``shards``."""
-    from fastshower.data import ShowerWriter, iter_showers
+    from fastshower.data import ShowerWriter, geometry_of, iter_showers, read_events
 
     files = _shard_files(paths)
     info = [(path, _shard_attrs(path)) for path in files]
@@ -519,6 +525,7 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         raise ValueError(f"{len(missing)} of {n} shards are missing: {shown}")
     common = None
+    data_sources: set = set()
     expected_start = 0
     entries = []
     for k in range(n):
@@ -534,7 +541,8 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
             if recorded != file_sha256(path):
                 raise ValueError(f"{path}: the file does not match its manifest {manifest.name} (altered or "
                                  f"incomplete shard)")
-        shared = {key: v for key, v in a.items() if key not in SHARD_ATTRS and key not in ("date", "_n_events")}
+        data_sources.add(a.get("geant4_data"))
+        shared = {key: v for key, v in a.items() if key not in SHARD_ATTRS + HOST_ATTRS + ("date", "_n_events")}
         if common is None:
             common = shared
         elif shared != common:
@@ -544,6 +552,9 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
                         "geant4_seeds": json.loads(a["geant4_seeds"]) if isinstance(a.get("geant4_seeds"), str)
                         else a.get("geant4_seeds")})
     assert common is not None
+    data_sources.discard(None)
+    if len(data_sources) == 1:
+        common["geant4_data"] = next(iter(data_sources))
     total = expected_start
     if "n_events_total" in common and int(common["n_events_total"]) != total:
         raise ValueError(f"the shards hold {total} events, the production has {common['n_events_total']}")
@@ -551,24 +562,13 @@ def merge_shards(paths: Iterable[str | Path], output: str | Path, format: str = 
                                                         "fastshower_format_version")}
     attrs["shards"] = entries
     first = by_shard[0][0]
-    geometry = None
-    with ShowerWriter(output, _geometry_of_file(first), format=format, attrs=attrs) as writer:
+    if len(data_sources) > 1:
+        attrs["geant4_data"] = sorted(data_sources)
+    with ShowerWriter(output, geometry_of(read_events(first, 0, 1)), format=format, attrs=attrs) as writer:
         for k in range(n):
-            for part in iter_showers(by_shard[k][0], chunk_size=chunk_size, geometry=geometry):
+            for part in iter_showers(by_shard[k][0], chunk_size=chunk_size):
                 writer.write(part)
     return MergeResult(Path(output), total, n, ids.pop())
-
-
-def _geometry_of_file(path: Path):
-    from fastshower.data import read_events
-
-    return _geometry(read_events(path, 0, 1))
-
-
-def _geometry(shower_set):
-    from fastshower.data import geometry_of
-
-    return geometry_of(shower_set)
 
 
 def format_provenance(attrs: dict) -> list[str]:
