@@ -34,7 +34,11 @@ def test_shipped_model_loads_and_generates(name):
 
 
 def test_demo_quick_prints_the_verdict_and_writes_the_report(cli, tmp_path):
-    pytest.importorskip("geant4_pybind")
+    from fastshower.simulate.geant4.datasets import geant4_available
+
+    ok, why = geant4_available()
+    if not ok:
+        pytest.skip(why)
     code, out, err = cli("demo", "--quick", "--seed", "3", "-o", tmp_path / "demo")
     assert code == 0, err
     assert (tmp_path / "demo" / "report.html").is_file() and (tmp_path / "demo" / "metrics.json").is_file()

@@ -39,10 +39,12 @@ def test_floor_subsamples_are_disjoint_and_of_the_candidate_size():
 def test_too_few_events_are_refused_with_one_line():
     rng = np.random.default_rng(1)
     ref = toy_showers(200, rng)
-    with pytest.raises(ValueError, match=r"^the candidate has 5 events; the validation needs at least 20$"):
+    with pytest.raises(ValueError, match=r"^too few events to validate \(candidate has 5 events, needs 20\): .* at least 20 "):
         C.compare(ref, toy_showers(5, rng), quick=True)
-    with pytest.raises(ValueError, match="the reference has 30 events.*halves"):
+    with pytest.raises(ValueError, match=r"\(reference has 30 events, needs 40\).*halves"):
         C.compare(ref[:30], toy_showers(30, rng), quick=True)
+    C.check_sizes(40, {"candidate": 20})  # at the minimum: accepted
+    C.check_sizes(20, {"candidate": 20}, reference2=20)
 
 
 def test_non_overlapping_conditions_warn():

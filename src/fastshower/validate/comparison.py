@@ -141,16 +141,27 @@ class Prepared:
     subsampled: dict[str, int] = field(default_factory=dict)  # label -> events before the cut
 
 
-def _need(n: int, what: str, minimum: int, hint: str = "") -> None:
-    if n < minimum:
-        raise ValueError(f"{what} has {n} events; the validation needs at least {minimum}{hint}")
+def check_sizes(reference: int, candidates: dict[str, int], reference2: int | None = None) -> None:
+    """Refuse (UserInputError, one line) samples below :data:`MIN_EVENTS`: each candidate, and each
+    reference sample (the reference counts twice without ``reference2``: it is split in halves)."""
+    from fastshower.errors import UserInputError
+
+    need = {f"candidate {k}" if k != "candidate" else "candidate": (n, MIN_EVENTS) for k, n in candidates.items()}
+    need["reference"] = (reference, MIN_EVENTS * (1 if reference2 is not None else 2))
+    if reference2 is not None:
+        need["reference2"] = (reference2, MIN_EVENTS)
+    small = [f"{what} has {n} events, needs {m}" for what, (n, m) in need.items() if n < m]
+    if small:
+        raise UserInputError(f"too few events to validate ({', '.join(small)}): the metrics and their floor need at "
+                             f"least {MIN_EVENTS} events per candidate and per reference sample (without reference2 "
+                             f"the reference is split in two halves)")
 
 
 def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: ShowerSet | None = None, *,
             threshold_gev: float | None = None, seed: int = 0, in_place: bool = False) -> Prepared:
     """Check the sets and sizes, make the floor's pool, threshold everything.
 
-    Refuses (ValueError, one line) a candidate or reference sample below :data:`MIN_EVENTS` events
+    Refuses (UserInputError, a ValueError, one line) a candidate or reference sample below :data:`MIN_EVENTS` events
     and a geometry that differs from the reference's; records a warning (also issued with
     :func:`warnings.warn`) when a candidate's conditions lie outside the reference's.
     """
@@ -166,18 +177,14 @@ def prepare(reference: ShowerSet, candidates: dict[str, ShowerSet], reference2: 
             raise ValueError(f"{what} geometry {other.geometry.name!r} differs from the reference's "
                              f"{reference.geometry.name!r}")
         geometry.check_shape(other.showers)
-        if what != "reference2":
-            _need(len(other), f"the candidate {what}" if what != "candidate" else "the candidate", MIN_EVENTS)
+    check_sizes(len(reference), {k: len(v) for k, v in candidates.items()},
+                None if reference2 is None else len(reference2))
     if reference2 is None:
-        _need(len(reference), "the reference", 2 * MIN_EVENTS,
-              " (it is split into two halves for the floor; or give an independent reference2)")
         perm = np.random.default_rng(seed).permutation(len(reference))
         half = len(reference) // 2
         reference, reference2 = reference[np.sort(perm[:half])], reference[np.sort(perm[half:])]
         floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
     else:
-        _need(len(reference), "the reference", MIN_EVENTS)
-        _need(len(reference2), "reference2", MIN_EVENTS)
         floor_source = f"independent reference sample (reference2, {len(reference2)} events)"
     notes = []
     for what, c in candidates.items():
