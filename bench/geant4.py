@@ -118,7 +118,7 @@ def child_mode(spec: dict) -> dict:
 
 
 def child_produce(spec: dict) -> dict:
-    from fastshower.simulate.geant4.production import Production, produce
+    from fastshower.production import Production, produce
 
     p = Production(spec["geometry"], spec["n"], mode="full", energy=str(spec["energy_gev"]), seed=spec["seed"],
                    n_shards=spec["shards"])

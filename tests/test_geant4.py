@@ -470,7 +470,7 @@ def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     from fastshower.data import read_showers
     from fastshower.infer.generator import Generator
     from fastshower.models.registry import build_generator, save_generator
-    from fastshower.simulate.geant4.production import shard_seeds
+    from fastshower.production import shard_seeds
 
     torch.manual_seed(0)
     save_generator(build_generator("gan3d_clic25", width=0.25), tmp_path / "tiny25", {"note": "untrained"})

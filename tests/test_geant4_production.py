@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fastshower.simulate.geant4.datasets import find_dataset
-from fastshower.simulate.geant4.production import Production, shard_seeds
+from fastshower.production import Production, shard_seeds
 
 from test_geant4 import G4_OK, G4_REASON  # noqa: E402  (the probe runs once, in a subprocess)
 
@@ -187,7 +187,7 @@ def test_two_dask_workers_give_the_file_of_one_and_a_lost_worker_is_retried(tmp_
     starts shard 1 is killed the first time (os._exit): the scheduler reschedules the shard."""
     out = _scenario(tmp_path, g4env, """
         from dask.distributed import Client, LocalCluster, WorkerPlugin
-        from fastshower.simulate.geant4.production import Production, produce
+        from fastshower.production import Production, produce
 
         class KillOnce(WorkerPlugin):
             # the first worker that starts shard 1 dies (a lost node), once
@@ -228,7 +228,7 @@ def test_resume_shard_jobs_and_merge_give_the_single_run(tmp_path, cli):
     out = _scenario(tmp_path, env, """
         import shutil
         from fastshower.cli import main
-        from fastshower.simulate.geant4.production import Production, produce
+        from fastshower.production import Production, produce
 
         def cli(*args):
             try:

@@ -178,7 +178,7 @@ def inspect(
     typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
     typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
     typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
-    from fastshower.simulate.geant4.production import format_provenance
+    from fastshower.production import format_provenance
 
     for line in format_provenance(attrs):
         typer.echo(line)
@@ -192,46 +192,33 @@ def inspect(
 
 # ---------------------------------------------------------------- validate (issue 3)
 
-#: Fewest events per sample `validate` accepts (smaller samples: per-bin plots and floors break down).
-MIN_VALIDATE_EVENTS = 100
-
 @app.command()
 def validate(
     reference: str = typer.Argument(..., help="Reference shower file (ground truth)."),
-    candidate: str = typer.Argument(..., help="Candidate shower file (a generator's output)."),
+    candidates: list[str] = typer.Argument(..., help="Candidate shower file(s) (a generator's output, GFlash...)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for report.html and metrics.json."),
     reference2: Optional[str] = typer.Option(
         None, "--reference2", help="Independent reference sample for the floor (default: split the reference in two)."),
+    show_all: bool = typer.Option(False, "--all", help="Print the full metric table after the verdict table."),
     quick: bool = typer.Option(False, "--quick", help="Fewer SSIM pairs and FPD/KPD draws, no classifiers (CI, demo)."),
     no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the classifier tests."),
     max_events: Optional[int] = typer.Option(None, "--max-events", help="Read at most this many events per file."),
     geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the SSIM pairing and the classifiers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the floor subsamples, SSIM pairs, classifiers."),
 ) -> None:
-    """Compare a candidate shower file with a reference: metric table beside its floor, HTML report."""
-    from fastshower.data import read_showers
-    from fastshower.validate.metrics import format_table
-    from fastshower.validate.report import write_report
+    """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor), HTML report."""
+    from fastshower.validate.formatting import format_table, format_verdict
+    from fastshower.validate.report import validate_files
 
-    if max_events is not None and max_events < 2:
-        raise UserInputError(f"--max-events must be at least 2, got {max_events}")
-    paths = {"reference": reference, "candidate": candidate, "reference2": reference2}
-    sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
-            for what, path in paths.items()}
-    need = {"candidate": MIN_VALIDATE_EVENTS,
-            "reference": MIN_VALIDATE_EVENTS * (1 if sets["reference2"] is not None else 2),
-            "reference2": MIN_VALIDATE_EVENTS}
-    small = [f"{what} {len(ss)} < {need[what]}" for what, ss in sets.items() if ss is not None and len(ss) < need[what]]
-    if small:
-        raise UserInputError(f"too few events to validate ({', '.join(small)}): the metrics and their floor need "
-                             f"{MIN_VALIDATE_EVENTS} candidate events and {MIN_VALIDATE_EVENTS} per reference sample "
-                             f"(the reference is split in two without --reference2)")
-    result = write_report(sets["reference"], sets["candidate"], output, sets["reference2"], quick=quick,
-                          classifier=not no_classifier, seed=seed, in_place=True,
-                          labels={k: v for k, v in paths.items() if v is not None})
-    typer.echo(format_table(result))
-    typer.echo(f"wrote {output / 'report.html'} and {output / 'metrics.json'}")
-
+    result = validate_files(reference, candidates, output, reference2, geometry=geometry, max_events=max_events,
+                            quick=quick, classifier=not no_classifier, seed=seed)
+    typer.echo(format_verdict(result.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.comparisons))
+    else:
+        typer.echo(f"floor: {result.comparisons[0].floor_source}")
+    typer.echo(f"wrote {result.report_path} and {result.metrics_path}")
 
 
 # ---------------------------------------------------------------- train (issue 4)
@@ -559,9 +546,7 @@ def g4run(
     """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
     on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
     An interrupted run resumes from the complete shards in <output>.shards/."""
-    from fastshower.infer.sources import resolve_source
-    from fastshower.simulate.geant4.production import (Production, format_production, produce,
-                                                       produce_shard)
+    from fastshower.production import Production, format_production, produce, produce_shard
 
     try:
         x0, y0 = (float(v) for v in position.split(","))
@@ -585,13 +570,13 @@ def g4run(
                             production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
                             entry_convention=entry_convention)
     if shard_index is not None:
-        result = produce_shard(production, shard_index, output, resolve_source=resolve_source)
+        result = produce_shard(production, shard_index, output)
         typer.echo(format_production(result))
         typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
                    + (" (already complete)" if result.resumed else ""))
     else:
         result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
-                         keep_shards=keep_shards, progress=True, resolve_source=resolve_source)
+                         keep_shards=keep_shards, progress=True)
         typer.echo(format_production(result))
         if mode == "fast":
             typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
@@ -607,7 +592,7 @@ def merge(
 ) -> None:
     """Merge the shard files of one `g4run` production (from `--shard K/N` jobs) into one file, in shard
     order, after checking that they belong together and are complete."""
-    from fastshower.simulate.geant4.production import merge_shards
+    from fastshower.production import merge_shards
 
     result = merge_shards(shards, output, format=format)
     typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
@@ -664,26 +649,30 @@ def g4data_info(
 
 @app.command()
 def demo(
-    model: str = typer.Option("gan3d_clic25", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
-    n: int = typer.Option(2000, "-n", help="Showers per sample (reference, generated, second reference)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
+                                    "generator, GFlash); default 200, --quick 40."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reference sample (default: a new one)."),
-    quick: bool = typer.Option(False, "--quick", help="Small and fast: 300 showers, no classifier (CI)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
+    quick: bool = typer.Option(False, "--quick", help="Small and fast (under a minute): 40 showers at 20 GeV, one "
+                               "Geant4 process, no classifier (CI)."),
+    workers: int = typer.Option(2, "--workers", help="Local Geant4 worker processes."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generator (default: the best shipped one)."),
+    show_all: bool = typer.Option(False, "--all", help="Also print the full metric table."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the generator)."),
 ) -> None:
-    """The main job: reference simulation vs a shipped generator, validated, timed, reported."""
+    """The main job: Geant4 vs the best shipped generator vs GFlash in clic25, one verdict, timed, reported."""
     from fastshower.demo import run_demo
-    from fastshower.validate.metrics import format_table
+    from fastshower.validate.formatting import format_table, format_verdict
 
-    if quick:
-        n = min(n, 300)
-    result = run_demo(model=model, n=n, out_dir=out, seed=seed, quick=quick, device=device)
-    typer.echo(format_table(result.metrics))
-    typer.echo(f"\nspeed on this machine ({result.n_showers} showers, {result.geometry}, seed {result.seed}):")
-    typer.echo(f"  reference simulation (GFlash): {result.reference_showers_per_s:10.1f} showers/s")
-    typer.echo(f"  {result.model:28s}: {result.generator_showers_per_s:10.1f} showers/s "
-               f"(x{result.speed_up:.1f})")
-    typer.echo(f"report: {(result.report_dir / 'report.html').resolve()}")
+    result = run_demo(out_dir=out, n=n, seed=seed, quick=quick, workers=workers, model=model, device=device)
+    typer.echo(f"\nGeant4 vs {result.generator} vs {result.gflash}: {result.n_showers} showers each, e- "
+               f"{result.energy_gev:g} GeV at 90 deg in clic25 (seed {result.seed})\n")
+    typer.echo(format_verdict(result.validation.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.validation.comparisons))
+    typer.echo("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.wall_seconds.items()))
+    typer.echo(f"full table and plots: {result.report_path.resolve()}")
 
 
 # ---------------------------------------------------------------- hpo (issue 9)

@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from fastshower.fileio import write_text_atomic
-from fastshower.geometry import Geometry, load_geometry
-from fastshower.simulate.geant4.sources import ShowerSource, gflash_source
+from fastshower.geometry import load_geometry
 
 #: Events per shard when the number of shards is not given.
 DEFAULT_SHARD_EVENTS = 100
@@ -209,32 +208,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-#: Builds the fast-mode shower source of a production: ``(model, geometry, particle, entry_convention)
-#: -> ShowerSource``. Model-backed sources live in the inference layer, above this one, so the
-#: caller passes :func:`fastshower.infer.sources.resolve_source`; without it only ``gflash`` runs.
-SourceResolver = Callable[[str, Geometry, str, str], ShowerSource]
-
 _SOURCES: dict = {}
 
 
-def _gflash_only(model: str, geometry: Geometry, particle: str, entry_convention: str) -> ShowerSource:
-    if model != "gflash":
-        raise ValueError(f"fast mode with the model {model!r} needs a source resolver "
-                         "(fastshower.infer.sources.resolve_source); only gflash runs without one")
-    return gflash_source(geometry, "gamma" if particle == "gamma" else "e-")
-
-
-def _source_for(production: Production, geometry: Geometry, resolve: SourceResolver | None) -> ShowerSource:
+def _source_for(production: Production, geometry):
     """The fast-mode shower source, built once per process."""
+    from fastshower.infer.sources import resolve_source
+
     key = (production.model, geometry.model_dump_json(), production.particle, production.entry_convention)
     if key not in _SOURCES:
-        _SOURCES[key] = (resolve or _gflash_only)(production.model, geometry, production.particle,
-                                                  production.entry_convention)
+        _SOURCES[key] = resolve_source(production.model, geometry, production.particle, production.entry_convention)
     return _SOURCES[key]
 
 
-def run_shard(production: Production, shard: int, work_dir: str | Path,
-              resolve_source: SourceResolver | None = None) -> dict:
+def run_shard(production: Production, shard: int, work_dir: str | Path) -> dict:
     """Simulate ``shard`` in this process, write its file and then its manifest; return the
     manifest (shard, events, n_fast, timings in seconds, CPU seconds of this process, ...)."""
     from fastshower.data import ShowerWriter
@@ -244,7 +231,7 @@ def run_shard(production: Production, shard: int, work_dir: str | Path,
     g = load_geometry(production.geometry)
     app = get_app(g, production.mode, production.physics, em_physics=production.em_physics,
                   production_cut_mm=production.production_cut_mm)
-    source = _source_for(production, g, resolve_source) if production.mode == "fast" else None
+    source = _source_for(production, g) if production.mode == "fast" else None
     start, stop = production.shard_range(shard)
     seeds = shard_seeds(production.seed, shard)
     guns = production.guns(shard)
@@ -356,15 +343,13 @@ def format_production(result: ProductionResult) -> str:
     return "\n".join(lines)
 
 
-def _run_local(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None],
-               resolve_source: SourceResolver | None) -> None:
+def _run_local(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None]) -> None:
     for shard in todo:
-        on_done(run_shard(production, shard, work, resolve_source))
+        on_done(run_shard(production, shard, work))
 
 
 def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: Callable[[dict], None], *,
-              workers: int, scheduler: str | None, retries: int, extra: dict,
-              resolve_source: SourceResolver | None) -> int:
+              workers: int, scheduler: str | None, retries: int, extra: dict) -> int:
     """Run the shards as Dask tasks; returns the number of workers seen (``extra`` gets the
     seconds spent connecting to or starting the cluster)."""
     try:
@@ -381,7 +366,7 @@ def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: 
             client = stack.enter_context(Client(cluster))
         n_workers = len(client.scheduler_info().get("workers", {})) or workers
         extra["cluster_start_s"] = time.perf_counter() - t0
-        futures = [client.submit(run_shard, production, shard, str(work), resolve_source, retries=retries, pure=False,
+        futures = [client.submit(run_shard, production, shard, str(work), retries=retries, pure=False,
                                  key=f"fastshower-g4shard-{production.production_id}-{shard}-{os.getpid()}")
                    for shard in todo]
         for future in as_completed(futures):
@@ -395,8 +380,7 @@ def _run_dask(production: Production, todo: Sequence[int], work: Path, on_done: 
 
 def produce(production: Production, output: str | Path, *, workers: int = 1, scheduler: str | None = None,
             format: str = "native", work_dir: str | Path | None = None, retries: int = 2,
-            keep_shards: bool = False, progress: bool = False,
-            resolve_source: SourceResolver | None = None) -> ProductionResult:
+            keep_shards: bool = False, progress: bool = False) -> ProductionResult:
     """Simulate ``production`` into one file ``output`` (shards in order), resuming from complete
     shards in the work folder (default ``<output>.shards``).
 
@@ -404,8 +388,7 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
     Geant4 application). ``workers > 1``: a Dask ``LocalCluster`` of that many single-threaded
     worker processes. ``scheduler``: the address of an existing Dask scheduler (e.g. from
     dask-jobqueue); its workers must see the work folder. The work folder is removed after the
-    merge unless ``keep_shards``. ``resolve_source`` builds fast mode's shower source (see
-    :data:`SourceResolver`; picklable for Dask).
+    merge unless ``keep_shards``.
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -437,9 +420,9 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
     try:
         if todo and (n_workers > 1 or scheduler):
             n_workers = _run_dask(production, todo, work, on_done, workers=n_workers, scheduler=scheduler,
-                                  retries=retries, extra=extra, resolve_source=resolve_source)
+                                  retries=retries, extra=extra)
         elif todo:
-            _run_local(production, todo, work, on_done, resolve_source)
+            _run_local(production, todo, work, on_done)
     finally:
         if bar is not None:
             bar.close()
@@ -452,8 +435,7 @@ def produce(production: Production, output: str | Path, *, workers: int = 1, sch
 
 
 def produce_shard(production: Production, shard: int, output: str | Path, *,
-                  work_dir: str | Path | None = None,
-                  resolve_source: SourceResolver | None = None) -> ProductionResult:
+                  work_dir: str | Path | None = None) -> ProductionResult:
     """One shard of ``production`` in this process (for plain batch systems: job ``shard`` of
     ``n_shards``), written to the work folder of ``output``; complete shards are not redone.
     :func:`merge_shards` (``fastshower merge``) then writes ``output``."""
@@ -462,7 +444,7 @@ def produce_shard(production: Production, shard: int, output: str | Path, *,
     t0 = time.perf_counter()
     work = prepare_work_dir(production, Path(work_dir or work_dir_for(output)).resolve())
     done = completed_shards(production, work)
-    manifest = done.get(shard) or run_shard(production, shard, work, resolve_source)
+    manifest = done.get(shard) or run_shard(production, shard, work)
     return ProductionResult(Path(output), production, [manifest], [shard] if shard in done else [], 1,
                             time.perf_counter() - t0, shard_file=shard_path(work, shard, production.n_shards))
 
