@@ -161,7 +161,7 @@ def mean_normalised_profiles(profiles: dict[str, np.ndarray], mask: np.ndarray) 
     return out
 
 
-def binnedbinned_profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
+def binned_profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
     """:func:`profile_mse` of per-event axis profiles ({axis: (n, length)}) over condition bins."""
     vals = []
     for b in bins:
