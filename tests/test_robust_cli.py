@@ -110,18 +110,13 @@ def test_generate_n_beyond_memory_is_one_line(cli, tiny_model, tmp_path):
     one_line_error(code, err, "-n 1000000000000", "free memory")
 
 
-@pytest.mark.parametrize("n_candidate", [3, 30])
-def test_validate_tiny_candidate_is_a_clear_refusal_or_a_result(cli, tmp_path, n_candidate):
-    """3 events: a one-line refusal naming the minimum; 30 events: a result (main: IndexError / a
-    cryptic matplotlib error)."""
+def test_validate_tiny_candidate_is_a_one_line_refusal(cli, tmp_path):
+    """3 events: a one-line refusal naming the minimum (main: IndexError in plot_sampling_fraction).
+    A 30-event candidate gives a result (docs/robustness.md; too slow for a unit test)."""
     write_showers(tmp_path / "ref.h5", gflash.simulate("clic25", "50", "90", n=100, seed=1))
-    write_showers(tmp_path / "cand.h5", gflash.simulate("clic25", "50", "90", n=n_candidate, seed=2))
-    code, out, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
-    if n_candidate < 20:
-        one_line_error(code, err, f"has {n_candidate} events", "at least")
-    else:
-        assert code == 0, err[-2000:]
-        assert (tmp_path / "rep" / "report.html").is_file()
+    write_showers(tmp_path / "cand.h5", gflash.simulate("clic25", "50", "90", n=3, seed=2))
+    code, _, err = cli("validate", tmp_path / "ref.h5", tmp_path / "cand.h5", "-o", tmp_path / "rep", "--quick")
+    one_line_error(code, err, "has 3 events", "at least")
 
 
 # ------------------------------------------------------------------ misleading success (item 6)
