@@ -124,7 +124,7 @@ def test_validate_tiny_candidate_is_a_one_line_refusal(cli, tmp_path):
 def test_fixed_angle_model_refuses_other_angles_even_when_extrapolating(cli, tiny_model, tmp_path):
     code, _, err = cli("generate", "-m", tiny_model, "-o", tmp_path / "g.h5", "-n", 2, "--energy", "50",
                        "--angle", "60", "--allow-extrapolation")
-    one_line_error(code, err, "fixed angle 90 deg", "not an extrapolation")
+    one_line_error(code, err, "outside the trained range 90-90 deg", "fixed angle", "not an extrapolation")
     assert not (tmp_path / "g.h5").exists()
 
 
