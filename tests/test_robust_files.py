@@ -44,7 +44,7 @@ def fake_simulate_code(extra: str = "", delay_s: float = 0.0) -> str:
         "import numpy as np\n"
         "from fastshower.simulate import gflash\n"
         "calls = 0\n"
-        "def simulate_showers(geometry, primary_energy, incident_angle, rng, *, particle='e-'):\n"
+        "def simulate_showers(geometry, primary_energy, incident_angle, rng, *, particle='e-', params=None):\n"
         "    global calls\n"
         "    calls += 1\n"
         f"    time.sleep({delay_s})\n"
@@ -159,7 +159,7 @@ def test_injected_enospc_removes_the_temp_file(cli, tmp_path, monkeypatch):
         return append(self, *args, **kwargs)
 
     monkeypatch.setattr(NativeLayout, "append", failing_append)
-    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-":
+    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-", params=None:
                         np.full((len(e), 25, 25, 25), 1e-4, np.float32))
     (tmp_path / "other.h5").write_bytes(b"other")
     code, _, err = cli("simulate", "-n", 6, "--batch-size", 2, "-o", tmp_path / "x.h5")
@@ -170,7 +170,7 @@ def test_injected_enospc_removes_the_temp_file(cli, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ item 5: overwrite, concurrent writers
 
 def test_existing_output_is_refused_without_overwrite(cli, tmp_path, monkeypatch):
-    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-":
+    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-", params=None:
                         np.full((len(e), 25, 25, 25), 1e-4, np.float32))
     out = tmp_path / "x.h5"
     assert cli("simulate", "-n", 10, "-o", out)[0] == 0
@@ -210,7 +210,7 @@ def test_simulate_huge_n_draws_conditions_per_batch(cli, tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    def simulate_showers(g, e, a, rng, particle="e-"):
+    def simulate_showers(g, e, a, rng, particle="e-", params=None):
         calls.append(len(e))
         if len(calls) == 3:
             raise Stop
@@ -241,7 +241,7 @@ def test_streamed_simulation_equals_simulate(energy, angle):
 
 
 def test_stale_temp_files_of_dead_runs_are_removed(cli, tmp_path, monkeypatch):
-    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-":
+    monkeypatch.setattr(gflash, "simulate_showers", lambda g, e, a, rng, particle="e-", params=None:
                         np.full((len(e), 25, 25, 25), 1e-4, np.float32))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f".x.h5.{int(dead.stdout)}.abcd1234.tmp"

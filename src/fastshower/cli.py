@@ -108,8 +108,11 @@ def simulate(
     particle: str = typer.Option("e-", "--particle", help="e- or gamma."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Showers simulated and written per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    gflash_params: Optional[str] = typer.Option(
+        None, "--gflash-params", help="GFlash parameters: a file from `fastshower gflash tune`, a shipped set "
+        "(clic25_geant4) or default (the published Grindhammer-Peters values, also when omitted)."),
 ) -> None:
-    """Simulate reference showers (GFlash parametrisation) and stream them to a file (constant memory)."""
+    """Simulate showers with the GFlash parametrisation and stream them to a file (constant memory)."""
     from tqdm import tqdm
 
     from fastshower.data import ShowerWriter
@@ -118,11 +121,14 @@ def simulate(
 
     if n < 1 or batch_size < 1:
         raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+    params = gflash.load_parameters(gflash_params)
     if particle not in SIMULATED_PARTICLES:
         raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
-    batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle)
-    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle}
+    batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle,
+                                   params=params)
+    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle,
+             "gflash_params": gflash.parameters_label(gflash_params)}
     with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer, \
             tqdm(total=n, desc="simulate", unit="shower") as bar:
         for part in batches:
@@ -496,6 +502,54 @@ def quantize(
                    f"{', '.join(result.int8_kernels) or 'none'}")
     typer.echo(f"tuning log: {log}")
 
+
+
+# ---------------------------------------------------------------- gflash tuning (issue 14)
+
+gflash_app = typer.Typer(help="GFlash, the classical fast simulation: tune it to full-simulation showers.",
+                         no_args_is_help=True)
+app.add_typer(gflash_app, name="gflash")
+
+
+@gflash_app.command("tune")
+def gflash_tune(
+    reference: list[str] = typer.Argument(..., help="Full-simulation (Geant4) shower files or glob patterns."),
+    output: Path = typer.Option(..., "-o", "--output", help="Parameter file to write (YAML)."),
+    energies: str = typer.Option("10,100", "--energies", help="Fit energies in GeV, comma-separated."),
+    window: float = typer.Option(0.2, "--window", help="Keep reference events within this relative half-width of "
+                                 "each fit energy (fixed-energy files: any small value)."),
+    geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
+    max_events: Optional[int] = typer.Option(None, "--max-events", help="At most this many reference events per energy."),
+    free: Optional[str] = typer.Option(None, "--free", help="Comma-separated parameters to fit (default: all "
+                                       "of gflash_tune.FREE_PARAMETERS)."),
+    start: Optional[str] = typer.Option(None, "--start", help="Start from this parameter file or shipped set "
+                                        "(default: the published values)."),
+    n_showers: int = typer.Option(300, "--n-showers", help="GFlash showers per energy and evaluation (at least the "
+                                  "reference's count)."),
+    max_evaluations: int = typer.Option(400, "--max-evaluations", help="Objective evaluations in all (the "
+                                        "Jacobian's included)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this long; the best point "
+                                                "seen is written."),
+    seed: int = typer.Option(0, "--seed", help="Seed of GFlash's draws (the same in every evaluation)."),
+) -> None:
+    """Fit GFlash's free parameters to full-simulation showers over the given energies; see docs/gflash.md."""
+    from fastshower.gflash_tune import tune_files
+
+    try:
+        fit_energies = [float(v) for v in energies.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--energies must be comma-separated numbers (GeV), got {energies!r}") from None
+    if n_showers < 10 or max_evaluations < 1 or (max_minutes is not None and max_minutes <= 0):
+        raise ValueError("--n-showers must be >= 10, --max-evaluations >= 1 and --max-minutes > 0")
+    names = [v.strip() for v in free.split(",") if v.strip()] if free else None
+    result = tune_files(reference, output, fit_energies, window=window, geometry=geometry, max_events=max_events,
+                        free=names, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
+                        max_seconds=None if max_minutes is None else 60 * max_minutes, seed=seed, progress=True)
+    typer.echo(f"objective {result.objective_start:.4g} -> {result.objective:.4g} after {result.evaluations} "
+               f"evaluations ({result.seconds:.0f} s, {result.stopped_by})")
+    for energy, terms in zip(fit_energies, result.terms):
+        typer.echo(f"  {energy:g} GeV: " + ", ".join(f"{k} {v:+.4f}" for k, v in terms.items()))
+    typer.echo(f"wrote {output}")
 
 
 # ---------------------------------------------------------------- geant4 (issue 7)

@@ -182,10 +182,9 @@ class Generator:
             raise ValueError("primary energy must be positive (GeV)")
         if a_lo == a_hi and incident_angle.size and np.any(np.abs(incident_angle - a_lo) > ANGLE_SLACK_RAD):
             # a fixed-angle model does not take the angle: its showers would be mislabelled, not extrapolated
-            raise ValueError(f"{self.name}: incident angle {math.degrees(incident_angle.min()):.4g}-"
-                             f"{math.degrees(incident_angle.max()):.4g} deg outside the trained range "
-                             f"{math.degrees(a_lo):.4g}-{math.degrees(a_hi):.4g} deg: the model is trained at a fixed "
-                             f"angle and does not take the angle as input (not an extrapolation; "
+            raise ValueError(f"{self.name} is trained at the fixed angle {math.degrees(a_lo):.4g} deg only and "
+                             f"cannot make showers at {math.degrees(incident_angle.min()):.4g}-"
+                             f"{math.degrees(incident_angle.max()):.4g} deg (not an extrapolation; "
                              f"--allow-extrapolation does not apply)")
         if problems:
             message = f"{self.name}: " + "; ".join(problems)

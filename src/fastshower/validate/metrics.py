@@ -15,7 +15,6 @@ import numpy as np
 from scipy import linalg
 
 from fastshower.geometry import Geometry
-from fastshower.showers import ShowerSet
 from fastshower.validate import observables as ob
 # Sampling fraction, profile MSE and quick_metrics are shared with training (epoch choice), so they
 # live one layer down, in fastshower.data.summaries; re-exported here with the other metrics.
