@@ -483,7 +483,8 @@ def quantize(
         size = (q.model_size_mb(fp32_path), q.model_size_mb(output) if result.met else None)
     log = output.with_suffix(".tuning.json")
     if not result.met:
-        best = min(result.steps, key=lambda st: st.score)
+        int8_steps = [st for st in result.steps if len(st.fp32_layers) < len(result.eligible_layers)] or result.steps
+        best = min(int8_steps, key=lambda st: st.score)  # the all-fp32 step is no int8 model
         raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
                            f"1 = target); nothing written, log in {log}")
     step = result.chosen

@@ -286,13 +286,15 @@ class Generator:
             from tqdm import tqdm
 
             bar = tqdm(total=len(e), unit="shower", desc=f"generate {self.name}")
-        with ShowerWriter(path, geometry, format=format, attrs=attrs, overwrite=overwrite) as writer:
-            for part in self._batches(e, a, batch_size, seed):
-                writer.write(part)
-                if bar is not None:
-                    bar.update(len(part))
-        if bar is not None:
-            bar.close()
+        try:
+            with ShowerWriter(path, geometry, format=format, attrs=attrs, overwrite=overwrite) as writer:
+                for part in self._batches(e, a, batch_size, seed):
+                    writer.write(part)
+                    if bar is not None:
+                        bar.update(len(part))
+        finally:  # an error message then starts on its own line
+            if bar is not None:
+                bar.close()
         return writer.n_events
 
 
