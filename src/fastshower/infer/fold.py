@@ -395,6 +395,8 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     ``nn.Sequential`` of the network is rewritten; the rest of the forward code is kept.
     ``form``: how the transposed convolutions run (:class:`ConvTransposeCrop`: ``subpixel`` or
     ``transposed``). ``module.folded`` records what was done."""
+    if getattr(module, "folded", None):  # already folded: nothing left to fold
+        return copy.deepcopy(module).eval()
     folded = copy.deepcopy(module).eval()
     device = next(folded.parameters()).device
     dtype = next(folded.parameters()).dtype

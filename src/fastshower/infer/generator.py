@@ -61,7 +61,7 @@ class Generator:
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
-             threads: int | None = None, allow_extrapolation: bool = False) -> "Generator":
+             threads: int | None = None, allow_extrapolation: bool = False, fold: bool = True) -> "Generator":
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -72,6 +72,9 @@ class Generator:
         name with ``onnx`` is exported to a temporary file first). ``threads``: intra-op threads
         (torch: ``torch.set_num_threads``, process-wide; ONNX: the session's own).
         ``allow_extrapolation``: conditions outside the trained range give a warning, not an error.
+        ``fold`` (default): run the network after :func:`fastshower.infer.fold.fold_generator`
+        (same function, fewer FLOPs; the weights on disk are unchanged); a model name on the ONNX
+        back-end is exported folded too.
         """
         if precision not in PRECISIONS and precision != "int8":
             raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)} (int8: .onnx files)")
@@ -81,7 +84,7 @@ class Generator:
         if str(name_or_path).endswith(".onnx"):
             backend = "onnx"
         if backend == "onnx":
-            return cls._load_onnx(name_or_path, dev, precision, threads, allow_extrapolation)
+            return cls._load_onnx(name_or_path, dev, precision, threads, allow_extrapolation, fold)
         from fastshower.models.registry import load_generator
 
         if precision == "int8":
@@ -91,6 +94,10 @@ class Generator:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
         module = load_generator(name_or_path, device=dev)
+        if fold:
+            from fastshower.infer.fold import fold_generator
+
+            module = fold_generator(module)
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
@@ -99,14 +106,14 @@ class Generator:
                    precision=precision, backend="torch", allow_extrapolation=allow_extrapolation, module=module)
 
     @classmethod
-    def _load_onnx(cls, name_or_path, dev, precision, threads, allow_extrapolation) -> "Generator":
+    def _load_onnx(cls, name_or_path, dev, precision, threads, allow_extrapolation, fold=True) -> "Generator":
         from fastshower.infer.onnx_export import export_onnx, open_session, read_metadata
 
         path = Path(name_or_path)
         if path.suffix != ".onnx":
             tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-onnx-")
             path = Path(tmpdir.name) / "generator.onnx"
-            export_onnx(str(name_or_path), path, check=False)
+            export_onnx(str(name_or_path), path, check=False, fold=fold)
             session = open_session(path, device=str(dev), threads=threads)
             meta = read_metadata(path)
             tmpdir.cleanup()
