@@ -50,6 +50,7 @@ def no_datasets(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTSHOWER_G4DATA_AUTOBUILD", "0")  # no offline set built (tests/test_g4data.py tests that)
     return tmp_path
 
 

@@ -500,6 +500,51 @@ def g4run(
 
 
 
+# ---------------------------------------------------------------- g4data (issue 13)
+
+g4data_app = typer.Typer(help="The offline Geant4 data set for standard EM physics (built from public tables).",
+                         no_args_is_help=True)
+app.add_typer(g4data_app, name="g4data")
+
+
+@g4data_app.command("build")
+def g4data_build(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: "
+                                             "$XDG_CACHE_HOME/fastshower/g4data, i.e. ~/.cache/fastshower/g4data)."),
+    elements: Optional[list[str]] = typer.Option(None, "--elements", "-e", help="Elements (symbols or Z, "
+                                                 "repeatable or comma-separated; default: all materials fastshower "
+                                                 "builds)."),
+    geometry: Optional[list[str]] = typer.Option(None, "--geometry", "-g", help="Take the elements of these "
+                                                 "geometries (preset names or YAML files; repeatable)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write every file again (else only missing elements)."),
+) -> None:
+    """Write (or extend) the minimal Geant4 data set: brem_SB, photoelectric and Rayleigh files per element."""
+    from fastshower.simulate.geant4 import g4data
+
+    if elements and geometry:
+        raise ValueError("give --elements or --geometry, not both")
+    chosen = None
+    if elements:
+        chosen = g4data.parse_elements(elements)
+    elif geometry:
+        chosen = tuple(sorted({z for g in geometry for z in g4data.geometry_elements(g)}))
+    result = g4data.build_dataset(directory, chosen, rebuild=rebuild, progress=True)
+    what = (f"wrote {g4data.format_elements(result.added)}" if result.added else "nothing to add")
+    typer.echo(f"{result.directory}: {what} ({result.seconds:.1f} s); elements: "
+               f"{g4data.format_elements(result.elements)}")
+    typer.echo(f"use it: export GEANT4_DATA_DIR={result.directory}   (full mode finds the default location by itself)")
+
+
+@g4data_app.command("info")
+def g4data_info(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: the cache location)."),
+) -> None:
+    """Which Geant4 data sets are used here, and what the fastshower-built set holds."""
+    from fastshower.simulate.geant4.g4data import describe
+
+    typer.echo("\n".join(describe(directory)))
+
+
 # ---------------------------------------------------------------- demo (issue 8)
 
 

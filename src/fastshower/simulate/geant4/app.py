@@ -143,7 +143,7 @@ class Geant4App:
         physics = physics or _default_physics(mode)
         if mode == "full" and physics == "transport":
             raise ValueError("full simulation needs a physics list: em or FTFP_BERT")
-        require_datasets(physics)  # before anything of Geant4 is touched
+        self.datasets = require_datasets(physics, geometry)  # before anything of Geant4 is touched
         self.geometry = load_geometry(geometry)
         self.mode, self.physics = mode, physics
         self.nuclide_table = ensure_nuclide_table_for_fast_mode() if physics == "transport" else "dataset"
