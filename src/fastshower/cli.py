@@ -404,7 +404,8 @@ def quantize(
             from fastshower.infer.onnx_export import export_onnx
 
             fp32_path = Path(tmp) / "fp32.onnx"
-            export_onnx(model, fp32_path, check=True)
+            # int8: folded transposed convolutions in sub-pixel form, ordinary Convs that ORT runs as QLinearConv
+            export_onnx(model, fp32_path, check=True, form="subpixel" if precision == "int8" else "auto")
         common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
         if precision == "fp16":
             result = q.make_fp16(fp32_path, output, target, **common)

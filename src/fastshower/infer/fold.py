@@ -48,6 +48,8 @@ FOLD_RTOL = 1e-5
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+#: How a ConvTransposeCrop runs; see fold_generator.
+FORMS = ("auto", "subpixel", "transposed")
 _PADS = (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad2d)
 
 
@@ -388,13 +390,16 @@ def example_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> tuple[torc
 # ------------------------------------------------------------------------------ public API
 
 def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bool = True,
-                   form: str = "subpixel") -> ShowerGenerator:
+                   form: str = "auto") -> ShowerGenerator:
     """A folded copy of ``module`` (evaluation mode, float32 CPU weights unchanged in value; the
     original is untouched): nearest ``Upsample -> [ZeroPad] -> Conv`` as one transposed
     convolution, inference-mode BatchNorm into the next linear layer, Dropout removed. Every
     ``nn.Sequential`` of the network is rewritten; the rest of the forward code is kept.
-    ``form``: how the transposed convolutions run (:class:`ConvTransposeCrop`: ``subpixel`` or
-    ``transposed``). ``module.folded`` records what was done."""
+    ``form``: how the transposed convolutions run (:class:`ConvTransposeCrop`): ``subpixel``,
+    ``transposed``, or ``auto`` (default: folded upsamplings as ``subpixel``, the Keras
+    ``ConvTranspose2d`` layers as ``transposed``, the faster choice for each on this CPU with
+    torch and ONNX Runtime; ``subpixel`` makes every layer an ordinary convolution, which int8
+    quantization can use). ``module.folded`` records what was done."""
     if getattr(module, "folded", None):  # already folded: nothing left to fold
         return copy.deepcopy(module).eval()
     folded = copy.deepcopy(module).eval()
@@ -418,9 +423,11 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
                 counts["batchnorm_kept"] += left
             _inplace_activations(mods)
             setattr(parent, name, nn.Sequential(*mods))
+    if form not in FORMS:
+        raise ValueError(f"unknown form {form!r}: {', '.join(FORMS)}")
     for m in folded.modules():
         if isinstance(m, ConvTransposeCrop):
-            m.form = form
+            m.form = form if form != "auto" else ("subpixel" if m.origin == "upsample_conv" else "transposed")
             m.prepare()
     folded.folded = {**counts, "form": form}  # type: ignore[attr-defined]
     return folded.to(device=device, dtype=dtype).eval()
@@ -455,7 +462,7 @@ def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:
     return {"total": total, "minimal": minimal, "by_operator": by_op}
 
 
-def flop_report(module: ShowerGenerator, form: str = "subpixel") -> dict[str, Any]:
+def flop_report(module: ShowerGenerator, form: str = "auto") -> dict[str, Any]:
     """FLOPs per shower of ``module`` before and after :func:`fold_generator` and what the fold did:
     ``flops_before``, ``flops_after`` (what the folded network runs), ``flops_after_minimal``
     (useful taps only, :func:`flops_per_shower`), ``reduction`` (before / after), ``folded``

@@ -87,7 +87,7 @@ def _restore_inputs(model, module: ShowerGenerator) -> None:
 
 
 def export_onnx(generator: Any, path: str | Path, opset: int = 17, check: bool = True,
-                n_check: int = 8, fold: bool = True, form: str = "subpixel") -> dict[str, Any]:
+                n_check: int = 8, fold: bool = True, form: str = "auto") -> dict[str, Any]:
     """Export ``generator`` to ``path`` (written atomically) and, with ``check``, compare ONNX
     Runtime with PyTorch on ``n_check`` showers over the trained range (same noise).
 
