@@ -463,7 +463,11 @@ def _torch_twin(model: str) -> torch.nn.Module | None:
     """The torch network behind ``model`` for FLOPs and parameters (None for an .onnx file)."""
     from fastshower.models.registry import load_generator
 
-    return None if model.endswith(".onnx") else load_generator(model)
+    if model.endswith(".onnx"):
+        return None
+    from fastshower.infer.fold import fold_generator
+
+    return fold_generator(load_generator(model))  # what Generator.load(backend="onnx") exports
 
 
 def machine_info(dev: torch.device, peak_gflops: float, threads: int | None) -> dict[str, Any]:
