@@ -240,7 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--geant4-n", type=int, default=5, help="Geant4 full events (0: skip Geant4)")
     p.add_argument("--quick", action="store_true", help="2 rounds, 5 batch-1 calls, 2 Geant4 events")
     p.add_argument("--out", default=None)
+    p.add_argument("--markdown", default=None, help="print the docs tables of an existing JSON and exit")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return
     if args.quick:
         args.rounds, args.batch1_calls, args.geant4_n = 2, 5, min(args.geant4_n, 2)
     torch.set_num_threads(1)
@@ -279,6 +283,60 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         write(args.out, doc)
         print(f"wrote {args.out}")
+
+
+def markdown(doc: dict) -> str:
+    """The tables of docs/inference.md (CPU ms per shower, one thread) from a result JSON."""
+    lines = []
+    labels = ("torch unfolded", "torch folded", "torch folded channels_last", "onnx unfolded", "onnx folded")
+    lines.append("| model | GFLOP/shower before -> after (minimal) | batch | " + " | ".join(labels)
+                 + " | floor | best / floor |")
+    lines.append("|---" * (len(labels) + 5) + "|")
+    for r in doc["results"]:
+        f, s, rows, b = r["flops"], r.get("summary", {}), r["cpu_ms_per_shower_one_thread"], r["batch_size"]
+        cells = [f"{rows[k][f'batch{b}']['cpu_ms']:.2f}" if f"batch{b}" in rows.get(k, {}) else "-" for k in labels]
+        lines.append(f"| {r['model']} | {f['flops_before'] / 1e9:.3f} -> {f['flops_after'] / 1e9:.3f} "
+                     f"({f['flops_after_minimal'] / 1e9:.3f}) | {b} | " + " | ".join(cells)
+                     + f" | {s.get('flop_floor_ms', float('nan')):.2f} | {s.get('fp32_over_floor', float('nan')):.2f}x |")
+    lines.append("")
+    lines.append("| model | batch 1: " + " | ".join(labels) + " | onnx folded 2 threads (wall) | best batch 1 / best batch B |")
+    lines.append("|---" * (len(labels) + 3) + "|")
+    for r in doc["results"]:
+        rows, s = r["cpu_ms_per_shower_one_thread"], r.get("summary", {})
+        cells = [f"{rows[k]['batch1']['cpu_ms']:.2f}" if "batch1" in rows.get(k, {}) else "-" for k in labels]
+        two = rows.get("onnx folded 2 threads", {}).get("batch1", {}).get("wall_ms", float("nan"))
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {two:.2f} | {s.get('batch1_over_batch', float('nan')):.2f} |")
+    lines.append("")
+    lines.append("| model | int8 layers (of eligible) | int8 kernels | rel. shape err. | int8 vs best ORT fp32 (batch B / 1) "
+                 "| int8 vs same-graph fp32 (B / 1) |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in doc["results"]:
+        i8, s = r.get("int8"), r.get("summary", {})
+        if not i8:
+            continue
+        if not i8.get("met"):
+            lines.append(f"| {r['model']} | target not met | {i8.get('int8_kernels')} | - | - | - |")
+            continue
+        a, b = s["int8_vs_onnx_fp32_best"], s["int8_vs_onnx_fp32_same_graph"]
+        lines.append(f"| {r['model']} | {len(i8['int8_layers'])} of {i8['eligible_layers']} | {', '.join(i8['int8_kernels'])} "
+                     f"| {i8['relative_shape_error']:.2%} | " + " / ".join(f"{v:.2f}x" for v in a.values())
+                     + " | " + " / ".join(f"{v:.2f}x" for v in b.values()) + " |")
+    lines.append("")
+    lines.append("| model | GFlash CPU ms | Geant4 full CPU ms/event | best fp32 ms | vs Geant4 fp32 (batch B / 1) "
+                 "| vs Geant4 best precision | g4run fast: CPU ms/event, wall split transport / inference / placement |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in doc["results"]:
+        ref, s = r["reference"], r.get("summary", {})
+        fast = ref.get("geant4_fast", {})
+        split = ("-" if "timing_ms" not in fast else
+                 f"{fast['cpu_ms_per_event']:.2f}; {fast['timing_ms']['transport']:.2f} / "
+                 f"{fast['timing_ms']['inference']:.2f} / {fast['timing_ms']['placement']:.2f}")
+        g4 = s.get("geant4_full_cpu_ms")
+        lines.append(f"| {r['model']} | {ref['gflash_cpu_ms']:.2f} | {g4 if g4 is None else f'{g4:.0f}'} | "
+                     f"{s.get('best_fp32_batch_ms', float('nan')):.2f} | "
+                     f"{s.get('speedup_vs_geant4_fp32', float('nan')):.0f}x / {s.get('speedup_vs_geant4_fp32_batch1', float('nan')):.0f}x"
+                     f" | {s.get('speedup_vs_geant4_best', float('nan')):.0f}x | {split} |")
+    return "\n".join(lines)
 
 
 def write(path: str, doc: dict) -> None:
