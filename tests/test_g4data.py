@@ -176,7 +176,8 @@ def test_manifest_and_info(tmp_path, cli, clean_env):
     code, out, err = cli("g4data", "info", "--dir", tmp_path / "set")
     assert code == 0, err
     for word in ("elements (1): W", f"fastshower {fastshower.__version__}", f"xraylib {xraylib.__version__}",
-                 "all match the manifest", "no Geant4 data variable is set", "NIST"):
+                 "all match the manifest", "no Geant4 data variable is set", "NIST",
+                 "full mode (em physics) uses the fastshower set in"):
         assert word in out, word
     (tmp_path / "set" / "G4EMLOW8.8" / "brem_SB" / "br74").write_text("edited")
     code, out, err = cli("g4data", "info", "--dir", tmp_path / "set")

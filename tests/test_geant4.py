@@ -237,7 +237,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         import torch
         torch.set_num_threads(1)
         from fastshower.models.registry import build_generator
-        from fastshower.simulate.geant4.sources import module_source
+        from fastshower.infer.sources import module_source
         torch.manual_seed(0)
         model = build_generator("gan3d_clic25", width=0.25)
         torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
@@ -263,7 +263,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     import torch
 
     from fastshower.models.registry import build_generator
-    from fastshower.simulate.geant4.sources import module_source
+    from fastshower.infer.sources import module_source
 
     r = np.load(tmp_path / "fast.npz")
     assert out["n_fast"] == 200 and r["showers"].shape == (100, 25, 25, 25)
@@ -417,6 +417,12 @@ def _tiny_onnx(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
          numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    # the metadata fastshower's exporter writes (g4run refuses ONNX files without it)
+    geometry = {(25, 25, 25): "clic25", (51, 51, 25): "clic51"}[tuple(shape)]
+    for key, value in {"model": "tiny", "geometry": geometry, "shape": json.dumps(list(shape)), "noise_dim": "4",
+                       "energy_range_gev": "[2.0, 500.0]",
+                       "angle_range_rad": json.dumps([math.pi / 2, math.pi / 2])}.items():
+        model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return frac
 
@@ -463,12 +469,14 @@ def test_g4run_cli_fast_mode_writes_a_file(tmp_path):
 @needs_geant4
 def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     """--model <weights path>: fastshower.infer's Generator is the source; at normal incidence and
-    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(seed, b))."""
+    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(s, b)) with
+    s the shower-source seed of the run's one shard."""
     import torch
 
     from fastshower.data import read_showers
     from fastshower.infer.generator import Generator
     from fastshower.models.registry import build_generator, save_generator
+    from fastshower.production import shard_seeds
 
     torch.manual_seed(0)
     save_generator(build_generator("gan3d_clic25", width=0.25), tmp_path / "tiny25", {"note": "untrained"})
@@ -480,5 +488,6 @@ def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     s = read_showers(tmp_path / "gen.h5")
     gen = Generator.load(str(tmp_path / "tiny25"))
     expected = np.concatenate([gen.generate(np.full(k, 50.0, np.float32), np.full(k, math.pi / 2, np.float32),
-                                            seed=batch_seed(9, b)).showers for b, k in enumerate((4, 2))])
+                                            seed=batch_seed(shard_seeds(9, 0).source_seed, b)).showers
+                               for b, k in enumerate((4, 2))])
     assert np.allclose(s.showers, expected, rtol=1e-5, atol=1e-9)

@@ -501,7 +501,9 @@ def photoelectric_files(z: int) -> tuple[dict[str, str], dict]:
     if best is None:
         raise RuntimeError(f"Z={z}: no fit range for the photoelectric parametrisation")
     _, e_lo, e_hi = best
-    rows_lo, rows_hi, residuals = [], [], {}
+    rows_lo: list[np.ndarray] = []
+    rows_hi: list[np.ndarray] = []
+    residuals: dict[str, float] = {}
     for name, lo_kev, hi_kev, rows in (("low", e_lo, e_hi, rows_lo), ("high", e_hi, FIT_TOP_KEV, rows_hi)):
         sel = (fine >= lo_kev * (1 - 1e-12)) & (fine <= hi_kev * (1 + 1e-12))
         worst_shell = 0.0
@@ -825,7 +827,7 @@ def describe(directory: str | Path | None = None) -> list[str]:
     """Lines for ``fastshower g4data info``: which data sets Geant4 would use here (and who set
     them), and the fastshower-built set in ``directory`` (default :func:`default_data_dir`):
     elements, sources, versions, fit residuals, and whether its files match the manifest."""
-    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset,
+    from fastshower.simulate.geant4.datasets import (DATASETS, PHYSICS_DATASETS, find_dataset, missing_datasets,
                                                      user_data_variables)
 
     lines = []
@@ -834,8 +836,7 @@ def describe(directory: str | Path | None = None) -> list[str]:
         lines.append("Geant4 data variables set here (an installation you point at always wins): "
                      + ", ".join(f"{n}={os.environ[n]}" for n in user))
     else:
-        lines.append("no Geant4 data variable is set: full mode uses fastshower's offline set "
-                     "(built on first use)")
+        lines.append("no Geant4 data variable is set")
     for name in PHYSICS_DATASETS["em"] + ("G4PARTICLEXS",):
         found = find_dataset(name, placeholder_ok=True)
         if found is None:
@@ -847,6 +848,17 @@ def describe(directory: str | Path | None = None) -> list[str]:
         else:
             kind = f"installation {found}"
         lines.append(f"  {DATASETS[name].dirname:18s} ({DATASETS[name].envvar}): {kind}")
+    emlow = find_dataset("G4EMLOW")
+    if not missing_datasets("em") and emlow is not None:
+        kind = "the fastshower set" if read_manifest(emlow.parent) is not None else "the installation"
+        lines.append(f"full mode (em physics) uses {kind} in {emlow.parent}")
+    elif user:
+        lines.append("full mode (em physics) stops with an error: the variables set here lack a data set "
+                     "(fastshower does not mix its files into an installation)")
+    else:
+        built = read_manifest(default_data_dir()) is not None
+        lines.append(f"full mode (em physics) uses the fastshower set in {default_data_dir()}"
+                     + ("" if built else " (built on first use)"))
     root = Path(directory).expanduser() if directory is not None else default_data_dir()
     manifest = read_manifest(root)
     if manifest is None:
