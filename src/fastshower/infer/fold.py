@@ -113,8 +113,8 @@ class ConvTransposeCrop(nn.Module):
         order = [1, *[3 + 2 * a for a in range(self.dims)], 0, *[2 + 2 * a for a in range(self.dims)]]
         w = w.permute(*order).reshape(c_out * math.prod(self.stride), c_in, *self.taps)
         bias = None if self.bias is None else self.bias.detach().repeat_interleave(math.prod(self.stride))
-        self.register_buffer("sub_weight", w.contiguous(), persistent=False)
-        self.register_buffer("sub_bias", bias, persistent=False)
+        self.register_buffer("sub_weight", w.contiguous())  # persistent: an ONNX initializer (int8-able)
+        self.register_buffer("sub_bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "transposed":
