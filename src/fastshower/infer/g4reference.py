@@ -63,17 +63,9 @@ def geant4_reference(geometry: str, mode: str = "full", *, model: str | None = N
 def _source(model: str, geometry: str):
     """The fast-simulation source ``g4run --model`` builds: ``model`` (name, saved stem or
     ``.onnx``) loaded with ``Generator.load`` (folded), one thread, gflash entry convention."""
-    try:
-        from fastshower.infer.sources import (  # after the move (#19)
-            generator_source,
-            with_entry_offset,
-        )
-    except ImportError:
-        from fastshower.simulate.geant4.sources import (
-            generator_source,
-            with_entry_offset,
-        )
-    return with_entry_offset(generator_source(model, geometry, threads=1), geometry)
+    from fastshower.infer.sources import generator_source
+
+    return generator_source(model, geometry, threads=1)
 
 
 def main(argv: list[str] | None = None) -> None:
