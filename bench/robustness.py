@@ -26,10 +26,17 @@ PY = sys.executable
 ENV = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
 
 
+def _default_sigint() -> None:
+    """Children get the default SIGINT action even when this script runs in the background (where
+    the shell starts it with SIGINT ignored, which Python and its children would inherit)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args: str, cwd: Path, sigint_after: float | None = None, timeout: float = 900) -> dict:
     cmd = [PY, "-m", "fastshower.cli", *map(str, args)]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     if sigint_after is not None:
         time.sleep(sigint_after)
         proc.send_signal(signal.SIGINT)
@@ -199,10 +206,11 @@ def main() -> None:
     d = fresh("memory")
     code = ("import resource, signal, subprocess, sys, time\n"
             f"p = subprocess.Popen([sys.executable, '-m', 'fastshower.cli', 'simulate', '-n', '100000000', "
-            f"'--batch-size', '100', '-o', 'x.h5'], cwd={str(d)!r})\n"
+            f"'--batch-size', '100', '-o', 'x.h5'], cwd={str(d)!r}, "
+            "preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))\n"
             "time.sleep(20); p.send_signal(signal.SIGINT); p.wait()\n"
             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    r = subprocess.run([PY, "-c", code], env=ENV, capture_output=True, text=True)
+    r = subprocess.run([PY, "-c", code], env=ENV, capture_output=True, text=True, preexec_fn=_default_sigint)
     rc, rss_kb = r.stdout.split()
     case("7", "simulate -n 1e8: peak memory (20 s, then Ctrl-C)", "simulate -n 100000000 --batch-size 100 -o x.h5", d,
          {"rc": int(rc), "message": f"max RSS {int(rss_kb) / 1024:.0f} MiB", "warnings": [], "stderr_lines": 0,

@@ -27,7 +27,13 @@ def run_python(code: str, timeout: float = 120, **popen) -> subprocess.Completed
     """Run ``code`` in a fresh interpreter on this source tree (SIGINT at its default)."""
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=timeout, **popen)
+                          timeout=timeout, preexec_fn=default_sigint, **popen)
+
+
+def default_sigint() -> None:
+    """The child's SIGINT action is the default even when pytest runs with SIGINT ignored (started
+    in the background by a shell): the interrupt tests need a SIGINT that Python can see."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def fake_simulate_code(extra: str = "", delay_s: float = 0.0) -> str:
@@ -78,7 +84,8 @@ def test_real_sigint_stops_simulate_with_130(tmp_path):
     out = tmp_path / "x.h5"
     env = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "fastshower.cli", "simulate", "-n", "100000", "--batch-size", "50",
-                             "-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "-o", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.time() + 60
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()) and time.time() < deadline:
         time.sleep(0.05)

@@ -37,7 +37,7 @@ _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for an OSError (or h5py's RuntimeError) caused by a full disk / quota."""
-    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+    if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
         return True
     text = str(exc)  # HDF5 errors raised by h5py as RuntimeError / OSError name the errno in the text
     return isinstance(exc, (OSError, RuntimeError)) and ("No space left on device" in text or "errno = 28" in text)

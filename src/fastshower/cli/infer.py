@@ -140,9 +140,13 @@ def benchmark(
     compile: bool = typer.Option(False, "--compile", help="Also try torch.compile (slow to compile)."),
     reference_n: int = typer.Option(200, "--reference-n", help="GFlash showers timed for the speed-up."),
     seed: int = typer.Option(0, "--seed", help="Seed of conditions and noise."),
+    geant4: bool = typer.Option(True, "--geant4/--no-geant4",
+                                help="Also time Geant4 full and fast (g4run) mode, one core (if installed)."),
+    geant4_n: int = typer.Option(5, "--geant4-n", help="Geant4 full-simulation events timed."),
+    geant4_energy: float = typer.Option(100.0, "--geant4-energy", help="Geant4 primary energy (GeV)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="JSON file for the results."),
 ) -> None:
-    """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash)."""
+    """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash and Geant4)."""
     from fastshower.infer.benchmark import benchmark as run_benchmark
     from fastshower.infer.benchmark import format_table, write_json
 
@@ -150,7 +154,8 @@ def benchmark(
     result = run_benchmark(model, backends=tuple(backend), precisions=tuple(precision), device=device,
                            batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_step=batches_per_step,
                            threads=threads, quick=quick, calochallenge=not no_calochallenge, include_compile=compile,
-                           reference_n=reference_n, seed=seed, log=lambda m: typer.echo(m, err=True))
+                           reference_n=reference_n, seed=seed, log=lambda m: typer.echo(m, err=True),
+                           geant4=geant4, geant4_n=geant4_n, geant4_energy_gev=geant4_energy)
     typer.echo(format_table(result))
     if output is not None:
         write_json(result, output)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import glob
 import itertools
 import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -305,15 +306,13 @@ class ShowerWriter:
         self._stack: contextlib.ExitStack | None = None
         self._interrupt = InterruptFlag()
         self._tmp: Path | None = None
-        self._hdf5_errors: list[BaseException] = []
-        self._previous_hook: Any = None
+        self._events_start: int | None = 0
 
     def __enter__(self) -> ShowerWriter:
         self._stack = contextlib.ExitStack()
         tmp = self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite, lock=True))
         self._stack.enter_context(self._interrupt)
-        self._previous_hook = sys.unraisablehook
-        sys.unraisablehook = self._unraisable
+        self._events_start = _watch_disk_full(+1)
         try:
             self._file = h5py.File(tmp, "w")
             self._start()
@@ -322,13 +321,9 @@ class ShowerWriter:
             raise
         return self
 
-    def _unraisable(self, unraisable) -> None:
-        """h5py reports HDF5 write failures of freed objects (chunk flushes) as "Exception ignored":
-        keep the full-disk ones to raise them from :meth:`write`, pass the others on."""
-        if is_disk_full(unraisable.exc_value):
-            self._hdf5_errors.append(unraisable.exc_value)
-        else:
-            (self._previous_hook or sys.__unraisablehook__)(unraisable)
+    @property
+    def _hdf5_errors(self) -> list[BaseException]:
+        return _DISK_FULL_EVENTS[self._events_start:]
 
     def _check_hdf5_errors(self) -> None:
         if self._hdf5_errors:
@@ -380,7 +375,8 @@ class ShowerWriter:
             except DiskFullError as disk_full:
                 error = disk_full
         if f is not None:
-            if error is not None and is_disk_full(error) and (self._hdf5_errors or "write failed" in str(error)):
+            hdf5_failed = self._hdf5_errors or "write failed" in str(error)
+            if error is not None and is_disk_full(error) and hdf5_failed:
                 _leave_open(f)  # HDF5 failed a write: closing it now may crash the interpreter
             else:
                 try:
@@ -388,8 +384,9 @@ class ShowerWriter:
                 except BaseException as close_error:  # e.g. the final flush on a full disk
                     _leave_open(f)
                     error = error if error is not None else close_error
-        if self._previous_hook is not None:
-            sys.unraisablehook, self._previous_hook = self._previous_hook, None
+        if self._events_start is not None:
+            _watch_disk_full(-1)
+            self._events_start = None
         if error is None:
             self._stack.__exit__(None, None, None)  # renames the file into place
             return False
@@ -409,6 +406,32 @@ _HDF5_FILE_LEFT_OPEN = False
 
 
 _LEFT_OPEN: list[h5py.File] = []
+#: Full-disk errors h5py reported as "Exception ignored" (HDF5 write failures of freed objects,
+#: e.g. chunk flushes) while at least one ShowerWriter is open; each writer checks the new ones.
+_DISK_FULL_EVENTS: list[BaseException] = []
+_WATCHERS = [0]
+_LOCK = threading.Lock()
+
+
+_INSTALLED_HOOK: list = [None]
+
+
+def _unraisable_hook(unraisable, previous) -> None:
+    if _WATCHERS[0] > 0 and is_disk_full(unraisable.exc_value):
+        _DISK_FULL_EVENTS.append(unraisable.exc_value)
+    else:
+        previous(unraisable)
+
+
+def _watch_disk_full(delta: int) -> int:
+    """Count open writers (the hook is installed once and records only while one is open);
+    returns the number of events seen so far."""
+    with _LOCK:
+        if sys.unraisablehook is not _INSTALLED_HOOK[0]:
+            _INSTALLED_HOOK[0] = sys.unraisablehook = functools.partial(_unraisable_hook,
+                                                                        previous=sys.unraisablehook)
+        _WATCHERS[0] += delta
+        return len(_DISK_FULL_EVENTS)
 
 
 def _leave_open(f: h5py.File) -> None:

@@ -608,7 +608,8 @@ def quantize_model(model: str, output: str | Path, *, precision: str = "int8", t
             from fastshower.infer.onnx_export import export_onnx
 
             fp32_path = Path(tmp) / "fp32.onnx"
-            export_onnx(model, fp32_path, check=True)
+            # int8: folded transposed convolutions in sub-pixel form, ordinary Convs that ORT runs as QLinearConv
+            export_onnx(model, fp32_path, check=True, form="subpixel" if precision == "int8" else "auto")
         common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
         if precision == "fp16":
             result = make_fp16(fp32_path, output, target, **common)  # type: ignore[arg-type]
@@ -618,7 +619,8 @@ def quantize_model(model: str, output: str | Path, *, precision: str = "int8", t
         size = (model_size_mb(fp32_path), model_size_mb(output) if result.met else math.nan)
     log = output.with_suffix(".tuning.json")
     if not result.met:
-        best = min(result.steps, key=lambda st: st.score)
+        int8_steps = [st for st in result.steps if len(st.fp32_layers) < len(result.eligible_layers)] or result.steps
+        best = min(int8_steps, key=lambda st: st.score)  # the all-fp32 step is no int8 model
         raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; "
                                 f"best score {best.score:.3g}, 1 = target); nothing written, log in {log}")
     return QuantizeOutcome(output, precision, result, size, log, Path(reference) if reference is not None else None)
