@@ -136,9 +136,13 @@ def test_two_gloo_processes_match_one_process(tmp_path, clic25_file):
     are drawn per rank. Both sides run single-threaded: a different thread count changes the float
     summation order of the convolutions, and RMSprop's normalised updates amplify that noise in a
     few steps (measured at width 0.25: 1 vs 2 threads differ by up to 4.7e-4 after one step). With one thread
-    each, the runs agree bitwise (measured), and the test allows 1e-6 relative.
+    each, the runs agree bitwise (measured), and the test allows 1e-6 relative. The fake batch of
+    the D step is made with G in train mode: in inference mode (the recipe default, Keras
+    ``predict``) G normalises with its moving statistics, which each rank updates from its own part
+    while one process updates them once per micro-batch.
     """
     raw = _cfg(clic25_file, tmp_path / "ddp", batch_size=8, epochs=2)
+    raw["recipe"]["fake_batch_mode"] = "train"
     raw["model"] = {"name": "gan3d_clic25", "config": {"width": 0.125, "dropout": 0.0}}
     raw["run"]["steps_per_epoch"] = 2
     path = _write(tmp_path, raw)
