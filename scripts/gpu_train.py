@@ -103,7 +103,9 @@ def train_one(name: str, train: str, validation: str, out: Path, work: Path, bud
                  "generator_card": trainer.G.metadata(), "curve": curve}
         write_text_atomic(target / "run.json", json.dumps(state, indent=1))
 
-    trainer.fit(on_epoch_end=save, should_stop=lambda: time.monotonic() - start > budget_s)
+    first = trainer.step
+    trainer.fit(on_epoch_end=save, should_stop=lambda: time.monotonic() - start > budget_s
+                or (args.max_steps is not None and trainer.step - first >= args.max_steps))
     trainer.close()
     best = min(curve, key=lambda r: r.get("val_profile_mse", float("inf"))) if curve else None
     return {"steps_total": trainer.step, "steps_this_call": trainer.step - previous.get("step", 0),
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop each model after this many steps")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data: a CPU check of this script")
     args = parser.parse_args()
     if args.smoke:
