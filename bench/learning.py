@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from fastshower.fileio import write_text_atomic
-from fastshower.train.selftest import SETTING, learning_run, passes
+from fastshower.train.selftest import BOUNDS, SETTING, learning_run, passes
 
 
 def main() -> None:
@@ -28,7 +28,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batchnorm", default=None, help="override the model's batchnorm (e.g. train: the old port)")
     parser.add_argument("--out", type=Path, default=Path("bench/learning_cpu.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="combine the runs of these result files into --out (no training)")
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(p.read_text()) for p in args.merge]
+        runs = sorted((r for part in parts for r in part["runs"]), key=lambda r: r["seed"])
+        merged = {**parts[0], "command": " + ".join(part["command"] for part in parts),
+                  "passed": sum(r["passes"] for r in runs), "n_seeds": len(runs), "runs": runs}
+        write_text_atomic(args.out, json.dumps(merged, indent=1))
+        return
     torch.set_num_threads(args.threads)
     runs = []
     for seed in args.seeds:
@@ -39,10 +48,11 @@ def main() -> None:
                   "passes": passes(r)})
         runs.append(r)
         print(json.dumps({k: r[k] for k in ("seed", "before", "after", "train_cpu_s", "passes")}), flush=True)
-    result = {"command": "bench/learning.py " + " ".join(f"--seeds {' '.join(map(str, args.seeds))}".split()),
+    result = {"command": f"bench/learning.py --seeds {' '.join(map(str, args.seeds))}"
+                         + (f" --batchnorm {args.batchnorm}" if args.batchnorm else ""), "bounds": BOUNDS,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": args.threads, "batchnorm_override": args.batchnorm,
-              "passed": sum(r["passes"] for r in runs), "runs": runs}
+              "passed": sum(r["passes"] for r in runs), "n_seeds": len(runs), "runs": runs}
     write_text_atomic(args.out, json.dumps(result, indent=1))
 
 

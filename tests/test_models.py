@@ -248,6 +248,20 @@ def test_conv2d_discriminator_heads_depend_on_the_input_in_training_mode(name, r
     assert r1 == pytest.approx(r0, abs=1e-4) and r2 == pytest.approx(r0, abs=1e-4)
 
 
+def test_gan3d_clic25_discriminator_sees_the_pattern_but_not_the_batch_scale(rng):
+    """The 25^3 D normalises with batch statistics inside its convolutional features (Keras
+    training=True), before pooling and the heads: a batch of showers and the same batch moved in x
+    give different mean outputs (not blind), while the batch x1000 gives the same (the absolute
+    scale is lost, at initialisation with zero biases, as in Keras)."""
+    torch.manual_seed(0)
+    d = registry.build_discriminator("gan3d_clic25", width=0.25, dropout=0.0).train()
+    showers = torch.zeros(8, 25, 25, 25)
+    showers[:, 10:15, 10:15, 2:20] = torch.from_numpy(rng.exponential(1.0, (8, 5, 5, 18)).astype(np.float32))
+    mean = lambda x: d(x)["energy"].mean().item()  # noqa: E731
+    assert abs(mean(showers.roll(6, dims=1)) - mean(showers)) > 1e-4
+    assert mean(showers * 1000) == pytest.approx(mean(showers), abs=1e-4)
+
+
 def test_gan3d_batchnorm_follows_keras_training_mode_with_epsilon_1e6():
     """EcalEnergyGan / AngleArch3dGAN: BatchNormalization(epsilon=1e-6) in G and D, layers called in
     training mode (train_on_batch), the 25^3 D with training=True always."""

@@ -28,11 +28,6 @@ from fastshower.train.trainer import Trainer, TrainingCollapsed
 SMALL = {"name": "gan3d_clic25", "config": {"width": 0.125}}
 
 
-def h5py_file(path: Path):
-    import h5py
-
-    return h5py.File(path, "r+")
-
 
 def _random_file(path: Path, geometry: str, shape: tuple[int, int, int], n: int, seed: int) -> Path:
     rng = np.random.default_rng(seed)
@@ -318,7 +313,7 @@ def test_conv2d_output_scale_is_calibrated_on_the_data_and_resumed(tmp_path, cli
 
 
 def test_cell_threshold_and_symmetry_augmentation(tmp_path, clic25_file):
-    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}},
+    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}}, {"batch_size": 64},
                  data={"augment": "normal_incidence"})
     assert t.recipe.cell_threshold_gev == 1e-6
     x = torch.tensor([5e-7, 2e-6, 0.0]).view(1, 1, 1, 3).expand(2, 25, 25, 3)
@@ -329,9 +324,11 @@ def test_cell_threshold_and_symmetry_augmentation(tmp_path, clic25_file):
     spots = {tuple(torch.nonzero(s.sum(dim=2)).flatten().tolist()) for s in out}
     assert spots <= {(3, 7), (21, 7), (3, 17), (21, 17), (7, 3), (7, 21), (17, 3), (17, 21)} and len(spots) >= 6
     assert torch.equal(out.sum(dim=(1, 2, 3)), showers.sum(dim=(1, 2, 3)))
-    tilted = _random_file(tmp_path / "tilted.h5", "clic25", (25, 25, 25), 8, 3)
-    with h5py_file(tilted) as f:
-        f["incident_angle"][...] = 1.2
+    # x <-> y and the y flip are no symmetries of tilted showers (axis in the y-z plane): refused
+    rng = np.random.default_rng(3)
+    tilted = tmp_path / "tilted.h5"
+    write_showers(tilted, ShowerSet(rng.exponential(1e-3, (8, 51, 51, 25)).astype(np.float32), rng.uniform(10, 100, 8),
+                                    np.full(8, 1.2), "clic51"))
     with pytest.raises(ValueError, match="normal incidence"):
-        _trainer(tmp_path, tilted, {"name": "conv2d_g1", "config": {"width": 0.125}},
+        _trainer(tmp_path, tilted, {"name": "gan3d_clic51", "config": {"width": 0.125}},
                  data={"augment": "normal_incidence"}).prepare()
