@@ -50,6 +50,7 @@ def no_datasets(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTSHOWER_G4DATA_AUTOBUILD", "0")  # no offline set built (tests/test_g4data.py tests that)
     return tmp_path
 
 
@@ -236,7 +237,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
         import torch
         torch.set_num_threads(1)
         from fastshower.models.registry import build_generator
-        from fastshower.simulate.geant4.sources import module_source
+        from fastshower.infer.sources import module_source
         torch.manual_seed(0)
         model = build_generator("gan3d_clic25", width=0.25)
         torch.save(model.state_dict(), sys.argv[1] + "/model.pt")
@@ -262,7 +263,7 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     import torch
 
     from fastshower.models.registry import build_generator
-    from fastshower.simulate.geant4.sources import module_source
+    from fastshower.infer.sources import module_source
 
     r = np.load(tmp_path / "fast.npz")
     assert out["n_fast"] == 200 and r["showers"].shape == (100, 25, 25, 25)
@@ -462,12 +463,14 @@ def test_g4run_cli_fast_mode_writes_a_file(tmp_path):
 @needs_geant4
 def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     """--model <weights path>: fastshower.infer's Generator is the source; at normal incidence and
-    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(seed, b))."""
+    the grid centre, the written cells are Generator.generate(E, theta, seed=batch_seed(s, b)) with
+    s the shower-source seed of the run's one shard."""
     import torch
 
     from fastshower.data import read_showers
     from fastshower.infer.generator import Generator
     from fastshower.models.registry import build_generator, save_generator
+    from fastshower.production import shard_seeds
 
     torch.manual_seed(0)
     save_generator(build_generator("gan3d_clic25", width=0.25), tmp_path / "tiny25", {"note": "untrained"})
@@ -479,5 +482,6 @@ def test_g4run_cli_with_a_saved_generator_reproduces_generator_output(tmp_path):
     s = read_showers(tmp_path / "gen.h5")
     gen = Generator.load(str(tmp_path / "tiny25"))
     expected = np.concatenate([gen.generate(np.full(k, 50.0, np.float32), np.full(k, math.pi / 2, np.float32),
-                                            seed=batch_seed(9, b)).showers for b, k in enumerate((4, 2))])
+                                            seed=batch_seed(shard_seeds(9, 0).source_seed, b)).showers
+                               for b, k in enumerate((4, 2))])
     assert np.allclose(s.showers, expected, rtol=1e-5, atol=1e-9)

@@ -72,8 +72,11 @@ def test_tuned_int8_meets_target_on_held_out_inputs(tuned, fp32_files):
 
 def test_int8_kernels_run(tuned, fp32_files):
     out, result = tuned
-    # ORT fuses the Q/DQ pairs around Conv and Gemm into integer kernels ...
-    assert {"QLinearConv", "QGemm"} <= set(result.int8_kernels) == set(q.int8_kernels_used(out))
+    # ORT fuses the Q/DQ pairs around Conv and Gemm into integer kernels (the Gemm: when the tuning
+    # kept it int8; on this tiny untrained model it is often the most sensitive layer, returned to fp32) ...
+    assert {"QLinearConv"} <= set(result.int8_kernels) == set(q.int8_kernels_used(out))
+    gemms = [n for n in q.read_graph(fp32_files["conv2d_g1"]).layers if n.endswith("Gemm")]
+    assert gemms and ("QGemm" in result.int8_kernels) == any(n not in result.chosen.fp32_layers for n in gemms)
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert q.int8_kernels_used(fp32_files["conv2d_g1"]) == []
     # ... but not around ConvTranspose: those stay fp32 and are not tuned

@@ -148,9 +148,14 @@ def inspect(
     typer.echo(f"incident angle:   {math.degrees(a_min):.4g} - {math.degrees(a_max):.4g} deg")
     typer.echo(f"deposited energy: total {deposited:.6g} GeV, mean {deposited / n:.6g} GeV per shower")
     typer.echo(f"sampling fraction (mean deposited / primary): {ratio / n:.5g}")
+    from fastshower.production import format_provenance
+
+    for line in format_provenance(attrs):
+        typer.echo(line)
     for key, value in sorted(attrs.items()):
         if key != "geometry_yaml":
-            typer.echo(f"attr {key}: {value}")
+            text = str(value)
+            typer.echo(f"attr {key}: {text if len(text) <= 300 else text[:300] + f' ... ({len(text)} characters)'}")
     if binning is not None:
         typer.echo(f"binning {binning}: matches geometry {name}")
 
@@ -391,8 +396,10 @@ def quantize(
 
         ref = read_showers(reference, max_events=eval_n)
     with tempfile.TemporaryDirectory(prefix="fastshower-quantize-") as tmp:
+        from fastshower.models.registry import resolve
+
         fp32_path = Path(model)
-        if fp32_path.suffix == ".onnx":
+        if resolve(model).kind == "onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
                 raise ValueError(f"{model} is already reduced precision; give the fp32 export")
         else:
@@ -446,58 +453,127 @@ def g4run(
     position: str = typer.Option("0,0", "--position", help="Entry point x,y on the calorimeter face in mm."),
     multiplicity: int = typer.Option(1, "--multiplicity", help="Primaries per event (energies drawn independently)."),
     n: int = typer.Option(100, "-n", "--n-events", help="Number of events."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the conditions and of the shower source."),
+    seed: int = typer.Option(0, "--seed", help="Run seed: every shard's conditions, shower-source and Geant4 "
+                                               "engine streams are spawned from it."),
     threshold_gev: Optional[float] = typer.Option(None, "--threshold-gev", help="Fast mode: smallest e+/e-/gamma "
                                                   "energy handed to the model (default: the geometry's lowest energy)."),
     physics: Optional[str] = typer.Option(None, "--physics", help="transport (fast default), em (full default: "
-                                          "G4EmStandardPhysics + decays) or FTFP_BERT."),
+                                          "an EM constructor + G4DecayPhysics) or FTFP_BERT."),
+    em_physics: str = typer.Option("option0", "--em-physics", help="EM constructor: option0 "
+                                   "(G4EmStandardPhysics), option1, option2 (run on fastshower's data set); option3, "
+                                   "option4, livermore, penelope, lowep, GS, SS, WVI (need a full G4EMLOW)."),
+    cut_mm: float = typer.Option(1.0, "--production-cut-mm", help="Geant4 production (range) cut in mm (1 mm: the "
+                                 "G4VUserPhysicsList default, used by all the project's Geant4 data so far)."),
     batch_events: int = typer.Option(100, "--batch-events", help="Events per shower-source call and written block."),
     format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
     entry_convention: str = typer.Option("gflash", "--entry-convention",
                                          help="Where a model's tilted showers enter its grid: gflash (axis through "
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
+    workers: int = typer.Option(1, "--workers", help="Local Dask worker processes (1: run in this process)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
+                                            "(e.g. dask-jobqueue on Slurm/HTCondor); workers must see the output "
+                                            "folder."),
+    shards: int = typer.Option(0, "--shards", help="Number of seeded shards (default: one per 100 events). The "
+                                                   "output depends on it, not on the number of workers."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: simulate only shard K (0-based) of N into the "
+                                        "work folder <output>.shards/, then `fastshower merge`."),
+    retries: int = typer.Option(2, "--retries", help="Dask: times a failed shard task is retried."),
+    keep_shards: bool = typer.Option(False, "--keep-shards", help="Keep the work folder <output>.shards/ after "
+                                     "the merge."),
 ) -> None:
-    """Run Geant4 on a fastshower geometry: fast simulation with a shower source, or full simulation."""
-    import math
+    """Run Geant4 on a fastshower geometry (fast or full simulation), in seeded shards that run here,
+    on local Dask workers, on a Dask cluster, or one per batch job (--shard K/N + merge).
+    An interrupted run resumes from the complete shards in <output>.shards/."""
+    from fastshower.production import Production, format_production, produce, produce_shard
 
-    import numpy as np
-
-    from fastshower.conditions import sample_angles, sample_energies
-    from fastshower.data import ShowerWriter
-    from fastshower.geometry import load_geometry
-    from fastshower.simulate.geant4.app import Gun, format_timing, get_app
-    from fastshower.simulate.geant4.datasets import require_datasets
-    from fastshower.simulate.geant4.sources import resolve_source
-
-    if n < 1 or batch_events < 1 or multiplicity < 1:
-        raise ValueError(f"-n, --batch-events and --multiplicity must be >= 1, got {n}, {batch_events}, {multiplicity}")
-    if mode not in ("fast", "full"):
-        raise ValueError(f"unknown mode {mode!r}; expected fast or full")
     try:
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
         raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
-    g = load_geometry(geometry)
-    if physics is not None or mode == "full":
-        require_datasets(physics or "em")  # the one data-set message, before any model is loaded
-    rng = np.random.default_rng([seed, 0])
-    guns = [Gun(particle, sample_energies(energy, n, rng), sample_angles(angle, n, rng), math.radians(azimuth), (x0, y0))
-            for _ in range(multiplicity)]
-    source = resolve_source(model, g, particle, entry_convention) if mode == "fast" else None
-    g4app = get_app(g, mode, physics)
-    attrs = {"simulator": f"geant4-{mode}", "geant4": g4app.version, "physics": g4app.physics, "seed": seed,
-             "particle": particle, "multiplicity": multiplicity, "energy_spec": energy, "angle_spec_deg": angle,
-             "azimuth_deg": azimuth, "position_mm": position, "model": model if mode == "fast" else None,
-             "threshold_gev": threshold_gev}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer:
-        result = g4app.run(n, guns, source, seed=seed, threshold_gev=threshold_gev, batch_events=batch_events,
-                           sink=writer.write, collect=False, progress=True)
-    typer.echo(format_timing(result))
-    if mode == "fast":
-        typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
-                   f"leakage {result.leaked_gev.mean():.4g} GeV per event")
-    typer.echo(f"wrote {n} events ({g.name}, geant4 {mode}) to {output}")
+    shard_index = None
+    if shard is not None:
+        try:
+            shard_index, shards = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must be K/N (0 <= K < N), got {shard!r}") from None
+    production = Production(geometry, n, mode=mode, particle=particle, energy=energy, angle=angle,
+                            azimuth_deg=azimuth, position_mm=(x0, y0), multiplicity=multiplicity, seed=seed,
+                            n_shards=shards, model=model, physics=physics, em_physics=em_physics,
+                            production_cut_mm=cut_mm, threshold_gev=threshold_gev, batch_events=batch_events,
+                            entry_convention=entry_convention)
+    if shard_index is not None:
+        result = produce_shard(production, shard_index, output)
+        typer.echo(format_production(result))
+        typer.echo(f"wrote shard {shard_index}/{production.n_shards} to {result.shard_file}"
+                   + (" (already complete)" if result.resumed else ""))
+    else:
+        result = produce(production, output, workers=workers, scheduler=scheduler, format=format, retries=retries,
+                         keep_shards=keep_shards, progress=True)
+        typer.echo(format_production(result))
+        if mode == "fast":
+            typer.echo(f"energy conservation: largest relative deviation {result.max_energy_deviation:.2e}; "
+                       f"leakage {sum(m['leaked_gev'] for m in result.manifests) / n:.4g} GeV per event")
+        typer.echo(f"wrote {n} events ({production.geometry}, geant4 {mode}) to {output}")
 
+
+@app.command()
+def merge(
+    shards: list[str] = typer.Argument(..., help="Shard files, work folders or glob patterns in quotes."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write (the shards in order)."),
+    format: str = typer.Option("native", "--format", help="native, 3dgan or calochallenge."),
+) -> None:
+    """Merge the shard files of one `g4run` production (from `--shard K/N` jobs) into one file, in shard
+    order, after checking that they belong together and are complete."""
+    from fastshower.production import merge_shards
+
+    result = merge_shards(shards, output, format=format)
+    typer.echo(f"merged {result.n_shards} shards, {result.n_events} events (production {result.production_id}) "
+               f"into {output}")
+
+
+# ---------------------------------------------------------------- g4data (issue 13)
+
+g4data_app = typer.Typer(help="The offline Geant4 data set for standard EM physics (built from public tables).",
+                         no_args_is_help=True)
+app.add_typer(g4data_app, name="g4data")
+
+
+@g4data_app.command("build")
+def g4data_build(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: "
+                                             "$XDG_CACHE_HOME/fastshower/g4data, i.e. ~/.cache/fastshower/g4data)."),
+    elements: Optional[list[str]] = typer.Option(None, "--elements", "-e", help="Elements (symbols or Z, "
+                                                 "repeatable or comma-separated; default: all materials fastshower "
+                                                 "builds)."),
+    geometry: Optional[list[str]] = typer.Option(None, "--geometry", "-g", help="Take the elements of these "
+                                                 "geometries (preset names or YAML files; repeatable)."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Write every file again (else only missing elements)."),
+) -> None:
+    """Write (or extend) the minimal Geant4 data set: brem_SB, photoelectric and Rayleigh files per element."""
+    from fastshower.simulate.geant4 import g4data
+
+    if elements and geometry:
+        raise ValueError("give --elements or --geometry, not both")
+    chosen = None
+    if elements:
+        chosen = g4data.parse_elements(elements)
+    elif geometry:
+        chosen = tuple(sorted({z for g in geometry for z in g4data.geometry_elements(g)}))
+    result = g4data.build_dataset(directory, chosen, rebuild=rebuild, progress=True)
+    what = (f"wrote {g4data.format_elements(result.added)}" if result.added else "nothing to add")
+    typer.echo(f"{result.directory}: {what} ({result.seconds:.1f} s); elements: "
+               f"{g4data.format_elements(result.elements)}")
+    typer.echo(f"use it: export GEANT4_DATA_DIR={result.directory}   (full mode finds the default location by itself)")
+
+
+@g4data_app.command("info")
+def g4data_info(
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Data directory (default: the cache location)."),
+) -> None:
+    """Which Geant4 data sets are used here, and what the fastshower-built set holds."""
+    from fastshower.simulate.geant4.g4data import describe
+
+    typer.echo("\n".join(describe(directory)))
 
 
 # ---------------------------------------------------------------- demo (issue 8)

@@ -9,7 +9,6 @@ both (showers per second, measured here, on this machine).
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,7 @@ def run_demo(model: str = DEFAULT_MODEL, n: int = 2000, out_dir: str | Path = "d
     the quick validation (no classifier, fewer SSIM pairs).
     """
     from fastshower.infer.generator import Generator
+    from fastshower.infer.timing import time_per_shower
     from fastshower.simulate.gflash import simulate_showers
     from fastshower.showers import ShowerSet
     from fastshower.validate.report import write_report
@@ -63,22 +63,23 @@ def run_demo(model: str = DEFAULT_MODEL, n: int = 2000, out_dir: str | Path = "d
     primary_energy, incident_angle = _conditions(generator, n, rng)
 
     def simulate(sample_rng: np.random.Generator) -> tuple[ShowerSet, float]:
-        t0 = time.perf_counter()
-        showers = simulate_showers(geometry, primary_energy, incident_angle, sample_rng)
-        elapsed = time.perf_counter() - t0
-        return ShowerSet(showers, primary_energy, incident_angle, geometry.name,
-                         {"simulator": "gflash", "seed": seed}), elapsed
+        out = []
+        timing = time_per_shower(lambda: out.append(simulate_showers(geometry, primary_energy, incident_angle,
+                                                                     sample_rng)), n, warmup=0, repeats=1)
+        return ShowerSet(out[0], primary_energy, incident_angle, geometry.name,
+                         {"simulator": "gflash", "seed": seed}), timing.ms_per_shower
 
-    reference, t_reference = simulate(rng)
+    reference, ms_reference = simulate(rng)
     reference2, _ = simulate(np.random.default_rng([seed, 1]))
     generator.generate(primary_energy[:min(n, 64)], incident_angle[:min(n, 64)], seed=seed)  # warm-up
-    t0 = time.perf_counter()
-    candidate = generator.generate(primary_energy, incident_angle, seed=seed)
-    t_generator = time.perf_counter() - t0
+    generated: list[ShowerSet] = []
+    ms_generator = time_per_shower(lambda: generated.append(generator.generate(primary_energy, incident_angle, seed=seed)),
+                                   n, warmup=0, repeats=1).ms_per_shower
+    candidate = generated[0]
 
     metrics = write_report(reference, candidate, out_dir, reference2=reference2, quick=quick, seed=seed,
                            progress=progress, labels={"reference": f"GFlash reference (seed {seed})",
                                                       "candidate": model, "reference2": "GFlash reference 2"})
     return DemoResult(model=model, geometry=geometry.name, n_showers=n, seed=seed,
-                      reference_showers_per_s=n / t_reference, generator_showers_per_s=n / t_generator,
+                      reference_showers_per_s=1e3 / ms_reference, generator_showers_per_s=1e3 / ms_generator,
                       report_dir=Path(out_dir), metrics=metrics)

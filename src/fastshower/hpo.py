@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fastshower.fileio import atomic_path, write_text_atomic
@@ -234,22 +235,23 @@ def open_study(cfg: HpoConfig, report_dir: Path, seed_offset: int = 0):
 
 
 def _ms_per_shower(trainer, n: int = 64) -> float:
-    """Generation time (ms/shower) of the trainer's generator on its device, batch ``n``."""
-    import torch
+    """Generation time (ms/shower) of the trainer's generator on its device, batch ``n`` at 100 GeV
+    and normal incidence (:func:`fastshower.infer.timing.time_per_shower`: one warm-up call, one
+    timed call, wall clock), through the inference back-end in eval mode."""
+    from fastshower.infer.backends import seeded_noise
+    from fastshower.infer.generator import Generator
+    from fastshower.infer.timing import time_per_shower
 
     g = trainer.G
-    e = torch.full((n,), 100.0, device=trainer.device)
-    a = torch.full((n,), math.pi / 2, device=trainer.device)
-    noise = torch.randn(n, g.noise_dim, generator=torch.Generator().manual_seed(0)).to(trainer.device)
+    gen = Generator.from_module(g, trainer.device)
+    e, a = np.full(n, 100.0), np.full(n, math.pi / 2)
+    noise = seeded_noise(0, n, g.noise_dim)
     was_training = g.training
     g.eval()
-    with torch.no_grad():
-        g(e, a, noise)
-        t0 = time.perf_counter()
-        g(e, a, noise)
-        elapsed = time.perf_counter() - t0
-    g.train(was_training)
-    return 1e3 * elapsed / n
+    try:
+        return time_per_shower(lambda: gen.run_batch(e, a, noise), n, warmup=1, repeats=1).ms_per_shower
+    finally:
+        g.train(was_training)
 
 
 def make_objective(cfg: HpoConfig, base_dir: Path, report_dir: Path, worker: str):

@@ -35,7 +35,6 @@ import json
 import math
 import platform
 import resource
-import statistics
 import tempfile
 import threading
 import time
@@ -48,7 +47,9 @@ import torch
 
 import fastshower
 from fastshower.fileio import atomic_path
-from fastshower.infer.generator import PRECISIONS, Generator
+from fastshower.infer.backends import PRECISIONS, Backend, TorchBackend, seeded_noise
+from fastshower.infer.generator import Generator
+from fastshower.infer.timing import time_per_shower
 
 #: Fields of every result row (the JSON ``results`` list); tests check them.
 RESULT_FIELDS = (
@@ -56,9 +57,6 @@ RESULT_FIELDS = (
     "ms_per_shower_max", "ms_per_shower_iqr", "showers_per_s", "warmup_ms_per_shower", "peak_memory_mb",
     "parameters", "flops_per_shower", "achieved_gflops", "fraction_of_peak", "gpu_utilisation_pct",
     "reference_ms_per_shower", "speedup_vs_reference", "weights", "variants", "calochallenge")
-
-Runner = Callable[[np.ndarray, np.ndarray, torch.Tensor], np.ndarray]
-
 
 # ------------------------------------------------------------------------------ machine facts
 
@@ -149,13 +147,6 @@ def _gpu_sampler(dev: torch.device):
 
 # ------------------------------------------------------------------------------ variants
 
-def _module_runner(generator: Generator, module: Callable) -> Runner:
-    """``generator.run_batch`` with ``module`` in place of the generator's network."""
-    twin = copy.copy(generator)
-    twin.module = module
-    return twin.run_batch
-
-
 def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``module`` with 5-d weights in ``channels_last_3d`` and 4-d ones in
     ``channels_last`` memory layout (Conv3D and Conv2D models alike)."""
@@ -168,88 +159,91 @@ def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
-def _cuda_graph_runner(generator: Generator, batch_size: int) -> Runner:
+class CudaGraphBackend:
     """The network captured once as a CUDA graph for ``batch_size`` (static input buffers)."""
-    dev = generator.device
-    dtype = PRECISIONS[generator.precision]
-    module = generator.module
-    e = torch.full((batch_size,), 100.0, device=dev, dtype=dtype)
-    a = torch.full((batch_size,), math.pi / 2, device=dev, dtype=dtype)
-    z = torch.zeros(batch_size, generator.noise_dim, device=dev, dtype=dtype)
-    with torch.inference_mode():
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                module.postprocess(module.generate_raw(e, a, z).float())
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = module.postprocess(module.generate_raw(e, a, z).float())
 
-    def run(primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+    name = "torch"
+
+    def __init__(self, generator: Generator, batch_size: int) -> None:
+        self.device, self.precision, self.batch_size = generator.device, generator.precision, batch_size
+        dev, dtype, module = self.device, PRECISIONS[generator.precision], generator.module
+        self.dtype = dtype
+        self.e = torch.full((batch_size,), 100.0, device=dev, dtype=dtype)
+        self.a = torch.full((batch_size,), math.pi / 2, device=dev, dtype=dtype)
+        self.z = torch.zeros(batch_size, generator.noise_dim, device=dev, dtype=dtype)
+        with torch.inference_mode():
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    module.postprocess(module.generate_raw(self.e, self.a, self.z).float())
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = module.postprocess(module.generate_raw(self.e, self.a, self.z).float())
+
+    def run(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
         n = len(primary_energy)
-        if n != batch_size:
-            raise ValueError(f"CUDA graph captured for batch {batch_size}, got {n}")
-        e.copy_(torch.as_tensor(np.asarray(primary_energy, np.float32)).to(dtype), non_blocking=True)
-        a.copy_(torch.as_tensor(np.asarray(incident_angle, np.float32)).to(dtype), non_blocking=True)
-        z.copy_(noise.to(dtype), non_blocking=True)
-        graph.replay()
-        return out.cpu().numpy()
-
-    return run
+        if n != self.batch_size:
+            raise ValueError(f"CUDA graph captured for batch {self.batch_size}, got {n}")
+        self.e.copy_(torch.as_tensor(np.asarray(primary_energy, np.float32)).to(self.dtype), non_blocking=True)
+        self.a.copy_(torch.as_tensor(np.asarray(incident_angle, np.float32)).to(self.dtype), non_blocking=True)
+        self.z.copy_(noise.to(self.dtype), non_blocking=True)
+        self.graph.replay()
+        return self.out.cpu().numpy()
 
 
-def _streams_runner(generator: Generator, n_streams: int = 2) -> Runner:
+class StreamsBackend:
     """Each batch split over ``n_streams`` CUDA streams."""
-    dev = generator.device
-    streams = [torch.cuda.Stream(dev) for _ in range(n_streams)]
-    dtype = PRECISIONS[generator.precision]
 
-    def run(primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
-        parts = np.array_split(np.arange(len(primary_energy)), n_streams)
+    name = "torch"
+
+    def __init__(self, generator: Generator, n_streams: int = 2) -> None:
+        self.device, self.precision, self.module = generator.device, generator.precision, generator.module
+        self.streams = [torch.cuda.Stream(self.device) for _ in range(n_streams)]
+
+    def run(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
+        dev, dtype = self.device, PRECISIONS[self.precision]
+        parts = np.array_split(np.arange(len(primary_energy)), len(self.streams))
         outs = []
-        for stream, idx in zip(streams, parts):
+        for stream, idx in zip(self.streams, parts):
             with torch.cuda.stream(stream), torch.inference_mode():
                 e = torch.as_tensor(primary_energy[idx].astype(np.float32)).to(dev, non_blocking=True)
                 a = torch.as_tensor(incident_angle[idx].astype(np.float32)).to(dev, non_blocking=True)
                 z = noise[torch.as_tensor(idx)].to(dev, non_blocking=True)
-                raw = generator.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
-                outs.append(generator.module.postprocess(raw.float()))
+                raw = self.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
+                outs.append(self.module.postprocess(raw.float()))
         torch.cuda.synchronize(dev)
         return torch.cat(outs).cpu().numpy()
 
-    return run
-
 
 def make_variants(model: str, generator: Generator, batch_size: int, threads: int | None,
-                  include_compile: bool) -> dict[str, Runner | str]:
-    """Runnable variants of ``generator`` (name -> runner), or name -> reason it is unavailable."""
-    variants: dict[str, Runner | str] = {}
+                  include_compile: bool) -> dict[str, Backend | str]:
+    """Runnable variants of ``generator`` (name -> back-end), or name -> reason it is unavailable.
+    Every variant runs the same network on the same inputs (noise included)."""
+    variants: dict[str, Backend | str] = {}
     if generator.backend == "onnx":
-        return {"onnxruntime": generator.run_batch}
-    variants["eager"] = generator.run_batch
-    dev = generator.device
+        return {"onnxruntime": generator.engine}
+    variants["eager"] = generator.engine
+    dev, precision = generator.device, generator.precision
     if dev.type == "cpu":
-        variants["channels_last"] = _module_runner(generator, _channels_last(generator.module))
-        if generator.precision == "fp32":
+        variants["channels_last"] = TorchBackend(_channels_last(generator.module), dev, precision)
+        if precision == "fp32":
             try:
-                variants["onnxruntime"] = Generator.load(model, backend="onnx", threads=threads).run_batch
+                variants["onnxruntime"] = Generator.load(model, backend="onnx", threads=threads).engine
             except Exception as exc:  # an optional variant: record why it is missing
                 variants["onnxruntime"] = f"unavailable: {str(exc).splitlines()[0]}"
     else:
         try:
-            variants["cuda_graph"] = _cuda_graph_runner(generator, batch_size)
+            variants["cuda_graph"] = CudaGraphBackend(generator, batch_size)
         except Exception as exc:
             variants["cuda_graph"] = f"unavailable: {str(exc).splitlines()[0]}"
-        variants["two_streams"] = _streams_runner(generator, 2)
+        variants["two_streams"] = StreamsBackend(generator, 2)
     if include_compile:
         try:
-            compiled = torch.compile(generator.module)
-            runner = _module_runner(generator, compiled)
-            e = np.full(2, 100.0)
-            runner(e, np.full(2, math.pi / 2), torch.zeros(2, generator.noise_dim))  # compile now
-            variants["compile"] = runner
+            compiled = TorchBackend(torch.compile(generator.module), dev, precision)
+            compiled.run(np.full(2, 100.0), np.full(2, math.pi / 2), torch.zeros(2, generator.noise_dim))  # compile now
+            variants["compile"] = compiled
         except Exception as exc:
             variants["compile"] = f"unavailable: {str(exc).splitlines()[0]}"
     return variants
@@ -257,64 +251,47 @@ def make_variants(model: str, generator: Generator, batch_size: int, threads: in
 
 # ------------------------------------------------------------------------------ timing
 
-def _inputs(generator: Generator, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+def timed_inputs(generator: Generator, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """The inputs of every timed call: ``n`` energies (GeV) and angles (rad) uniform in the model's
+    range from ``numpy.random.default_rng(seed)``, and the noise of the generators' convention for
+    one batch of ``n`` with ``seed``; so a variant's showers equal
+    ``generator.generate(e, a, seed=seed, batch_size=n)`` (up to the variant's rounding)."""
     rng = np.random.default_rng(seed)
     (e_lo, e_hi), (a_lo, a_hi) = generator.energy_range_gev, generator.angle_range_rad
-    noise = torch.randn(n, generator.noise_dim, generator=torch.Generator().manual_seed(seed))
-    return rng.uniform(e_lo, e_hi, n), rng.uniform(a_lo, a_hi, n), noise
+    return rng.uniform(e_lo, e_hi, n), rng.uniform(a_lo, a_hi, n), seeded_noise(seed, n, generator.noise_dim)
 
 
-def time_steps(run: Runner, generator: Generator, batch_size: int, warmup: int, repeats: int,
+def time_steps(run: Backend, generator: Generator, batch_size: int, warmup: int, repeats: int,
                batches_per_step: int, seed: int = 0) -> dict[str, Any]:
-    """The steps protocol for one runner: ms/shower per step (median, min, max, IQR), warm-up
-    ms/shower, peak memory (MB) and mean GPU utilisation (%) during the steps."""
+    """The steps protocol for one back-end (:func:`fastshower.infer.timing.time_per_shower`, wall
+    clock, a step = ``batches_per_step`` batches): ms/shower per step (median, min, max, IQR),
+    warm-up ms/shower, peak memory (MB) and mean GPU utilisation (%) during the steps."""
     dev = generator.device
-    e, a, z = _inputs(generator, batch_size, seed)
+    e, a, z = timed_inputs(generator, batch_size, seed)
     _reset_peak_memory(dev)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        run(e, a, z)
-    _sync(dev)
-    warm = (time.perf_counter() - t0) / max(warmup * batch_size, 1) * 1e3
     start, stop = _gpu_sampler(dev)
-    start()
-    per_step = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(batches_per_step):
-            run(e, a, z)
-        _sync(dev)
-        per_step.append((time.perf_counter() - t0) / (batches_per_step * batch_size) * 1e3)
+    t = time_per_shower(lambda: run.run(e, a, z), batch_size, warmup=warmup, repeats=repeats,
+                        calls_per_repeat=batches_per_step, sync=lambda: _sync(dev), after_warmup=start)
     util = stop()
-    q1, _, q3 = np.percentile(per_step, [25, 50, 75])
-    median = statistics.median(per_step)
-    return {"ms_per_shower": median, "ms_per_shower_min": min(per_step), "ms_per_shower_max": max(per_step),
-            "ms_per_shower_iqr": float(q3 - q1), "showers_per_s": 1e3 / median, "warmup_ms_per_shower": warm,
-            "peak_memory_mb": _peak_memory_mb(dev), "gpu_utilisation_pct": util, "steps_ms_per_shower": per_step}
+    return {"ms_per_shower": t.ms_per_shower, "ms_per_shower_min": t.ms_per_shower_min,
+            "ms_per_shower_max": t.ms_per_shower_max, "ms_per_shower_iqr": t.ms_per_shower_iqr,
+            "showers_per_s": t.showers_per_s, "warmup_ms_per_shower": t.warmup_ms_per_shower,
+            "peak_memory_mb": _peak_memory_mb(dev), "gpu_utilisation_pct": util,
+            "steps_ms_per_shower": t.repeats_ms_per_shower}
 
 
-def time_calochallenge(run: Runner, generator: Generator, quick: bool, seed: int = 0) -> list[dict[str, Any]]:
+def time_calochallenge(run: Backend, generator: Generator, quick: bool, seed: int = 0) -> list[dict[str, Any]]:
     """CaloChallenge protocol: batch 1, 100, 10 000 (quick: 1, 16, 256); one warm-up batch
     reported apart, then 10 (quick: 3) timed repetitions."""
     sizes, reps = ((1, 16, 256), 3) if quick else ((1, 100, 10_000), 10)
+    dev = generator.device
     rows = []
     for batch in sizes:
-        e, a, z = _inputs(generator, batch, seed)
-        dev = generator.device
-        _sync(dev)
-        t0 = time.perf_counter()
-        run(e, a, z)
-        _sync(dev)
-        warm = (time.perf_counter() - t0) / batch * 1e3
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            run(e, a, z)
-            _sync(dev)
-            times.append((time.perf_counter() - t0) / batch * 1e3)
-        rows.append({"batch_size": batch, "repetitions": reps, "warmup_ms_per_shower": warm,
-                     "ms_per_shower": statistics.median(times), "ms_per_shower_min": min(times),
-                     "ms_per_shower_max": max(times)})
+        e, a, z = timed_inputs(generator, batch, seed)
+        t = time_per_shower(lambda: run.run(e, a, z), batch, warmup=1, repeats=reps, sync=lambda: _sync(dev))
+        rows.append({"batch_size": batch, "repetitions": reps, "warmup_ms_per_shower": t.warmup_ms_per_shower,
+                     "ms_per_shower": t.ms_per_shower, "ms_per_shower_min": t.ms_per_shower_min,
+                     "ms_per_shower_max": t.ms_per_shower_max})
     return rows
 
 
@@ -323,11 +300,10 @@ def reference_ms_per_shower(generator: Generator, n: int, seed: int = 0) -> floa
     (energies and angles uniform in the model's range)."""
     from fastshower.simulate.gflash import simulate_showers
 
-    e, a, _ = _inputs(generator, n, seed)
+    e, a, _ = timed_inputs(generator, n, seed)
     simulate_showers(generator.geometry, e[:min(n, 8)], a[:min(n, 8)], np.random.default_rng(seed))  # warm-up
-    t0 = time.perf_counter()
-    simulate_showers(generator.geometry, e, a, np.random.default_rng(seed))
-    return (time.perf_counter() - t0) / n * 1e3
+    return time_per_shower(lambda: simulate_showers(generator.geometry, e, a, np.random.default_rng(seed)), n,
+                           warmup=0, repeats=1).ms_per_shower
 
 
 # ------------------------------------------------------------------------------ the run
@@ -409,32 +385,30 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
 
 
 def _loadable(model: str, tmpdir: Path) -> tuple[str, str]:
-    """``model`` as ``Generator.load`` takes it, and what its weights are: a shipped name or saved
-    path as is ("trained"); a registry name without shipped weights, optionally ``name@width``,
-    becomes a freshly initialised network saved in ``tmpdir`` ("untrained": timing only)."""
-    from fastshower.models.registry import MODELS, build_generator, resolve_generator_path, save_generator
+    """``model`` as ``Generator.load`` takes it, and what its weights are (found by
+    :func:`fastshower.models.registry.resolve`): an .onnx file ("onnx file"); a shipped name or
+    saved path as is ("trained"); a registry name without shipped weights, optionally
+    ``name@width``, becomes a freshly initialised network saved in ``tmpdir`` ("untrained": timing
+    only; saved once so that every back-end times the same weights)."""
+    from fastshower.models.registry import build_generator, resolve, save_generator
 
-    if model.endswith(".onnx"):
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"no ONNX file at {model}")
+    found = resolve(model)
+    if found.kind == "onnx":
         return model, "onnx file"
-    try:
-        resolve_generator_path(model)
+    if found.kind != "untrained":
         return model, "trained"
-    except FileNotFoundError:
-        name, _, width = model.partition("@")
-        if name not in MODELS:
-            raise
-        stem = tmpdir / model.replace("@", "_w")
-        save_generator(build_generator(name, width=float(width or 1.0)), stem)
-        return str(stem), "untrained (timing only)"
+    stem = tmpdir / model.replace("@", "_w")
+    save_generator(build_generator(found.name, width=found.width), stem)
+    return str(stem), "untrained (timing only)"
 
 
 def _torch_twin(model: str) -> torch.nn.Module | None:
     """The torch network behind ``model`` for FLOPs and parameters (None for an .onnx file)."""
     from fastshower.models.registry import load_generator
 
-    return None if model.endswith(".onnx") else load_generator(model)
+    from fastshower.models.registry import resolve
+
+    return None if resolve(model).kind == "onnx" else load_generator(model)
 
 
 def machine_info(dev: torch.device, peak_gflops: float, threads: int | None) -> dict[str, Any]:

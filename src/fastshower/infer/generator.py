@@ -2,13 +2,14 @@
 
 ``Generator.load(name_or_path)`` takes a shipped model name (``gan3d_clic25``), a saved stem /
 ``.json`` / ``.safetensors`` (``fastshower.models.registry``) or an exported ``.onnx`` file (ONNX
-Runtime back-end). ``generate`` returns a :class:`~fastshower.showers.ShowerSet` (float32 GeV per
-cell, conditions in GeV and rad); ``generate_to_file`` streams batches into an HDF5 file with
-constant memory.
+Runtime back-end); :meth:`Generator.from_module` wraps a network in memory. ``generate`` returns a
+:class:`~fastshower.showers.ShowerSet` (float32 GeV per cell, conditions in GeV and rad);
+``generate_to_file`` streams batches into an HDF5 file with constant memory.
 
-Reproducibility: the noise comes from a ``torch.Generator`` on the CPU seeded with ``seed`` (drawn
-batch after batch, then moved to the device), so the same seed, conditions and batch size give the
-same showers on every back-end and device up to floating-point rounding.
+A Generator is a back-end (:mod:`fastshower.infer.backends`: torch or ONNX Runtime, which runs a
+batch) plus the one noise convention: the noise comes from a ``torch.Generator`` on the CPU seeded
+with ``seed`` (drawn batch after batch, then moved to the device), so the same seed, conditions and
+batch size give the same showers on every back-end and device up to floating-point rounding.
 """
 
 from __future__ import annotations
@@ -25,43 +26,76 @@ import numpy as np
 import torch
 
 from fastshower.geometry import Geometry, load_geometry
+from fastshower.infer.backends import PRECISIONS, Backend, OnnxBackend, TorchBackend, draw_noise, noise_rng
+from fastshower.models.base import ShowerGenerator
 from fastshower.showers import ShowerSet
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BACKENDS = ("torch", "onnx")
 #: Relative slack on the trained energy range and absolute slack on the angle range (rad).
 ENERGY_SLACK = 1e-6
 ANGLE_SLACK_RAD = 1e-6
+#: Showers per back-end call of :meth:`Generator.generate` unless told otherwise.
+DEFAULT_BATCH_SIZE = 256
 
 
 class Generator:
-    """A loaded shower generator on one device, precision and back-end. Build with :meth:`load`.
+    """A loaded shower generator: a back-end (``engine``) plus the noise convention. Build with
+    :meth:`load` or :meth:`from_module`.
 
     Attributes: ``name`` (model), ``geometry`` (:class:`~fastshower.geometry.Geometry`),
-    ``noise_dim``, ``energy_range_gev``, ``angle_range_rad``, ``device``, ``precision``,
-    ``backend``, ``module`` (the torch network; None on ONNX) and ``session`` (ONNX Runtime; None
-    on torch).
+    ``noise_dim``, ``energy_range_gev``, ``angle_range_rad``, ``engine`` (the
+    :class:`~fastshower.infer.backends.Backend`), and from it ``device``, ``precision``,
+    ``backend`` (``torch`` or ``onnx``), ``module`` (the torch network; None on ONNX) and
+    ``session`` (ONNX Runtime; None on torch).
     """
 
-    def __init__(self, *, name: str, geometry: Geometry, noise_dim: int, energy_range_gev: tuple[float, float],
-                 angle_range_rad: tuple[float, float], device: torch.device, precision: str, backend: str,
-                 allow_extrapolation: bool, module: torch.nn.Module | None = None, session: Any = None) -> None:
+    def __init__(self, engine: Backend, *, name: str, geometry: Geometry, noise_dim: int,
+                 energy_range_gev: tuple[float, float], angle_range_rad: tuple[float, float],
+                 allow_extrapolation: bool = False) -> None:
+        self.engine = engine
         self.name = name
         self.geometry = geometry
-        self.noise_dim = noise_dim
+        self.noise_dim = int(noise_dim)
         self.energy_range_gev = tuple(float(v) for v in energy_range_gev)
         self.angle_range_rad = tuple(float(v) for v in angle_range_rad)
-        self.device = device
-        self.precision = precision
-        self.backend = backend
         self.allow_extrapolation = allow_extrapolation
-        self.module = module
-        self.session = session
+
+    @property
+    def backend(self) -> str:
+        return self.engine.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        return getattr(self.engine, "module", None)
+
+    @property
+    def session(self) -> Any:
+        return getattr(self.engine, "session", None)
 
     # ------------------------------------------------------------------------------ loading
     @classmethod
+    def from_module(cls, module: ShowerGenerator, device: str | torch.device = "cpu", precision: str = "fp32",
+                    allow_extrapolation: bool = False) -> "Generator":
+        """A generator around a ``ShowerGenerator`` network in memory (e.g. a freshly built or
+        training one): moved to ``device``; the caller sets eval/train mode."""
+        dev = _device(device)
+        return cls(TorchBackend(module.to(dev), dev, precision), name=module.name,
+                   geometry=load_geometry(module.geometry), noise_dim=module.noise_dim,
+                   energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad,
+                   allow_extrapolation=allow_extrapolation)
+
+    @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
-             threads: int | None = None, allow_extrapolation: bool = False) -> "Generator":
+             threads: int | None = None, allow_extrapolation: bool = False,
+             geometry: Geometry | str | None = None) -> "Generator":
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -72,54 +106,61 @@ class Generator:
         name with ``onnx`` is exported to a temporary file first). ``threads``: intra-op threads
         (torch: ``torch.set_num_threads``, process-wide; ONNX: the session's own).
         ``allow_extrapolation``: conditions outside the trained range give a warning, not an error.
+        ``geometry``: only for an ``.onnx`` file without fastshower metadata (a foreign export with
+        the same three inputs and output): the geometry it generates for, whose ranges it gets.
+        The name is resolved by :func:`fastshower.models.registry.resolve`.
         """
+        from fastshower.models.registry import load_generator, resolve
+
         if precision not in PRECISIONS and precision != "int8":
             raise ValueError(f"unknown precision {precision!r}; expected {', '.join(PRECISIONS)} (int8: .onnx files)")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected {', '.join(BACKENDS)}")
         dev = _device(device)
-        if str(name_or_path).endswith(".onnx"):
+        found = resolve(name_or_path, untrained=False)
+        assert found.path is not None  # only untrained names have no path
+        if found.kind == "onnx":
             backend = "onnx"
         if backend == "onnx":
-            return cls._load_onnx(name_or_path, dev, precision, threads, allow_extrapolation)
-        from fastshower.models.registry import load_generator
-
+            return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation, geometry)
         if precision == "int8":
             raise ValueError("int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
         if threads is not None:
             if threads < 1:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
-        module = load_generator(name_or_path, device=dev)
+        module = load_generator(found.path, device=dev)
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
-        return cls(name=module.name, geometry=load_geometry(module.geometry), noise_dim=module.noise_dim,
-                   energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad, device=dev,
-                   precision=precision, backend="torch", allow_extrapolation=allow_extrapolation, module=module)
+        return cls.from_module(module, dev, precision, allow_extrapolation)
 
     @classmethod
-    def _load_onnx(cls, name_or_path, dev, precision, threads, allow_extrapolation) -> "Generator":
-        from fastshower.infer.onnx_export import export_onnx, open_session, read_metadata
+    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> "Generator":
+        from fastshower.infer.onnx_export import export_onnx, read_metadata
 
-        path = Path(name_or_path)
-        if path.suffix != ".onnx":
-            tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-onnx-")
-            path = Path(tmpdir.name) / "generator.onnx"
-            export_onnx(str(name_or_path), path, check=False)
-            session = open_session(path, device=str(dev), threads=threads)
-            meta = read_metadata(path)
-            tmpdir.cleanup()
+        if path.suffix != ".onnx":  # a saved or shipped model: export it first
+            with tempfile.TemporaryDirectory(prefix="fastshower-onnx-") as tmp:
+                onnx_path = Path(tmp) / "generator.onnx"
+                export_onnx(str(path), onnx_path, check=False)
+                meta = read_metadata(onnx_path)
+                engine = OnnxBackend.open(onnx_path, dev, threads, meta.get("precision", "fp32"))
         else:
-            meta = read_metadata(path)
-            session = open_session(path, device=str(dev), threads=threads)
-        file_precision = meta.get("precision", "fp32")  # fp16 / int8 files from fastshower quantize
-        if precision not in ("fp32", file_precision):
-            raise ValueError(f"the onnx backend runs the file's own precision ({file_precision}); ask for fp32 "
-                             f"(the default) or {file_precision}, not {precision} (other files: fastshower quantize)")
-        return cls(name=meta["model"], geometry=load_geometry(meta["geometry"]), noise_dim=meta["noise_dim"],
-                   energy_range_gev=meta["energy_range_gev"], angle_range_rad=meta["angle_range_rad"], device=dev,
-                   precision=file_precision, backend="onnx", allow_extrapolation=allow_extrapolation, session=session)
+            try:
+                meta = read_metadata(path)
+            except ValueError:
+                if geometry is None:
+                    raise
+                meta = _foreign_metadata(path, load_geometry(geometry))
+            engine = OnnxBackend.open(path, dev, threads, meta.get("precision", "fp32"))
+            if "noise_dim" not in meta:
+                meta["noise_dim"] = int(engine.session.get_inputs()[engine.input_names.index("noise")].shape[-1])
+        if precision not in ("fp32", engine.precision):
+            raise ValueError(f"the onnx backend runs the file's own precision ({engine.precision}); ask for fp32 "
+                             f"(the default) or {engine.precision}, not {precision} (other files: fastshower quantize)")
+        return cls(engine, name=meta["model"], geometry=load_geometry(meta["geometry"]), noise_dim=meta["noise_dim"],
+                   energy_range_gev=meta["energy_range_gev"], angle_range_rad=meta["angle_range_rad"],
+                   allow_extrapolation=allow_extrapolation)
 
     # ------------------------------------------------------------------------------ conditions
     def check_conditions(self, primary_energy: np.ndarray, incident_angle: np.ndarray) -> None:
@@ -164,27 +205,11 @@ class Generator:
 
     # ------------------------------------------------------------------------------ generation
     def run_batch(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:
-        """One batch, no checks: float32 ``(B, *shape)`` showers in GeV for energies (GeV), angles
-        (rad) and ``(B, noise_dim)`` CPU float32 noise."""
-        if self.session is not None:
-            return self.session.run(["showers"], {
-                "primary_energy": np.asarray(primary_energy, np.float32),
-                "incident_angle": np.asarray(incident_angle, np.float32),
-                "noise": noise.numpy()})[0]
-        dtype = PRECISIONS[self.precision]
-        dev = self.device
-        with torch.inference_mode():
-            e = torch.as_tensor(np.asarray(primary_energy, np.float32), device=dev)
-            a = torch.as_tensor(np.asarray(incident_angle, np.float32), device=dev)
-            z = noise.to(dev, non_blocking=True)
-            if dtype == torch.float32:
-                out = self.module(e, a, z)
-            else:  # network in low precision, post-processing (e.g. x ** (1/0.85)) in fp32
-                raw = self.module.generate_raw(e.to(dtype), a.to(dtype), z.to(dtype))
-                out = self.module.postprocess(raw.float())
-            return out.float().cpu().numpy()
+        """One batch on the back-end, no checks: float32 ``(B, *shape)`` showers in GeV for energies
+        (GeV), angles (rad) and ``(B, noise_dim)`` CPU float32 noise."""
+        return self.engine.run(primary_energy, incident_angle, noise)
 
-    def iter_batches(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
+    def iter_batches(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      seed: int | None = None) -> Iterator[ShowerSet]:
         """:meth:`generate` batch by batch (constant memory)."""
         e, a = self._conditions(primary_energy, incident_angle, n)
@@ -194,11 +219,11 @@ class Generator:
     def _batches(self, e: np.ndarray, a: np.ndarray, batch_size: int, seed: int) -> Iterator[ShowerSet]:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        noise_rng = torch.Generator(device="cpu").manual_seed(seed)
+        rng = noise_rng(seed)
         attrs = self._provenance(seed)
         for start in range(0, len(e), batch_size):
             stop = min(start + batch_size, len(e))
-            noise = torch.randn(stop - start, self.noise_dim, generator=noise_rng)
+            noise = draw_noise(rng, stop - start, self.noise_dim)
             showers = self.run_batch(e[start:stop], a[start:stop], noise)
             yield ShowerSet(showers, e[start:stop], a[start:stop], self.geometry.name, dict(attrs))
 
@@ -206,7 +231,22 @@ class Generator:
         return {"simulator": f"fastshower:{self.name}", "model": self.name, "seed": seed, "backend": self.backend,
                 "precision": self.precision, "device": str(self.device)}
 
-    def generate(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = 256,
+    def generate_arrays(self, primary_energy: np.ndarray, incident_angle: np.ndarray, seed: int,
+                        batch_size: int = DEFAULT_BATCH_SIZE, check_range: bool = True) -> np.ndarray:
+        """The showers of :meth:`generate` for 1-d arrays of conditions, as one float32 array
+        ``(n, *shape)``; ``check_range=False`` skips the trained-range check (e.g. an untrained
+        network in a test)."""
+        e = np.atleast_1d(np.asarray(primary_energy, dtype=np.float64))
+        a = np.atleast_1d(np.asarray(incident_angle, dtype=np.float64))
+        if e.shape != a.shape or e.ndim != 1:
+            raise ValueError(f"primary_energy and incident_angle must be 1-d arrays of one length, got "
+                             f"{e.shape} and {a.shape}")
+        if check_range:
+            self.check_conditions(e, a)
+        parts = [part.showers for part in self._batches(e, a, batch_size, int(seed))]
+        return np.concatenate(parts) if parts else np.zeros((0, *self.geometry.shape), np.float32)
+
+    def generate(self, primary_energy, incident_angle, n: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int | None = None) -> ShowerSet:
         """Showers for primary energies (GeV) and incident angles (rad), scalars or 1-d arrays; ``n``
         repeats scalars. ``seed`` None draws one (recorded in ``attrs["seed"]``)."""
@@ -217,7 +257,7 @@ class Generator:
         return ShowerSet.concatenate(parts)
 
     def generate_to_file(self, path: str | Path, primary_energy, incident_angle, n: int | None = None,
-                         format: str = "native", batch_size: int = 256, seed: int | None = None,
+                         format: str = "native", batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
                          progress: bool = False) -> int:
         """Stream showers into ``path`` (HDF5, ``native``, ``3dgan`` or ``calochallenge``), batch
         by batch with constant memory; the file appears only when complete. Returns the count."""
@@ -247,6 +287,13 @@ class Generator:
         if bar is not None:
             bar.close()
         return writer.n_events
+
+
+def _foreign_metadata(path: Path, geometry: Geometry) -> dict[str, Any]:
+    """Metadata for an ONNX file with the exporter's interface but without its metadata: the name
+    of the file, the geometry given and its ranges (``noise_dim`` is read from the session)."""
+    return {"model": path.stem, "geometry": geometry, "energy_range_gev": geometry.energy_range_gev,
+            "angle_range_rad": geometry.angle_range_rad}
 
 
 def _device(device: str | torch.device) -> torch.device:

@@ -27,11 +27,10 @@ import torch
 
 import fastshower
 from fastshower.fileio import atomic_path
+# the graph's input and output names and the one ONNX Runtime session factory live with the back-ends
+from fastshower.infer.backends import INPUT_NAMES, OUTPUT_NAME, open_session  # noqa: F401
 from fastshower.models.base import ShowerGenerator
 
-#: Names of the graph's inputs, in order, and of its output.
-INPUT_NAMES = ("primary_energy", "incident_angle", "noise")
-OUTPUT_NAME = "showers"
 #: Tolerances of the export check: relative error of each shower's summed energy, and elementwise
 #: ``|onnx - torch| <= ELEMENT_ATOL_FRACTION * max|torch| + RTOL * |torch|``.
 RTOL = 1e-4
@@ -164,28 +163,3 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if "shape" in meta:
         meta["shape"] = json.loads(meta["shape"])
     return meta
-
-
-def open_session(path: str | Path, device: str = "cpu", threads: int | None = None):
-    """An ONNX Runtime session for ``path``: all graph optimisations, ``threads`` intra-op threads
-    (None: ONNX Runtime's default, one per core), CUDA execution provider for ``device="cuda"``
-    (RuntimeError when this ONNX Runtime has none)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if str(device).startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("this ONNX Runtime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        index = int(str(device).partition(":")[2] or 0)
-        providers: list = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-    elif str(device) == "cpu":
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise ValueError(f"unknown device {device!r}; expected cpu or cuda[:N]")
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)

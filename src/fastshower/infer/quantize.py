@@ -117,13 +117,17 @@ def read_graph(model_path: str | Path, model: onnx.ModelProto | None = None) -> 
 
 def generator_inputs(graph: GraphInfo, n: int, seed: int) -> dict[str, np.ndarray]:
     """``n`` input sets for an exported generator: energies (GeV) and angles (rad) uniform in its
-    trained range, standard-normal noise; float32, reproducible from ``seed``."""
+    trained range (``numpy.random.default_rng(seed)``), and the noise of the generators' convention
+    (:func:`fastshower.infer.backends.seeded_noise`: one batch of ``n`` with ``seed``, as
+    ``Generator.generate(..., seed=seed, batch_size=n)`` draws it); float32."""
+    from fastshower.infer.backends import seeded_noise
+
     (e_lo, e_hi), (a_lo, a_hi) = graph.energy_range_gev, graph.angle_range_rad
     rng = np.random.default_rng(seed)
     return {
         "primary_energy": rng.uniform(e_lo, e_hi, n).astype(np.float32),
         "incident_angle": rng.uniform(a_lo, a_hi, n).astype(np.float32),
-        "noise": rng.standard_normal((n, graph.noise_dim)).astype(np.float32),
+        "noise": seeded_noise(seed, n, graph.noise_dim).numpy(),
     }
 
 
@@ -137,19 +141,12 @@ def _batches(inputs: dict[str, np.ndarray], batch_size: int, names) -> list[dict
 # ------------------------------------------------------------------ running
 
 def session(model_path: str | Path, threads: int | None = None, optimized_path: str | Path | None = None):
-    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads;
-    with ``optimized_path`` the optimised graph is also written there."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session from the one factory (:func:`fastshower.infer.backends.open_session`:
+    all graph optimisations, ``threads`` intra-op threads, None or 0 = ORT's default); with
+    ``optimized_path`` the optimised graph is also written there."""
+    from fastshower.infer.backends import open_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3  # no warning about the hardware-specific optimised file
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if optimized_path is not None:
-        opts.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    return open_session(model_path, threads=threads or None, optimized_path=optimized_path)
 
 
 def run_model(sess, inputs: dict[str, np.ndarray], batch_size: int = 128) -> np.ndarray:
@@ -161,20 +158,17 @@ def run_model(sess, inputs: dict[str, np.ndarray], batch_size: int = 128) -> np.
 
 
 def time_per_shower_ms(sess, inputs: dict[str, np.ndarray], batch_size: int, repeats: int = 5) -> float:
-    """Fastest of ``repeats`` timed runs of one batch of ``batch_size`` (after one warm-up run),
-    in ms per shower. The minimum, not the median: on a shared CPU it is the least disturbed."""
+    """ms per shower of one batch of ``batch_size`` (:func:`fastshower.infer.timing.time_per_shower`:
+    one warm-up run, ``repeats`` timed runs, wall clock), the fastest repeat: on a shared CPU it
+    is the least disturbed, and the tuning compares candidates timed minutes apart."""
+    from fastshower.infer.timing import time_per_shower
+
     if isinstance(sess, (str, Path)):
         sess = session(sess)
     if len(inputs["primary_energy"]) < batch_size:
         raise ValueError(f"need at least {batch_size} inputs to time batch {batch_size}")
     batch = _batches(inputs, batch_size, {i.name for i in sess.get_inputs()})[0]
-    sess.run(["showers"], batch)
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(["showers"], batch)
-        best = min(best, time.perf_counter() - t0)
-    return best / batch_size * 1e3
+    return time_per_shower(lambda: sess.run(["showers"], batch), batch_size, warmup=1, repeats=repeats).ms_per_shower_min
 
 
 def optimized_graph(model_path: str | Path) -> onnx.ModelProto:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -149,24 +149,78 @@ def list_shipped() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.json") if p.with_suffix(".safetensors").is_file())
 
 
-def resolve_generator_path(path_stem_or_name: str | Path) -> Path:
-    """The stem of a saved generator: a path (stem, ``.json`` or ``.safetensors``) or the name of a
-    shipped generator. FileNotFoundError when neither exists."""
-    stem = _stem(Path(path_stem_or_name))
-    if stem.with_suffix(".json").is_file():
-        return stem
-    shipped = WEIGHTS_DIR / str(path_stem_or_name)
-    if shipped.with_suffix(".json").is_file():
-        return shipped
+#: What :func:`resolve` can find.
+ModelKind = Literal["shipped", "saved", "onnx", "untrained"]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model name or path stands for (:func:`resolve`). ``kind``: ``shipped`` (weights in
+    the package), ``saved`` (a saved stem / .json / .safetensors), ``onnx`` (an exported file) or
+    ``untrained`` (a registry name without weights, optionally ``name@width``: a freshly
+    initialised network, for timing only). ``path``: the stem (shipped, saved), the .onnx file, or
+    None (untrained). ``name``: the registry model; ``geometry``: its geometry's name; ``width``:
+    the untrained network's width (1.0 unless ``@width``), else None."""
+
+    kind: ModelKind
+    path: Path | None
+    name: str
+    geometry: str
+    width: float | None = None
+
+
+def resolve(name_or_path: str | Path, untrained: bool = True) -> ResolvedModel:
+    """The one place a model name or path is resolved, in this order: an ``.onnx`` path (the file
+    must exist), a saved stem (``<stem>.json``), a shipped name (``fastshower/weights``), and with
+    ``untrained`` a registry name or ``name@width``. FileNotFoundError naming what was looked for
+    otherwise."""
+    text = str(name_or_path)
+    if text.endswith(".onnx"):
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {path}")
+        meta = _onnx_metadata(path)
+        return ResolvedModel("onnx", path, meta.get("model", path.stem), meta.get("geometry", ""))
+    stem = _stem(Path(name_or_path))
+    candidates: tuple[tuple[ModelKind, Path], ...] = (("saved", stem), ("shipped", WEIGHTS_DIR / text))
+    for kind, candidate in candidates:
+        if candidate.with_suffix(".json").is_file():
+            card = _read_card_file(candidate)
+            return ResolvedModel(kind, candidate, card["model"], str(card.get("geometry", "")))
+    name, _, width = text.partition("@")
+    if untrained and name in MODELS:
+        try:
+            w = float(width or 1.0)
+        except ValueError:
+            raise ValueError(f"bad width in {text!r}; expected name@width, e.g. {name}@0.5") from None
+        return ResolvedModel("untrained", None, name, MODELS[name].geometry, w)
     names = list_shipped()
     raise FileNotFoundError(
-        f"no saved generator at {stem}.json and no shipped generator named {str(path_stem_or_name)!r}; "
+        f"no saved generator at {stem}.json and no shipped generator named {text!r}; "
         f"shipped: {', '.join(names) if names else 'none'}")
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def resolve_generator_path(path_stem_or_name: str | Path) -> Path:
+    """The stem of a saved or shipped generator (:func:`resolve` without ONNX files or untrained
+    names). FileNotFoundError when neither exists."""
+    found = resolve(path_stem_or_name, untrained=False)
+    if found.kind == "onnx" or found.path is None:
+        raise FileNotFoundError(f"{path_stem_or_name} is an ONNX file, not a saved generator (safetensors + JSON)")
+    return found.path
 
 
 def read_card(path_stem_or_name: str | Path) -> dict[str, Any]:
     """The model card (JSON) of a saved or shipped generator."""
-    stem = resolve_generator_path(path_stem_or_name)
+    return _read_card_file(resolve_generator_path(path_stem_or_name))
+
+
+def _read_card_file(stem: Path) -> dict[str, Any]:
     card = json.loads(stem.with_suffix(".json").read_text())
     if not isinstance(card, dict) or "model" not in card or "config" not in card:
         raise ValueError(f"{stem}.json is not a fastshower generator card (no 'model' / 'config')")

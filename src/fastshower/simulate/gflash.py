@@ -272,6 +272,15 @@ def _pivot_depth_mm(stack: StackParameters, primary_energy: np.ndarray, sin_thet
     return np.interp(t_mean * sin_theta, edges_x0, edges_mm)
 
 
+def pivot_depth_mm(stack: StackParameters, primary_energy: np.ndarray, sin_theta: np.ndarray,
+                   particle: str = "e-") -> np.ndarray:
+    """Depth (mm, along the normal) where GFlash's tilted shower axis crosses the lateral grid
+    centre (the mean shower maximum), per primary energy (GeV) and sin(theta): the entry-point
+    convention of GFlash showers (and of the training data), used to place them in Geant4."""
+    return _pivot_depth_mm(stack, np.asarray(primary_energy, np.float64), np.asarray(sin_theta, np.float64),
+                           "gamma" if particle == "gamma" else "e-")
+
+
 def _lateral_fractions(geometry: Geometry, stack: StackParameters, primary_energy, sin_theta, cot_theta,
                        pivot_mm, r_core, r_tail, core_weight) -> np.ndarray:
     """Fraction of each layer's energy in each cell: (n, *lateral shape, n_layers)."""

@@ -480,7 +480,7 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Profile MSE and sampling-fraction error of the generator against the held-out file, and
         the discriminator's energy regression on it (``d_energy_mape``, %)."""
-        from fastshower.validate.metrics import quick_metrics
+        from fastshower.data.summaries import quick_metrics  # one definition, shared with validate and infer
 
         if self.validation_set is None:
             raise ValueError("no validation file configured (data.validation)")

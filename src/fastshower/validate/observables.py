@@ -16,23 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+# the axis projections and the denominator guard are shared with the quick metrics one layer down
+from fastshower.data.summaries import EPS as _EPS
+from fastshower.data.summaries import axis_profiles  # noqa: F401
 from fastshower.geometry import Geometry, load_geometry
 
 #: Default cell threshold for counting hits (GeV): 0.2 MeV, as the 3DGAN analysis (``get_hits``).
 HIT_THRESHOLD_GEV = 2e-4
-
-#: Added to every energy-weighted denominator, as CaloChallenge ``HighLevelFeatures`` does.
-_EPS = 1e-16
-
-
-def axis_profiles(showers: np.ndarray) -> dict[str, np.ndarray]:
-    """Energy projected on each axis (summed over the two others), GeV.
-
-    Keys ``x``, ``y``, ``z`` (cylindrical: r, alpha, layer), each shape (n, axis length).
-    """
-    xy = showers.sum(axis=3, dtype=np.float64)
-    return {"x": xy.sum(axis=2), "y": xy.sum(axis=1), "z": showers.sum(axis=(1, 2), dtype=np.float64)}
-
 
 def profile_moments(profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """First and second moments of each axis profile, in cell indices (3DGAN ``get_moments``).

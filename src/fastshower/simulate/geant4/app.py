@@ -45,11 +45,11 @@ import numpy as np
 
 from fastshower.geometry import Geometry, load_geometry
 from fastshower.showers import ShowerSet
-from fastshower.simulate.geant4.datasets import (ensure_nuclide_table_for_fast_mode, import_geant4,
+from fastshower.simulate.geant4.datasets import (ensure_nuclide_table_for_fast_mode, find_dataset, import_geant4,
                                                  require_datasets)
 from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
                                                   direction_to_condition, entry_layer_of, place_showers)
-from fastshower.simulate.geant4.sources import ShowerSource, batch_seed, call_source, entry_offset_of
+from fastshower.simulate.geant4.sources import ShowerSource, as_source, batch_seed, call_source, entry_offset_of
 
 MODES = ("fast", "full")
 #: Particles the fast-simulation hook takes.
@@ -125,6 +125,82 @@ def format_timing(result: G4RunResult) -> str:
     return "\n".join(lines)
 
 
+_LENGTH_MM = {"nm": 1e-6, "um": 1e-3, "mm": 1.0, "cm": 10.0, "m": 1000.0, "km": 1e6}
+#: Default production cut (mm): 1 mm, G4VUserPhysicsList's default and the cut every Geant4 sample
+#: of the project so far was made with (the 0.7 mm that earlier code asked for never took effect,
+#: see Geant4App.__init__). Geant4's reference lists (FTFP_BERT, ...) use 0.7 mm.
+DEFAULT_CUT_MM = 1.0
+DEFAULT_EM_PHYSICS = "option0"
+#: EM physics choices (``--em-physics``): Geant4 constructor and G4EMLOW8.8 paths it reads.
+#: option0-2 read only brem_SB and the photoelectric (+ Rayleigh for option0) files that
+#: ``fastshower g4data build`` makes (strace, reference note section 1). The others need more of
+#: the real G4EMLOW: the path listed is the one Geant4 11.4 aborted on when each was run on the
+#: built set (fatal em0003; checked here one by one), so it is where they first differ, not
+#: necessarily all they read.
+_EXTRA = ("brem_SB", "epics2017/phot", "fluor")
+EM_PHYSICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "option0": ("G4EmStandardPhysics", ("brem_SB", "epics2017/phot", "epics2017/rayl")),
+    "option1": ("G4EmStandardPhysics_option1", ("brem_SB", "epics2017/phot")),
+    "option2": ("G4EmStandardPhysics_option2", ("brem_SB", "epics2017/phot")),
+    "option3": ("G4EmStandardPhysics_option3", _EXTRA),
+    "option4": ("G4EmStandardPhysics_option4", _EXTRA),
+    "livermore": ("G4EmLivermorePhysics", _EXTRA),
+    "penelope": ("G4EmPenelopePhysics", _EXTRA),
+    "lowep": ("G4EmLowEPPhysics", ("brem_SB", "epics2017/phot", "photoelectric_angular")),
+    "GS": ("G4EmStandardPhysicsGS", _EXTRA),
+    "SS": ("G4EmStandardPhysicsSS", _EXTRA),
+    "WVI": ("G4EmStandardPhysicsWVI", _EXTRA),
+}
+
+
+def physics_list_name(physics: str, em_physics: str | None = DEFAULT_EM_PHYSICS) -> str:
+    """The Geant4 physics list a physics choice builds, as recorded in the files."""
+    if physics == "transport":
+        return "transportation only"
+    em = EM_PHYSICS[em_physics or DEFAULT_EM_PHYSICS][0]
+    return f"{em} + G4DecayPhysics" if physics == "em" else f"FTFP_BERT ({em})"
+
+
+def require_em_physics(em_physics: str) -> None:
+    """ValueError for an unknown choice; RuntimeError (one line) when the G4EMLOW data set that
+    Geant4 will read lacks a path this EM constructor opens (Geant4 itself would abort the
+    process)."""
+    if em_physics not in EM_PHYSICS:
+        raise ValueError(f"unknown EM physics {em_physics!r}; expected one of {', '.join(EM_PHYSICS)}")
+    emlow = find_dataset("G4EMLOW")
+    if emlow is None:
+        return  # require_datasets reports the missing data set
+    constructor, paths = EM_PHYSICS[em_physics]
+    missing = [p for p in paths if not (emlow / p).exists()]
+    if missing:
+        raise RuntimeError(f"EM physics {em_physics} ({constructor}) needs G4EMLOW data that {emlow} lacks: "
+                           f"{', '.join(p + '/' for p in missing)} (fastshower's built data set covers option0, "
+                           f"option1 and option2); point G4LEDATA at a full G4EMLOW8.8 installation")
+
+
+def dataset_provenance(physics: str, source: str) -> dict:
+    """Where the data sets ``physics`` reads come from: ``source`` as one line (what
+    ``datasets.require_datasets`` returned, expanded by ``g4data.provenance``: an installation, or
+    fastshower's offline set with its recipe, versions, elements and manifest hash) and the
+    directory of each data set."""
+    from fastshower.simulate.geant4.datasets import PHYSICS_DATASETS
+    from fastshower.simulate.geant4.g4data import provenance
+
+    out: dict = {"source": provenance(source)}
+    for name in PHYSICS_DATASETS[physics]:
+        path = find_dataset(name, placeholder_ok=True)
+        out[name] = str(path) if path else None
+    return out
+
+
+def engine_seeds(seed: int) -> tuple[int, int, int, int]:
+    """The four 32-bit seeds of Geant4's MixMax engine for a run with ``seed``: an independent
+    stream (numpy SeedSequence, spawn key 2; the shower source uses :func:`batch_seed`, the
+    conditions their own streams), so runs with different seeds differ and one seed reproduces."""
+    words = np.random.SeedSequence(int(seed), spawn_key=(2,)).generate_state(4, np.uint32)
+    return tuple(int(w) for w in words)  # type: ignore[return-value]
+
+
 def _default_physics(mode: str) -> str:
     return "transport" if mode == "fast" else "em"
 
@@ -133,9 +209,12 @@ class Geant4App:
     """The application for one geometry, mode and physics (use :func:`get_app`)."""
 
     def __init__(self, geometry: Geometry | str, mode: str = "fast", physics: str | None = None,
-                 production_cut_mm: float = 0.7, max_gun_distance_mm: float = 1000.0, scorer: str = "edep") -> None:
+                 production_cut_mm: float = DEFAULT_CUT_MM, max_gun_distance_mm: float = 1000.0, scorer: str = "edep",
+                 em_physics: str = DEFAULT_EM_PHYSICS) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected fast or full")
+        if not production_cut_mm > 0:
+            raise ValueError(f"the production cut must be positive (mm), got {production_cut_mm}")
         if scorer not in SCORERS:
             raise ValueError(f"unknown scorer {scorer!r}; expected one of {', '.join(SCORERS)}")
         self.scorer = scorer
@@ -143,9 +222,15 @@ class Geant4App:
         physics = physics or _default_physics(mode)
         if mode == "full" and physics == "transport":
             raise ValueError("full simulation needs a physics list: em or FTFP_BERT")
-        require_datasets(physics)  # before anything of Geant4 is touched
+        self.datasets = require_datasets(physics, geometry)  # before anything of Geant4 is touched
+        if physics != "transport":
+            require_em_physics(em_physics)
         self.geometry = load_geometry(geometry)
         self.mode, self.physics = mode, physics
+        self.em_physics = em_physics if physics != "transport" else None
+        self.production_cut_mm = float(production_cut_mm)
+        self.physics_list_name = physics_list_name(physics, em_physics)
+        self.data_provenance = dataset_provenance(physics, self.datasets)
         self.nuclide_table = ensure_nuclide_table_for_fast_mode() if physics == "transport" else "dataset"
         self.g4 = g4 = import_geant4()
         self.max_gun_distance_mm = float(max_gun_distance_mm)
@@ -155,13 +240,24 @@ class Geant4App:
         with contextlib.redirect_stdout(banner):
             self.run_manager = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
         self.banner = banner.getvalue()
+        self.engine = g4.HepRandom.getTheEngine()  # Geant4's default, MixMax (seeded in run())
+        if self.engine.name() != "MixMaxRng":  # pragma: no cover - a user replaced the engine
+            raise RuntimeError(f"Geant4's random engine is {self.engine.name()}; fastshower seeds MixMaxRng")
         ui = g4.G4UImanager.GetUIpointer()
         for cmd in ("/control/verbose 0", "/run/verbose 0", "/event/verbose 0", "/tracking/verbose 0"):
             ui.ApplyCommand(cmd)
         self.detector = _make_detector(self)
         self.run_manager.SetUserInitialization(self.detector)
-        self.physics_list = _make_physics(g4, physics, production_cut_mm)
+        self.physics_list = _make_physics(g4, physics, em_physics)
         self.run_manager.SetUserInitialization(self.physics_list)
+        # The cut goes through Geant4's own /run/setCut (G4UserPhysicsListMessenger). Calling
+        # SetDefaultCutValue through geant4_pybind 0.1.3 does not take effect (the cuts stay at
+        # 1 mm, the G4VUserPhysicsList default) and makes the process crash at exit (SIGSEGV in
+        # G4ParticleTable::DeleteAllParticles when geant4_pybind's atexit hook deletes the run
+        # manager): both checked with /run/dumpCouples and the exit code.
+        ui.ApplyCommand(f"/run/setCut {self.production_cut_mm!r} mm")  # (the binding returns no status)
+        if physics != "transport":  # no EM parameter and model tables on stdout (Geant4 prints them at BeamOn)
+            g4.G4EmParameters.Instance().SetVerbose(0)
         self.runner = _Runner(self)
         self.run_manager.SetUserInitialization(self.runner.action_initialization)
         self.run_manager.Initialize()
@@ -175,9 +271,39 @@ class Geant4App:
                 self.run_manager.SetUserAction(hook)
                 self.hook_scope = "all steps"
 
+    def provenance(self) -> dict:
+        """File attributes that say how showers were made here: simulator, Geant4 version,
+        physics (choice, list, EM option, production cut), random engine, data sets."""
+        return {"simulator": f"geant4-{self.mode}", "geant4": self.version, "physics": self.physics,
+                "physics_list": self.physics_list_name, "em_physics": self.em_physics,
+                "production_cut_mm": self.production_cut_mm, "random_engine": self.engine.name(),
+                "geant4_data": self.data_provenance, "nuclide_table": self.nuclide_table}
+
+    def applied_range_cuts_mm(self) -> dict[str, float]:
+        """The range cuts Geant4 applies, per particle (mm), as ``/run/dumpCouples`` prints them for
+        the first material-cuts couple (valid after a run has built the couple table)."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.g4.G4UImanager.GetUIpointer().ApplyCommand("/run/dumpCouples")
+        for line in out.getvalue().splitlines():
+            if line.strip().startswith("Range cuts"):
+                words = line.split(":", 1)[1].split()
+                return {words[i]: round(float(words[i + 1]) * _LENGTH_MM[words[i + 2]], 9)
+                        for i in range(0, len(words) - 2, 3)}
+        raise RuntimeError("Geant4 printed no range cuts (no run yet?)")
+
+    def seed_engine(self, words: Sequence[int]) -> None:
+        """Seed Geant4's MixMax engine with four 32-bit words (all of them count)."""
+        seeds = [int(w) for w in words]
+        self.g4.HepRandom.setTheSeeds([*seeds, 0], len(seeds))  # 2nd argument: MixMax's seed count
+        got = [int(v) for v in self.g4.HepRandom.getTheSeeds()[:len(seeds)]]
+        if got != seeds:  # pragma: no cover - another engine or a changed binding
+            raise RuntimeError(f"Geant4 engine {self.engine.name()} did not take seeds {seeds} (has {got})")
+
     @property
     def key(self) -> tuple:
-        return (self.geometry.model_dump_json(), self.mode, self.physics, self.scorer)
+        return (self.geometry.model_dump_json(), self.mode, self.physics, self.scorer, self.em_physics,
+                self.production_cut_mm)
 
     # --- geometry queries (tests, debugging) ------------------------------------------------
     def cell_index_at(self, points_mm: np.ndarray) -> np.ndarray:
@@ -198,15 +324,20 @@ class Geant4App:
     def run(self, n_events: int, guns: Sequence[Gun], source: ShowerSource | None = None, *, seed: int = 0,
             threshold_gev: float | None = None, batch_events: int = 100,
             sink: Callable[[ShowerSet], None] | None = None, collect: bool = True,
-            progress: bool = False) -> G4RunResult:
+            progress: bool = False, geant4_seeds: Sequence[int] | None = None) -> G4RunResult:
         """Simulate ``n_events`` events, each with one primary per gun.
 
         Fast mode: e-, e+ and gamma above ``threshold_gev`` (default: the low end of the
-        geometry's energy range) entering the calorimeter are replaced by ``source`` showers,
+        geometry's energy range) entering the calorimeter are replaced by ``source`` showers (a
+        :class:`~fastshower.simulate.geant4.sources.ShowerSource`, or a plain function: centred),
         generated once per ``batch_events`` events with seed ``batch_seed(seed, batch)``. Each
         finished batch becomes a ShowerSet (per event: cells in GeV, primary_energy = the sum of
         the gun energies, incident_angle = the first gun's theta) passed to ``sink`` and, with
         ``collect``, concatenated into ``result.showers``.
+
+        Geant4's random engine (MixMax) is seeded before the event loop with ``geant4_seeds`` (four
+        32-bit words), by default :func:`engine_seeds` of ``seed``: the same seed reproduces a run
+        bit for bit (in any process), different seeds give independent showers.
         """
         if n_events < 1 or batch_events < 1:
             raise ValueError(f"n_events and batch_events must be >= 1, got {n_events} and {batch_events}")
@@ -220,45 +351,55 @@ class Geant4App:
             if not 0 < gun.distance_mm <= self.max_gun_distance_mm:
                 raise ValueError(f"gun distance must lie in (0, {self.max_gun_distance_mm:g}] mm")
         threshold = self.geometry.energy_range_gev[0] if threshold_gev is None else float(threshold_gev)
+        source = None if source is None else as_source(source)  # a plain function: showers centred on the entry
         if self.failed:
             raise RuntimeError(f"an earlier Geant4 run in this process failed inside the event loop ({self.failed}); "
                                f"Geant4's state is undefined: use a new process")
+        words = tuple(int(w) for w in (engine_seeds(seed) if geant4_seeds is None else geant4_seeds))
+        if len(words) != 4 or not all(0 <= w < 2**32 for w in words):
+            raise ValueError(f"geant4_seeds must be four integers in [0, 2^32), got {words}")
         return self.runner.run(n_events, list(guns), source, seed=int(seed), threshold_gev=threshold,
-                               batch_events=int(batch_events), sink=sink, collect=collect, progress=progress)
+                               batch_events=int(batch_events), sink=sink, collect=collect, progress=progress,
+                               geant4_seeds=words)
 
 
 _APP: Geant4App | None = None
 
 
-def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = None, scorer: str = "edep") -> Geant4App:
+def get_app(geometry: Geometry | str, mode: str = "fast", physics: str | None = None, scorer: str = "edep",
+            em_physics: str = DEFAULT_EM_PHYSICS, production_cut_mm: float = DEFAULT_CUT_MM) -> Geant4App:
     """The process's Geant4 application, built on first use. Geant4 allows one run manager per
-    process: asking for another geometry, mode or physics later raises RuntimeError (run it in a
-    new process)."""
+    process: asking for another geometry, mode, physics, EM option or cut later raises
+    RuntimeError (run it in a new process)."""
     global _APP
     g = load_geometry(geometry)
     physics = physics or _default_physics(mode)
     if _APP is None:
-        _APP = Geant4App(g, mode, physics, scorer=scorer)
+        _APP = Geant4App(g, mode, physics, scorer=scorer, em_physics=em_physics, production_cut_mm=production_cut_mm)
         return _APP
-    if _APP.key != (g.model_dump_json(), mode, physics, scorer):
+    em = em_physics if physics != "transport" else None
+    if _APP.key != (g.model_dump_json(), mode, physics, scorer, em, float(production_cut_mm)):
         raise RuntimeError(f"this process already runs Geant4 for {_APP.geometry.name} ({_APP.mode}, "
-                           f"{_APP.physics}); Geant4 allows one application per process: use a new process")
+                           f"{_APP.physics_list_name}, cut {_APP.production_cut_mm:g} mm); Geant4 allows one "
+                           f"application per process: use a new process")
     return _APP
 
 
 def run_geant4(geometry: Geometry | str, n_events: int, guns: Sequence[Gun] | Gun,
                source: ShowerSource | None = None, *, mode: str = "fast", physics: str | None = None,
-               scorer: str = "edep", **kwargs) -> G4RunResult:
+               scorer: str = "edep", em_physics: str = DEFAULT_EM_PHYSICS, production_cut_mm: float = DEFAULT_CUT_MM,
+               **kwargs) -> G4RunResult:
     """Build (or reuse) the application and run it; see :meth:`Geant4App.run`."""
     if isinstance(guns, Gun):
         guns = [guns]
-    return get_app(geometry, mode, physics, scorer).run(n_events, guns, source, **kwargs)
+    return get_app(geometry, mode, physics, scorer, em_physics, production_cut_mm).run(n_events, guns, source,
+                                                                                       **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
 # Geant4 user classes (built lazily, because geant4_pybind is optional)
 
-def _make_physics(g4, physics: str, cut_mm: float):
+def _make_physics(g4, physics: str, em_physics: str = DEFAULT_EM_PHYSICS):
     if physics == "transport":
         class TransportOnly(g4.G4VModularPhysicsList):
             """Constructs particles, adds transportation only (G4VModularPhysicsList.ConstructProcess)."""
@@ -270,14 +411,15 @@ def _make_physics(g4, physics: str, cut_mm: float):
         pl = TransportOnly()
     elif physics == "em":
         pl = g4.G4VModularPhysicsList()
-        pl.RegisterPhysics(g4.G4EmStandardPhysics())
+        pl.RegisterPhysics(getattr(g4, EM_PHYSICS[em_physics][0])())
         pl.RegisterPhysics(g4.G4DecayPhysics())
     elif physics == "FTFP_BERT":
         pl = g4.FTFP_BERT()
+        if em_physics != DEFAULT_EM_PHYSICS:
+            pl.ReplacePhysics(getattr(g4, EM_PHYSICS[em_physics][0])())
     else:
         raise ValueError(f"unknown physics {physics!r}")
-    pl.SetDefaultCutValue(cut_mm * g4.mm)
-    return pl
+    return pl  # the production cut is set through Geant4's UI (see Geant4App.__init__)
 
 
 def _make_detector(app: Geant4App):
@@ -427,8 +569,10 @@ class _Runner:
         self.active = False
 
     # --- per-run set-up ---------------------------------------------------------------------
-    def run(self, n_events, guns, source, *, seed, threshold_gev, batch_events, sink, collect, progress):
+    def run(self, n_events, guns, source, *, seed, threshold_gev, batch_events, sink, collect, progress,
+            geant4_seeds):
         g4, app, geo = self.g4, self.app, self.app.geometry
+        app.seed_engine(geant4_seeds)
         self.n_events, self.guns, self.source, self.seed = n_events, guns, source, seed
         self.threshold_mev = threshold_gev * 1000.0
         self.batch_events, self.sink, self.collect = batch_events, sink, collect
@@ -475,11 +619,10 @@ class _Runner:
         records = {"event": rec[:, 0].astype(np.int64), "energy_gev": rec[:, 1], "x_mm": rec[:, 2], "y_mm": rec[:, 3],
                    "z_mm": rec[:, 4], "theta_rad": rec[:, 5], "psi_rad": rec[:, 6], "entry_layer": rec[:, 7].astype(np.int64),
                    "batch": rec[:, 8].astype(np.int64), "pdg": rec[:, 9].astype(np.int64)}
-        attrs = {"simulator": f"geant4-{app.mode}", "geant4": app.version, "physics": app.physics, "seed": seed,
-                 "threshold_gev": threshold_gev, "batch_events": batch_events, "particles": ",".join(g.particle for g in guns),
-                 "nuclide_table": app.nuclide_table}
+        attrs = {**app.provenance(), "seed": seed, "geant4_seeds": list(geant4_seeds), "threshold_gev": threshold_gev,
+                 "batch_events": batch_events, "particles": ",".join(g.particle for g in guns)}
         if source is not None:
-            attrs["shower_source"] = str(getattr(source, "description", getattr(source, "__name__", "callable")))
+            attrs["shower_source"] = source.description
         showers = None
         if collect:
             showers = ShowerSet.concatenate(self.parts)
@@ -583,3 +726,4 @@ class _Runner:
         self.leaked.append(leaked)
         self.batch_records = []
         self.batch_start, self.batch_index = end, self.batch_index + 1
+

@@ -18,6 +18,12 @@ Facts about geant4_pybind 0.1.3 (Geant4 11.4.1) that this module works with:
   ``FASTSHOWER_STUB``): the table of ion ground states and isomers is then empty, which the fast
   mode (no ions, no EM physics) never uses. A variable the user set, ``GEANT4_DATA_DIR``, or a
   real data set is never replaced; full mode refuses to run on the stub.
+- Standard EM physics needs only a few files of G4EMLOW per element, which fastshower builds from
+  public tables (:mod:`.g4data`). :func:`require_datasets` uses a real installation where the user
+  has one (``GEANT4_DATA_DIR`` or a data-set variable such as ``G4LEDATA``, or geant4_pybind's own
+  download); otherwise it uses, and if absent builds (one line on stderr), fastshower's set in the
+  user's cache directory and points the Geant4 variables at it. A fastshower-built set that lacks
+  an element of the geometry is extended.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from pathlib import Path
 
 #: Marker file inside fastshower's empty nuclide table (never counted as a real data set).
 STUB_MARKER = "FASTSHOWER_STUB"
+#: Set to 0 to stop full mode from building fastshower's offline data set by itself.
+AUTOBUILD_ENV = "FASTSHOWER_G4DATA_AUTOBUILD"
 #: Set to 1 to let geant4_pybind offer (or, under CI=true, start) its data set download at import.
 ALLOW_DOWNLOAD_ENV = "FASTSHOWER_G4_ALLOW_DOWNLOAD"
 
@@ -74,16 +82,32 @@ PHYSICS_DATASETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Marker file of the placeholder directories of fastshower's data set (see g4data.py); they
+#: count as a data set only where PLACEHOLDER_OK says so.
+PLACEHOLDER_MARKER = "FASTSHOWER_PLACEHOLDER"
+#: Data sets whose fastshower placeholder is enough: standard EM physics with no ions needs an
+#: (empty) nuclide table.
+PLACEHOLDER_OK = ("G4ENSDFSTATE",)
+#: The data sets fastshower's built set provides for real (for physics needing only these, full
+#: mode builds the set when no installation is found).
+BUILDABLE = ("G4EMLOW", "G4ENSDFSTATE")
+
+
 def _is_stub(path: Path) -> bool:
     return (path / STUB_MARKER).exists()
 
 
-def find_dataset(name: str) -> Path | None:
+def is_placeholder(path: Path) -> bool:
+    return (path / PLACEHOLDER_MARKER).exists()
+
+
+def find_dataset(name: str, placeholder_ok: bool = False) -> Path | None:
     """Directory of the data set ``name``, looked up as Geant4 does, or None.
 
     Order: its environment variable (e.g. ``G4LEDATA``), ``$GEANT4_DATA_DIR/<name><version>``,
     then geant4_pybind's own download location ``~/.geant4_pybind/<name><version>``. fastshower's
-    empty nuclide table never counts.
+    empty nuclide table never counts; a placeholder of fastshower's data set counts only with
+    ``placeholder_ok``.
     """
     ds = DATASETS[name]
     candidates = []
@@ -93,7 +117,7 @@ def find_dataset(name: str) -> Path | None:
         candidates.append(Path(os.environ["GEANT4_DATA_DIR"]) / ds.dirname)
     candidates.append(Path.home() / ".geant4_pybind" / ds.dirname)
     for path in candidates:
-        if path.is_dir() and not _is_stub(path):
+        if path.is_dir() and not _is_stub(path) and (placeholder_ok or not is_placeholder(path)):
             return path
     return None
 
@@ -102,7 +126,13 @@ def missing_datasets(physics: str) -> list[Dataset]:
     """The data sets ``physics`` needs that cannot be found (see :func:`find_dataset`)."""
     if physics not in PHYSICS_DATASETS:
         raise ValueError(f"unknown physics {physics!r}; expected one of {', '.join(PHYSICS_DATASETS)}")
-    return [DATASETS[n] for n in PHYSICS_DATASETS[physics] if find_dataset(n) is None]
+    return [DATASETS[n] for n in PHYSICS_DATASETS[physics] if find_dataset(n, n in PLACEHOLDER_OK) is None]
+
+
+def user_data_variables() -> list[str]:
+    """The Geant4 data variables set in the environment (GEANT4_DATA_DIR and per data set)."""
+    names = ["GEANT4_DATA_DIR"] + [d.envvar for d in DATASETS.values()]
+    return [n for n in names if os.environ.get(n)]
 
 
 def datasets_message(missing: list[Dataset], physics: str) -> str:
@@ -113,14 +143,55 @@ def datasets_message(missing: list[Dataset], physics: str) -> str:
             f"installation: export GEANT4_DATA_DIR=/path/to/data (the directory holding {example.dirname}, ...), "
             f"or one variable per data set (export {example.envvar}=/path/to/{example.dirname}), or "
             f"`source <geant4-prefix>/bin/geant4.sh`; install them with `geant4-config --install-datasets` "
-            f"or from https://geant4.web.cern.ch/download (see docs/geant4.md)")
+            f"or from https://geant4.web.cern.ch/download (see docs/geant4.md)"
+            + ("; for standard EM physics, `fastshower g4data build` writes an offline set (full mode builds "
+               f"it by itself unless {AUTOBUILD_ENV}=0 or a Geant4 data variable is set)"
+               if set(PHYSICS_DATASETS.get(physics, ())) <= set(BUILDABLE) else ""))
 
 
-def require_datasets(physics: str) -> None:
-    """Raise RuntimeError with :func:`datasets_message` if ``physics`` lacks a data set."""
+def require_datasets(physics: str, geometry=None, *, build: bool = True) -> str:
+    """Make sure Geant4 finds the data sets ``physics`` needs, or raise RuntimeError with
+    :func:`datasets_message`. Returns where they come from: "none needed", "installation" (a real
+    one the user pointed at or geant4_pybind downloaded) or "fastshower:<dir>" (the offline set).
+
+    Physics that needs only G4EMLOW and G4ENSDFSTATE (standard EM) runs on fastshower's offline
+    set (:mod:`.g4data`) when no installation is found: with ``build``, it is built in the user's
+    cache directory if absent (one line on stderr) and the Geant4 variables of this process point
+    at it. A fastshower set that lacks an element of ``geometry`` (a Geometry, preset name or YAML
+    path) is extended. A real installation always wins. ``FASTSHOWER_G4DATA_AUTOBUILD=0`` turns
+    the building off (then a missing data set is an error, as with ``build=False``).
+    """
+    needed = PHYSICS_DATASETS.get(physics)
     missing = missing_datasets(physics)
-    if missing:
+    build = build and os.environ.get(AUTOBUILD_ENV, "1") != "0"
+    if not needed:
+        return "none needed"
+    emlow = find_dataset("G4EMLOW")
+    if not missing:
+        if emlow is not None and emlow.parent.joinpath(_G4DATA_MANIFEST).exists():
+            if geometry is not None and build:
+                from fastshower.simulate.geant4 import g4data
+
+                g4data.ensure_dataset(g4data.geometry_elements(geometry), emlow.parent)
+            return f"fastshower:{emlow.parent}"
+        return "installation"
+    buildable = set(needed) <= set(BUILDABLE)
+    if not buildable or not build or user_data_variables():
+        # hadronic physics, or data variables the user set that lack a data set (an installation
+        # the user points at always wins: never mixed with fastshower's files)
         raise RuntimeError(datasets_message(missing, physics))
+    from fastshower.simulate.geant4 import g4data
+
+    elements = g4data.geometry_elements(geometry) if geometry is not None else g4data.default_elements()
+    root = g4data.ensure_dataset(elements)
+    g4data.set_environment(root)
+    still = missing_datasets(physics)
+    if still:  # pragma: no cover - a variable the user set points elsewhere
+        raise RuntimeError(datasets_message(still, physics))
+    return f"fastshower:{root}"
+
+
+_G4DATA_MANIFEST = "fastshower-g4data.json"
 
 
 def _stub_dir() -> Path:

@@ -1,11 +1,12 @@
-"""Per-event timing of the Geant4 application: ``python -m fastshower.simulate.geant4.bench``.
+"""Per-event timing of the Geant4 application with a shower source: ``python -m fastshower.infer.g4bench``.
 
 Runs fast (or full) mode for several primary energies in one process (one Geant4 application)
 and prints transport / inference / placement / total per event in ms. ``--model`` takes what
 ``fastshower g4run --model`` takes, plus ``untrained:<registry name>[:<width>]`` (a freshly
-initialised generator of the right size: timing only, its showers mean nothing).
+initialised generator of the right size: timing only, its showers mean nothing). It lives in
+``infer`` because it builds model-backed sources; ``simulate.geant4`` only receives them.
 
-    python -m fastshower.simulate.geant4.bench -g clic25 --model untrained:gan3d_clic25 \
+    python -m fastshower.infer.g4bench -g clic25 --model untrained:gan3d_clic25 \
         --energies 10,100,500 -n 200 --batch-events 100
 """
 
@@ -18,12 +19,11 @@ import numpy as np
 
 
 def _source(model: str, geometry: str):
-    from fastshower.simulate.geant4.sources import module_source, resolve_source
+    from fastshower.infer.sources import module_source, resolve_source
+    from fastshower.models.registry import build_generator
 
     if model.startswith("untrained:"):
         import torch
-
-        from fastshower.models.registry import build_generator
 
         parts = model.split(":")
         width = float(parts[2]) if len(parts) > 2 else 1.0
