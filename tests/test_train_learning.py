@@ -1,9 +1,10 @@
-"""Learning check (issue 15): an eighth-width conv2d_g1 with the Conv2D recipe, 96 steps of batch 16
-on 512 GFlash showers, must measurably learn on a CPU: the discriminator's energy regression below
-25% MAPE on held-out showers, and the generator's profile MSE and sampling-fraction error below
-0.93x and 0.5x those of the untrained generator (with its calibrated output scale).
+"""Learning check (issue 15): an eighth-width conv2d_g1 with the Conv2D recipe, 128 steps of batch 16
+on 512 GFlash showers (linear output head for two passes, then ReLU), must measurably learn on a
+CPU: the discriminator's energy regression below 25% MAPE on held-out showers, and the generator's
+profile MSE and sampling-fraction error below 0.9x and 0.5x those of the untrained generator (with
+its calibrated output scale).
 
-About 60 s of CPU on one thread. bench/learning.py runs the same check for several seeds
+About 75 s of CPU on one thread. bench/learning.py runs the same check for several seeds
 (bench/learning_cpu.json); with the old port's batch-statistics BatchNorm (a blind discriminator)
 the energy MAPE stays near 100% and the check fails (bench/learning_cpu_old_batchnorm.json).
 """
@@ -17,7 +18,7 @@ from fastshower.train.selftest import BOUNDS, learning_run, passes
 
 
 @pytest.mark.slow
-def test_conv2d_g1_learns_within_96_cpu_steps(tmp_path):
+def test_conv2d_g1_learns_within_128_cpu_steps(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -30,4 +31,4 @@ def test_conv2d_g1_learns_within_96_cpu_steps(tmp_path):
     assert after["profile_mse"] < BOUNDS["profile_mse_ratio"] * before["profile_mse"], result
     assert after["sampling_fraction_error"] < BOUNDS["sampling_fraction_error_ratio"] * before["sampling_fraction_error"], result
     assert passes(result)
-    assert [r["step"] for r in result["curve"]] == [32, 64, 96]
+    assert [r["step"] for r in result["curve"]] == [32, 64, 96, 128]

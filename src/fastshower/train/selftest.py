@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-#: The fixed setting of the check (documented in docs/training.md, "Learning check"): 3 passes of
+#: The fixed setting of the check (documented in docs/training.md, "Learning check"): 4 passes of
 #: 32 steps over 512 showers; the Conv2D preset's output head is linear for 2 passes, then ReLU.
 SETTING: dict[str, Any] = {
-    "model": "conv2d_g1", "width": 0.125, "batch_size": 16, "steps": 96, "n_train": 512, "n_validation": 256,
+    "model": "conv2d_g1", "width": 0.125, "batch_size": 16, "steps": 128, "n_train": 512, "n_validation": 256,
     "energy_gev": "20:200",
 }
 #: What "learned" means: D's energy MAPE (%) below this, and the profile MSE / sampling-fraction
 #: error below these fractions of the untrained generator's (with its calibrated output scale).
-BOUNDS = {"d_energy_mape": 25.0, "profile_mse_ratio": 0.93, "sampling_fraction_error_ratio": 0.5}
+BOUNDS = {"d_energy_mape": 25.0, "profile_mse_ratio": 0.9, "sampling_fraction_error_ratio": 0.5}
 
 
 def passes(result: dict[str, Any]) -> bool:
