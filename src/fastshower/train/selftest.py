@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 #: The fixed setting of the check (documented in docs/training.md, "Learning check"): 4 passes of
-#: 32 steps over 512 showers; the Conv2D preset's output head is linear for 2 passes, then ReLU.
+#: 32 steps over 512 showers; the output head is linear for the first pass, then ReLU (``relu_epoch``).
 SETTING: dict[str, Any] = {
     "model": "conv2d_g1", "width": 0.125, "batch_size": 16, "steps": 128, "n_train": 512, "n_validation": 256,
-    "energy_gev": "20:200",
+    "energy_gev": "20:200", "relu_epoch": 1,
 }
 #: What "learned" means: D's energy MAPE (%) below this, and the profile MSE / sampling-fraction
 #: error below these fractions of the untrained generator's (with its calibrated output scale).
@@ -60,6 +60,7 @@ def learning_run(seed: int = 0, steps: int | None = None, workdir: str | Path | 
                                              seed=2))
         raw = {"model": {"name": s["model"], "config": {"width": s["width"], **(model_config or {})}},
                "recipe": {"preset": "conv2d", "batch_size": s["batch_size"], "early_fake_energy_epochs": 0,
+                          "relu_epoch": s["relu_epoch"],
                           **(recipe or {})},
                "data": {"train": str(d / "train.h5"), "validation": str(d / "val.h5"),
                         "augment": "normal_incidence"},
