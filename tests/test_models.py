@@ -17,6 +17,7 @@ from fastshower.models.layers import (
     Conv2d,
     Conv3d,
     ConvTranspose2d,
+    FixedStatisticsBatchNorm,
     keras_parameter_count,
     same_padding,
 )
@@ -204,6 +205,96 @@ def test_batchnorm_always_training_uses_batch_statistics_in_eval():
     assert bn.running_mean.item() == 0.0  # eval mode leaves the moving statistics alone
     bn.train()(x)
     assert bn.running_mean.item() == pytest.approx(0.01 * 2.0)  # Keras momentum 0.99
+
+
+def test_fixed_statistics_batchnorm_is_a_learnable_affine_map():
+    """Keras BatchNormalization called in inference mode (the TF2 Conv2D loop): moving statistics
+    (0, 1), never updated, so only gamma and beta act, in train and eval mode alike."""
+    bn = FixedStatisticsBatchNorm(2, 3, eps=1e-3).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        bn.bias.copy_(torch.tensor([0.5, 0.0, -1.0]))
+    x = torch.randn(4, 3, 5, 5)
+    expected = x / math.sqrt(1 + 1e-3) * bn.weight.view(1, 3, 1, 1) + bn.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(bn(x), expected)
+    torch.testing.assert_close(bn.eval()(x), expected)
+    assert bn.running_mean.abs().max().item() == 0.0 and bn.running_var.eq(1).all()
+    assert set(bn.state_dict()) == set(torch.nn.BatchNorm2d(3).state_dict())
+
+
+@pytest.mark.parametrize("name", ["conv2d_g1", "conv2d_g3"])
+def test_conv2d_discriminator_heads_depend_on_the_input_in_training_mode(name, rng):
+    """The Conv2D D is trained on all-real and all-fake batches. With batch-statistics BatchNorm
+    right before its heads (the old port) the batch mean of each head is the same for any input:
+    real showers, showers x1000 and empty showers. The original's inference-mode BatchNorm (the
+    default) keeps the input's information. (Mean logit and mean energy: both heads are linear in
+    the normalised features.)"""
+    torch.manual_seed(0)
+    showers = torch.from_numpy(rng.exponential(0.02, size=(8, 25, 25, 25)).astype(np.float32))
+    batches = [showers, showers * 1000, torch.zeros_like(showers)]
+
+    def batch_means(d):
+        outs = [d(x) for x in batches]
+        return [(torch.logit(o["real"].double()).mean().item(), o["energy"].mean().item()) for o in outs]
+
+    d = registry.build_discriminator(name, width=0.125).train()
+    assert registry.make_config(name).batchnorm == "inference"
+    assert not any(isinstance(m, torch.nn.Dropout) for m in d.modules())  # dropout never fired
+    (r0, e0), (r1, e1), (r2, e2) = batch_means(d)
+    assert abs(e1 - e0) > 1e-3 and abs(e2 - e0) > 1e-4 and abs(r1 - r0) > 1e-4
+    blind = registry.build_discriminator(name, width=0.125, batchnorm="train", dropout=0.0).train()
+    (r0, e0), (r1, e1), (r2, e2) = batch_means(blind)
+    assert e1 == pytest.approx(e0, abs=1e-5) and e2 == pytest.approx(e0, abs=1e-5)
+    assert r1 == pytest.approx(r0, abs=1e-4) and r2 == pytest.approx(r0, abs=1e-4)
+
+
+def test_gan3d_clic25_discriminator_sees_the_pattern_but_not_the_batch_scale(rng):
+    """The 25^3 D normalises with batch statistics inside its convolutional features (Keras
+    training=True), before pooling and the heads: a batch of showers and the same batch moved in x
+    give different mean outputs (not blind), while the batch x1000 gives the same (the absolute
+    scale is lost, at initialisation with zero biases, as in Keras)."""
+    torch.manual_seed(0)
+    d = registry.build_discriminator("gan3d_clic25", width=0.25, dropout=0.0).train()
+    showers = torch.zeros(8, 25, 25, 25)
+    showers[:, 10:15, 10:15, 2:20] = torch.from_numpy(rng.exponential(1.0, (8, 5, 5, 18)).astype(np.float32))
+    mean = lambda x: d(x)["energy"].mean().item()  # noqa: E731
+    assert abs(mean(showers.roll(6, dims=1)) - mean(showers)) > 1e-4
+    assert mean(showers * 1000) == pytest.approx(mean(showers), abs=1e-4)
+
+
+def test_gan3d_batchnorm_follows_keras_training_mode_with_epsilon_1e6():
+    """EcalEnergyGan / AngleArch3dGAN: BatchNormalization(epsilon=1e-6) in G and D, layers called in
+    training mode (train_on_batch), the 25^3 D with training=True always."""
+    for name in ("gan3d_clic25", "gan3d_clic51"):
+        cfg = registry.make_config(name)
+        assert (cfg.generator_bn_eps, cfg.discriminator_bn_eps, cfg.batchnorm) == (1e-6, 1e-6, "train")
+        for net in (registry.build_generator(name, width=0.125), registry.build_discriminator(name, width=0.125)):
+            bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+            assert bns and all(m.eps == 1e-6 for m in bns)
+    d = registry.build_discriminator("gan3d_clic25", width=0.125)
+    assert sum(isinstance(m, BatchNorm3dAlwaysTraining) for m in d.modules()) == 3
+    assert sum(isinstance(m, torch.nn.Dropout) for m in d.modules()) == 4
+
+
+def test_conv2d_output_scale_multiplies_and_is_saved(tmp_path):
+    torch.manual_seed(0)
+    g = registry.build_generator("conv2d_g1", width=0.125).eval()
+    assert g.needs_output_scale and float(g.output_scale) == 1.0
+    energy, angle = _conditions(2, g)
+    noise = g.sample_noise(2, generator=torch.Generator().manual_seed(1))
+    raw = g.generate_raw(energy, angle, noise)
+    g.set_output_scale(1.3e-3)
+    torch.testing.assert_close(g.generate_raw(energy, angle, noise), raw * 1.3e-3)
+    registry.save_generator(g, tmp_path / "g")
+    back = registry.load_generator(tmp_path / "g")
+    assert back.config.output_scale == pytest.approx(1.3e-3) and not back.needs_output_scale
+    torch.testing.assert_close(back(energy, angle, noise), g(energy, angle, noise))
+    card = registry.read_card(tmp_path / "g")
+    assert card["preprocessing"]["output_scale"] == pytest.approx(1.3e-3)
+    old = {k: v for k, v in g.state_dict().items() if k != "output_scale"}  # weights from before the scale
+    fresh = registry.build_generator("conv2d_g1", width=0.125)
+    fresh.load_state_dict(old)
+    assert float(fresh.output_scale) == 1.0
 
 
 def test_keras_layer_defaults():

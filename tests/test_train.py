@@ -7,6 +7,7 @@ minute on 2 CPU cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from fastshower.train.config import build_config
 from fastshower.train.trainer import Trainer, TrainingCollapsed
 
 SMALL = {"name": "gan3d_clic25", "config": {"width": 0.125}}
+
 
 
 def _random_file(path: Path, geometry: str, shape: tuple[int, int, int], n: int, seed: int) -> Path:
@@ -137,9 +139,13 @@ def test_two_gloo_processes_match_one_process(tmp_path, clic25_file):
     are drawn per rank. Both sides run single-threaded: a different thread count changes the float
     summation order of the convolutions, and RMSprop's normalised updates amplify that noise in a
     few steps (measured at width 0.25: 1 vs 2 threads differ by up to 4.7e-4 after one step). With one thread
-    each, the runs agree bitwise (measured), and the test allows 1e-6 relative.
+    each, the runs agree bitwise (measured), and the test allows 1e-6 relative. The fake batch of
+    the D step is made with G in train mode: in inference mode (the recipe default, Keras
+    ``predict``) G normalises with its moving statistics, which each rank updates from its own part
+    while one process updates them once per micro-batch.
     """
     raw = _cfg(clic25_file, tmp_path / "ddp", batch_size=8, epochs=2)
+    raw["recipe"]["fake_batch_mode"] = "train"
     raw["model"] = {"name": "gan3d_clic25", "config": {"width": 0.125, "dropout": 0.0}}
     raw["run"]["steps_per_epoch"] = 2
     path = _write(tmp_path, raw)
@@ -235,3 +241,95 @@ def test_short_training_improves_validation_against_gflash(tmp_path):
     best = json.loads((tmp_path / "run/best.json").read_text())["metadata"]
     assert best["validation"]["sampling_fraction_error"] == min(r["val_sampling_fraction_error"] for r in records)
     assert best["epoch"] == min(records, key=lambda r: r["val_sampling_fraction_error"])["epoch"]
+
+
+# ------------------------------------------------------------------ issue-15 recipe fixes
+
+def _trainer(tmp_path: Path, train: Path, model: dict, recipe: dict | None = None, data: dict | None = None) -> Trainer:
+    raw = {"model": model, "recipe": {"batch_size": 4, **(recipe or {})}, "data": {"train": str(train), **(data or {})},
+           "run": {"epochs": 1, "steps_per_epoch": 1, "output_dir": str(tmp_path / "run"), "progress": False,
+                   "tensorboard": "false"}}
+    return Trainer(build_config(raw))
+
+
+def test_keras_bit_flip_labels(tmp_path, clic25_file):
+    """bit_flip_tf / BitFlip: a flipped label is logical_not(label): 0.9 -> 0 and 0 -> 1 (the old
+    port flipped 0.9 to 0.1 and 0.1 to 0.9)."""
+    t = _trainer(tmp_path, clic25_file, SMALL, {"batch_size": 8})
+    assert t._labels(0.9, 1.0).tolist() == [0.0] * 8
+    assert t._labels(0.0, 1.0).tolist() == [1.0] * 8
+    assert t._labels(0.9, 0.0).tolist() == pytest.approx([0.9] * 8)
+    rc = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}}).recipe
+    assert (rc.real_label, rc.fake_label, rc.generator_label, rc.label_flip, rc.generator_label_flip) == \
+        (0.9, 0.0, 0.9, 0.05, 0.05)
+
+
+def test_fake_batch_of_the_d_step_comes_from_the_generator_in_inference_mode(tmp_path, clic25_file):
+    t = _trainer(tmp_path, clic25_file, SMALL)
+    modes = []
+    raw = t.G.generate_raw
+
+    def spy(*args):
+        modes.append(t.G.training)
+        return raw(*args)
+
+    t.G.generate_raw = spy  # type: ignore[method-assign]
+    t.prepare()
+    t.train_step(next(iter(t.data_for_epoch(0).batches(0, 0, 0, 1, 4, 0, 1))))
+    assert modes == [False, True, True]  # D-step fake batch (predict), then the two G steps
+    assert t.G.training
+
+
+def test_conv2d_decay_is_not_reset_at_epoch_boundaries(tmp_path, clic25_file):
+    """The learning rate is a function of the samples seen over the run: at the start of an epoch
+    after 200 files' worth of steps it is decayed (the old port reset it every epoch)."""
+    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}}, {"batch_size": 128})
+    t.step, t.epoch, t.epoch_step = 200 * 70, 7, 0
+    lrs = t._set_lr()
+    assert lrs["lr_generator"] == pytest.approx(5e-4 * math.exp(-0.012 * (200 - 81)))
+    t.step = 1000  # well inside the first 81 files: full rate (the old port: x1.6e-5)
+    assert t._set_lr()["lr_discriminator"] == pytest.approx(1e-4)
+
+
+def test_conv2d_output_scale_is_calibrated_on_the_data_and_resumed(tmp_path, clic25_file):
+    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}})
+    assert float(t.G.output_scale) == 1.0
+    t.prepare()
+    scale = float(t.G.output_scale)
+    assert 0 < scale < 0.1 and t.G.config.output_scale == pytest.approx(scale)
+    data = t.data_for_epoch(0)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        t.G.eval()
+        raw = t.G.generate_raw(torch.as_tensor(data.primary_energy, dtype=torch.float32),
+                               torch.as_tensor(data.incident_angle, dtype=torch.float32),
+                               t.G.sample_noise(len(data.primary_energy), generator=g))
+    # the untrained generator's summed |output| matches the deposited energy of the data
+    assert raw.abs().sum(dim=(1, 2, 3)).mean().item() == pytest.approx(data.showers.sum(axis=(1, 2, 3)).mean(), rel=0.2)
+    t.fit()
+    card = json.loads((tmp_path / "run/generator.json").read_text())
+    assert card["config"]["output_scale"] == pytest.approx(scale)
+    resumed = Trainer(t.cfg, resume=tmp_path / "run")
+    assert float(resumed.G.output_scale) == pytest.approx(scale) and resumed.output_scale_ready
+
+
+def test_cell_threshold_and_symmetry_augmentation(tmp_path, clic25_file):
+    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}}, {"batch_size": 64},
+                 data={"augment": "normal_incidence"})
+    assert t.recipe.cell_threshold_gev == 1e-6
+    x = torch.tensor([5e-7, 2e-6, 0.0]).view(1, 1, 1, 3).expand(2, 25, 25, 3)
+    assert t._threshold(x)[0, 0, 0].tolist() == pytest.approx([0.0, 2e-6, 0.0], rel=1e-6, abs=0)
+    showers = torch.zeros(64, 25, 25, 25)
+    showers[:, 3, 7, :] = 1.0  # one off-centre column: its image under the 8 symmetries of the square
+    out = t._augment(showers)
+    spots = {tuple(torch.nonzero(s.sum(dim=2)).flatten().tolist()) for s in out}
+    assert spots <= {(3, 7), (21, 7), (3, 17), (21, 17), (7, 3), (7, 21), (17, 3), (17, 21)} and len(spots) >= 6
+    assert torch.equal(out.sum(dim=(1, 2, 3)), showers.sum(dim=(1, 2, 3)))
+    # x <-> y and the y flip are no symmetries of tilted showers (axis in the y-z plane): refused
+    rng = np.random.default_rng(3)
+    tilted = tmp_path / "tilted.h5"
+    write_showers(tilted, ShowerSet(rng.exponential(1e-3, (8, 51, 51, 25)).astype(np.float32), rng.uniform(10, 100, 8),
+                                    np.full(8, 1.2), "clic51"))
+    with pytest.raises(ValueError, match="normal incidence"):
+        _trainer(tmp_path, tilted, {"name": "gan3d_clic51", "config": {"width": 0.125}},
+                 data={"augment": "normal_incidence"}).prepare()

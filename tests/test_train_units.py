@@ -65,7 +65,10 @@ def test_config_presets_and_overrides():
     cfg = build_config(_raw(model={"name": "conv2d_g2"}, recipe={"batch_size": 32, "optimizer": {"lr_generator": 1e-4}}))
     assert cfg.recipe.preset == "conv2d" and cfg.recipe.batch_size == 32
     assert (cfg.recipe.optimizer.lr_generator, cfg.recipe.optimizer.lr_discriminator) == (1e-4, 1e-4)
-    assert (cfg.recipe.real_label, cfg.recipe.fake_label, cfg.recipe.generator_steps) == (0.9, 0.1, 1)
+    # Conv2D labels as bit_flip_tf makes them: real 0.9, fake zeros*0.1 = 0, G target 0.9 with flips
+    assert (cfg.recipe.real_label, cfg.recipe.fake_label, cfg.recipe.generator_label,
+            cfg.recipe.generator_label_flip, cfg.recipe.generator_steps) == (0.9, 0.0, 0.9, 0.05, 1)
+    assert cfg.recipe.lr_scaling == "none" and cfg.recipe.cell_threshold_gev == 1e-6
     assert cfg.recipe.lr_reference_batch == 128
     cfg = build_config(_raw(recipe="gan3d_clic51"))
     assert cfg.recipe.loss_weights.angle == 25 and cfg.recipe.batch_size == 64
@@ -113,11 +116,33 @@ def test_load_config_resolves_paths_and_overrides(tmp_path):
 
 def test_lr_scaling_warmup_and_decay():
     assert lr_scale(256, 64, "linear") == 4.0 and lr_scale(256, 64, "none") == 1.0
+    assert lr_scale(256, 64, "workers", world=4) == 4.0 and lr_scale(256, 64, "workers") == 1.0
     assert lr_factor(0, 0, 4.0, 10, 0.0, 0) == 1.0
     assert lr_factor(5, 5, 4.0, 10, 0.0, 0) == pytest.approx(2.5)
     assert lr_factor(10, 10, 4.0, 10, 0.0, 0) == 4.0
     assert lr_factor(90, 90, 1.0, 0, 0.012, 80) == pytest.approx(math.exp(-0.12))
-    assert lr_factor(90, 50, 1.0, 0, 0.012, 80) == 1.0  # decay counts steps inside the epoch
+    assert lr_factor(90, 50, 1.0, 0, 0.012, 80) == 1.0
+
+
+def test_batch_size_does_not_scale_the_learning_rates_by_default():
+    """Neither original scales its rates with the batch: the old default (linear) quartered them at batch 32."""
+    cfg = build_config(_raw(model={"name": "conv2d_g1"}, recipe={"batch_size": 32}))
+    assert lr_scale(32, cfg.recipe.lr_reference_batch, cfg.recipe.lr_scaling) == 1.0
+    cfg = build_config(_raw(recipe={"batch_size": 32}))
+    assert lr_scale(32, cfg.recipe.lr_reference_batch, cfg.recipe.lr_scaling) == 1.0
+
+
+def test_conv2d_decay_follows_the_original_per_file_schedule():
+    """l_dec: exp(-0.012) per file of 70 steps (batch 128) once 81 files are done, over the whole
+    run. The old port decayed per step from step 80 of every epoch (x0.07 at step 300)."""
+    rc = build_config(_raw(model={"name": "conv2d_g1"})).recipe
+    f = lambda steps: lr_factor(steps, steps, 1.0, 0, rc.lr_decay_rate, rc.lr_decay_start)
+    assert f(300) == 1.0 and f(1000) == 1.0 and f(81 * 70) == 1.0
+    assert f(91 * 70) == pytest.approx(math.exp(-0.12))
+    assert f(81 * 70 + 30 * 20 * 70) == pytest.approx(math.exp(-0.012 * 600))
+    # at batch 32 a step is a quarter of a reference step
+    rc32 = build_config(_raw(model={"name": "conv2d_g1"}, recipe={"batch_size": 32})).recipe
+    assert rc32.lr_reference_batch == 128
 
 
 def test_fit_ecal_sum_recovers_a_linear_response(rng):
@@ -177,4 +202,23 @@ def test_example_configs_load(name):
     assert cfg.total_epochs == expected
     repo = Path(__file__).resolve().parent.parent  # ../runs and ../data in configs/ mean the repository's
     assert Path(cfg.run.output_dir).resolve().parent == repo / "runs"
-    assert Path(cfg.data.train).resolve().parent == repo / "data"
+    train = Path(cfg.data.train)
+    if name in ("gan3d_clic25", "conv2d_g1", "conv2d_g2", "conv2d_g3") and train.name == "*.h5":
+        # the shared Geant4 set beside the repository, present on this machine
+        assert train.parent.resolve() == (repo.parent / "shared/data/g4-clic25/train").resolve()
+        assert (repo.parent / "shared/data/g4-clic25/train").is_dir()
+    else:  # the GFlash files in the repository's data/
+        assert train.resolve().parent == repo / "data"
+
+
+def test_data_fallback_is_used_when_the_first_choice_is_missing(tmp_path):
+    (tmp_path / "present.h5").write_bytes(b"")
+    raw = {"model": {"name": "conv2d_g1"},
+           "data": {"train": "missing/*.h5", "validation": "missing/val.h5",
+                    "fallback": {"train": "present.h5", "validation": "val.h5"}}}
+    cfg = build_config(raw, base_dir=tmp_path)
+    assert (cfg.data.train, cfg.data.validation) == (str(tmp_path / "present.h5"), str(tmp_path / "val.h5"))
+    raw["data"]["train"] = "present.h5"
+    raw["data"]["validation"] = "v.h5"
+    cfg = build_config(raw, base_dir=tmp_path)
+    assert (cfg.data.train, cfg.data.validation) == (str(tmp_path / "present.h5"), str(tmp_path / "v.h5"))

@@ -22,8 +22,18 @@ z, image (x, y): the layer view) and ``Permute([2, 3, 1])`` (channels y, image (
   902 658.
 
 Every convolution block is Conv2D (no bias, he_uniform; the first of G1/G3/D: glorot_uniform),
-LeakyReLU(0.3), BatchNormalization (momentum 0.99 -> 0.01, eps 1e-3), Dropout(0.2). Cells are in
-GeV (the Conv2D data are used unscaled). Conditioning: latent = (E / 100 GeV) * noise^200; with
+LeakyReLU(0.3), BatchNormalization (momentum 0.99 -> 0.01, eps 1e-3, the TF2 default), Dropout(0.2).
+The TF2 training loop called the models without ``training=True``, i.e. in inference mode: the
+BatchNorm layers normalised with their moving statistics, never updated and so fixed at (0, 1),
+leaving a learnable scale and shift, and Dropout never fired. That is ``batchnorm: inference``, the
+default here (``train`` gives batch statistics and active dropout in training, which makes the
+discriminator blind: its heads sit right after a BatchNorm of the Dense(10) features, so on the
+all-real and all-fake batches it is trained on, the batch mean of each head does not depend on the
+input). Cells are in GeV (the Conv2D data are used unscaled). The generator's output is multiplied
+by ``output_scale`` (a buffer, saved with the weights): the trainer calibrates it on the data at the
+start of training (``output_scale: null``; the untrained network deposits several hundred times
+too much energy), a number fixes it, and a generator built outside training uses 1. Conditioning: latent = (E / 100
+GeV) * noise^200; with
 ``condition_on_angle`` the angle theta (rad) is appended to the latent (201 inputs), an extension
 of ours.
 
@@ -45,10 +55,12 @@ from fastshower.geometry import PRESETS, Geometry
 from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.layers import (
     KERAS_BN_EPS,
+    BatchNormMode,
     Conv2d,
     ConvTranspose2d,
     batch_norm,
     dense,
+    dropout,
     leaky_relu,
     scaled_channels,
 )
@@ -60,19 +72,23 @@ N = 25
 
 class Conv2dConfig(ModelConfig):
     """Conv2D model options: ``condition_on_angle`` (append theta to the latent; default off),
-    ``output_activation`` of the generator, ``dropout`` rate and BatchNorm ``bn_eps`` (G and D)."""
+    ``output_activation`` of the generator, ``dropout`` rate and BatchNorm ``bn_eps`` (G and D),
+    ``batchnorm`` semantics (:data:`fastshower.models.layers.BatchNormMode`; ``inference`` as the
+    TF2 loop ran them), ``output_scale`` of the generator (None: calibrated by the trainer)."""
 
     condition_on_angle: bool = False
     output_activation: OutputActivation = "linear"
     dropout: float = Field(default=0.2, ge=0, lt=1)
     bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    batchnorm: BatchNormMode = "inference"
+    output_scale: float | None = Field(default=None, gt=0)
 
 
 def _block(c_in: int, c_out: int, kernel: int, padding: str, cfg: Conv2dConfig,
            init: str = "he_uniform", bias: bool = False) -> list[nn.Module]:
     """Conv2D (no bias) -> LeakyReLU(0.3) -> BN -> Dropout."""
     return [Conv2d(c_in, c_out, kernel, padding=padding, bias=bias, init=init), leaky_relu(),  # type: ignore[arg-type]
-            batch_norm(2, c_out, cfg.bn_eps), nn.Dropout(cfg.dropout)]
+            batch_norm(2, c_out, cfg.bn_eps, cfg.batchnorm), dropout(cfg.dropout, cfg.batchnorm)]
 
 
 def _layer_view(x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +119,18 @@ class Conv2dGenerator(ShowerGenerator):
         self.conditions_on_angle = config.condition_on_angle
         self.dense = dense(self.noise_dim + int(config.condition_on_angle), 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
+        self.register_buffer("output_scale", torch.tensor(config.output_scale or 1.0))
+        self._register_load_state_dict_pre_hook(_default_output_scale)
+
+    @property
+    def needs_output_scale(self) -> bool:
+        """True when the config leaves the output scale to be calibrated (``output_scale: null``)."""
+        return self.config.output_scale is None
+
+    def set_output_scale(self, value: float) -> None:
+        """Fix the output multiplier (the config follows, so a saved generator records it)."""
+        self.output_scale.fill_(float(value))
+        self.config = self.config.model_copy(update={"output_scale": float(value)})
 
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
@@ -121,11 +149,21 @@ class Conv2dGenerator(ShowerGenerator):
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in GeV for energies (GeV), angles (rad) and noise (B, 200)."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise)).view(-1, 5, 5, 5)
-        return self.output_head(self.body(seed))
+        return self.output_head(self.body(seed)) * self.output_scale
+
+    def metadata(self) -> dict:
+        card = super().metadata()
+        card["preprocessing"]["output_scale"] = float(self.output_scale)
+        return card
 
     def body(self, seed: torch.Tensor) -> torch.Tensor:
         """(B, 5, 5, 5) -> (B, 25, 25, 25) before the output head."""
         raise NotImplementedError
+
+
+def _default_output_scale(state_dict: dict, prefix: str, *args: object) -> None:
+    """Weights saved before the output scale existed load with scale 1."""
+    state_dict.setdefault(prefix + "output_scale", torch.tensor(1.0))
 
 
 def _g1_branch(cfg: Conv2dConfig) -> nn.Sequential:
@@ -257,7 +295,8 @@ class Conv2dDiscriminator(ShowerDiscriminator):
         self.path_z = _d_path(config, self.extra_blocks)
         self.path_y = _d_path(config, self.extra_blocks)
         n_features = 3 * 9 * 9 * 9
-        self.hidden = nn.Sequential(dense(n_features, 10), leaky_relu(), batch_norm(1, 10, config.bn_eps))
+        self.hidden = nn.Sequential(dense(n_features, 10), leaky_relu(),
+                                    batch_norm(1, 10, config.bn_eps, config.batchnorm))
         self.real_head = dense(10, 1)
         self.energy_head = dense(10, 1)
 

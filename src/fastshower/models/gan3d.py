@@ -22,11 +22,12 @@ from torch import nn
 from fastshower.geometry import PRESETS, Geometry
 from fastshower.models.base import CellTransform, ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.layers import (
-    KERAS_BN_EPS,
     BatchNorm3dAlwaysTraining,
+    BatchNormMode,
     Conv3d,
     batch_norm,
     dense,
+    dropout,
     leaky_relu,
     scaled_channels,
 )
@@ -65,9 +66,9 @@ class _Gan3dGenerator(ShowerGenerator):
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = config or self.config_class()
         super().__init__(config)
-        self.net = self.build_net(config.width, config.generator_bn_eps)  # type: ignore[attr-defined]
+        self.net = self.build_net(config.width, config.generator_bn_eps, config.batchnorm)  # type: ignore[attr-defined]
 
-    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+    def build_net(self, width: float, bn_eps: float, mode: BatchNormMode = "train") -> nn.Sequential:
         raise NotImplementedError
 
     def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -97,11 +98,12 @@ class _Gan3dDiscriminator(ShowerDiscriminator):
         config = config or self.config_class()
         super().__init__(config)
         self.features, n_features = self.build_features(
-            config.width, config.discriminator_bn_eps, config.dropout)  # type: ignore[attr-defined]
+            config.width, config.discriminator_bn_eps, config.dropout, config.batchnorm)  # type: ignore[attr-defined]
         self.real_head = dense(n_features, 1)
         self.energy_head = dense(n_features, 1)
 
-    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+    def build_features(self, width: float, bn_eps: float, dropout: float,
+                       mode: BatchNormMode = "train") -> tuple[nn.Sequential, int]:
         """The convolutional part and its number of output features."""
         raise NotImplementedError
 
@@ -114,13 +116,15 @@ class _Gan3dDiscriminator(ShowerDiscriminator):
 # ============================================================================ fixed angle, 25^3
 
 class Gan3dClic25Config(ModelConfig):
-    """``gan3d_clic25`` options. ``generator_bn_eps``: epsilon of the generator's BatchNorm (1e-6 as
-    in the reference port); ``discriminator_bn_eps``: the discriminator's (Keras default 1e-3);
-    ``dropout``: discriminator dropout rate."""
+    """``gan3d_clic25`` options. ``generator_bn_eps`` / ``discriminator_bn_eps``: BatchNorm epsilon
+    (1e-6 in both networks of ``EcalEnergyGan.py``); ``dropout``: discriminator dropout rate;
+    ``batchnorm``: how the Keras layers were called in training (``train``: ``train_on_batch``, the
+    original; see :data:`fastshower.models.layers.BatchNormMode`)."""
 
     generator_bn_eps: float = Field(default=1e-6, gt=0)
-    discriminator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    discriminator_bn_eps: float = Field(default=1e-6, gt=0)
     dropout: float = Field(default=0.2, ge=0, lt=1)
+    batchnorm: BatchNormMode = "train"
 
 
 class Gan3dClic25Generator(_Gan3dGenerator):
@@ -144,15 +148,15 @@ class Gan3dClic25Generator(_Gan3dGenerator):
     noise_dim: int = 200
     conditions_on_angle: bool = False
 
-    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+    def build_net(self, width: float, bn_eps: float, mode: BatchNormMode = "train") -> nn.Sequential:
         c0, c1, c2 = scaled_channels(8, width), scaled_channels(64, width), scaled_channels(6, width)
         return nn.Sequential(
             _DenseToVolume(self.noise_dim, (7, 7, 8), c0),
             Conv3d(c0, c1, (6, 6, 8), padding="same", init="he_uniform"),
-            leaky_relu(), batch_norm(3, c1, bn_eps), nn.Upsample(scale_factor=(2, 2, 2), mode="nearest"),
+            leaky_relu(), batch_norm(3, c1, bn_eps, mode), nn.Upsample(scale_factor=(2, 2, 2), mode="nearest"),
             _zero_pad(2, 2, 0),
             Conv3d(c1, c2, (6, 5, 8), init="he_uniform"),
-            leaky_relu(), batch_norm(3, c2, bn_eps), nn.Upsample(scale_factor=(2, 2, 3), mode="nearest"),
+            leaky_relu(), batch_norm(3, c2, bn_eps, mode), nn.Upsample(scale_factor=(2, 2, 3), mode="nearest"),
             _zero_pad(1, 0, 3),
             Conv3d(c2, c2, (3, 3, 8), init="he_uniform"),
             leaky_relu(),
@@ -177,12 +181,13 @@ class Gan3dClic25Discriminator(_Gan3dDiscriminator):
     generator_class: ClassVar[type[ShowerGenerator]] = Gan3dClic25Generator
     config_class: ClassVar[type[ModelConfig]] = Gan3dClic25Config
 
-    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+    def build_features(self, width: float, bn_eps: float, rate: float,
+                       mode: BatchNormMode = "train") -> tuple[nn.Sequential, int]:
         c0, c1 = scaled_channels(32, width), scaled_channels(8, width)
-        blocks: list[nn.Module] = [Conv3d(1, c0, 5, padding="same"), leaky_relu(), nn.Dropout(dropout)]
+        blocks: list[nn.Module] = [Conv3d(1, c0, 5, padding="same"), leaky_relu(), dropout(rate, mode)]
         for pad, c_in in ((2, c0), (2, c1), (1, c1)):
-            blocks += [_zero_pad(pad, pad, pad), Conv3d(c_in, c1, 5), leaky_relu(),
-                       BatchNorm3dAlwaysTraining(c1, bn_eps), nn.Dropout(dropout)]
+            bn = BatchNorm3dAlwaysTraining(c1, bn_eps) if mode == "train" else batch_norm(3, c1, bn_eps, mode)
+            blocks += [_zero_pad(pad, pad, pad), Conv3d(c_in, c1, 5), leaky_relu(), bn, dropout(rate, mode)]
         blocks.append(nn.AvgPool3d(2))
         return nn.Sequential(*blocks), c1 * 11 ** 3
 
@@ -198,11 +203,13 @@ ANGLE_POWER = 0.85
 
 class Gan3dClic51Config(ModelConfig):
     """``gan3d_clic51`` options. ``generator_bn_eps`` / ``discriminator_bn_eps``: BatchNorm epsilon
-    (Keras default 1e-3); ``dropout``: discriminator dropout rate."""
+    (1e-6 in both networks of ``AngleArch3dGAN.py``); ``dropout``: discriminator dropout rate;
+    ``batchnorm``: see :class:`Gan3dClic25Config`."""
 
-    generator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
-    discriminator_bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
+    generator_bn_eps: float = Field(default=1e-6, gt=0)
+    discriminator_bn_eps: float = Field(default=1e-6, gt=0)
     dropout: float = Field(default=0.2, ge=0, lt=1)
+    batchnorm: BatchNormMode = "train"
 
 
 class Gan3dClic51Generator(_Gan3dGenerator):
@@ -228,20 +235,20 @@ class Gan3dClic51Generator(_Gan3dGenerator):
     noise_dim: int = 254
     conditions_on_angle: bool = True
 
-    def build_net(self, width: float, bn_eps: float) -> nn.Sequential:
+    def build_net(self, width: float, bn_eps: float, mode: BatchNormMode = "train") -> nn.Sequential:
         c0, c1 = scaled_channels(8, width), scaled_channels(6, width)
         layers: list[nn.Module] = [
             _DenseToVolume(self.noise_dim + 2, (9, 9, 8), c0),
             nn.Upsample(scale_factor=(6, 6, 6), mode="nearest"),
-            Conv3d(c0, c0, (6, 6, 8), init="he_uniform"), nn.ReLU(), batch_norm(3, c0, bn_eps),
+            Conv3d(c0, c0, (6, 6, 8), init="he_uniform"), nn.ReLU(), batch_norm(3, c0, bn_eps, mode),
         ]
         c_in = c0
         for _ in range(3):
             layers += [_zero_pad(2, 2, 1), Conv3d(c_in, c1, (4, 4, 6), init="he_uniform"), nn.ReLU(),
-                       batch_norm(3, c1, bn_eps)]
+                       batch_norm(3, c1, bn_eps, mode)]
             c_in = c1
         layers += [_zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 5), init="he_uniform"), nn.ReLU(),
-                   batch_norm(3, c1, bn_eps),
+                   batch_norm(3, c1, bn_eps, mode),
                    _zero_pad(1, 1, 0), Conv3d(c1, c1, (3, 3, 3), init="he_uniform"), nn.ReLU(),
                    Conv3d(c1, 1, (2, 2, 2), init="glorot_normal"), nn.ReLU()]
         return nn.Sequential(*layers)
@@ -302,13 +309,18 @@ class Gan3dClic51Discriminator(_Gan3dDiscriminator):
     generator_class: ClassVar[type[ShowerGenerator]] = Gan3dClic51Generator
     config_class: ClassVar[type[ModelConfig]] = Gan3dClic51Config
 
-    def build_features(self, width: float, bn_eps: float, dropout: float) -> tuple[nn.Sequential, int]:
+    def build_features(self, width: float, bn_eps: float, rate: float,
+                       mode: BatchNormMode = "train") -> tuple[nn.Sequential, int]:
         c0, c1 = scaled_channels(16, width), scaled_channels(8, width)
+
+        def bn_drop() -> list[nn.Module]:
+            return [leaky_relu(), batch_norm(3, c1, bn_eps, mode), dropout(rate, mode)]
+
         features = nn.Sequential(
-            Conv3d(1, c0, (5, 6, 6), padding="same"), leaky_relu(), nn.Dropout(dropout),
-            _zero_pad(0, 0, 1), Conv3d(c0, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
-            _zero_pad(0, 0, 1), Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
-            Conv3d(c1, c1, (5, 6, 6)), leaky_relu(), batch_norm(3, c1, bn_eps), nn.Dropout(dropout),
+            Conv3d(1, c0, (5, 6, 6), padding="same"), leaky_relu(), dropout(rate, mode),
+            _zero_pad(0, 0, 1), Conv3d(c0, c1, (5, 6, 6)), *bn_drop(),
+            _zero_pad(0, 0, 1), Conv3d(c1, c1, (5, 6, 6)), *bn_drop(),
+            Conv3d(c1, c1, (5, 6, 6)), *bn_drop(),
             nn.AvgPool3d(2),
         )
         return features, c1 * 19 * 18 * 7

@@ -165,10 +165,46 @@ def dense(in_features: int, out_features: int, init: Init = "glorot_uniform") ->
     return layer
 
 
-def batch_norm(dims: int, channels: int, eps: float = KERAS_BN_EPS) -> nn.Module:
-    """Keras ``BatchNormalization(momentum=0.99, epsilon=eps)`` over the channel axis."""
+#: How a model's Keras layers were called while it was trained (``ModelConfig.batchnorm``):
+#: ``train`` = in training mode (Keras ``train_on_batch``, the 3DGAN trainers): BatchNorm normalises
+#: with the batch statistics in training and with its moving statistics at inference, dropout fires
+#: in training; ``inference`` = in inference mode throughout (a TF2 loop that calls ``model(x)``
+#: without ``training=True``, the Conv2D trainers): BatchNorm normalises with its moving statistics,
+#: which are never updated and stay (0, 1), so it is a learnable per-channel scale and shift, and
+#: dropout never fires.
+BatchNormMode = Literal["train", "inference"]
+
+
+def batch_norm(dims: int, channels: int, eps: float = KERAS_BN_EPS, mode: BatchNormMode = "train") -> nn.Module:
+    """Keras ``BatchNormalization(momentum=0.99, epsilon=eps)`` over the channel axis, called in
+    ``mode`` (:data:`BatchNormMode`)."""
+    if mode == "inference":
+        return FixedStatisticsBatchNorm(dims, channels, eps)
     cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
     return cls(channels, eps=eps, momentum=BN_MOMENTUM)
+
+
+class FixedStatisticsBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Keras ``BatchNormalization`` always called in inference mode: ``(x - moving_mean) /
+    sqrt(moving_var + eps) * gamma + beta`` with the moving statistics, which inference mode never
+    updates (they stay 0 and 1). The state-dict keys are those of ``nn.BatchNormNd``."""
+
+    def __init__(self, dims: int, channels: int, eps: float = KERAS_BN_EPS) -> None:
+        super().__init__(channels, eps=eps, momentum=BN_MOMENTUM)
+        self.dims = dims
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (self.dims + 1, self.dims + 2):
+            raise ValueError(f"expected a {self.dims + 1}D or {self.dims + 2}D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def dropout(rate: float, mode: BatchNormMode = "train") -> nn.Module:
+    """Keras ``Dropout(rate)`` called in ``mode``: in inference mode it never fires (Identity)."""
+    return nn.Identity() if mode == "inference" else nn.Dropout(rate)
 
 
 class BatchNorm3dAlwaysTraining(nn.BatchNorm3d):

@@ -61,21 +61,31 @@ class RecipeConfig(_Strict):
     """One training recipe (see :mod:`fastshower.train.recipes` for the presets).
 
     - ``batch_size``: the global batch (all ranks together); ``reference_batch`` the batch the
-      learning rates are given for (default: the preset's batch). With ``lr_scaling: linear`` the
-      rates are multiplied by batch_size / reference_batch; the multiplier ramps linearly from 1 over
-      ``warmup_steps`` steps (or ``warmup_epochs`` epochs), as in the 3DGAN Horovod runs.
+      learning rates and the decay schedule are given for (default: the preset's batch).
+      ``lr_scaling``: ``none`` (default; neither original scales the rates with the batch),
+      ``workers`` (rates x number of ranks, as the Horovod ``EcalEnergyTrain_hvd.py`` runs) or
+      ``linear`` (x batch_size / reference_batch); the multiplier ramps linearly from 1 over
+      ``warmup_steps`` steps (or ``warmup_epochs`` epochs).
     - ``generator_steps`` G updates after each D real + D fake pair.
     - ``micro_batches``: each rank's batch is processed in this many parts whose gradients are
       averaged before one update (gradient accumulation). BatchNorm statistics are per part, so one
       process with ``micro_batches: W`` follows the trajectory of W data-parallel ranks.
-    - labels: real ``real_label`` / fake ``fake_label`` targets for D; each label is replaced by the
-      other class's value with probability ``label_flip``; G is trained toward ``generator_label``.
+    - labels: real ``real_label`` / fake ``fake_label`` targets for D, G trained toward
+      ``generator_label``; with probability ``label_flip`` (D) / ``generator_label_flip`` (G) a label
+      is flipped as the Keras ``BitFlip`` does: a label 0 becomes 1, any other becomes 0.
     - ``fake_conditions``: ``real`` = fake showers get the real batch's (E, angle) and the real ECAL
-      sums as targets; ``sampled`` = fresh energies, uniform over the training data's range, with the
-      ECAL-sum target from a fit of the training data (mean ECAL sum / E in energy bins).
+      sums as targets; ``sampled`` = fresh energies, uniform over ``fake_energy_range_gev`` (default:
+      the training data's range), with the ECAL-sum target from a fit of the training data (mean
+      ECAL sum / E in energy bins); during the first ``early_fake_energy_epochs`` epochs uniform over
+      ``early_fake_energy_range_gev`` instead (the Conv2D curriculum).
+    - ``fake_batch_mode``: the generator's mode while it makes the fake batch of the D step:
+      ``inference`` (Keras ``generator.predict`` / a call without ``training=True``) or ``train``.
+    - ``cell_threshold_gev``: cells of the real showers below it are set to 0 (Keras ``X[X < 1e-6] = 0``).
     - ``angle_target``: ``measured`` = the angle D measures on the real shower (the Keras
       ``mtheta`` convention), ``incident`` = the true incident angle.
-    - ``lr_decay_rate`` / ``lr_decay_start``: lr * exp(-rate * (s - start)) for epoch step s > start.
+    - ``lr_decay_rate`` / ``lr_decay_start``: lr * exp(-rate * (s - start)) for s > start, where s is
+      the number of reference-batch steps trained so far (samples seen / reference_batch), counted
+      over the whole run (never reset).
     - ``relu_epoch``: epoch index from which a generator with a LeakyReLU output head switches to
       ReLU (Conv2D generators); ignored by models without the switch.
     - ``collapse_after``: steps after which all-empty generated showers (fake ECAL MAPE = 100) abort.
@@ -86,25 +96,38 @@ class RecipeConfig(_Strict):
     optimizer: OptimizerConfig
     batch_size: int = Field(gt=0)
     reference_batch: int | None = Field(default=None, gt=0)
-    lr_scaling: Literal["linear", "none"] = "linear"
+    lr_scaling: Literal["none", "workers", "linear"] = "none"
     warmup_steps: int = Field(default=0, ge=0)
     warmup_epochs: float = Field(default=0.0, ge=0)
     generator_steps: int = Field(default=2, ge=1)
     micro_batches: int = Field(default=1, ge=1)
     label_flip: float = Field(default=0.05, ge=0, lt=0.5)
+    generator_label_flip: float = Field(default=0.0, ge=0, lt=0.5)
     real_label: float = Field(default=1.0, ge=0, le=1)
     fake_label: float = Field(default=0.0, ge=0, le=1)
     generator_label: float = Field(default=1.0, ge=0, le=1)
     fake_conditions: Literal["real", "sampled"] = "real"
+    fake_energy_range_gev: tuple[float, float] | None = None
+    early_fake_energy_range_gev: tuple[float, float] | None = None
+    early_fake_energy_epochs: int = Field(default=0, ge=0)
+    fake_batch_mode: Literal["inference", "train"] = "inference"
+    cell_threshold_gev: float = Field(default=0.0, ge=0)
     angle_target: Literal["measured", "incident"] = "measured"
     lr_decay_rate: float = Field(default=0.0, ge=0)
-    lr_decay_start: int = Field(default=0, ge=0)
+    lr_decay_start: float = Field(default=0, ge=0)
     relu_epoch: int | None = Field(default=None, ge=0)
     collapse_after: int = Field(default=10, ge=0)
 
     @property
     def lr_reference_batch(self) -> int:
         return self.reference_batch or RECIPES[self.preset]["batch_size"]
+
+
+class DataPaths(_Strict):
+    """``train`` and ``validation`` paths of :attr:`DataSection.fallback`."""
+
+    train: str | list[str]
+    validation: str | None = None
 
 
 class DataSection(_Strict):
@@ -119,6 +142,12 @@ class DataSection(_Strict):
     - ``streaming``: read ``chunk_size``-event chunks, ``chunks_in_memory`` at a time, instead of
       loading everything (for data larger than memory; each rank reads only its chunks).
     - ``max_validation_events``: validation uses the first N events of the held-out file.
+    - ``fallback``: ``{train, validation}`` used instead of ``train`` / ``validation`` when no file
+      matches ``train`` (e.g. the shared Geant4 set first, generated GFlash files otherwise).
+    - ``augment``: ``normal_incidence`` applies to each real training shower a random one of the 8
+      symmetries of the square grid (x flip, y flip, x <-> y transpose and their products), which
+      leave showers at normal incidence through the face centre invariant; refused for data with
+      other incidence angles.
     """
 
     train: str | list[str]
@@ -130,6 +159,8 @@ class DataSection(_Strict):
     chunk_size: int = Field(default=1000, gt=0)
     chunks_in_memory: int = Field(default=8, gt=0)
     max_validation_events: int = Field(default=2000, gt=0)
+    augment: Literal["none", "normal_incidence"] = "none"
+    fallback: DataPaths | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataSection:
@@ -250,14 +281,16 @@ def build_config(raw: dict, source: str = "config", base_dir: Path | None = None
     if base_dir is not None and isinstance(run, dict) and isinstance(run.get("output_dir"), str):
         raw["run"] = {**run, "output_dir": _resolve(run["output_dir"], base_dir)}
     data = raw.get("data")
-    if base_dir is not None and isinstance(data, dict):
+    if isinstance(data, dict):
         data = dict(data)
-        for key in ("train", "validation"):
-            value = data.get(key)
-            if isinstance(value, str):
-                data[key] = _resolve(value, base_dir)
-            elif isinstance(value, list):
-                data[key] = [_resolve(str(v), base_dir) for v in value]
+        if base_dir is not None:
+            _resolve_data_paths(data, base_dir)
+            if isinstance(data.get("fallback"), dict):
+                data["fallback"] = dict(data["fallback"])
+                _resolve_data_paths(data["fallback"], base_dir)
+        fallback = data.get("fallback")
+        if isinstance(fallback, dict) and not _present(data.get("train")):
+            data["train"], data["validation"] = fallback.get("train"), fallback.get("validation")
         raw["data"] = data
     try:
         cfg = TrainConfig.model_validate(raw)
@@ -269,6 +302,27 @@ def build_config(raw: dict, source: str = "config", base_dir: Path | None = None
     if not math.isfinite(cfg.recipe.optimizer.lr_generator + cfg.recipe.optimizer.lr_discriminator):
         raise ValueError(f"{source}: recipe.optimizer: learning rates must be finite")
     return cfg
+
+
+def _resolve_data_paths(data: dict, base_dir: Path) -> None:
+    for key in ("train", "validation"):
+        value = data.get(key)
+        if isinstance(value, str):
+            data[key] = _resolve(value, base_dir)
+        elif isinstance(value, list):
+            data[key] = [_resolve(str(v), base_dir) for v in value]
+
+
+def _present(paths: object) -> bool:
+    """Whether ``paths`` (a file, a glob or a list) names at least one existing file."""
+    from fastshower.data import resolve_paths
+
+    if not isinstance(paths, (str, list)):
+        return False
+    try:
+        return bool(resolve_paths(paths))
+    except FileNotFoundError:
+        return False
 
 
 def _resolve(path: str, base_dir: Path) -> str:

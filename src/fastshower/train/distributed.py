@@ -4,8 +4,9 @@
 :func:`init` reads them and joins the process group (NCCL when the run is on CUDA, gloo on CPU).
 Without them the run is a single process and every helper here is a no-op.
 
-Learning-rate rules (the 3DGAN Horovod runs): the recipe's rates are given for its reference batch;
-with ``linear`` scaling they are multiplied by global batch / reference batch, and a linear warm-up
+Learning-rate rules: the recipe's rates are used as given (``none``, the default: neither original
+scales them with the batch); ``workers`` multiplies them by the number of ranks (the Horovod
+``EcalEnergyTrain_hvd.py`` runs), ``linear`` by global batch / reference batch; a linear warm-up
 ramps that multiplier from 1 to its full value over the first ``warmup`` steps.
 """
 
@@ -110,16 +111,21 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-def lr_scale(global_batch: int, reference_batch: int, mode: str) -> float:
-    """Linear scaling rule: global batch / reference batch (1 for ``mode='none'``)."""
-    return global_batch / reference_batch if mode == "linear" else 1.0
+def lr_scale(global_batch: int, reference_batch: int, mode: str, world: int = 1) -> float:
+    """Learning-rate multiplier: 1 (``none``), the number of ranks (``workers``, the Horovod rule of
+    ``EcalEnergyTrain_hvd.py``) or global batch / reference batch (``linear``)."""
+    if mode == "linear":
+        return global_batch / reference_batch
+    return float(world) if mode == "workers" else 1.0
 
 
-def lr_factor(step: int, epoch_step: int, scale: float, warmup_steps: int, decay_rate: float,
-              decay_start: int) -> float:
-    """Multiplier of the recipe learning rate at global ``step`` (epoch step ``epoch_step``):
-    the scale, reached linearly from 1 over ``warmup_steps``, times exp(-rate (epoch_step - start))
-    once ``epoch_step`` passes ``decay_start``."""
+def lr_factor(step: int, reference_steps: float, scale: float, warmup_steps: int, decay_rate: float,
+              decay_start: float) -> float:
+    """Multiplier of the recipe learning rate after ``step`` global steps, i.e. ``reference_steps``
+    steps of the recipe's reference batch (samples seen / reference batch): the scale, reached
+    linearly from 1 over ``warmup_steps``, times exp(-rate (reference_steps - start)) once
+    ``reference_steps`` passes ``decay_start``. Counted over the whole run, never reset."""
     warm = scale if warmup_steps <= 0 or step >= warmup_steps else 1.0 + (scale - 1.0) * step / warmup_steps
-    decay = math.exp(-decay_rate * (epoch_step - decay_start)) if decay_rate > 0 and epoch_step > decay_start else 1.0
+    decay = (math.exp(-decay_rate * (reference_steps - decay_start))
+             if decay_rate > 0 and reference_steps > decay_start else 1.0)
     return warm * decay

@@ -6,20 +6,33 @@ A preset is a plain mapping of :class:`fastshower.train.config.RecipeConfig` fie
 
 - ``gan3d_clic25``: fixed-angle 25^3 3DGAN (``EcalEnergyTrain.py``): BCE + MAPE(E/100) + MAPE(ECAL
   sum) with weights [2, 0.1, 0.1]; RMSprop lr 1e-3, rho 0.9, eps 1e-7 (Keras defaults) for G and D;
-  batch 128; 5% label flips; D real and D fake as separate updates, then 2 G updates; fake samples
-  get freshly sampled energies and an ECAL-sum target from a fit of the training data.
+  batch 128; 5% label flips (Keras BitFlip) on D's labels, G trained toward 1 without flips; D real
+  and D fake as separate updates, the fake batch made by ``generator.predict`` (inference mode),
+  then 2 G updates; fake samples get fresh energies uniform in 10-500 GeV (``uniform(0.1, 5)``) and
+  an ECAL-sum target from a fit of the training data; cells below 1e-6 GeV zeroed.
 - ``gan3d_clic51``: variable-angle 51x51x25 3DGAN (``AngleTrain3dGAN.py``): weights
   [3, 0.1, 25, 0.1] for (BCE, MAPE(E/100), MAE(angle), MAPE(ECAL sum)); batch 64; fake samples
   reuse the real batch's conditions and ECAL sums; 2 G updates.
-- ``conv2d``: the Conv2D generators G1/G2/G3 (``PTF_k_v6_1_ReLU.py``): weights [6, 0.2, 0.1]; Adam
-  lr_G 5e-4, lr_D 1e-4; batch 128; soft labels 0.9/0.1 plus 5% flips; 1 G update; exponential
-  LR decay exp(-0.012 (step - 80)) after step 80 of each epoch; LeakyReLU output head switched to
-  ReLU at epoch index 2 (the third epoch, ``ReLU_epoch=3`` in the original).
+- ``conv2d``: the Conv2D generators G1/G2/G3 (``PTF_k_v6_1_ReLU.py``, ``Models_m4_1_ReLU.py``):
+  weights [6, 0.2, 0.1]; Adam lr_G 5e-4, lr_D 1e-4; batch 128; labels as ``bit_flip_tf``: real 0.9
+  (5% flipped to 0), fake ``zeros * 0.1`` = 0 (5% flipped to 1), generator target 0.9 (5% flipped
+  to 0); 1 G update; fake energies uniform in 100-400 GeV for the first two epochs, then 2-500 GeV
+  (``uniform(0.02, 5)``); cells below 1e-6 GeV zeroed; the learning rate decays by exp(-0.012) per
+  data file (9000 training events = 70 steps of 128) once 81 files (about 4 epochs of 20 files) are
+  done, here as exp(-0.012 / 70) per reference step after 81 x 70 = 5670 steps, counted over the
+  run; LeakyReLU output head switched to ReLU at epoch index 2 (``ReLU_epoch=3``). The original
+  created a new Adam for every file (moments reset); here one Adam runs through.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: The Conv2D learning-rate decay (``l_dec``): exp(-0.012) per data file once 81 files are done;
+#: a file is 10 000 events, 90% of them for training, i.e. 70 steps of batch 128.
+CONV2D_DECAY_PER_FILE = 0.012
+CONV2D_DECAY_START_FILES = 81
+CONV2D_STEPS_PER_FILE = 70
 
 RMSPROP_KERAS = {"name": "rmsprop", "lr_generator": 1e-3, "lr_discriminator": 1e-3, "rho": 0.9, "eps": 1e-7}
 
@@ -33,6 +46,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "real_label": 1.0,
         "fake_label": 0.0,
         "fake_conditions": "sampled",
+        "fake_energy_range_gev": (10.0, 500.0),
+        "cell_threshold_gev": 1e-6,
     },
     "gan3d_clic51": {
         "loss_weights": {"real": 3.0, "energy": 0.1, "ecal_sum": 0.1, "angle": 25.0},
@@ -51,11 +66,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "generator_steps": 1,
         "label_flip": 0.05,
+        "generator_label_flip": 0.05,
         "real_label": 0.9,
-        "fake_label": 0.1,
+        "fake_label": 0.0,
+        "generator_label": 0.9,
         "fake_conditions": "sampled",
-        "lr_decay_rate": 0.012,
-        "lr_decay_start": 80,
+        "early_fake_energy_range_gev": (100.0, 400.0),
+        "early_fake_energy_epochs": 2,
+        "cell_threshold_gev": 1e-6,
+        "lr_decay_rate": CONV2D_DECAY_PER_FILE / CONV2D_STEPS_PER_FILE,
+        "lr_decay_start": CONV2D_DECAY_START_FILES * CONV2D_STEPS_PER_FILE,
         "relu_epoch": 2,
     },
 }

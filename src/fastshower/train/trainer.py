@@ -2,14 +2,21 @@
 
 One iteration (all recipes; 3DGAN reference notes, section 3):
 
-1. D update on the real batch, labels ``real_label`` (each flipped to ``fake_label`` with
-   probability ``label_flip``), regression targets E/100, the real ECAL sum (``D.ecal_sum_of``) and
-   the angle.
-2. D update on a fake batch generated without gradients, labels ``fake_label`` (flipped likewise),
-   targets from the fake's conditions: the real batch's (``fake_conditions: real``) or freshly
-   sampled energies with the ECAL-sum fit of the training data (``sampled``).
+1. D update on the real batch (cells below ``cell_threshold_gev`` zeroed, optionally a random
+   symmetry of the grid applied), labels ``real_label`` (each flipped Keras-style with probability
+   ``label_flip``: 0 -> 1, anything else -> 0), regression targets E/100, the real ECAL sum
+   (``D.ecal_sum_of``) and the angle.
+2. D update on a fake batch generated without gradients by G in ``fake_batch_mode`` (inference:
+   Keras ``predict``), labels ``fake_label`` (flipped likewise), targets from the fake's
+   conditions: the real batch's (``fake_conditions: real``) or freshly sampled energies with the
+   ECAL-sum fit of the training data (``sampled``).
 3. ``generator_steps`` G updates through D (D's parameters frozen, D kept in train mode as in Keras),
-   target ``generator_label``, fresh noise (and fresh energies for ``sampled``) for each.
+   target ``generator_label`` (flipped with ``generator_label_flip``), fresh noise (and fresh
+   energies for ``sampled``) for each.
+
+A generator with a calibrated output multiplier (the Conv2D models, ``output_scale: null``) gets it
+before the first step: mean deposited energy of up to 512 training showers over the mean summed
+|output| of the untrained generator for the same conditions.
 
 Random numbers that matter for the result (noise, label flips, sampled energies) come from one
 torch generator seeded with the run's seed and identical on every rank: each rank draws the
@@ -141,7 +148,8 @@ class Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=use_scaler)
         self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[run.precision]
-        self.lr_scale = dist_utils.lr_scale(self.global_batch, self.recipe.lr_reference_batch, self.recipe.lr_scaling)
+        self.lr_scale = dist_utils.lr_scale(self.global_batch, self.recipe.lr_reference_batch, self.recipe.lr_scaling,
+                                            self.info.world)
         self._warmup_steps = self.recipe.warmup_steps  # + warmup_epochs, converted in fit()
 
         self.rng = torch.Generator().manual_seed(run.seed)
@@ -150,6 +158,8 @@ class Trainer:
         self.best: float | None = None
         self.records: list[dict[str, Any]] = []
         self.relu_switched = False
+        self.output_scale_ready = not getattr(self.G, "needs_output_scale", False)
+        self.wall_s = self.cpu_s = 0.0  # training time so far (all epochs, across resumes)
         self._data_stage: int | None = None
         self._data: InMemoryData | StreamingData | None = None
         self._fit: EcalFit | None = None
@@ -221,8 +231,44 @@ class Trainer:
     def ecal_sum_of_gev(self, showers_gev: np.ndarray) -> np.ndarray:
         """The discriminator's ECAL sum (its target units) of showers given in GeV."""
         with torch.no_grad():
-            x = self.G.preprocess(torch.from_numpy(np.ascontiguousarray(showers_gev)).to(self.device))
+            x = self.G.preprocess(self._threshold(torch.from_numpy(np.ascontiguousarray(showers_gev)).to(self.device)))
             return self.D.ecal_sum_of(x).double().cpu().numpy()
+
+    def _threshold(self, showers_gev: torch.Tensor) -> torch.Tensor:
+        """Cells below the recipe's ``cell_threshold_gev`` set to 0."""
+        thr = self.recipe.cell_threshold_gev
+        return showers_gev if thr <= 0 else torch.where(showers_gev < thr, torch.zeros_like(showers_gev), showers_gev)
+
+    def prepare(self) -> None:
+        """Load the current stage's data and calibrate the generator's output scale if needed
+        (both happen once; ``fit`` and ``validate`` call this)."""
+        self.data_for_epoch(self.epoch)
+
+    def _calibrate_output_scale(self, data: InMemoryData | StreamingData) -> None:
+        """Set the generator's output multiplier from the data (see the module docstring)."""
+        if self.output_scale_ready:
+            return
+        if isinstance(data, InMemoryData):
+            showers, energy, angle = data.showers[:512], data.primary_energy[:512], data.incident_angle[:512]
+        else:
+            batch = next(iter(data.batches(self.cfg.run.seed, 0, 0, 1, min(512, data.n_events), 0, 1)))
+            showers, energy, angle = batch.showers, batch.primary_energy, batch.incident_angle
+        g = torch.Generator().manual_seed(self.cfg.run.seed + 1)
+        was_training = self.G.training
+        self.G.eval()
+        try:
+            with torch.no_grad():
+                noise = self.G.sample_noise(len(energy), generator=g).to(self.device)
+                e = torch.as_tensor(energy, dtype=torch.float32, device=self.device)
+                a = torch.as_tensor(angle, dtype=torch.float32, device=self.device)
+                raw = self.G.generate_raw(e, a, noise).float() / self.G.output_scale
+                real = self._threshold(torch.from_numpy(np.ascontiguousarray(showers)).to(self.device))
+                scale = float(real.sum(dim=(1, 2, 3)).mean() / raw.abs().sum(dim=(1, 2, 3)).mean())
+        finally:
+            self.G.train(was_training)
+        scale = float(dist_utils.broadcast_from_main(scale, self.info))
+        self.G.set_output_scale(scale)
+        self.output_scale_ready = True
 
     def data_for_epoch(self, epoch: int) -> InMemoryData | StreamingData:
         """The training data of the stage ``epoch`` belongs to (built once per stage)."""
@@ -240,6 +286,10 @@ class Trainer:
             self._fit = self._data.fit(self.ecal_sum_of_gev, d.chunk_size) if need_fit else None
             self._ranges = self._data.condition_ranges()
             self._data_stage = stage
+            if d.augment == "normal_incidence" and not np.allclose(self._ranges[1], math.pi / 2, atol=1e-6):
+                raise ValueError("data.augment: normal_incidence needs showers at normal incidence (angle pi/2); "
+                                 f"the training data have angles {self._ranges[1]} rad")
+            self._calibrate_output_scale(self._data)
         assert self._data is not None
         return self._data
 
@@ -261,20 +311,42 @@ class Trainer:
     def _noise(self) -> torch.Tensor:
         return self._draw(lambda n: self.G.sample_noise(n, generator=self.rng))
 
-    def _labels(self, value: float, other: float) -> torch.Tensor:
-        flip = self._draw(lambda n: torch.rand(n, generator=self.rng)) < self.recipe.label_flip
-        return torch.where(flip, torch.full_like(flip, other, dtype=torch.float32),
+    def _labels(self, value: float, flip_probability: float) -> torch.Tensor:
+        """``value`` for each event, flipped with ``flip_probability`` as Keras ``BitFlip`` does
+        (``logical_not``: 0 becomes 1, anything else 0)."""
+        flip = self._draw(lambda n: torch.rand(n, generator=self.rng)) < flip_probability
+        flipped = 1.0 if value == 0 else 0.0
+        return torch.where(flip, torch.full_like(flip, flipped, dtype=torch.float32),
                            torch.full_like(flip, value, dtype=torch.float32))
+
+    def _augment(self, showers: torch.Tensor) -> torch.Tensor:
+        """A random symmetry of the square grid per shower (x flip, y flip, x <-> y transpose)."""
+        bits = self._draw(lambda n: torch.rand(n, 3, generator=self.rng)) < 0.5
+        m = [b.view(-1, 1, 1, 1) for b in bits.unbind(1)]
+        showers = torch.where(m[0], showers.flip(1), showers)
+        showers = torch.where(m[1], showers.flip(2), showers)
+        return torch.where(m[2], showers.transpose(1, 2), showers)
+
+    def fake_energy_range(self) -> tuple[float, float]:
+        """Energies (GeV) of sampled fake showers in the current epoch."""
+        rc = self.recipe
+        if rc.early_fake_energy_range_gev is not None and self.epoch < rc.early_fake_energy_epochs:
+            return rc.early_fake_energy_range_gev
+        if rc.fake_energy_range_gev is not None:
+            return rc.fake_energy_range_gev
+        assert self._ranges is not None
+        return self._ranges[0]
 
     def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fresh energies (uniform over the training range), angles and their ECAL-sum targets."""
         assert self._ranges is not None and self._fit is not None
-        (elo, ehi), (alo, ahi) = self._ranges
+        (elo, ehi), (alo, ahi) = self.fake_energy_range(), self._ranges[1]
         u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64)).cpu().numpy()
         energy = elo + (ehi - elo) * u[:, 0]
         angle = alo + (ahi - alo) * u[:, 1]
         ecal = self._fit(energy)
-        as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=self.device)  # noqa: E731
+        def as_t(a):
+            return torch.as_tensor(a, dtype=torch.float32, device=self.device)
         return as_t(energy), as_t(angle), as_t(ecal)
 
     # ------------------------------------------------------------------ one iteration
@@ -314,7 +386,8 @@ class Trainer:
         return sums, outputs
 
     def _set_lr(self) -> dict[str, float]:
-        f = dist_utils.lr_factor(self.step, self.epoch_step, self.lr_scale, self._warmup_steps,
+        reference_steps = self.step * self.global_batch / self.recipe.lr_reference_batch
+        f = dist_utils.lr_factor(self.step, reference_steps, self.lr_scale, self._warmup_steps,
                                  self.recipe.lr_decay_rate, self.recipe.lr_decay_start)
         lrs = {"lr_generator": self.recipe.optimizer.lr_generator * f,
                "lr_discriminator": self.recipe.optimizer.lr_discriminator * f}
@@ -328,7 +401,9 @@ class Trainer:
         """One iteration on this rank's ``batch``; returns the (unweighted) loss terms and totals."""
         rc, w = self.recipe, self.recipe.loss_weights
         dev = self.device
-        real_gev = torch.from_numpy(np.ascontiguousarray(batch.showers)).to(dev)
+        real_gev = self._threshold(torch.from_numpy(np.ascontiguousarray(batch.showers)).to(dev))
+        if self.cfg.data.augment == "normal_incidence":
+            real_gev = self._augment(real_gev)
         energy = torch.as_tensor(batch.primary_energy, dtype=torch.float32, device=dev)
         angle = torch.as_tensor(batch.incident_angle, dtype=torch.float32, device=dev)
         measured = self.has_angle and rc.angle_target == "measured"
@@ -339,7 +414,7 @@ class Trainer:
 
         # D on the real batch
         _set_requires_grad(self.D, True)
-        labels = self._labels(rc.real_label, rc.fake_label)
+        labels = self._labels(rc.real_label, rc.label_flip)
 
         def d_real(part: slice):
             with self._autocast():
@@ -356,11 +431,15 @@ class Trainer:
         real_conditions = (energy, angle, ecal_real, angle_real)
         e_fake, a_fake, ecal_fake, ang_fake = self._fake_conditions(real_conditions)
         noise = self._noise()
-        labels = self._labels(rc.fake_label, rc.real_label)
+        labels = self._labels(rc.fake_label, rc.label_flip)
 
         def d_fake(part: slice):
-            with torch.no_grad(), self._autocast():
-                x_fake = self.G.generate_raw(e_fake[part], a_fake[part], noise[part])
+            self.G.train(rc.fake_batch_mode == "train")
+            try:
+                with torch.no_grad(), self._autocast():
+                    x_fake = self.G.generate_raw(e_fake[part], a_fake[part], noise[part])
+            finally:
+                self.G.train()
             with self._autocast():
                 d_out = self.d_train(x_fake.float())
             loss, terms = gan_loss(d_out, labels[part], e_fake[part] / 100, ecal_fake[part], ang_fake[part], w)
@@ -371,11 +450,11 @@ class Trainer:
 
         # G steps through the frozen D
         _set_requires_grad(self.D, False)
-        target = torch.full((self.batch,), rc.generator_label, device=dev)
         collapsed = True
         for _ in range(rc.generator_steps):
             e_g, a_g, ecal_g, ang_g = self._fake_conditions(real_conditions)
             noise = self._noise()
+            target = self._labels(rc.generator_label, rc.generator_label_flip)
 
             def g_step(part: slice):  # called within this iteration (by _update): the loop variables are current
                 with self._autocast():
@@ -413,12 +492,32 @@ class Trainer:
         return ShowerSet(np.concatenate(parts), reference.primary_energy, reference.incident_angle, reference.geometry)
 
     def validate(self) -> dict[str, float]:
-        """Profile MSE and sampling-fraction error of the generator against the held-out file."""
+        """Profile MSE and sampling-fraction error of the generator against the held-out file, and
+        the discriminator's energy regression on it (``d_energy_mape``, %)."""
         from fastshower.data.summaries import quick_metrics  # one definition, shared with validate and infer
 
         if self.validation_set is None:
             raise ValueError("no validation file configured (data.validation)")
-        return quick_metrics(self.validation_set, self.generate_like(self.validation_set))
+        self.prepare()
+        return {**quick_metrics(self.validation_set, self.generate_like(self.validation_set)),
+                "d_energy_mape": self.discriminator_energy_mape(self.validation_set)}
+
+    def discriminator_energy_mape(self, showers: ShowerSet, batch_size: int = 256) -> float:
+        """Keras MAPE (%) of the discriminator's energy head (E / 100 GeV) on ``showers``, D in eval mode."""
+        from fastshower.train.losses import mape
+
+        preds = []
+        self.D.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                for i in range(0, len(showers), batch_size):
+                    x = self._threshold(torch.from_numpy(np.ascontiguousarray(showers.showers[i:i + batch_size]))
+                                        .to(self.device))
+                    preds.append(self.D(self.G.preprocess(x))["energy"].float().cpu())
+        finally:
+            self.D.train()
+        target = torch.as_tensor(showers.primary_energy, dtype=torch.float32) / 100
+        return float(mape(target, torch.cat(preds)))
 
     # ------------------------------------------------------------------ the loop
     def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
@@ -438,6 +537,7 @@ class Trainer:
         from tqdm import tqdm
 
         total = self.cfg.total_epochs
+        self.prepare()
         first = self.steps_in_epoch(0) if total > 0 else 0
         self._warmup_steps = self.recipe.warmup_steps + round(self.recipe.warmup_epochs * first)
         stopped = False
@@ -446,7 +546,7 @@ class Trainer:
                 n_steps = self.steps_in_epoch(self.epoch)
                 data = self.data_for_epoch(self.epoch)
                 self._maybe_switch_relu()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 steps_before = self.epoch_step
                 bar = tqdm(total=n_steps, initial=self.epoch_step, desc=f"epoch {self.epoch + 1}/{total}",
                            unit="step", disable=not (self.info.is_main and self.cfg.run.progress))
@@ -468,6 +568,8 @@ class Trainer:
                         break
                 bar.close()
                 elapsed = time.perf_counter() - t0
+                self.wall_s += elapsed
+                self.cpu_s += time.process_time() - c0
                 done = self.epoch_step - steps_before
                 self._end_epoch(done if stopped else n_steps, lrs, elapsed, done * self.global_batch)
                 self.save_checkpoint()
@@ -504,7 +606,8 @@ class Trainer:
         means = dist_utils.mean_over_ranks({k: v / max(n_steps, 1) for k, v in self.epoch_sums.items()}, self.info)
         record: dict[str, Any] = {"epoch": self.epoch + 1, "step": self.step,
                                   "stage": self.cfg.stage_of_epoch(self.epoch)[0], **lrs,
-                                  "time_s": round(elapsed, 3),
+                                  "time_s": round(elapsed, 3), "wall_s_total": round(self.wall_s, 3),
+                                  "cpu_s_total": round(self.cpu_s, 3),
                                   "samples_per_s": round(samples / elapsed, 3) if elapsed > 0 and samples else None,
                                   **means}
         if self.validation_set is not None and self.info.is_main:
@@ -560,6 +663,7 @@ class Trainer:
                  "torch_rng": [s["torch"] for s in states], "cuda_rng": [s["cuda"] for s in states]}
         meta = {"step": self.step, "epoch": self.epoch, "epoch_step": self.epoch_step, "world": self.info.world,
                 "epoch_sums": self.epoch_sums, "best": self.best, "relu_switched": self.relu_switched,
+                "wall_s": self.wall_s, "cpu_s": self.cpu_s,
                 "host_rng": [{"python": s["python"], "numpy": s["numpy"]} for s in states],
                 "model": self.cfg.model.name, "model_config": self.cfg.model.config, "config": dump_config(self.cfg)}
         return ckpt.save_checkpoint(self.out, self.step, self.G, self.D, state, meta, self.cfg.run.keep_checkpoints)
@@ -569,6 +673,9 @@ class Trainer:
 
         gen, disc = ckpt.load_weights(path)
         load_state(self.G, gen, path)
+        if getattr(self.G, "needs_output_scale", False):  # the loaded weights bring their scale
+            self.G.set_output_scale(float(self.G.output_scale))
+            self.output_scale_ready = True
         if disc is not None:
             load_state(self.D, disc, path)
         elif need_discriminator:
@@ -595,6 +702,7 @@ class Trainer:
         self.rng.set_state(state["rng"])
         self.step, self.epoch, self.epoch_step = meta["step"], meta["epoch"], meta["epoch_step"]
         self.epoch_sums, self.best = meta["epoch_sums"], meta["best"]
+        self.wall_s, self.cpu_s = meta.get("wall_s", 0.0), meta.get("cpu_s", 0.0)
         if meta["world"] == self.info.world:
             r = self.info.rank
             ckpt.restore_host_rng_state({**meta["host_rng"][r], "torch": state["torch_rng"][r],

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Validate a generator (and untuned GFlash) against the fixed-energy Geant4 samples of /work/g4samples
+# (sample "a" = reference, "b" = the floor sample), with `fastshower validate`.
+#   campaigns/conv2d_g1/evaluate.sh GENERATOR OUTDIR [ENERGIES...]
+#   e.g. campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 /tmp/eval 10 50 100 300
+# Writes OUTDIR/{gan,gflash}_eE.h5 and OUTDIR/v_{gan,gflash}_eE/metrics.json; then
+#   python campaigns/conv2d_g1/summarize.py OUTDIR  prints the table of docs/training.md.
+set -euo pipefail
+gen=$1; out=$2; shift 2
+energies=${*:-10 50 100 300}
+samples=${G4SAMPLES:-/work/g4samples}
+fs="python -m fastshower.cli"
+mkdir -p "$out"
+for e in $energies; do
+  a=$samples/clic25_e${e}_a.h5; b=$samples/clic25_e${e}_b.h5
+  [ -f "$a" ] && [ -f "$b" ] || { echo "skip $e GeV: $a or $b missing"; continue; }
+  n=$(python -c "import h5py; print(len(h5py.File('$a')['primary_energy']))")
+  $fs generate -m "$gen" --energy "$e" -n "$n" --seed 5 --threads 1 -o "$out/gan_e$e.h5"
+  $fs validate "$a" "$out/gan_e$e.h5" --reference2 "$b" --quick --no-classifier -o "$out/v_gan_e$e"
+  if [ ! -f "$out/v_gflash_e$e/metrics.json" ]; then
+    $fs simulate -g clic25 --energy "$e" -n "$n" --seed 7 -o "$out/gflash_e$e.h5"
+    $fs validate "$a" "$out/gflash_e$e.h5" --reference2 "$b" --quick --no-classifier -o "$out/v_gflash_e$e"
+  fi
+done

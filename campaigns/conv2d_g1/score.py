@@ -1,0 +1,52 @@
+"""Quick scores of campaign generators at fixed energies against the Geant4 samples (a cheap
+pre-selection before `fastshower validate`): per energy, the relative error of the mean sampling
+fraction and the profile MSE (fastshower.data.summaries.quick_metrics) of N generated showers.
+
+    python campaigns/conv2d_g1/score.py runs/campaign_conv2d_g1/generators/step_*.json --n 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastshower.data import read_showers
+from fastshower.data.summaries import quick_metrics
+from fastshower.models import registry
+from fastshower.showers import ShowerSet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("generators", nargs="+", type=Path)
+    parser.add_argument("--energies", default="10,50,100,300")
+    parser.add_argument("--samples", type=Path, default=Path("/work/g4samples"))
+    parser.add_argument("--n", type=int, default=100)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    refs = {e: read_showers(args.samples / f"clic25_e{e}_a.h5") for e in args.energies.split(",")}
+    for stem in args.generators:
+        g = registry.load_generator(stem.with_suffix(""))
+        row = {"generator": stem.stem}
+        for e, ref in refs.items():
+            n = min(args.n, len(ref))
+            energy = torch.full((n,), float(e))
+            angle = torch.full((n,), math.pi / 2)
+            noise = g.sample_noise(n, generator=torch.Generator().manual_seed(5))
+            with torch.no_grad():
+                showers = g(energy, angle, noise).numpy()
+            cand = ShowerSet(showers, np.full(n, float(e)), np.full(n, math.pi / 2), ref.geometry)
+            sf_ref = ref.showers.sum(axis=(1, 2, 3)).mean() / float(e)
+            sf_gan = showers.sum(axis=(1, 2, 3)).mean() / float(e)
+            row[f"sf_rel_{e}"] = round(float(sf_gan / sf_ref - 1), 4)
+            row[f"profile_mse_{e}"] = float(f"{quick_metrics(ref[:n], cand)['profile_mse']:.4g}")
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

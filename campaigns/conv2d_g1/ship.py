@@ -1,0 +1,64 @@
+"""Ship a campaign generator as the package's conv2d_g1 (src/fastshower/weights/conv2d_g1.*) with its
+model card: training data, steps, CPU hours, the learning curve point, and the `fastshower validate`
+metrics against fixed-energy Geant4 samples beside their floor and beside untuned GFlash.
+
+    python campaigns/conv2d_g1/ship.py runs/campaign_conv2d_g1/generators/step_00000900 \\
+        --evaluation /tmp/eval/summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from fastshower.models import registry
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("generator", type=Path, help="stem of the chosen generator")
+    parser.add_argument("--evaluation", type=Path, default=None, help="summarize.py --json output")
+    parser.add_argument("--out", type=Path, default=registry.WEIGHTS_DIR / "conv2d_g1")
+    args = parser.parse_args()
+    g = registry.load_generator(args.generator)
+    card = registry.read_card(args.generator)
+    step = int(card["metadata"]["step"])
+    curve = list(csv.DictReader(io.StringIO((HERE / "learning_curve.csv").read_text())))
+    row = next(r for r in curve if int(r["step"]) == step)
+    last = curve[-1]
+    cfg = yaml.safe_load((HERE / "config.yaml").read_text())
+    meta = {
+        "trained_by": "fastshower CPU campaign (campaigns/conv2d_g1/run.py)",
+        "quality": "CPU-trained quarter-width G1; see docs/training.md 'CPU campaign' for how it compares "
+                   "with Geant4 and GFlash",
+        "training_data": "Geant4 clic25 e- 2-500 GeV at normal incidence, 8500 showers "
+                         "(shared/data/g4-clic25/train, 17 files), x/y flips and x<->y transpose as augmentation",
+        "validation_data": "Geant4 clic25 held-out 1000 showers (shared/data/g4-clic25/validation)",
+        "model_config": cfg["model"]["config"], "recipe": cfg["recipe"], "seed": cfg["run"]["seed"],
+        "step": step, "samples": int(row["samples"]), "batch_size": cfg["recipe"]["batch_size"],
+        "train_cpu_hours": round(float(row["train_cpu_s"]) / 3600, 3),
+        "campaign_cpu_hours_total": round(float(last["train_cpu_s"]) / 3600, 3),
+        "campaign_steps_total": int(last["step"]),
+        "load_average_during_training": "12-20 on 2 cores (shared machine); CPU hours are process CPU time",
+        "selected_by": "held-out Geant4 validation (profile MSE and sampling-fraction error, learning_curve.csv)",
+        "validation_at_step": {k: float(row[k]) for k in ("val_profile_mse", "val_sampling_fraction_error",
+                                                          "val_d_energy_mape")},
+        "commands": ["nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py",
+                     "campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 OUTDIR 10 50 100 300",
+                     "python campaigns/conv2d_g1/summarize.py OUTDIR"],
+    }
+    if args.evaluation is not None:
+        meta["fastshower_validate_vs_geant4"] = json.loads(args.evaluation.read_text())
+    registry.save_generator(g, args.out, meta)
+    print(f"shipped step {step} as {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Table of the goal metrics from campaigns/conv2d_g1/evaluate.sh outputs: GAN and untuned GFlash
+against Geant4, beside the floor (Geant4 sample b vs a).
+
+    python campaigns/conv2d_g1/summarize.py OUTDIR [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+KEYS = ["sampling_fraction_mre", "gan_metric_profiles", "chi2_layer_energy", "chi2_width_x", "chi2_width_y",
+        "chi2_width_r", "profile_mse"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("outdir", type=Path)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for path in sorted(args.outdir.glob("v_*_e*/metrics.json")):
+        who, energy = path.parent.name[2:].rsplit("_e", 1)
+        metrics = json.loads(path.read_text())["metrics"]
+        row = table.setdefault(f"{int(energy)} GeV", {})
+        row[who] = {k: metrics[k]["candidate"] for k in KEYS if k in metrics}
+        row["floor"] = {k: metrics[k]["floor"] for k in KEYS if k in metrics}
+    print(f"{'energy':>8} {'metric':<24} {'GAN':>10} {'GFlash':>10} {'floor':>10}  GAN better")
+    for energy in sorted(table, key=lambda e: int(e.split()[0])):
+        row = table[energy]
+        for k in KEYS:
+            gan, gfl, flo = (row.get(w, {}).get(k, float("nan")) for w in ("gan", "gflash", "floor"))
+            print(f"{energy:>8} {k:<24} {gan:10.4g} {gfl:10.4g} {flo:10.4g}  {'yes' if gan < gfl else 'no'}")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
