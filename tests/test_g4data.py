@@ -20,7 +20,7 @@ from fastshower.geometry import PRESETS
 from fastshower.simulate.geant4 import g4data
 from fastshower.simulate.geant4.datasets import DATASETS, require_datasets
 
-NIST_DIR = Path("/work/shared/data/nist-brems")
+NIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nist-brems"  # beside the checkout, where present
 DATA_VARS = ["GEANT4_DATA_DIR"] + [d.envvar for d in DATASETS.values()]
 
 

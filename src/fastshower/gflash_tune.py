@@ -27,7 +27,6 @@ the reference simulation with the validation observables and reads data files, s
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ import numpy as np
 import yaml
 
 from fastshower import __version__
+from fastshower.fileio import file_sha256
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
 from fastshower.simulate.gflash import (
@@ -127,13 +127,6 @@ def select_energy(showers: ShowerSet, energy_gev: float, window: float) -> Showe
     keep = np.abs(showers.primary_energy / energy_gev - 1.0) <= window + 1e-9
     return showers[np.flatnonzero(keep)]
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_references(paths: Sequence[str | Path], energies_gev: Sequence[float], window: float = 0.2,

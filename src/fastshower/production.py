@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastshower.fileio import write_text_atomic
+from fastshower.fileio import file_sha256, write_text_atomic
 from fastshower.geometry import Geometry
 
 #: Events per shard when the number of shards is not given.
@@ -198,13 +198,6 @@ def shard_path(work_dir: str | Path, shard: int, n_shards: int) -> Path:
 def _manifest_path(shard_file: Path) -> Path:
     return shard_file.with_suffix(".json")
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _SOURCES: dict = {}

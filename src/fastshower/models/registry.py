@@ -12,7 +12,6 @@ found by name: ``load_generator("conv2d_g1")``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastshower.errors import ChecksumError, DataFileError, UserInputError, brief, validation_details
-from fastshower.fileio import atomic_path
+from fastshower.fileio import atomic_path, file_sha256
 from fastshower.geometry import Geometry, load_geometry
 from fastshower.models.base import ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.conv2d import (
@@ -148,14 +147,6 @@ def save_generator(generator: ShowerGenerator, path_stem: str | Path, metadata: 
         tmp.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return json_path
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_weights(card: dict[str, Any], weights: Path) -> None:
