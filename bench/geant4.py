@@ -101,7 +101,7 @@ def child_mode(spec: dict) -> dict:
 
         torch.set_num_threads(1)
     from fastshower.simulate.geant4.app import Gun, get_app
-    from fastshower.simulate.geant4.sources import resolve_source
+    from fastshower.infer.sources import resolve_source
 
     app = get_app(spec["geometry"], spec["mode"], spec.get("physics"))
     source = resolve_source(spec["model"], spec["geometry"]) if spec["mode"] == "fast" else None
@@ -224,7 +224,9 @@ def render(results: dict) -> str:
                   f"cluster: speed-up {w['speed_up']:.2f}x "
                   f"({r1['wall_s'] / (r2['wall_s'] - r2.get('cluster_start_s', 0)):.2f}x without the start-up) on this "
                   f"2-core machine at load average {r1['load_before'][0]:.1f} / {r2['load_before'][0]:.1f} before "
-                  f"each run. The two files hold bit-identical showers: {w['identical_output']}."]
+                  f"each run. The two files hold bit-identical showers: {w['identical_output']}. CPU summed over the "
+                  f"shards: {r1['shard_cpu_s']:.0f} s with 1 worker, {r2['shard_cpu_s']:.0f} s with 2; the Dask "
+                  f"scheduler and client in the submitting process used {r2['parent_cpu_s']:.0f} CPU s."]
     if "fastfull" in results:
         f = results["fastfull"]
         full = {x["energy_gev"]: x for x in f["full"]["cases"]}

@@ -190,7 +190,8 @@ def _geant4_ok() -> bool:
 
 def test_g4run_with_a_model_and_its_onnx_export_writes_the_same_showers(model_files, tmp_path):
     """``g4run --model x --seed 3`` and ``g4run --model x.onnx --seed 3``: the same showers (export
-    tolerance), and batch b equals ``generate(E, theta, seed=batch_seed(3, b))``."""
+    tolerance), and batch b equals ``generate(E, theta, seed=batch_seed(s, b))`` where s is the
+    shard's source seed (spawned from the run seed, recorded in the file)."""
     if not _geant4_ok():
         pytest.skip("geant4_pybind unusable here")
     from fastshower.data import read_showers
@@ -209,6 +210,8 @@ def test_g4run_with_a_model_and_its_onnx_export_writes_the_same_showers(model_fi
     assert _close(onnx_run.showers, torch_run.showers)
     gen = Generator.load(model_files["torch"])
     e = torch_run.primary_energy
-    expected = np.concatenate([gen.generate(e[s], np.full(len(e[s]), math.pi / 2), seed=batch_seed(3, b)).showers
+    (shard,) = json.loads(torch_run.attrs["shards"])
+    seed = shard["source_seed"]
+    expected = np.concatenate([gen.generate(e[s], np.full(len(e[s]), math.pi / 2), seed=batch_seed(seed, b)).showers
                                for b, s in enumerate((slice(0, 3), slice(3, 5)))])
     np.testing.assert_allclose(torch_run.showers, expected, rtol=1e-5, atol=1e-9)

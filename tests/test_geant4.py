@@ -417,6 +417,12 @@ def _tiny_onnx(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
          numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    # the metadata fastshower's exporter writes (g4run refuses ONNX files without it)
+    geometry = {(25, 25, 25): "clic25", (51, 51, 25): "clic51"}[tuple(shape)]
+    for key, value in {"model": "tiny", "geometry": geometry, "shape": json.dumps(list(shape)), "noise_dim": "4",
+                       "energy_range_gev": "[2.0, 500.0]",
+                       "angle_range_rad": json.dumps([math.pi / 2, math.pi / 2])}.items():
+        model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return frac
 

@@ -127,12 +127,11 @@ def test_threshold_pruner_prunes_after_the_warmup_epoch(tmp_path, base_config):
     assert "best_value" not in summary and summary["trials"]["pruned"] == 2
 
 
-def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, base_config):
+def test_a_config_no_trial_can_run_is_refused_before_the_first_trial(tmp_path, base_config):
     space = {**SPACE, "recipe.label_flip": {"type": "categorical", "choices": [0.7]}}  # invalid: must be < 0.5
-    summary = run_study(_hpo(tmp_path, base_config, search_space=space), trials=2, progress=False)
-    trials = _study(tmp_path / "report").trials
-    assert [t.state for t in trials] == [TrialState.FAIL] * 2 and summary["trials"]["fail"] == 2
-    assert not (tmp_path / "report/best_config.yaml").exists()
+    with pytest.raises(ValueError, match="recipe.label_flip"):
+        run_study(_hpo(tmp_path, base_config, search_space=space), trials=2, progress=False)
+    assert not (tmp_path / "report/study.db").exists() or not _study(tmp_path / "report").trials
 
 
 # ------------------------------------------------------------------ several workers

@@ -120,7 +120,7 @@ def test_out_of_range_conditions(clic51, saved):
         s = lenient.generate(600.0, math.pi / 2, n=2, seed=0)
     assert s.showers.shape == (2, 51, 51, 25)
     fixed = Generator.load(saved["gan3d_clic25"])
-    with pytest.raises(ValueError, match="incident angle 60-60 deg outside the trained range 90-90 deg"):
+    with pytest.raises(ValueError, match="trained at the fixed angle 90 deg only and cannot make showers at 60-60 deg"):
         fixed.generate(100.0, math.radians(60.0))
 
 

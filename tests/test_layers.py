@@ -19,7 +19,8 @@ import fastshower
 LAYERS = ("base", "simulate", "data", "models", "train", "validate", "infer", "app")
 #: Top-level modules (not sub-packages) and the layer they belong to.
 TOP_LEVEL = {"__init__": "base", "fileio": "base", "geometry": "base", "showers": "base", "conditions": "base",
-             "errors": "base", "production": "app", "cli": "app", "demo": "app", "hpo": "app", "__main__": "app"}
+             "errors": "base", "production": "app", "cli": "app", "demo": "app", "hpo": "app", "gflash_tune": "app",
+             "__main__": "app"}
 
 PACKAGE = Path(fastshower.__file__).resolve().parent
 

@@ -10,6 +10,7 @@ from scipy import linalg, stats
 
 from fastshower.geometry import load_geometry
 from fastshower.showers import ShowerSet
+from fastshower.validate import comparison as C
 from fastshower.validate import metrics as M
 from fastshower.validate import observables as ob
 
@@ -126,7 +127,7 @@ def test_identical_sets_have_zero_distance(toys):
     r = toys["ref"]
     assert M.sampling_fraction_error(r, r) == 0.0
     assert M.profile_mse(r, r) == 0.0
-    ref = M.Sample.from_set(r, load_geometry("clic25"), 0.0)
+    ref = C.Sample.from_set(r, load_geometry("clic25"), 0.0)
     bins = M.condition_bins(r.primary_energy, r.incident_angle, r.primary_energy, r.incident_angle,
                             M.default_energy_bins(load_geometry("clic25")))
     gm = M.gan_optimisation_metric(ref.obs, ref.obs, bins)
@@ -140,7 +141,7 @@ def test_energy_scale_is_seen_by_sampling_fraction_not_by_shapes(toys):
     assert M.sampling_fraction_error(r, scaled(r2, 0.95)) > 5 * floor
     assert M.profile_mse(r, scaled(r, 0.95)) < 1e-12  # sum-normalised profiles ignore the scale
     geo = load_geometry("clic25")
-    a, b = M.Sample.from_set(r, geo, 0.0), M.Sample.from_set(scaled(r, 0.95), geo, 0.0)
+    a, b = C.Sample.from_set(r, geo, 0.0), C.Sample.from_set(scaled(r, 0.95), geo, 0.0)
     bins = M.condition_bins(r.primary_energy, r.incident_angle, r.primary_energy, r.incident_angle,
                             M.default_energy_bins(geo))
     gm = M.gan_optimisation_metric(a.obs, b.obs, bins)
@@ -258,26 +259,26 @@ def test_ssim_sees_a_halved_energy_scale_but_not_a_widening(toys):
 def test_compare_floor_is_small_and_degraded_copy_is_detected(toys):
     r, r2 = toys["ref"], toys["ref2"]
     bad = widen_by_one_cell(scaled(toy_showers(1500, np.random.default_rng(99)), 0.95))
-    res = M.compare(r, bad, r2, quick=True)
-    m = res["metrics"]
-    assert res["floor_source"].startswith("independent")
-    assert m["sampling_fraction_mre"]["floor"] < 0.01
-    assert m["sampling_fraction_mre"]["candidate"] == pytest.approx(0.05, abs=0.01)
-    assert m["mu90_rel_error"]["candidate"] > 5 * m["mu90_rel_error"]["floor"]
+    res = C.compare(r, bad, r2, quick=True)
+    m = res.metrics
+    assert res.floor_source.startswith("independent")
+    assert m["sampling_fraction_mre"].floor < 0.01
+    assert m["sampling_fraction_mre"].candidate == pytest.approx(0.05, abs=0.01)
+    assert m["mu90_rel_error"].candidate > 5 * m["mu90_rel_error"].floor
     for name in ("profile_mse", "chi2_width_x", "chi2_centre_r", "chi2_energy_ratio_cc", "fpd", "kpd"):
-        assert m[name]["candidate"] > 5 * m[name]["floor"], name
-    assert m["chi2_separation_mean"]["floor"] < 0.05  # the floor is statistical noise
+        assert m[name].candidate > 5 * m[name].floor, name
+    assert m["chi2_separation_mean"].floor < 0.05  # the floor is statistical noise
 
 
 def test_compare_splits_the_reference_without_reference2(toys):
-    res = M.compare(toys["ref"], toys["ref2"][:200], quick=True, energy_bins=[2, 250, 500])
-    assert res["n_reference"] == 750 and res["n_reference2"] == 750 and res["n_candidate"] == 200
-    assert "halves" in res["floor_source"]
-    big = M.compare(toys["ref"][:600], toys["ref2"], quick=True, energy_bins=[2, 250, 500])
-    assert big["n_candidate"] == 300 and "subsampled" in big["floor_source"]
+    res = C.compare(toys["ref"], toys["ref2"][:200], quick=True, energy_bins=[2, 250, 500])
+    assert res.n_reference == 750 and res.n_reference2 == 750 and res.n_candidate == 200
+    assert "halves" in res.floor_source
+    big = C.compare(toys["ref"][:600], toys["ref2"], quick=True, energy_bins=[2, 250, 500])
+    assert big.n_candidate == 300 and big.n_floor_subsamples == 1 and "subsampled" in big.floor_source
     few = toys["ref2"][:15]  # fewer than 10 events in every energy bin: one bin of all events
     sf_ref = np.mean(toys["ref"].deposited_energy / toys["ref"].primary_energy)
     sf_few = np.mean(few.deposited_energy / few.primary_energy)
     assert M.sampling_fraction_error(toys["ref"], few) == pytest.approx(abs(sf_ref - sf_few) / sf_ref)
     with pytest.raises(ValueError, match="geometry"):
-        M.compare(toys["ref"], toy_showers(50, np.random.default_rng(0), "par04_ds2"), quick=True)
+        C.compare(toys["ref"], toy_showers(50, np.random.default_rng(0), "par04_ds2"), quick=True)

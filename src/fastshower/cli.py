@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from fastshower.errors import TargetNotMetError, UserInputError
+
 app = typer.Typer(
     name="fastshower",
     help="Fast calorimeter shower simulation with deep generative models.",
@@ -21,8 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-#: Exceptions that mean "bad input", reported as one line, not a traceback.
-USER_ERRORS = (ValueError, OSError, RuntimeError, KeyError)
 
 
 @app.callback()
@@ -33,6 +33,42 @@ def _root() -> None:
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+def _overwrite_option():
+    return typer.Option(False, "--overwrite", help="Replace an existing output file.")
+
+
+def _require_onnx(*models: str) -> None:
+    """A one-line DataFileError for a ``.onnx`` model argument that is not a readable ONNX generator."""
+    from fastshower.errors import DataFileError, FastshowerError
+
+    for model in models:
+        if not str(model).endswith(".onnx"):
+            continue
+        from fastshower.infer.onnx_export import read_metadata
+
+        try:
+            read_metadata(model)
+        except (FastshowerError, FileNotFoundError, ValueError):
+            raise
+        except Exception as exc:  # protobuf DecodeError, onnx errors: not an ONNX file
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataFileError(f"{model} is not a readable ONNX file ({type(exc).__name__}: {detail})") from None
+
+
+def _check_condition_count(n: int) -> None:
+    """Refuse -n whose conditions (2 float64 per shower) do not fit in the available memory."""
+    import os
+
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return
+    if 16 * n > available:
+        raise UserInputError(f"-n {n}: its conditions alone need {16 * n / 2**30:.1f} GiB, more than the "
+                             f"{available / 2**30:.1f} GiB of free memory; split the run (several files with "
+                             f"different --seed)")
 
 
 @app.command()
@@ -71,33 +107,33 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="Seed of the one random generator (conditions and showers)."),
     particle: str = typer.Option("e-", "--particle", help="e- or gamma."),
     batch_size: int = typer.Option(1000, "--batch-size", help="Showers simulated and written per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    gflash_params: Optional[str] = typer.Option(
+        None, "--gflash-params", help="GFlash parameters: a file from `fastshower gflash tune`, a shipped set "
+        "(clic25_geant4) or default (the published Grindhammer-Peters values, also when omitted)."),
 ) -> None:
-    """Simulate reference showers (GFlash parametrisation) and stream them to a file."""
-    import numpy as np
+    """Simulate showers with the GFlash parametrisation and stream them to a file (constant memory)."""
     from tqdm import tqdm
 
-    from fastshower.conditions import sample_angles, sample_energies
     from fastshower.data import ShowerWriter
     from fastshower.geometry import load_geometry
-    from fastshower.showers import ShowerSet
-    from fastshower.simulate.gflash import simulate_showers
+    from fastshower.simulate import gflash
 
     if n < 1 or batch_size < 1:
-        raise ValueError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+        raise UserInputError(f"-n and --batch-size must be >= 1, got {n} and {batch_size}")
+    params = gflash.load_parameters(gflash_params)
     if particle not in SIMULATED_PARTICLES:
-        raise ValueError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
+        raise UserInputError(f"unknown particle {particle!r}; expected one of {', '.join(SIMULATED_PARTICLES)}")
     g = load_geometry(geometry)
-    rng = np.random.default_rng(seed)
-    primary_energy = sample_energies(energy, n, rng, g.energy_range_gev)
-    incident_angle = sample_angles(angle, n, rng, g.angle_range_rad)
-    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle}
-    with ShowerWriter(output, g, format=format, attrs=attrs) as writer, \
+    batches = gflash.iter_simulate(g, energy, angle, n, seed=seed, batch_size=batch_size, particle=particle,
+                                   params=params)
+    attrs = {"simulator": "gflash", "seed": seed, "particle": particle, "energy_spec": energy, "angle_spec_deg": angle,
+             "gflash_params": gflash.parameters_label(gflash_params)}
+    with ShowerWriter(output, g, format=format, attrs=attrs, overwrite=overwrite) as writer, \
             tqdm(total=n, desc="simulate", unit="shower") as bar:
-        for start in range(0, n, batch_size):
-            e, a = primary_energy[start:start + batch_size], incident_angle[start:start + batch_size]
-            showers = simulate_showers(g, e, a, rng, particle=particle)
-            writer.write(ShowerSet(showers, e, a, g.name))
-            bar.update(len(e))
+        for part in batches:
+            writer.write(part)
+            bar.update(len(part))
     typer.echo(f"wrote {n} {particle} showers ({g.name}, {writer.layout.name}) to {output}")
 
 
@@ -136,7 +172,7 @@ def inspect(
             ratio += np.sum(dep / part.primary_energy)
             bar.update(len(part))
     if last is None:
-        raise ValueError(f"{path}: the file holds no events")
+        raise UserInputError(f"{path}: the file holds no events")
     name, attrs = last.geometry, last.attrs
     if binning is not None:
         check_binning(read_binning_xml(binning), geometry_of(last))
@@ -165,32 +201,30 @@ def inspect(
 @app.command()
 def validate(
     reference: str = typer.Argument(..., help="Reference shower file (ground truth)."),
-    candidate: str = typer.Argument(..., help="Candidate shower file (a generator's output)."),
+    candidates: list[str] = typer.Argument(..., help="Candidate shower file(s) (a generator's output, GFlash...)."),
     output: Path = typer.Option(..., "-o", "--output", help="Directory for report.html and metrics.json."),
     reference2: Optional[str] = typer.Option(
         None, "--reference2", help="Independent reference sample for the floor (default: split the reference in two)."),
+    show_all: bool = typer.Option(False, "--all", help="Print the full metric table after the verdict table."),
     quick: bool = typer.Option(False, "--quick", help="Fewer SSIM pairs and FPD/KPD draws, no classifiers (CI, demo)."),
     no_classifier: bool = typer.Option(False, "--no-classifier", help="Skip the classifier tests."),
     max_events: Optional[int] = typer.Option(None, "--max-events", help="Read at most this many events per file."),
     geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the SSIM pairing and the classifiers."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the floor subsamples, SSIM pairs, classifiers."),
 ) -> None:
-    """Compare a candidate shower file with a reference: metric table beside its floor, HTML report."""
-    from fastshower.data import read_showers
-    from fastshower.validate.metrics import format_table
-    from fastshower.validate.report import write_report
+    """Compare candidate shower files with a reference: verdict table (--all: every metric beside its floor), HTML report."""
+    from fastshower.validate.formatting import format_table, format_verdict
+    from fastshower.validate.report import validate_files
 
-    if max_events is not None and max_events < 2:
-        raise ValueError(f"--max-events must be at least 2, got {max_events}")
-    paths = {"reference": reference, "candidate": candidate, "reference2": reference2}
-    sets = {what: read_showers(path, geometry=geometry, max_events=max_events) if path else None
-            for what, path in paths.items()}
-    result = write_report(sets["reference"], sets["candidate"], output, sets["reference2"], quick=quick,
-                          classifier=not no_classifier, seed=seed, in_place=True,
-                          labels={k: v for k, v in paths.items() if v is not None})
-    typer.echo(format_table(result))
-    typer.echo(f"wrote {output / 'report.html'} and {output / 'metrics.json'}")
-
+    result = validate_files(reference, candidates, output, reference2, geometry=geometry, max_events=max_events,
+                            quick=quick, classifier=not no_classifier, seed=seed)
+    typer.echo(format_verdict(result.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.comparisons))
+    else:
+        typer.echo(f"floor: {result.comparisons[0].floor_source}")
+    typer.echo(f"wrote {result.report_path} and {result.metrics_path}")
 
 
 # ---------------------------------------------------------------- train (issue 4)
@@ -204,6 +238,7 @@ def train(
                                                    "generator .safetensors); fresh optimizers and counters."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override run.epochs (not with stages)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (overrides run.output_dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous run in the output directory."),
 ) -> None:
     """Train a generator (GAN recipes, checkpoints, validation). Under torchrun: data-parallel."""
     from fastshower.train.config import load_config
@@ -216,15 +251,22 @@ def train(
         overrides.setdefault("run", {})["output_dir"] = str(out.resolve())  # --out is relative to the cwd
     cfg = load_config(config, overrides)
     if epochs is not None and cfg.stages:
-        raise ValueError("--epochs cannot override a config with stages; edit stages[].epochs")
-    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out)
+        raise UserInputError("--epochs cannot override a config with stages; edit stages[].epochs")
+    trainer = Trainer(cfg, resume=resume, warm_start=warm_start, output_dir=out, overwrite=overwrite)
     try:
         records = trainer.fit()
     finally:
         trainer.close()
     if trainer.info.is_main:
-        last = records[-1] if records else {}
-        val = f", val profile MSE {last['val_profile_mse']:.4g}" if "val_profile_mse" in last else ""
+        key = f"val_{cfg.run.best_metric}"
+        scored = [r for r in records if isinstance(r.get(key), (int, float))]
+        val = ""
+        if scored:  # the best epoch's metric (the one saved as best.*), not the last epoch's
+            best = min(scored, key=lambda r: r[key])
+            name = cfg.run.best_metric.replace("_", " ").replace("mse", "MSE")
+            val = f", best val {name} {best[key]:.4g} at epoch {best['epoch']} (best.safetensors)"
+            if best is not scored[-1]:
+                val += f", last epoch {scored[-1][key]:.4g}"
         typer.echo(f"trained {cfg.model.name} to epoch {trainer.epoch} (step {trainer.step}){val}; "
                    f"outputs in {trainer.out}")
 
@@ -257,6 +299,7 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op CPU threads."),
     allow_extrapolation: bool = typer.Option(False, "--allow-extrapolation",
                                              help="Warn, not fail, for conditions outside the trained range."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Generate showers with a trained model into a file (streamed, constant memory)."""
     import numpy as np
@@ -265,14 +308,19 @@ def generate(
     from fastshower.infer.generator import Generator
 
     if n < 1:
-        raise ValueError(f"-n must be >= 1, got {n}")
+        raise UserInputError(f"-n must be >= 1, got {n}")
+    _check_condition_count(n)
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     gen = Generator.load(model, device=device, precision=precision, backend=backend, threads=threads,
                          allow_extrapolation=allow_extrapolation)
     rng = np.random.default_rng(seed)
     primary_energy = sample_energies(energy, n, rng)
     incident_angle = sample_angles(angle, n, rng)
     written = gen.generate_to_file(output, primary_energy, incident_angle, format=format, batch_size=batch_size,
-                                   seed=seed, progress=True)
+                                   seed=seed, progress=True, overwrite=overwrite)
     typer.echo(f"wrote {written} showers ({gen.name}, {gen.geometry.name}, {format}, {gen.backend} {gen.precision} "
                f"on {gen.device}) to {output}")
 
@@ -283,13 +331,26 @@ def export(
     output: Path = _output_option("File to write (.onnx)."),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Export a generator for C++ / Geant4 use (ONNX; checked against PyTorch)."""
+    import onnx
+    import torch
+
+    from fastshower.fileio import check_output
     from fastshower.infer.onnx_export import export_onnx
 
     if format != "onnx":
-        raise ValueError(f"unknown export format {format!r}; expected onnx")
-    info = export_onnx(model, output, opset=opset, check=True)
+        raise UserInputError(f"unknown export format {format!r}; expected onnx")
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise UserInputError(f"--opset {opset} is outside 7-{newest} (this onnx); the default is 17")
+    check_output(output, overwrite)
+    try:
+        info = export_onnx(model, output, opset=opset, check=True)
+    except torch.onnx.OnnxExporterError as exc:  # an operator this opset cannot express
+        detail = str(exc).strip().splitlines()[0].split(". Please")[0]
+        raise UserInputError(f"cannot export with --opset {opset}: {detail}; the default 17 works") from None
     typer.echo(f"wrote {output} ({info['bytes'] / 2**20:.2f} MiB, opset {opset}); ONNX Runtime vs PyTorch on "
                f"{info['n_check']} showers: summed energy rel. error {info['max_rel_err_sum']:.2e}, "
                f"max cell error {info['max_abs_err']:.2e} GeV")
@@ -342,16 +403,22 @@ def benchmark(
     compile: bool = typer.Option(False, "--compile", help="Also try torch.compile (slow to compile)."),
     reference_n: int = typer.Option(200, "--reference-n", help="GFlash showers timed for the speed-up."),
     seed: int = typer.Option(0, "--seed", help="Seed of conditions and noise."),
+    geant4: bool = typer.Option(True, "--geant4/--no-geant4",
+                                help="Also time Geant4 full and fast (g4run) mode, one core (if installed)."),
+    geant4_n: int = typer.Option(5, "--geant4-n", help="Geant4 full-simulation events timed."),
+    geant4_energy: float = typer.Option(100.0, "--geant4-energy", help="Geant4 primary energy (GeV)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="JSON file for the results."),
 ) -> None:
-    """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash)."""
+    """Time generators (ms/shower, showers/s, memory, FLOPs, % of peak, speed-up over GFlash and Geant4)."""
     from fastshower.infer.benchmark import benchmark as run_benchmark
     from fastshower.infer.benchmark import format_table, write_json
 
+    _require_onnx(*model)
     result = run_benchmark(model, backends=tuple(backend), precisions=tuple(precision), device=device,
                            batch_size=batch_size, warmup=warmup, repeats=repeats, batches_per_step=batches_per_step,
                            threads=threads, quick=quick, calochallenge=not no_calochallenge, include_compile=compile,
-                           reference_n=reference_n, seed=seed, log=lambda m: typer.echo(m, err=True))
+                           reference_n=reference_n, seed=seed, log=lambda m: typer.echo(m, err=True),
+                           geant4=geant4, geant4_n=geant4_n, geant4_energy_gev=geant4_energy)
     typer.echo(format_table(result))
     if output is not None:
         write_json(result, output)
@@ -379,6 +446,7 @@ def quantize(
                                 "in ONNX Runtime on the CPUs measured)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads for the timings."),
     seed: int = typer.Option(0, "--seed", help="Seed of the calibration inputs (evaluation: seed + 1)."),
+    overwrite: bool = _overwrite_option(),
 ) -> None:
     """Reduced-precision ONNX generator: int8 tuned against an accuracy target, or fp16."""
     import tempfile
@@ -386,10 +454,14 @@ def quantize(
     from fastshower.infer import quantize as q
 
     if not target > 0:
-        raise ValueError(f"--target must be > 0, got {target}")
+        raise UserInputError(f"--target must be > 0, got {target}")
     if precision not in ("int8", "fp16"):
-        raise ValueError(f"unknown precision {precision!r}; expected int8 or fp16")
+        raise UserInputError(f"unknown precision {precision!r}; expected int8 or fp16")
     criterion = criterion or ("physics" if reference is not None else "shapes")
+    from fastshower.fileio import check_output
+
+    check_output(output, overwrite)
+    _require_onnx(model)
     ref = None
     if reference is not None:
         from fastshower.data import read_showers
@@ -401,12 +473,13 @@ def quantize(
         fp32_path = Path(model)
         if resolve(model).kind == "onnx":
             if q.read_graph(fp32_path).metadata.get("precision", "fp32") != "fp32":
-                raise ValueError(f"{model} is already reduced precision; give the fp32 export")
+                raise UserInputError(f"{model} is already reduced precision; give the fp32 export")
         else:
             from fastshower.infer.onnx_export import export_onnx
 
             fp32_path = Path(tmp) / "fp32.onnx"
-            export_onnx(model, fp32_path, check=True)
+            # int8: folded transposed convolutions in sub-pixel form, ordinary Convs that ORT runs as QLinearConv
+            export_onnx(model, fp32_path, check=True, form="subpixel" if precision == "int8" else "auto")
         common = dict(criterion=criterion, n_eval=eval_n, seed=seed, reference=ref, threads=threads)
         if precision == "fp16":
             result = q.make_fp16(fp32_path, output, target, **common)
@@ -416,8 +489,9 @@ def quantize(
         size = (q.model_size_mb(fp32_path), q.model_size_mb(output) if result.met else None)
     log = output.with_suffix(".tuning.json")
     if not result.met:
-        best = min(result.steps, key=lambda st: st.score)
-        raise RuntimeError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
+        int8_steps = [st for st in result.steps if len(st.fp32_layers) < len(result.eligible_layers)] or result.steps
+        best = min(int8_steps, key=lambda st: st.score)  # the all-fp32 step is no int8 model
+        raise TargetNotMetError(f"no {precision} model met the target {target} ({criterion}; best score {best.score:.3g}, "
                            f"1 = target); nothing written, log in {log}")
     step = result.chosen
     typer.echo(f"wrote {output} ({precision}, {size[1]:.2f} MB vs {size[0]:.2f} MB fp32): relative shape error "
@@ -434,6 +508,54 @@ def quantize(
                    f"{', '.join(result.int8_kernels) or 'none'}")
     typer.echo(f"tuning log: {log}")
 
+
+
+# ---------------------------------------------------------------- gflash tuning (issue 14)
+
+gflash_app = typer.Typer(help="GFlash, the classical fast simulation: tune it to full-simulation showers.",
+                         no_args_is_help=True)
+app.add_typer(gflash_app, name="gflash")
+
+
+@gflash_app.command("tune")
+def gflash_tune(
+    reference: list[str] = typer.Argument(..., help="Full-simulation (Geant4) shower files or glob patterns."),
+    output: Path = typer.Option(..., "-o", "--output", help="Parameter file to write (YAML)."),
+    energies: str = typer.Option("10,100", "--energies", help="Fit energies in GeV, comma-separated."),
+    window: float = typer.Option(0.2, "--window", help="Keep reference events within this relative half-width of "
+                                 "each fit energy (fixed-energy files: any small value)."),
+    geometry: Optional[str] = typer.Option(None, "--geometry", "-g", help="Geometry when the files do not tell."),
+    max_events: Optional[int] = typer.Option(None, "--max-events", help="At most this many reference events per energy."),
+    free: Optional[str] = typer.Option(None, "--free", help="Comma-separated parameters to fit (default: all "
+                                       "of gflash_tune.FREE_PARAMETERS)."),
+    start: Optional[str] = typer.Option(None, "--start", help="Start from this parameter file or shipped set "
+                                        "(default: the published values)."),
+    n_showers: int = typer.Option(300, "--n-showers", help="GFlash showers per energy and evaluation (at least the "
+                                  "reference's count)."),
+    max_evaluations: int = typer.Option(400, "--max-evaluations", help="Objective evaluations in all (the "
+                                        "Jacobian's included)."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after this long; the best point "
+                                                "seen is written."),
+    seed: int = typer.Option(0, "--seed", help="Seed of GFlash's draws (the same in every evaluation)."),
+) -> None:
+    """Fit GFlash's free parameters to full-simulation showers over the given energies; see docs/gflash.md."""
+    from fastshower.gflash_tune import tune_files
+
+    try:
+        fit_energies = [float(v) for v in energies.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--energies must be comma-separated numbers (GeV), got {energies!r}") from None
+    if n_showers < 10 or max_evaluations < 1 or (max_minutes is not None and max_minutes <= 0):
+        raise ValueError("--n-showers must be >= 10, --max-evaluations >= 1 and --max-minutes > 0")
+    names = [v.strip() for v in free.split(",") if v.strip()] if free else None
+    result = tune_files(reference, output, fit_energies, window=window, geometry=geometry, max_events=max_events,
+                        free=names, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
+                        max_seconds=None if max_minutes is None else 60 * max_minutes, seed=seed, progress=True)
+    typer.echo(f"objective {result.objective_start:.4g} -> {result.objective:.4g} after {result.evaluations} "
+               f"evaluations ({result.seconds:.0f} s, {result.stopped_by})")
+    for energy, terms in zip(fit_energies, result.terms):
+        typer.echo(f"  {energy:g} GeV: " + ", ".join(f"{k} {v:+.4f}" for k, v in terms.items()))
+    typer.echo(f"wrote {output}")
 
 
 # ---------------------------------------------------------------- geant4 (issue 7)
@@ -469,6 +591,7 @@ def g4run(
     entry_convention: str = typer.Option("gflash", "--entry-convention",
                                          help="Where a model's tilted showers enter its grid: gflash (axis through "
                                               "the grid centre at the shower maximum) or centre (at the entry point)."),
+    overwrite: bool = _overwrite_option(),
     workers: int = typer.Option(1, "--workers", help="Local Dask worker processes (1: run in this process)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Address of an existing Dask scheduler "
                                             "(e.g. dask-jobqueue on Slurm/HTCondor); workers must see the output "
@@ -490,6 +613,12 @@ def g4run(
         x0, y0 = (float(v) for v in position.split(","))
     except ValueError:
         raise ValueError(f"--position must be x,y in mm, got {position!r}") from None
+    if shard is None:
+        from fastshower.fileio import check_output
+
+        check_output(output, overwrite)
+    if mode == "fast":
+        _require_onnx(model)
     shard_index = None
     if shard is not None:
         try:
@@ -581,26 +710,30 @@ def g4data_info(
 
 @app.command()
 def demo(
-    model: str = typer.Option("gan3d_clic25", "--model", "-m", help="Shipped model (see `fastshower models`) or weights path."),
-    n: int = typer.Option(2000, "-n", help="Showers per sample (reference, generated, second reference)."),
+    n: Optional[int] = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
+                                    "generator, GFlash); default 200, --quick 40."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the reference sample (default: a new one)."),
-    quick: bool = typer.Option(False, "--quick", help="Small and fast: 300 showers, no classifier (CI)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
+    quick: bool = typer.Option(False, "--quick", help="Small and fast (under a minute): 40 showers at 20 GeV, one "
+                               "Geant4 process, no classifier (CI)."),
+    workers: int = typer.Option(2, "--workers", help="Local Geant4 worker processes."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Generator (default: the best shipped one)."),
+    show_all: bool = typer.Option(False, "--all", help="Also print the full metric table."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda (the generator)."),
 ) -> None:
-    """The main job: reference simulation vs a shipped generator, validated, timed, reported."""
+    """The main job: Geant4 vs the best shipped generator vs GFlash in clic25, one verdict, timed, reported."""
     from fastshower.demo import run_demo
-    from fastshower.validate.metrics import format_table
+    from fastshower.validate.formatting import format_table, format_verdict
 
-    if quick:
-        n = min(n, 300)
-    result = run_demo(model=model, n=n, out_dir=out, seed=seed, quick=quick, device=device)
-    typer.echo(format_table(result.metrics))
-    typer.echo(f"\nspeed on this machine ({result.n_showers} showers, {result.geometry}, seed {result.seed}):")
-    typer.echo(f"  reference simulation (GFlash): {result.reference_showers_per_s:10.1f} showers/s")
-    typer.echo(f"  {result.model:28s}: {result.generator_showers_per_s:10.1f} showers/s "
-               f"(x{result.speed_up:.1f})")
-    typer.echo(f"report: {(result.report_dir / 'report.html').resolve()}")
+    result = run_demo(out_dir=out, n=n, seed=seed, quick=quick, workers=workers, model=model, device=device)
+    typer.echo(f"\nGeant4 vs {result.generator} vs {result.gflash}: {result.n_showers} showers each, e- "
+               f"{result.energy_gev:g} GeV at 90 deg in clic25 (seed {result.seed})\n")
+    typer.echo(format_verdict(result.validation.verdict))
+    if show_all:
+        typer.echo("")
+        typer.echo(format_table(result.validation.comparisons))
+    typer.echo("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.wall_seconds.items()))
+    typer.echo(f"full table and plots: {result.report_path.resolve()}")
 
 
 # ---------------------------------------------------------------- hpo (issue 9)
@@ -631,13 +764,34 @@ def hpo(
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: run the app; user errors become ``error: <one line>`` and exit code 2."""
+    """Entry point: run the app. Expected failures (:mod:`fastshower.errors`) become ``error: <message>``
+    and their exit code (2 for bad input); Ctrl-C exits 130; any other exception keeps its traceback."""
+    from fastshower.errors import user_message
+
     try:
         app(args=argv, prog_name="fastshower")
-    except USER_ERRORS as exc:
-        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        typer.echo(f"error: {msg.splitlines()[0] if msg else type(exc).__name__}", err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("\ninterrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        reported = user_message(exc)
+        if reported is None:
+            raise
+        typer.echo(f"error: {reported[0]}", err=True)
+        _exit(reported[1])
+
+
+def _exit(code: int) -> None:
+    """sys.exit, or os._exit when HDF5 holds a file it could not close (it would crash at exit)."""
+    from fastshower.data.io import hdf5_file_left_open
+
+    if hdf5_file_left_open():
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -254,6 +254,27 @@ def _ms_per_shower(trainer, n: int = 64) -> float:
         g.train(was_training)
 
 
+def check_trial_config(cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path, run: dict[str, Any]) -> None:
+    """Fail before the first trial, with one line, when no trial could run: a search or override key
+    the training config does not have (a misspelling), a missing data file, no validation data.
+    Checked on the trial config with every searched value at its low end (first choice)."""
+    from fastshower.data import resolve_paths
+    from fastshower.errors import UserInputError
+    from fastshower.train.config import build_config
+
+    params = {key: spec.choices[0] if spec.type == "categorical" else
+              (int(spec.low) if spec.type == "int" else spec.low) for key, spec in cfg.search_space.items()}
+    raw = trial_training_raw(base, params, {**run, "output_dir": "unused"})
+    try:
+        train_cfg = build_config(raw, source="HPO trial config", base_dir=base_cfg_dir)
+    except ValueError as exc:
+        raise UserInputError(f"{exc} (search_space / overrides / base)") from None
+    if train_cfg.data.validation is None:
+        raise UserInputError("the base training config needs data.validation (the objective is a validation metric)")
+    for paths in (train_cfg.data.train, train_cfg.data.validation):
+        resolve_paths(paths)  # FileNotFoundError naming the missing file
+
+
 def make_objective(cfg: HpoConfig, base_dir: Path, report_dir: Path, worker: str):
     """The Optuna objective: train the trial's config, report each epoch, prune, honour the budget."""
     import optuna
@@ -269,7 +290,22 @@ def make_objective(cfg: HpoConfig, base_dir: Path, report_dir: Path, worker: str
     if cfg.steps_per_epoch is not None:
         run["steps_per_epoch"] = cfg.steps_per_epoch
 
+    check_trial_config(cfg, base, base_cfg_dir, run)
+    failures: list[str] = []
+
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return _objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            failures.append(f"trial {trial.number}: {type(exc).__name__}: {detail}")
+            raise
+
+    objective.failures = failures  # type: ignore[attr-defined]
+
+    def _objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
         params = {key: suggest(trial, key, spec) for key, spec in cfg.search_space.items()}
         out = report_dir / "trials" / f"{trial.number:04d}"
@@ -328,7 +364,14 @@ def run_study(config_path: str | Path, trials: int, storage: str | None = None, 
     objective, base, base_cfg_dir = make_objective(cfg, base_dir, report, worker)
     the_study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(Exception,),
                        show_progress_bar=progress, gc_after_trial=True)
-    return write_report(the_study, cfg, base, base_cfg_dir, report)
+    summary = write_report(the_study, cfg, base, base_cfg_dir, report)
+    failures = objective.failures
+    if failures and not any(summary["trials"].get(state) for state in ("complete", "pruned")):
+        from fastshower.errors import AllTrialsFailedError
+
+        raise AllTrialsFailedError(f"all {len(failures)} trial(s) of this worker failed, none completed; first: "
+                                   f"{failures[0]} (report: {report})")
+    return summary
 
 
 def write_report(study, cfg: HpoConfig, base: dict[str, Any], base_cfg_dir: Path, report: Path) -> dict[str, Any]:

@@ -12,8 +12,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import glob
+import functools
 import json
 import math
+import os
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +30,8 @@ from fastshower.data.calochallenge import CaloChallengeLayout
 from fastshower.data.layout import Layout, geometry_is_normal_incidence
 from fastshower.data.native import NativeLayout
 from fastshower.data.threedgan import FixedAngleLayout, VariableAngleLayout
-from fastshower.fileio import atomic_path
+from fastshower.errors import DiskFullError
+from fastshower.fileio import InterruptFlag, atomic_path, is_disk_full
 from fastshower.geometry import PRESETS, Geometry, load_geometry
 from fastshower.showers import ShowerSet
 
@@ -285,11 +290,19 @@ class ShowerWriter:
     ``with ShowerWriter("out.h5", "clic51", format="3dgan", attrs={"simulator": "gflash"}) as w:
     w.write(shower_set)``. ``attrs`` (provenance: simulator, seed, model, particle, ...) become file
     attributes, with ``date`` and ``fastshower_version`` added when absent. ``compression``: gzip
-    (level 4, default), lzf or None.
+    (level 4, default), lzf or None. ``overwrite=False`` refuses an existing file
+    (:class:`~fastshower.errors.OutputExistsError`).
+
+    Safety (:func:`fastshower.fileio.atomic_path`): the file is written under a hidden temporary
+    name and renamed into place at a clean close; ``.NAME.lock`` beside it is held meanwhile, so a
+    second writer of the same path fails at once (:class:`~fastshower.errors.ConcurrentWriterError`).
+    A Ctrl-C stops the write at the next :meth:`write` (KeyboardInterrupt there, not inside h5py's
+    finalizers); a full disk raises :class:`~fastshower.errors.DiskFullError`. Either way the
+    temporary file is removed and an existing output is untouched.
     """
 
     def __init__(self, path: str | Path, geometry: str | Geometry, format: str = "native",
-                 attrs: dict | None = None, compression: str | None = "gzip") -> None:
+                 attrs: dict | None = None, compression: str | None = "gzip", overwrite: bool = True) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"unknown compression {compression!r}; expected gzip, lzf or None")
         self.path = Path(path)
@@ -299,14 +312,38 @@ class ShowerWriter:
         self.attrs = {k: v for k, v in (attrs or {}).items() if k not in RESERVED_ATTRS and v is not None}
         self.attrs.setdefault("date", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         self.attrs.setdefault("fastshower_version", fastshower.__version__)
+        self.overwrite = overwrite
         self.n_events = 0
         self._file: h5py.File | None = None
         self._stack: contextlib.ExitStack | None = None
+        self._interrupt = InterruptFlag()
+        self._tmp: Path | None = None
+        self._events_start = 0
 
     def __enter__(self) -> "ShowerWriter":
         self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_path(self.path))
-        self._file = h5py.File(tmp, "w")
+        tmp = self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite=self.overwrite, lock=True))
+        self._stack.enter_context(self._interrupt)
+        self._events_start = _watch_disk_full(+1)
+        try:
+            self._file = h5py.File(tmp, "w")
+            self._start()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    @property
+    def _hdf5_errors(self) -> list[BaseException]:
+        return _DISK_FULL_EVENTS[self._events_start:]
+
+    def _check_hdf5_errors(self) -> None:
+        if self._hdf5_errors:
+            raise DiskFullError(f"disk full while writing {self.path} "
+                                f"({str(self._hdf5_errors[0]).splitlines()[0]}); nothing written")
+
+    def _start(self) -> None:
+        assert self._file is not None
         g = self.geometry
         self._file.attrs.update({
             "fastshower_format_version": FORMAT_VERSION, "layout": self.layout.name, "geometry": g.name,
@@ -314,27 +351,123 @@ class ShowerWriter:
         for key, value in self.attrs.items():
             self._file.attrs[key] = _attr_value(value)
         self.layout.create(self._file, g, self.compression)
-        return self
 
     def write(self, shower_set: ShowerSet) -> None:
         """Append a block of events (shared convention), after checking it against the geometry."""
         if self._file is None:
             raise RuntimeError("ShowerWriter.write needs the writer open: use it in a with block")
+        self._interrupt.check()
+        check_free_space(self.path, self._block_bytes(shower_set))
         self.geometry.check_shape(shower_set.showers)
         check_showers("shower set", self.n_events, shower_set.showers, shower_set.primary_energy,
                       shower_set.incident_angle, self.geometry)
         self.layout.append(self._file, shower_set.showers, shower_set.primary_energy, shower_set.incident_angle,
                            self.geometry, self.attrs)
+        self._check_hdf5_errors()
         self.n_events += len(shower_set)
 
+    def _block_bytes(self, shower_set: ShowerSet) -> int:
+        """Bytes a block may add to the file: its uncompressed size, or after the first blocks twice
+        the file's measured bytes per event (compression), whichever is smaller."""
+        raw = shower_set.showers.nbytes + 2 * shower_set.primary_energy.nbytes
+        if self.n_events and self._tmp is not None:
+            with contextlib.suppress(OSError):
+                return min(raw, int(2 * len(shower_set) * self._tmp.stat().st_size / self.n_events))
+        return raw
+
     def __exit__(self, exc_type, exc, tb) -> bool:
-        assert self._file is not None and self._stack is not None
-        try:
-            self._file.close()
-        finally:
-            self._file = None
-            suppressed = self._stack.__exit__(exc_type, exc, tb)
-        return bool(suppressed)
+        assert self._stack is not None
+        f, self._file = self._file, None
+        error = exc
+        if error is None and self._interrupt.requested:  # Ctrl-C after the last write: no file
+            error = KeyboardInterrupt()
+        if error is None and self._hdf5_errors:
+            try:
+                self._check_hdf5_errors()
+            except DiskFullError as disk_full:
+                error = disk_full
+        if f is not None:
+            hdf5_failed = self._hdf5_errors or "write failed" in str(error)
+            if error is not None and is_disk_full(error) and hdf5_failed:
+                _leave_open(f)  # HDF5 failed a write: closing it now may crash the interpreter
+            else:
+                try:
+                    f.close()
+                except BaseException as close_error:  # e.g. the final flush on a full disk
+                    _leave_open(f)
+                    error = error if error is not None else close_error
+        if self._events_start is not None:
+            _watch_disk_full(-1)
+            self._events_start = None
+        if error is None:
+            self._stack.__exit__(None, None, None)  # renames the file into place
+            return False
+        if self._stack.__exit__(type(error), error, error.__traceback__):
+            return True
+        if error is not exc:
+            raise error
+        return False
+
+
+#: Free space kept beyond a block's uncompressed size before it is handed to HDF5 (bytes): the
+#: chunk cache and the metadata written at close must fit.
+SPACE_MARGIN_BYTES = 4 << 20
+#: Set when HDF5 could not close a file (a write failed inside HDF5, e.g. a full disk found by HDF5
+#: itself): HDF5 then crashes at interpreter exit, so the command line exits without its finalizers.
+_HDF5_FILE_LEFT_OPEN = False
+
+
+_LEFT_OPEN: list[h5py.File] = []
+#: Full-disk errors h5py reported as "Exception ignored" (HDF5 write failures of freed objects,
+#: e.g. chunk flushes) while at least one ShowerWriter is open; each writer checks the new ones.
+_DISK_FULL_EVENTS: list[BaseException] = []
+_WATCHERS = [0]
+_LOCK = threading.Lock()
+
+
+_INSTALLED_HOOK: list = [None]
+
+
+def _unraisable_hook(unraisable, previous) -> None:
+    if _WATCHERS[0] > 0 and is_disk_full(unraisable.exc_value):
+        _DISK_FULL_EVENTS.append(unraisable.exc_value)
+    else:
+        previous(unraisable)
+
+
+def _watch_disk_full(delta: int) -> int:
+    """Count open writers (the hook is installed once and records only while one is open);
+    returns the number of events seen so far."""
+    with _LOCK:
+        if sys.unraisablehook is not _INSTALLED_HOOK[0]:
+            _INSTALLED_HOOK[0] = sys.unraisablehook = functools.partial(_unraisable_hook,
+                                                                        previous=sys.unraisablehook)
+        _WATCHERS[0] += delta
+        return len(_DISK_FULL_EVENTS)
+
+
+def _leave_open(f: h5py.File) -> None:
+    """Keep an h5py file whose write failed inside HDF5 referenced (never closed nor freed: HDF5 may
+    crash when it retries the failed flush); its temporary file is removed all the same."""
+    global _HDF5_FILE_LEFT_OPEN
+    _HDF5_FILE_LEFT_OPEN = True
+    _LEFT_OPEN.append(f)
+
+
+def hdf5_file_left_open() -> bool:
+    """True after a ShowerWriter whose file HDF5 could not close (see ``_HDF5_FILE_LEFT_OPEN``)."""
+    return _HDF5_FILE_LEFT_OPEN
+
+
+def check_free_space(path: str | Path, needed_bytes: int) -> None:
+    """:class:`~fastshower.errors.DiskFullError` when the file system of ``path`` has less than
+    ``needed_bytes`` + :data:`SPACE_MARGIN_BYTES` free: found before HDF5 writes, so that the file
+    can still be closed and removed cleanly (HDF5 cannot close a file after a failed write)."""
+    st = os.statvfs(Path(path).parent)
+    free = st.f_bavail * st.f_frsize
+    if free < needed_bytes + SPACE_MARGIN_BYTES:
+        raise DiskFullError(f"disk full: {free / 2**20:.1f} MiB free on the file system of {path}, a block needs "
+                            f"up to {(needed_bytes + SPACE_MARGIN_BYTES) / 2**20:.1f} MiB; nothing written")
 
 
 def write_showers(path: str | Path, shower_set: ShowerSet, format: str = "native",

@@ -71,7 +71,8 @@ def default_angle_bins(geometry: Geometry | None, incident_angle: np.ndarray) ->
     return np.linspace(lo, hi, 4)
 
 
-def _bin_index(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+def bin_index(values: np.ndarray, edges: np.ndarray | None) -> np.ndarray:
+    """Bin of each value (0 .. len(edges) - 2); values outside the edges go to the first/last bin."""
     if edges is None:
         return np.zeros(len(values), dtype=int)
     return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
@@ -90,8 +91,8 @@ def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: 
     """The (energy x angle) bins in which both samples have at least ``min_events`` events; if none
     has, a single bin with all events."""
     out = []
-    er, ec = _bin_index(ref_energy, energy_bins), _bin_index(cand_energy, energy_bins)
-    ar, ac = _bin_index(ref_angle, angle_bins), _bin_index(cand_angle, angle_bins)
+    er, ec = bin_index(ref_energy, energy_bins), bin_index(cand_energy, energy_bins)
+    ar, ac = bin_index(ref_angle, angle_bins), bin_index(cand_angle, angle_bins)
     n_angle = 1 if angle_bins is None else len(angle_bins) - 1
     for i in range(len(energy_bins) - 1):
         for j in range(n_angle):
@@ -108,15 +109,17 @@ def condition_bins(ref_energy, ref_angle, cand_energy, cand_angle, energy_bins: 
     return out
 
 
-def _geometry_of(shower_set: ShowerSet) -> Geometry | None:
+def geometry_or_none(shower_set: ShowerSet) -> Geometry | None:
+    """The set's geometry, or None when its name or YAML cannot be resolved."""
     try:
         return geometry_of(shower_set)
     except (ValueError, FileNotFoundError):
         return None
 
 
-def _set_bins(reference: ShowerSet, candidate: ShowerSet, energy_bins) -> list[ConditionBin]:
-    geo = _geometry_of(reference)
+def set_bins(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) -> list[ConditionBin]:
+    """:func:`condition_bins` of two shower sets with the default edges of the reference's geometry."""
+    geo = geometry_or_none(reference)
     edges = np.asarray(energy_bins, dtype=float) if energy_bins is not None else \
         default_energy_bins(geo, reference.primary_energy)
     return condition_bins(reference.primary_energy, reference.incident_angle, candidate.primary_energy,
@@ -130,7 +133,8 @@ def sampling_fraction_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin]
     return np.array([energy_ratio[getattr(b, which)].mean() for b in bins])
 
 
-def _sampling_fraction_mre(ratio_ref, ratio_cand, bins) -> float:
+def sampling_fraction_mre(ratio_ref: np.ndarray, ratio_cand: np.ndarray, bins: list[ConditionBin]) -> float:
+    """Mean over bins of |sf_ref - sf_cand| / sf_ref from per-event E_deposited / E_primary."""
     sf_r = sampling_fraction_per_bin(ratio_ref, bins, "reference")
     sf_c = sampling_fraction_per_bin(ratio_cand, bins, "candidate")
     return float(np.mean(np.abs(sf_r - sf_c) / sf_r))
@@ -143,8 +147,8 @@ def sampling_fraction_error(reference: ShowerSet, candidate: ShowerSet, energy_b
     (``energy_bins`` edges in GeV, default :func:`default_energy_bins`) and, for data with a spread
     of angles, in angle. Dimensionless; 0 for identical sets.
     """
-    bins = _set_bins(reference, candidate, energy_bins)
-    return _sampling_fraction_mre(reference.deposited_energy / reference.primary_energy,
+    bins = set_bins(reference, candidate, energy_bins)
+    return sampling_fraction_mre(reference.deposited_energy / reference.primary_energy,
                                   candidate.deposited_energy / candidate.primary_energy, bins)
 
 
@@ -157,7 +161,8 @@ def mean_normalised_profiles(profiles: dict[str, np.ndarray], mask: np.ndarray) 
     return out
 
 
-def _profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
+def binned_profile_mse(prof_ref: dict, prof_cand: dict, bins: list[ConditionBin]) -> float:
+    """:func:`profile_mse` of per-event axis profiles ({axis: (n, length)}) over condition bins."""
     vals = []
     for b in bins:
         pr = mean_normalised_profiles(prof_ref, b.reference)
@@ -172,9 +177,8 @@ def profile_mse(reference: ShowerSet, candidate: ShowerSet, energy_bins=None) ->
     averaged over the three axes and the bins. Dimensionless (fractions of the energy per cell,
     squared); 0 for identical sets.
     """
-    bins = _set_bins(reference, candidate, energy_bins)
-    return _profile_mse(axis_profiles(reference.showers), axis_profiles(candidate.showers), bins)
-
+    bins = set_bins(reference, candidate, energy_bins)
+    return binned_profile_mse(axis_profiles(reference.showers), axis_profiles(candidate.showers), bins)
 
 
 def quick_metrics(reference: ShowerSet, candidate: ShowerSet) -> dict[str, float]:

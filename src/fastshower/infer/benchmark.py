@@ -56,7 +56,8 @@ RESULT_FIELDS = (
     "model", "backend", "variant", "precision", "device", "batch_size", "ms_per_shower", "ms_per_shower_min",
     "ms_per_shower_max", "ms_per_shower_iqr", "showers_per_s", "warmup_ms_per_shower", "peak_memory_mb",
     "parameters", "flops_per_shower", "achieved_gflops", "fraction_of_peak", "gpu_utilisation_pct",
-    "reference_ms_per_shower", "speedup_vs_reference", "weights", "variants", "calochallenge")
+    "reference_ms_per_shower", "speedup_vs_reference", "weights", "variants", "calochallenge",
+    "cpu_ms_per_shower", "geant4_ms_per_shower", "speedup_vs_geant4", "geant4")
 
 # ------------------------------------------------------------------------------ machine facts
 
@@ -270,14 +271,21 @@ def time_steps(run: Backend, generator: Generator, batch_size: int, warmup: int,
     e, a, z = timed_inputs(generator, batch_size, seed)
     _reset_peak_memory(dev)
     start, stop = _gpu_sampler(dev)
+    cpu_start: list[float] = []
+
+    def after_warmup() -> None:  # CPU time of the timed repeats (all threads of the process)
+        cpu_start.append(time.process_time())
+        start()
+
     t = time_per_shower(lambda: run.run(e, a, z), batch_size, warmup=warmup, repeats=repeats,
-                        calls_per_repeat=batches_per_step, sync=lambda: _sync(dev), after_warmup=start)
+                        calls_per_repeat=batches_per_step, sync=lambda: _sync(dev), after_warmup=after_warmup)
+    cpu_ms = (time.process_time() - cpu_start[0]) / (repeats * batches_per_step * batch_size) * 1e3
     util = stop()
     return {"ms_per_shower": t.ms_per_shower, "ms_per_shower_min": t.ms_per_shower_min,
             "ms_per_shower_max": t.ms_per_shower_max, "ms_per_shower_iqr": t.ms_per_shower_iqr,
             "showers_per_s": t.showers_per_s, "warmup_ms_per_shower": t.warmup_ms_per_shower,
             "peak_memory_mb": _peak_memory_mb(dev), "gpu_utilisation_pct": util,
-            "steps_ms_per_shower": t.repeats_ms_per_shower}
+            "steps_ms_per_shower": t.repeats_ms_per_shower, "cpu_ms_per_shower": cpu_ms}
 
 
 def time_calochallenge(run: Backend, generator: Generator, quick: bool, seed: int = 0) -> list[dict[str, Any]]:
@@ -312,13 +320,20 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
               device: str = "cpu", batch_size: int = 128, warmup: int = 2, repeats: int = 5,
               batches_per_step: int = 2, threads: int | None = None, quick: bool = False,
               calochallenge: bool = True, include_compile: bool = False, reference_n: int = 200,
-              seed: int = 0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              seed: int = 0, log: Callable[[str], None] | None = None, geant4: bool = False,
+              geant4_n: int = 5, geant4_energy_gev: float = 100.0) -> dict[str, Any]:
     """Benchmark every (model, backend, precision) on ``device``; returns the JSON-ready dict
     ``{"machine": {...}, "settings": {...}, "results": [row, ...]}`` (row fields: RESULT_FIELDS).
     Combinations a back-end cannot run (ONNX at bf16/fp16) are skipped and listed in ``skipped``.
     A model may be an ``.onnx`` file of any precision (fp32, or fp16 / int8 from ``fastshower
     quantize``): it runs on ONNX Runtime at its own precision (ask for fp32), and its row has no
-    FLOPs (NaN) or parameter count."""
+    FLOPs (NaN) or parameter count.
+
+    ``geant4`` (when geant4_pybind is installed): Geant4 full simulation of ``geant4_n`` e- at
+    ``geant4_energy_gev`` and normal incidence in each model's geometry, in a child process
+    (:mod:`fastshower.infer.g4reference`), CPU ms per event on one core -> ``geant4_ms_per_shower``
+    and ``speedup_vs_geant4`` = that over the row's ``cpu_ms_per_shower`` (CPU time of the timed
+    steps: equal to the wall time on one thread; one core each when ``threads=1``)."""
     say = log or (lambda _msg: None)
     dev = torch.device(device)
     if threads is not None:
@@ -326,10 +341,12 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
     peak_start = measure_peak_gflops(dev)
     say(f"peak fp32 matmul: {peak_start:.1f} GFLOP/s on {device}")
     results, skipped = [], []
+    geant4_runs: dict[str, dict[str, Any]] = {}
     tmpdir = tempfile.TemporaryDirectory(prefix="fastshower-bench-")
     for name in models:
         model, weights = _loadable(name, Path(tmpdir.name))
         reference_ms = None
+        g4_fast: dict[str, Any] | None = None
         for backend in backends:
             for precision in precisions:
                 if backend == "onnx" and precision != "fp32":
@@ -339,6 +356,21 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                 if reference_ms is None:
                     reference_ms = reference_ms_per_shower(gen, reference_n, seed)
                     say(f"{name}: reference (gflash) {reference_ms:.3f} ms/shower")
+                if geant4 and gen.geometry.name not in geant4_runs:
+                    from fastshower.infer.g4reference import geant4_reference
+
+                    geant4_runs[gen.geometry.name] = g4 = geant4_reference(
+                        gen.geometry.name, "full", energy_gev=geant4_energy_gev, n=geant4_n, seed=seed)
+                    say(f"{gen.geometry.name}: geant4 full " + (g4["error"] if "error" in g4 else
+                                                                f"{g4['cpu_ms_per_event']:.1f} CPU ms/event"))
+                if geant4 and g4_fast is None and "error" not in geant4_runs[gen.geometry.name]:
+                    from fastshower.infer.g4reference import geant4_reference
+
+                    # g4run fast mode with this model: transport / inference / placement per event
+                    g4_fast = geant4_reference(gen.geometry.name, "fast", model=model, energy_gev=geant4_energy_gev,
+                                               n=batch_size, batch_events=batch_size, seed=seed)
+                g4_run = geant4_runs.get(gen.geometry.name, {"error": "not asked for"})
+                g4_ms = g4_run.get("cpu_ms_per_event")
                 torch_module = gen.module if gen.module is not None else _torch_twin(model)
                 if torch_module is None:  # an .onnx file (fp32, fp16 or int8): no network to count
                     flops, params = math.nan, None
@@ -363,6 +395,8 @@ def benchmark(models: list[str], backends: tuple[str, ...] = ("torch",), precisi
                            achieved_gflops=achieved,
                            reference_ms_per_shower=reference_ms,
                            speedup_vs_reference=reference_ms / row["ms_per_shower"],
+                           geant4_ms_per_shower=g4_ms, geant4={"full": g4_run, "fast": g4_fast},
+                           speedup_vs_geant4=None if g4_ms is None else g4_ms / row["cpu_ms_per_shower"],
                            variants={k: (v if isinstance(v, str) else
                                          {"ms_per_shower": v["ms_per_shower"], "ms_per_shower_iqr": v["ms_per_shower_iqr"],
                                           "steps_ms_per_shower": v["steps_ms_per_shower"]})
@@ -406,9 +440,11 @@ def _torch_twin(model: str) -> torch.nn.Module | None:
     """The torch network behind ``model`` for FLOPs and parameters (None for an .onnx file)."""
     from fastshower.models.registry import load_generator
 
+    from fastshower.infer.fold import fold_generator
     from fastshower.models.registry import resolve
 
-    return None if resolve(model).kind == "onnx" else load_generator(model)
+    # the folded network: what Generator.load(backend="onnx") exports
+    return None if resolve(model).kind == "onnx" else fold_generator(load_generator(model))
 
 
 def machine_info(dev: torch.device, peak_gflops: float, threads: int | None) -> dict[str, Any]:
@@ -444,7 +480,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The printed table: one line per (model, backend, precision), best variant."""
     head = (f"{'model':14s} {'backend':7s} {'variant':16s} {'prec':5s} {'dev':5s} {'batch':>5s} {'ms/shower':>10s} "
             f"{'IQR':>7s} {'showers/s':>10s} {'GFLOP/sh':>9s} {'%peak':>6s} {'mem MB':>8s} {'gflash ms':>9s} "
-            f"{'speed-up':>8s}")
+            f"{'speed-up':>8s} {'g4 ms':>8s} {'vs g4':>7s}")
     lines = [f"peak fp32 matmul {result['machine']['peak_gflops_fp32']:.1f} GFLOP/s "
              f"({result['machine']['cpu']}, {result['machine']['torch_threads']} torch threads)", head]
     for r in result["results"]:
@@ -452,7 +488,19 @@ def format_table(result: dict[str, Any]) -> str:
                       f"{r['batch_size']:>5d} {r['ms_per_shower']:>10.3f} {r['ms_per_shower_iqr']:>7.3f} "
                       f"{r['showers_per_s']:>10.1f} {r['flops_per_shower'] / 1e9:>9.3f} "
                       f"{100 * r['fraction_of_peak']:>6.1f} {r['peak_memory_mb']:>8.0f} "
-                      f"{r['reference_ms_per_shower']:>9.3f} {r['speedup_vs_reference']:>8.3g}")
+                      f"{r['reference_ms_per_shower']:>9.3f} {r['speedup_vs_reference']:>8.3g} "
+                      + (f"{r['geant4_ms_per_shower']:>8.1f} {r['speedup_vs_geant4']:>7.1f}"
+                         if r.get("speedup_vs_geant4") is not None else f"{'-':>8s} {'-':>7s}"))
+        g4 = r.get("geant4") or {}
+        for mode in ("full", "fast"):
+            run = g4.get(mode) or {}
+            if "timing_ms" in run:
+                t = run["timing_ms"]
+                lines.append(f"{'':14s} g4run {mode:4s} {run['energy_gev']:g} GeV: {run['cpu_ms_per_event']:.2f} CPU "
+                             f"ms/event; wall ms/event transport {t['transport']:.2f}, inference "
+                             f"{t['inference']:.2f}, placement {t['placement']:.2f}, total {t['total']:.2f}")
+            elif "error" in run and mode == "full":
+                lines.append(f"{'':14s} geant4: {run['error']}")
         for c in r["calochallenge"] or []:
             lines.append(f"{'':14s} calochallenge batch {c['batch_size']:>6d}: {c['ms_per_shower']:.3f} ms/shower "
                          f"(min {c['ms_per_shower_min']:.3f}, max {c['ms_per_shower_max']:.3f}, warm-up "

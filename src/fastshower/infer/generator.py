@@ -95,7 +95,7 @@ class Generator:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | str | None = None) -> "Generator":
+             geometry: Geometry | str | None = None, fold: bool = True) -> "Generator":
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -109,6 +109,9 @@ class Generator:
         ``geometry``: only for an ``.onnx`` file without fastshower metadata (a foreign export with
         the same three inputs and output): the geometry it generates for, whose ranges it gets.
         The name is resolved by :func:`fastshower.models.registry.resolve`.
+        ``fold`` (default): run the network after :func:`fastshower.infer.fold.fold_generator`
+        (same function, fewer FLOPs; the weights on disk are unchanged); a model name on the ONNX
+        back-end is exported folded too.
         """
         from fastshower.models.registry import load_generator, resolve
 
@@ -122,7 +125,7 @@ class Generator:
         if found.kind == "onnx":
             backend = "onnx"
         if backend == "onnx":
-            return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation, geometry)
+            return cls._load_onnx(found.path, dev, precision, threads, allow_extrapolation, geometry, fold)
         if precision == "int8":
             raise ValueError("int8 generators run on the onnx backend: make an int8 .onnx file with fastshower quantize")
         if threads is not None:
@@ -130,19 +133,24 @@ class Generator:
                 raise ValueError(f"threads must be >= 1, got {threads}")
             torch.set_num_threads(threads)
         module = load_generator(found.path, device=dev)
+        if fold:
+            from fastshower.infer.fold import fold_generator
+
+            module = fold_generator(module)
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
         return cls.from_module(module, dev, precision, allow_extrapolation)
 
     @classmethod
-    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None) -> "Generator":
+    def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None,
+                   fold: bool = True) -> "Generator":
         from fastshower.infer.onnx_export import export_onnx, read_metadata
 
         if path.suffix != ".onnx":  # a saved or shipped model: export it first
             with tempfile.TemporaryDirectory(prefix="fastshower-onnx-") as tmp:
                 onnx_path = Path(tmp) / "generator.onnx"
-                export_onnx(str(path), onnx_path, check=False)
+                export_onnx(str(path), onnx_path, check=False, fold=fold)
                 meta = read_metadata(onnx_path)
                 engine = OnnxBackend.open(onnx_path, dev, threads, meta.get("precision", "fp32"))
         else:
@@ -180,6 +188,12 @@ class Generator:
                             f"{math.degrees(a_lo):.4g}-{math.degrees(a_hi):.4g} deg")
         if not np.all(primary_energy > 0):
             raise ValueError("primary energy must be positive (GeV)")
+        if a_lo == a_hi and incident_angle.size and np.any(np.abs(incident_angle - a_lo) > ANGLE_SLACK_RAD):
+            # a fixed-angle model does not take the angle: its showers would be mislabelled, not extrapolated
+            raise ValueError(f"{self.name} is trained at the fixed angle {math.degrees(a_lo):.4g} deg only and "
+                             f"cannot make showers at {math.degrees(incident_angle.min()):.4g}-"
+                             f"{math.degrees(incident_angle.max()):.4g} deg (not an extrapolation; "
+                             f"--allow-extrapolation does not apply)")
         if problems:
             message = f"{self.name}: " + "; ".join(problems)
             if not self.allow_extrapolation:
@@ -258,9 +272,10 @@ class Generator:
 
     def generate_to_file(self, path: str | Path, primary_energy, incident_angle, n: int | None = None,
                          format: str = "native", batch_size: int = DEFAULT_BATCH_SIZE, seed: int | None = None,
-                         progress: bool = False) -> int:
+                         progress: bool = False, overwrite: bool = True) -> int:
         """Stream showers into ``path`` (HDF5, ``native``, ``3dgan`` or ``calochallenge``), batch
-        by batch with constant memory; the file appears only when complete. Returns the count."""
+        by batch with constant memory; the file appears only when complete (``overwrite=False``:
+        an existing file is refused). Returns the count."""
         from fastshower.data import ShowerWriter
 
         e, a = self._conditions(primary_energy, incident_angle, n)
@@ -279,13 +294,15 @@ class Generator:
             from tqdm import tqdm
 
             bar = tqdm(total=len(e), unit="shower", desc=f"generate {self.name}")
-        with ShowerWriter(path, geometry, format=format, attrs=attrs) as writer:
-            for part in self._batches(e, a, batch_size, seed):
-                writer.write(part)
-                if bar is not None:
-                    bar.update(len(part))
-        if bar is not None:
-            bar.close()
+        try:
+            with ShowerWriter(path, geometry, format=format, attrs=attrs, overwrite=overwrite) as writer:
+                for part in self._batches(e, a, batch_size, seed):
+                    writer.write(part)
+                    if bar is not None:
+                        bar.update(len(part))
+        finally:  # an error message then starts on its own line
+            if bar is not None:
+                bar.close()
         return writer.n_events
 
 

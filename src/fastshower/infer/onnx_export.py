@@ -86,9 +86,15 @@ def _restore_inputs(model, module: ShowerGenerator) -> None:
 
 
 def export_onnx(generator: Any, path: str | Path, opset: int = 17, check: bool = True,
-                n_check: int = 8) -> dict[str, Any]:
+                n_check: int = 8, fold: bool = True, form: str = "auto") -> dict[str, Any]:
     """Export ``generator`` to ``path`` (written atomically) and, with ``check``, compare ONNX
     Runtime with PyTorch on ``n_check`` showers over the trained range (same noise).
+
+    ``fold`` (default): export the network after :func:`fastshower.infer.fold.fold_generator`
+    (upsampling + convolution as transposed convolutions in ``form``, BatchNorm folded; the same
+    function with fewer FLOPs); the check then compares ONNX Runtime with the *unfolded* PyTorch
+    model, so it covers the fold and the export together. Metadata ``folded``: what was folded
+    (JSON; ``{}`` without ``fold``).
 
     Returns a dict: ``path``, ``opset``, ``inputs``, ``output``, ``metadata``, ``bytes``,
     ``export_s``, and with ``check`` ``max_rel_err_sum`` (largest relative difference of a
@@ -99,18 +105,24 @@ def export_onnx(generator: Any, path: str | Path, opset: int = 17, check: bool =
     import onnx
 
     module = _as_module(generator)
+    exported = module
+    if fold:
+        from fastshower.infer.fold import fold_generator
+
+        exported = fold_generator(module, form=form)
     path = Path(path)
     inputs = check_inputs(module, n_check)
     args = tuple(torch.from_numpy(inputs[k]) for k in INPUT_NAMES)
     t0 = time.perf_counter()
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer chatter (constant folding of Slice, ...)
-        torch.onnx.export(module, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+        torch.onnx.export(exported, args, str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           dynamic_axes={**{k: {0: "batch"} for k in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=opset, dynamo=False, do_constant_folding=True)
         model = onnx.load(str(tmp))
         _restore_inputs(model, module)
         meta = _metadata(module, opset)
+        meta["folded"] = json.dumps(getattr(exported, "folded", {}))
         del model.metadata_props[:]
         for key, value in meta.items():
             model.metadata_props.add(key=key, value=value)

@@ -515,7 +515,8 @@ def tune(fp32_path: str | Path, out_path: str | Path, target: float = 0.01, *,
                 result.steps.append(measure(fp32_layers))
                 if select == "first" and result.steps[-1].meets_target:
                     break
-        meeting = [i for i, s in enumerate(result.steps) if s.meets_target]
+        # a step with every tuned layer back in fp32 is the fp32 model, not an int8 one
+        meeting = [i for i, s in enumerate(result.steps) if s.meets_target and len(s.fp32_layers) < len(layers)]
         if meeting:
             result.chosen_step = meeting[0]
             for i in meeting[1:] if select == "fastest" else []:

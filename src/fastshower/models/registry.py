@@ -3,13 +3,16 @@ loading generators as safetensors + JSON (never pickles).
 
 A saved generator is two files with a common stem: ``<stem>.safetensors`` (the state dict,
 BatchNorm moving statistics included) and ``<stem>.json`` (the model card: model name, config,
-geometry, condition ranges, preprocessing, parameter counts, and the caller's ``metadata``).
+geometry, condition ranges, preprocessing, parameter counts, the caller's ``metadata`` and
+``weights_sha256``, the checksum of the weights file, verified at load: a weights file changed after
+saving, or truncated, is refused with a one-line :class:`~fastshower.errors.DataFileError`).
 Weights shipped with the package live in ``fastshower/weights/<name>.{safetensors,json}`` and are
 found by name: ``load_generator("conv2d_g1")``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from fastshower.errors import ChecksumError, DataFileError, UserInputError, brief, validation_details
 from fastshower.fileio import atomic_path
 from fastshower.models.base import ModelConfig, ShowerDiscriminator, ShowerGenerator
 from fastshower.models.conv2d import (
@@ -108,8 +112,14 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def make_config(name: str, **config_overrides: Any) -> ModelConfig:
-    """The config of model ``name`` with ``config_overrides`` applied (validated)."""
-    return get_spec(name).config_class(**config_overrides)
+    """The config of model ``name`` with ``config_overrides`` applied (validated; an invalid value is
+    a :class:`~fastshower.errors.UserInputError` naming each field and why)."""
+    from pydantic import ValidationError
+
+    try:
+        return get_spec(name).config_class(**config_overrides)
+    except ValidationError as exc:
+        raise UserInputError(f"model {name!r} config: {validation_details(exc)}") from None
 
 
 def build_generator(name: str, **config_overrides: Any) -> ShowerGenerator:
@@ -124,18 +134,73 @@ def build_discriminator(name: str, **config_overrides: Any) -> ShowerDiscriminat
 
 def save_generator(generator: ShowerGenerator, path_stem: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``<stem>.safetensors`` and ``<stem>.json`` (each atomically; the JSON last, so a card
-    always has its weights). ``metadata`` (JSON-serialisable) is stored under ``"metadata"``.
-    Returns the JSON path."""
+    always has its weights). ``metadata`` (JSON-serialisable) is stored under ``"metadata"``; the
+    card records ``weights_sha256``, the checksum of the weights file. Returns the JSON path."""
     stem = _stem(Path(path_stem))
-    card = {"format": CARD_FORMAT, **generator.metadata(), "metadata": dict(metadata or {})}
-    text = json.dumps(card, indent=2, sort_keys=False)
     tensors = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     with atomic_path(stem.with_suffix(".safetensors")) as tmp:
         save_file(tensors, str(tmp), metadata={"model": generator.name, "format": CARD_FORMAT})
+        digest = file_sha256(tmp)
+    card = {"format": CARD_FORMAT, **generator.metadata(), "metadata": dict(metadata or {}), "weights_sha256": digest}
     json_path = stem.with_suffix(".json")
     with atomic_path(json_path) as tmp:
-        tmp.write_text(text + "\n")
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return json_path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_weights(card: dict[str, Any], weights: Path) -> None:
+    """:class:`~fastshower.errors.ChecksumError` when ``weights`` does not match the card's
+    ``weights_sha256`` (cards written before checksums were recorded have none: not checked)."""
+    expected = card.get("weights_sha256")
+    if expected is None:
+        return
+    found = file_sha256(weights)
+    if found != expected:
+        raise ChecksumError(f"{weights} does not match its model card (sha256 {found[:12]}..., card "
+                            f"{str(expected)[:12]}...): the weights were changed or damaged after saving")
+
+
+def read_safetensors(path: str | Path, what: str = "weights file") -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` on the CPU; a truncated or foreign file is a one-line
+    :class:`~fastshower.errors.DataFileError`."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as exc:
+        raise DataFileError(f"{path} is not a readable {what} ({brief(str(exc), 0)})") from None
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """``module.load_state_dict(state)``; mismatching tensors are a :class:`~fastshower.errors.DataFileError`
+    that names them (missing, unexpected, shape mismatches: a few lines at most)."""
+    missing, unexpected, shapes = [], [], []
+    own = module.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            shapes.append(f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)} in the model")
+    missing = [key for key in own if key not in state]
+    if missing or unexpected or shapes:
+        def listed(what: str, items: list[str]) -> str:
+            shown = ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            return f"{len(items)} {what}: {shown}"
+
+        details = [listed(w, i) for w, i in (("size mismatches", shapes), ("missing tensors", missing),
+                                             ("unexpected tensors", unexpected)) if i]
+        raise DataFileError(f"{source} does not fit {type(module).__name__} (another model or config?):\n"
+                            + "\n".join(details))
+    module.load_state_dict(state)
 
 
 def _stem(path: Path) -> Path:
@@ -221,9 +286,12 @@ def read_card(path_stem_or_name: str | Path) -> dict[str, Any]:
 
 
 def _read_card_file(stem: Path) -> dict[str, Any]:
-    card = json.loads(stem.with_suffix(".json").read_text())
+    try:
+        card = json.loads(stem.with_suffix(".json").read_text())
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{stem}.json is not a readable model card ({exc})") from None
     if not isinstance(card, dict) or "model" not in card or "config" not in card:
-        raise ValueError(f"{stem}.json is not a fastshower generator card (no 'model' / 'config')")
+        raise DataFileError(f"{stem}.json is not a fastshower generator card (no 'model' / 'config')")
     return card
 
 
@@ -236,5 +304,6 @@ def load_generator(path_stem_or_file: str | Path, device: str | torch.device = "
     weights = stem.with_suffix(".safetensors")
     if not weights.is_file():
         raise FileNotFoundError(f"{stem}.json has no weights file {weights.name}")
-    generator.load_state_dict(load_file(str(weights), device="cpu"))
+    verify_weights(card, weights)
+    load_state(generator, read_safetensors(weights), weights)
     return generator.to(device).eval()

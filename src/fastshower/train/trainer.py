@@ -34,16 +34,19 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastshower.data import iter_showers, read_showers, resolve_paths
+from fastshower.errors import OutputExistsError
 from fastshower.fileio import write_text_atomic
 from fastshower.geometry import load_geometry
 from fastshower.showers import ShowerSet
@@ -83,10 +86,12 @@ def _data_geometry(paths: list[Path] | str, geometry: str | None) -> str:
 
 class Trainer:
     """Train ``cfg.model`` with ``cfg.recipe`` on ``cfg.data``; ``resume`` continues a run directory
-    (or checkpoint) exactly; ``warm_start`` loads weights only (transfer learning)."""
+    (or checkpoint) exactly; ``warm_start`` loads weights only (transfer learning). The run directory
+    is locked while :meth:`fit` runs (a second run on it fails at once); a new run (no ``resume``) in a
+    directory that holds a run replaces it only with ``overwrite`` (else OutputExistsError)."""
 
     def __init__(self, cfg: TrainConfig, resume: str | Path | None = None, warm_start: str | Path | None = None,
-                 output_dir: str | Path | None = None) -> None:
+                 output_dir: str | Path | None = None, overwrite: bool = True) -> None:
         from fastshower.models import registry
 
         if resume is not None and warm_start is not None:
@@ -174,7 +179,13 @@ class Trainer:
             random.seed(run.seed + self.info.rank)
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.out / "config.yaml", dump_config(cfg))
+            with ckpt.lock_run_dir(self.out):  # held again for the whole of fit()
+                if resume is None and ckpt.run_dir_in_use(self.out):
+                    if not overwrite:
+                        raise OutputExistsError(f"run folder {self.out} holds a run; --resume {self.out} to continue "
+                                                f"it, --overwrite to replace it or --out for another folder")
+                    ckpt.clear_run_dir(self.out)
+                write_text_atomic(self.out / "config.yaml", dump_config(cfg))
 
     # ------------------------------------------------------------------ set-up helpers
     def _check_geometry(self) -> None:
@@ -516,6 +527,10 @@ class Trainer:
         checkpointed as usual) and training stops (e.g. a time budget); under torchrun it must give
         the same answer on every rank.
         """
+        with ckpt.lock_run_dir(self.out) if self.info.is_main else contextlib.nullcontext():
+            return self._fit_locked(on_epoch_end, should_stop)
+
+    def _fit_locked(self, on_epoch_end, should_stop) -> list[dict[str, Any]]:
         from tqdm import tqdm
 
         total = self.cfg.total_epochs
@@ -651,13 +666,15 @@ class Trainer:
         return ckpt.save_checkpoint(self.out, self.step, self.G, self.D, state, meta, self.cfg.run.keep_checkpoints)
 
     def _load_models(self, path: str | Path, need_discriminator: bool) -> None:
+        from fastshower.models.registry import load_state
+
         gen, disc = ckpt.load_weights(path)
-        self.G.load_state_dict(gen)
+        load_state(self.G, gen, path)
         if getattr(self.G, "needs_output_scale", False):  # the loaded weights bring their scale
             self.G.set_output_scale(float(self.G.output_scale))
             self.output_scale_ready = True
         if disc is not None:
-            self.D.load_state_dict(disc)
+            load_state(self.D, disc, path)
         elif need_discriminator:
             raise ValueError(f"{path} holds no discriminator weights")
 
@@ -666,6 +683,12 @@ class Trainer:
         if meta["model"] != self.cfg.model.name or meta["model_config"] != self.cfg.model.config:
             raise ValueError(f"{where} was trained with model {meta['model']!r} {meta['model_config']}, not "
                              f"{self.cfg.model.name!r} {self.cfg.model.config}")
+        saved_batch = yaml.safe_load(meta.get("config", "")).get("recipe", {}).get("batch_size") \
+            if meta.get("config") else None
+        if saved_batch is not None and saved_batch != self.global_batch:
+            warnings.warn(f"{where} was trained with batch_size {saved_batch}, this run uses {self.global_batch}: "
+                          f"a valid continuation, but not the same run (data order and learning-rate scaling "
+                          f"change)", UserWarning, stacklevel=2)
         if meta["relu_switched"]:
             self._maybe_switch_relu(force=True)
         self._load_models(where, need_discriminator=True)

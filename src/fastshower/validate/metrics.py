@@ -1,35 +1,41 @@
-"""Distances between two shower sets, binned in primary energy (and incident angle).
+"""Distances between two shower sets: the metric maths, pure functions of arrays and condition bins.
 
 Every metric compares a *reference* (ground truth) with a *candidate* (a generator's output).
-:func:`compare` computes them all, and each one also for the reference against an independent
-reference sample: that *floor* is what a perfect generator reaches with the same statistics.
-Definitions, units and binning: docs/metrics.md and the docstrings below.
-
-Showers are thresholded (cells below the geometry's readout threshold set to 0, both samples) before
-any metric in :func:`compare`, as the CaloChallenge evaluation does.
+Condition binning lives in :mod:`fastshower.validate.binning`, the driver that computes them all
+beside their floor in :mod:`fastshower.validate.comparison`, the tables in
+:mod:`fastshower.validate.formatting`. Definitions, units and binning: docs/metrics.md and the
+docstrings below.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
 
-from fastshower.data import geometry_of
-# condition binning, sampling fraction, profile MSE and quick_metrics live one layer down (train
-# selects epochs with them): fastshower.data.summaries; re-exported here, where they belong to the API
-from fastshower.data.summaries import (MIN_EVENTS_PER_BIN, ConditionBin, _profile_mse,  # noqa: F401
-                                       _sampling_fraction_mre, _set_bins, condition_bins, default_angle_bins,
-                                       default_energy_bins, mean_normalised_profiles, profile_mse, quick_metrics,
-                                       sampling_fraction_error, sampling_fraction_per_bin)
 from fastshower.geometry import Geometry
-from fastshower.showers import ShowerSet
 from fastshower.validate import observables as ob
+# Sampling fraction, profile MSE and quick_metrics are shared with training (epoch choice), so they
+# live one layer down, in fastshower.data.summaries; re-exported here with the other metrics.
+from fastshower.data.summaries import (  # noqa: F401
+    MIN_EVENTS_PER_BIN,
+    ConditionBin,
+    binned_profile_mse,
+    condition_bins,
+    default_angle_bins,
+    default_energy_bins,
+    mean_normalised_profiles,
+    profile_mse,
+    quick_metrics,
+    sampling_fraction_error,
+    sampling_fraction_mre,
+    sampling_fraction_per_bin,
+)
 
 #: SSIM data ranges L scanned (GeV), as the 3DGAN low-precision study.
 SSIM_DATA_RANGES = (1.0, 1e-2, 1e-4, 1e-6, 1e-8)
+
 
 # ------------------------------------------------------------------ 3DGAN optimisation metric
 
@@ -88,7 +94,8 @@ def mu90_sigma90_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin], whi
     return np.array([mu90_sigma90(energy_ratio[getattr(b, which)]) for b in bins])
 
 
-def _mu90_errors(ratio_ref, ratio_cand, bins) -> dict[str, float]:
+def mu90_relative_errors(ratio_ref: np.ndarray, ratio_cand: np.ndarray, bins: list[ConditionBin]) -> dict[str, float]:
+    """Mean over bins of the relative errors of mu90 and sigma90 of E_deposited / E_primary."""
     r = mu90_sigma90_per_bin(ratio_ref, bins, "reference")
     c = mu90_sigma90_per_bin(ratio_cand, bins, "candidate")
     rel = np.abs(c - r) / r
@@ -304,215 +311,3 @@ def kernel_physics_distance(reference: np.ndarray, candidate: np.ndarray, num_ba
         vals.append(mmd_poly_unbiased(a, b))
     q16, q84 = np.percentile(vals, [16.275, 83.725])
     return float(np.median(vals)), float((q84 - q16) / 2)
-
-
-# ------------------------------------------------------------------ everything at once
-
-@dataclass
-class Sample:
-    """A thresholded shower set with its per-event observables (see :mod:`observables`)."""
-
-    showers: np.ndarray
-    primary_energy: np.ndarray
-    incident_angle: np.ndarray
-    obs: dict
-    threshold_gev: float
-
-    @classmethod
-    def from_set(cls, shower_set: ShowerSet, geometry: Geometry, threshold_gev: float,
-                 in_place: bool = False) -> "Sample":
-        showers = ob.apply_threshold(shower_set.showers, threshold_gev, in_place=in_place)
-        return cls(showers, shower_set.primary_energy, shower_set.incident_angle,
-                   ob.observables_in_chunks(showers, shower_set.primary_energy, geometry), threshold_gev)
-
-    def __len__(self) -> int:
-        return len(self.showers)
-
-
-#: Metrics where the candidate should come close to the floor from below (similarities).
-HIGHER_IS_BETTER = ("ssim",)
-
-
-def _pair_metrics(ref: Sample, other: Sample, geometry: Geometry, energy_bins: np.ndarray,
-                  angle_bins: np.ndarray | None, *, quick: bool, classifier: bool, classifier_seeds,
-                  seed: int, progress: bool, label: str) -> tuple[dict, dict]:
-    """All metrics of ``other`` against ``ref``: ({name: {"value", "error"?}}, details for plots)."""
-    from tqdm import tqdm
-
-    from fastshower.validate.classifier import classifier_test, high_level_inputs, low_level_inputs
-
-    m: dict[str, dict] = {}
-    details: dict = {}
-    bins = condition_bins(ref.primary_energy, ref.incident_angle, other.primary_energy, other.incident_angle,
-                          energy_bins, angle_bins)
-    steps = ["binned", "ssim", "chi2", "fpd/kpd"] + (["classifier low", "classifier high"] if classifier else [])
-    bar = tqdm(total=len(steps), desc=f"metrics {label}", disable=not progress, leave=False)
-    ratio_r, ratio_o = ref.obs["energy_ratio"], other.obs["energy_ratio"]
-    details["bins"] = [b.label for b in bins]
-    m["sampling_fraction_mre"] = {"value": _sampling_fraction_mre(ratio_r, ratio_o, bins)}
-    details["sampling_fraction"] = sampling_fraction_per_bin(ratio_o, bins, "candidate").tolist()
-    details["sampling_fraction_reference"] = sampling_fraction_per_bin(ratio_r, bins, "reference").tolist()
-    prof = lambda o: {a: o.obs[f"profile_{a}"] for a in "xyz"}  # noqa: E731
-    m["profile_mse"] = {"value": _profile_mse(prof(ref), prof(other), bins)}
-    for k, v in gan_optimisation_metric(ref.obs, other.obs, bins).items():
-        m[f"gan_metric_{k}"] = {"value": v}
-    for k, v in _mu90_errors(ratio_r, ratio_o, bins).items():
-        m[f"{k}_rel_error"] = {"value": v}
-    details["mu90_sigma90"] = mu90_sigma90_per_bin(ratio_o, bins, "candidate").tolist()
-    details["mu90_sigma90_reference"] = mu90_sigma90_per_bin(ratio_r, bins, "reference").tolist()
-    bar.update()
-
-    rng = np.random.default_rng(seed)
-    try:
-        ssim = ssim_vs_data_range(ref.showers, other.showers, bins, rng, max_pairs_per_bin=10 if quick else 50)
-        for L, (mean, std) in ssim.items():
-            m[f"ssim_L{L:g}"] = {"value": mean, "error": std}
-    except ValueError as exc:
-        details["ssim_skipped"] = str(exc)
-    bar.update()
-
-    min_e = max(ref.threshold_gev, 1e-9)
-    edges = histogram_bins(geometry, ref.obs, min_e, float(ref.showers.max()))
-    cells = None
-    if "cell_energy" in edges:
-        cells = (cell_energy_histogram(ref.showers, edges["cell_energy"]),
-                 cell_energy_histogram(other.showers, edges["cell_energy"]))
-    seps = separation_powers(geometry, ref.obs, other.obs, (geometry.sampling_fraction, ref.primary_energy,
-                                                            other.primary_energy), min_e, cells, edges)
-    all_seps = np.concatenate([v[np.isfinite(v)] for v in seps.values()])
-    m["chi2_separation_mean"] = {"value": float(all_seps.mean())}
-    m["chi2_separation_worst"] = {"value": float(all_seps.max())}
-    for k, v in seps.items():
-        m[f"chi2_{k}"] = {"value": float(np.nanmean(v))}
-    details["separation_power"] = {k: v.tolist() for k, v in seps.items()}
-    bar.update()
-
-    sf = geometry.sampling_fraction
-    hl_r = high_level_inputs(ref.obs, ref.primary_energy, sf)
-    hl_o = high_level_inputs(other.obs, other.primary_energy, sf)
-    n = min(len(hl_r), len(hl_o))
-    fpd_kw = dict(min_samples=min(10_000, n), max_samples=min(50_000, 5 * n), num_batches=5 if quick else 10,
-                  num_points=5 if quick else 10)
-    fpd, fpd_err = frechet_physics_distance(hl_r, hl_o, **fpd_kw)
-    m["fpd"] = {"value": fpd, "error": fpd_err}
-    kpd, kpd_err = kernel_physics_distance(hl_r, hl_o, num_batches=5 if quick else 10,
-                                           batch_size=min(2_000 if quick else 5_000, n))
-    m["kpd"] = {"value": kpd, "error": kpd_err}
-    bar.update()
-
-    if classifier:
-        low = classifier_test(low_level_inputs(ref.showers, ref.primary_energy, sf),
-                              low_level_inputs(other.showers, other.primary_energy, sf), seeds=classifier_seeds,
-                              hidden=(128, 128), progress=progress, label=f"cls-low {label}")
-        bar.update()
-        high = classifier_test(hl_r, hl_o, seeds=classifier_seeds, hidden=(256, 256), progress=progress,
-                               label=f"cls-high {label}")
-        bar.update()
-        for name, res in (("low", low), ("high", high)):
-            m[f"classifier_auc_{name}"] = {"value": res["auc_mean"], "error": res["auc_std"]}
-            m[f"classifier_jsd_{name}"] = {"value": res["jsd_mean"], "error": res["jsd_std"]}
-            details[f"classifier_{name}"] = res
-    bar.close()
-    return m, details
-
-
-def prepare_samples(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
-                    threshold_gev: float | None = None, seed: int = 0, in_place: bool = False
-                    ) -> tuple[Sample, Sample, Sample, Geometry, str]:
-    """Check the sets, make the floor's second reference sample and threshold all three.
-
-    Without ``reference2`` the reference is split into two random halves A and B (seeded): the
-    candidate is compared with A and the floor is A vs B. A candidate larger than the floor's
-    second sample is cut to its size (random subset), so both columns have the same statistics.
-    Returns (reference, candidate,
-    reference2, geometry, floor_source). ``in_place`` thresholds the input arrays themselves
-    instead of copies (for callers that do not need them afterwards).
-    """
-    geometry = geometry_of(reference)
-    geometry.check_shape(reference.showers)
-    for other, what in ((candidate, "candidate"), (reference2, "reference2")):
-        if other is not None:
-            if other.geometry != reference.geometry:
-                raise ValueError(f"{what} geometry {other.geometry!r} differs from the reference's {reference.geometry!r}")
-            geometry.check_shape(other.showers)
-    if reference2 is None:
-        perm = np.random.default_rng(seed).permutation(len(reference))
-        half = len(reference) // 2
-        reference, reference2 = reference[np.sort(perm[:half])], reference[np.sort(perm[half:])]
-        floor_source = f"reference split into two random halves ({len(reference)} + {len(reference2)} events)"
-    else:
-        floor_source = "independent reference sample (reference2)"
-    if len(candidate) > len(reference2):  # same statistics for the candidate and the floor
-        keep = np.random.default_rng([seed, 1]).permutation(len(candidate))[:len(reference2)]
-        candidate = candidate[np.sort(keep)]
-        floor_source += f"; candidate subsampled to {len(reference2)} events like the floor's sample"
-    thr = geometry.readout_threshold_gev if threshold_gev is None else threshold_gev
-    ref, cand, ref2 = (Sample.from_set(s, geometry, thr, in_place) for s in (reference, candidate, reference2))
-    return ref, cand, ref2, geometry, floor_source
-
-
-def compare_samples(ref: Sample, cand: Sample, ref2: Sample, geometry: Geometry, floor_source: str, *,
-                    energy_bins=None, quick: bool = False, classifier: bool = True, classifier_seeds=(0, 1, 2),
-                    seed: int = 0, progress: bool = False) -> dict:
-    """:func:`compare` on prepared samples (see :func:`prepare_samples`)."""
-    edges = np.asarray(energy_bins, float) if energy_bins is not None else \
-        default_energy_bins(geometry, ref.primary_energy)
-    angle_edges = default_angle_bins(geometry, ref.incident_angle)
-    kw = dict(quick=quick, classifier=classifier and not quick, classifier_seeds=classifier_seeds, seed=seed,
-              progress=progress)
-    cand_m, cand_d = _pair_metrics(ref, cand, geometry, edges, angle_edges, label="candidate", **kw)
-    floor_m, floor_d = _pair_metrics(ref, ref2, geometry, edges, angle_edges, label="floor", **kw)
-    table = {}
-    for name, c in cand_m.items():
-        f = floor_m.get(name)
-        row = {"candidate": c["value"], "floor": f["value"] if f else None,
-               "higher_is_better": name.startswith(HIGHER_IS_BETTER)}
-        row["ratio"] = (c["value"] / f["value"]) if f and np.isfinite(f["value"]) and f["value"] > 0 else None
-        if "error" in c:
-            row["candidate_error"] = c["error"]
-            row["floor_error"] = f["error"] if f else None
-        table[name] = row
-    return {"geometry": geometry.name, "n_reference": len(ref), "n_candidate": len(cand), "n_reference2": len(ref2),
-            "floor_source": floor_source, "threshold_gev": float(ref.threshold_gev),
-            "energy_bins_gev": edges.tolist(),
-            "angle_bins_rad": None if angle_edges is None else angle_edges.tolist(), "metrics": table,
-            "details": {"candidate": cand_d, "floor": floor_d}}
-
-
-def compare(reference: ShowerSet, candidate: ShowerSet, reference2: ShowerSet | None = None, *,
-            energy_bins=None, quick: bool = False, classifier: bool = True, classifier_seeds=(0, 1, 2),
-            threshold_gev: float | None = None, seed: int = 0, progress: bool = False) -> dict:
-    """Every metric of ``candidate`` against ``reference``, each beside its floor.
-
-    The floor is the same metric for ``reference`` against ``reference2`` (an independent reference
-    sample). Without ``reference2`` the reference is split into two random halves A and B (seeded):
-    the candidate is then compared with A and the floor is A vs B (``floor_source`` says so). A
-    candidate larger than the second reference sample is cut to its size (random subset). Cells below ``threshold_gev`` (default: the geometry's
-    readout threshold) are zeroed in all samples first. ``quick`` uses fewer SSIM pairs and FPD/KPD
-    draws and skips the classifiers; ``classifier=False`` skips them too.
-
-    Returns a JSON-serialisable dict: ``geometry``, ``n_reference``, ``n_candidate``,
-    ``n_reference2``, ``floor_source``, ``threshold_gev``, ``energy_bins_gev``, ``angle_bins_rad``,
-    ``metrics`` ({name: {candidate, floor, ratio, candidate_error?, floor_error?,
-    higher_is_better}}; ratio = candidate / floor, None where the floor is not positive) and ``details`` (per-bin values for the plots) for ``candidate`` and
-    ``floor``.
-    """
-    samples = prepare_samples(reference, candidate, reference2, threshold_gev=threshold_gev, seed=seed)
-    return compare_samples(*samples, energy_bins=energy_bins, quick=quick, classifier=classifier,
-                           classifier_seeds=classifier_seeds, seed=seed, progress=progress)
-
-
-def format_table(result: dict) -> str:
-    """The metric table as aligned text: name, candidate, floor, candidate / floor."""
-    lines = [f"{'metric':32s} {'candidate':>22s} {'floor':>22s} {'ratio':>8s}"]
-    for name, row in result["metrics"].items():
-        def fmt(v, e):
-            if v is None:
-                return "n/a"
-            return f"{v:.4g} +- {e:.2g}" if e is not None else f"{v:.4g}"
-        ratio = f"{row['ratio']:.3g}" if row["ratio"] is not None else "n/a"
-        lines.append(f"{name:32s} {fmt(row['candidate'], row.get('candidate_error')):>22s} "
-                     f"{fmt(row['floor'], row.get('floor_error')):>22s} {ratio:>8s}")
-    lines.append(f"floor: {result['floor_source']}; geometry {result['geometry']}; "
-                 f"{result['n_reference']} reference / {result['n_candidate']} candidate events")
-    return "\n".join(lines)

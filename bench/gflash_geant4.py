@@ -1,0 +1,130 @@
+"""GFlash (published and tuned parameters) against Geant4 at held-out energies, and its speed.
+
+For each test energy: the Geant4 events within the window (or a fixed-energy file and its second
+seed for the floor), GFlash simulated at the same primary energies with each parameter set, then
+every metric of ``fastshower validate`` (``fastshower.validate.metrics.compare``, one energy bin
+spanning the window) beside the Geant4-vs-Geant4 floor, plus the goal quantities of issue #14:
+the 3DGAN profile term / floor, the mean active energy (relative difference), sigma90 of the
+response (relative error) and the 5x5 core containment (difference). Speed: GFlash showers/s on
+clic25 (process CPU time, 1000 showers per call, best of 3) beside Geant4's CPU s/shower (the
+reference note, docs/gflash.md).
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/gflash_geant4.py \\
+        --params default --params clic25_geant4 --energies 50,300 --out bench/results/gflash_geant4.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from fastshower.data import read_showers
+from fastshower.fileio import write_text_atomic
+from fastshower.geometry import load_geometry
+from fastshower.showers import ShowerSet
+from fastshower.simulate.gflash import load_parameters, simulate_showers
+from fastshower.gflash_tune import core_containment, select_energy
+from fastshower.validate.metrics import compare, mu90_sigma90
+from fastshower.validate.observables import apply_threshold
+
+#: Geant4 option 0 CPU seconds per shower in clic25 (docs/reference geant4-offline-data.md, section 4).
+GEANT4_CPU_S_PER_SHOWER = {10.0: 0.043, 100.0: 0.40}
+
+GOAL_METRICS = ("gan_metric_profiles", "gan_metric_moments", "gan_metric_total", "mu90_rel_error",
+                "sigma90_rel_error", "profile_mse", "sampling_fraction_mre", "chi2_separation_mean", "fpd", "kpd",
+                "classifier_auc_low", "classifier_auc_high")
+
+
+def _summary(reference: ShowerSet, candidate: ShowerSet, geometry) -> dict:
+    """Means over the whole window: active energy / E0, sigma90/mu90, 5x5 core, layer 17/16."""
+    out = {}
+    for name, s in (("geant4", reference), ("gflash", candidate)):
+        showers = apply_threshold(s.showers, geometry.readout_threshold_gev)
+        ratio = showers.sum(axis=(1, 2, 3), dtype=np.float64) / s.primary_energy
+        mu90, sigma90 = mu90_sigma90(ratio)
+        layers = showers.sum(axis=(0, 1, 2), dtype=np.float64)
+        out[name] = {"active_over_e0": float(ratio.mean()), "rel_resolution": float(ratio.std() / ratio.mean()),
+                     "mu90": mu90, "sigma90": sigma90, "core_5x5": float(core_containment(showers, geometry).mean()),
+                     "layer17_over_16": float(layers[17] / layers[16]) if len(layers) > 17 else None}
+    g, c = out["geant4"], out["gflash"]
+    out["goals"] = {"active_energy_rel_diff": c["active_over_e0"] / g["active_over_e0"] - 1,
+                    "sigma90_rel_diff": c["sigma90"] / g["sigma90"] - 1,
+                    "core_5x5_diff": c["core_5x5"] - g["core_5x5"]}
+    return out
+
+
+def speed(geometry: str, energy: float, params, n: int = 1000, repeats: int = 3) -> float:
+    """GFlash showers per second of process CPU time (best of ``repeats``)."""
+    g = load_geometry(geometry)
+    e, a = np.full(n, energy), np.full(n, np.pi / 2)
+    simulate_showers(g, e[:50], a[:50], np.random.default_rng(0), params=params)  # warm-up
+    best = np.inf
+    for r in range(repeats):
+        t0 = time.process_time()
+        simulate_showers(g, e, a, np.random.default_rng(r), params=params)
+        best = min(best, time.process_time() - t0)
+    return n / best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reference", default="/work/shared/data/g4-clic25/*/*.h5",
+                   help="Geant4 files (glob); a pattern with {energy} is formatted per energy (fixed-energy files)")
+    p.add_argument("--reference2", default=None, help="Second Geant4 sample per energy for the floor ({energy})")
+    p.add_argument("--energies", default="50,300")
+    p.add_argument("--window", type=float, default=0.2)
+    p.add_argument("--params", action="append", default=None, help="Parameter sets (repeatable)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-classifier", action="store_true")
+    p.add_argument("--speed-n", type=int, default=1000)
+    p.add_argument("--out", default="bench/results/gflash_geant4.json")
+    args = p.parse_args(argv)
+    param_specs = args.params or ["default", "clic25_geant4"]
+    energies = [float(v) for v in args.energies.split(",")]
+    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "load_average_start": os.getloadavg(), "reference": args.reference, "window": args.window,
+                     "seed": args.seed, "energies": {}, "speed": {}}
+    all_ref = None
+    for energy in energies:
+        if "{energy}" in args.reference:
+            ref = read_showers(sorted(glob.glob(args.reference.format(energy=f"{energy:g}"))))
+            ref2 = read_showers(sorted(glob.glob(args.reference2.format(energy=f"{energy:g}")))) \
+                if args.reference2 else None
+            bins = [0.5 * ref.primary_energy.min(), 2 * ref.primary_energy.max()]
+        else:
+            all_ref = all_ref if all_ref is not None else read_showers(sorted(glob.glob(args.reference)))
+            ref, ref2 = select_energy(all_ref, energy, args.window), None
+            bins = [energy * (1 - args.window) - 1e-6, energy * (1 + args.window) + 1e-6]
+        geometry = load_geometry(ref.geometry)
+        row: dict = {"n_reference": len(ref), "n_reference2": None if ref2 is None else len(ref2)}
+        for spec in param_specs:
+            params = load_parameters(spec)
+            t0 = time.perf_counter()
+            showers = simulate_showers(geometry, ref.primary_energy, ref.incident_angle,
+                                       np.random.default_rng([args.seed, int(energy)]), params=params)
+            cand = ShowerSet(showers, ref.primary_energy, ref.incident_angle, ref.geometry, {"simulator": "gflash"})
+            res = compare(ref, cand, ref2, energy_bins=bins, classifier=not args.no_classifier, seed=args.seed)
+            row[spec] = {"metrics": {k: v for k, v in res["metrics"].items()}, "floor_source": res["floor_source"],
+                         "summary": _summary(ref, cand, geometry), "seconds": time.perf_counter() - t0}
+            m = res["metrics"]
+            print(f"{energy:g} GeV {spec}: profiles {m['gan_metric_profiles']['candidate']:.4f} "
+                  f"(floor {m['gan_metric_profiles']['floor']:.4f}), goals {row[spec]['summary']['goals']}", flush=True)
+        results["energies"][f"{energy:g}"] = row
+    for spec in param_specs:
+        params = load_parameters(spec)
+        results["speed"][spec] = {f"{e:g}": speed("clic25", e, params, args.speed_n) for e in (10.0, 100.0)}
+    results["speed"]["geant4_cpu_s_per_shower"] = {f"{e:g}": v for e, v in GEANT4_CPU_S_PER_SHOWER.items()}
+    results["load_average_end"] = os.getloadavg()
+    write_text_atomic(args.out, json.dumps(results, indent=1, default=float))
+    print(json.dumps(results["speed"], indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
