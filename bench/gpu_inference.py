@@ -127,10 +127,8 @@ def time_full_path(module, dev, dtype, batch: int, reps: int) -> dict:
 
     from fastshower.infer.generator import Generator
 
-    gen = Generator(name=module.name, geometry=None, noise_dim=module.noise_dim, energy_range_gev=(1, 1),
-                    angle_range_rad=(1, 1), device=dev, precision={torch.float32: "fp32", torch.bfloat16: "bf16",
-                                                                   torch.float16: "fp16"}[dtype],
-                    backend="torch", allow_extrapolation=True, module=module)
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    gen = Generator.from_module(module, device=dev, precision=precision, allow_extrapolation=True)
     e, a = np.full(batch, 100.0), np.full(batch, math.pi / 2)
     noise = torch.randn(batch, module.noise_dim, generator=torch.Generator().manual_seed(0))
     gen.run_batch(e, a, noise)
