@@ -52,10 +52,11 @@ def build_data(folder: Path, n_train: int, n_validation: int, data: Path | None,
     ``validation/*.h5``) or GFlash showers made here (2-500 GeV, normal incidence)."""
     if data is not None:
         return str(data / "train" / "*.h5"), str(data / "validation" / "*.h5"), f"Geant4 files carried in {data}"
+    from fastshower.geometry import PRESETS
     from fastshower.simulate.gflash import simulate
 
-    write_showers(folder / "train.h5", simulate("clic25", energy="2:500", angle_deg="90", n=n_train, seed=seed))
-    write_showers(folder / "val.h5", simulate("clic25", energy="2:500", angle_deg="90", n=n_validation,
+    write_showers(folder / "train.h5", simulate(PRESETS["clic25"], energy="2:500", angle_deg="90", n=n_train, seed=seed))
+    write_showers(folder / "val.h5", simulate(PRESETS["clic25"], energy="2:500", angle_deg="90", n=n_validation,
                                               seed=seed + 1))
     return str(folder / "train.h5"), str(folder / "val.h5"), f"GFlash clic25 2-500 GeV, {n_train} + {n_validation}"
 

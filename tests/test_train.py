@@ -329,7 +329,7 @@ def test_cell_threshold_and_symmetry_augmentation(tmp_path, clic25_file):
     rng = np.random.default_rng(3)
     tilted = tmp_path / "tilted.h5"
     write_showers(tilted, ShowerSet(rng.exponential(1e-3, (8, 51, 51, 25)).astype(np.float32), rng.uniform(10, 100, 8),
-                                    np.full(8, 1.2), "clic51"))
+                                    np.full(8, 1.2), PRESETS["clic51"]))
     with pytest.raises(ValueError, match="normal incidence"):
         _trainer(tmp_path, tilted, {"name": "gan3d_clic51", "config": {"width": 0.125}},
                  data={"augment": "normal_incidence"}).prepare()
