@@ -98,17 +98,22 @@ def test_real_sigint_stops_simulate_with_130(tmp_path):
 
 def test_ctrl_c_is_taken_at_the_next_block(tmp_path):
     """In-process: a SIGINT between two writes does not raise where it lands; the next write does,
-    and the writer leaves nothing."""
+    and the writer leaves nothing. Python's own SIGINT handler is set first, as in a fresh
+    `fastshower` process (earlier tests in this process may have installed others, e.g. Dask's)."""
     from fastshower.data import ShowerWriter
     from fastshower.showers import ShowerSet
 
     block = ShowerSet(np.zeros((2, 25, 25, 25), np.float32), [10.0, 20.0], [np.pi / 2] * 2, PRESETS["clic25"])
-    with pytest.raises(KeyboardInterrupt):
-        with ShowerWriter(tmp_path / "x.h5", PRESETS["clic25"]) as w:
-            w.write(block)
-            os.kill(os.getpid(), signal.SIGINT)  # handled: sets the flag only
-            landed = True
-            w.write(block)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with ShowerWriter(tmp_path / "x.h5", PRESETS["clic25"]) as w:
+                w.write(block)
+                os.kill(os.getpid(), signal.SIGINT)  # handled: sets the flag only
+                landed = True
+                w.write(block)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert landed and leftovers(tmp_path) == []
 
 
