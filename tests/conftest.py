@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -29,3 +34,15 @@ def cli(capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@functools.lru_cache(maxsize=1)
+def probe_geant4() -> tuple[bool, str]:
+    """(usable, reason) of ``geant4_available()``, asked in a subprocess: keeps Geant4's static state
+    out of the pytest process. Asked once per session."""
+    code = "import json; from fastshower.simulate.geant4 import geant4_available; print(json.dumps(geant4_available()))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return False, (proc.stderr.strip().splitlines() or ["probe failed"])[-1]
+    ok, reason = json.loads(proc.stdout.strip().splitlines()[-1])
+    return bool(ok), reason

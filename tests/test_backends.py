@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import probe_geant4
 
 from fastshower.geometry import PRESETS
 from fastshower.infer import timing
@@ -183,17 +184,11 @@ def test_shower_sources_carry_their_entry_convention(model_files):
         np.array([1.0, 30.0]), np.full(2, math.pi / 2), seed=5, check_range=False))
 
 
-def _geant4_ok() -> bool:
-    code = "import json; from fastshower.simulate.geant4 import geant4_available; print(json.dumps(geant4_available()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    return proc.returncode == 0 and bool(json.loads(proc.stdout.strip().splitlines()[-1])[0])
-
-
 def test_g4run_with_a_model_and_its_onnx_export_writes_the_same_showers(model_files, tmp_path):
     """``g4run --model x --seed 3`` and ``g4run --model x.onnx --seed 3``: the same showers (export
     tolerance), and batch b equals ``generate(E, theta, seed=batch_seed(s, b))`` where s is the
     shard's source seed (spawned from the run seed, recorded in the file)."""
-    if not _geant4_ok():
+    if not probe_geant4()[0]:
         pytest.skip("geant4_pybind unusable here")
     from fastshower.data import read_showers
     from fastshower.simulate.geant4.sources import batch_seed

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import probe_geant4
 
 import fastshower
 from fastshower.geometry import PRESETS
@@ -24,16 +25,7 @@ NIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "nist-brems
 DATA_VARS = ["GEANT4_DATA_DIR"] + [d.envvar for d in DATASETS.values()]
 
 
-def _probe_geant4() -> tuple[bool, str]:
-    code = "import json; from fastshower.simulate.geant4 import geant4_available; print(json.dumps(geant4_available()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        return False, (proc.stderr.strip().splitlines() or ["probe failed"])[-1]
-    ok, reason = json.loads(proc.stdout.strip().splitlines()[-1])
-    return bool(ok), reason
-
-
-G4_OK, G4_REASON = _probe_geant4()
+G4_OK, G4_REASON = probe_geant4()
 needs_geant4 = pytest.mark.skipif(not G4_OK, reason=f"geant4_pybind unusable here: {G4_REASON}")
 
 

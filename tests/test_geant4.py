@@ -17,27 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import probe_geant4
 
 from fastshower.geometry import PRESETS, load_geometry
-from fastshower.simulate.geant4.datasets import (STUB_MARKER, datasets_message, find_dataset, missing_datasets,
-                                                 require_datasets)
-from fastshower.simulate.geant4.placement import (check_energy_conservation, condition_to_direction,
-                                                  direction_to_condition, place_showers)
+from fastshower.simulate.geant4.datasets import (
+    STUB_MARKER,
+    datasets_message,
+    find_dataset,
+    missing_datasets,
+    require_datasets,
+)
+from fastshower.simulate.geant4.placement import (
+    check_energy_conservation,
+    condition_to_direction,
+    direction_to_condition,
+    place_showers,
+)
 from fastshower.simulate.geant4.sources import batch_seed
 
-
-
-def _probe_geant4() -> tuple[bool, str]:
-    """geant4_available() in a subprocess: keeps Geant4's static state out of the pytest process."""
-    code = "import json; from fastshower.simulate.geant4 import geant4_available; print(json.dumps(geant4_available()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        return False, (proc.stderr.strip().splitlines() or ["probe failed"])[-1]
-    ok, reason = json.loads(proc.stdout.strip().splitlines()[-1])
-    return bool(ok), reason
-
-
-G4_OK, G4_REASON = _probe_geant4()
+G4_OK, G4_REASON = probe_geant4()
 needs_geant4 = pytest.mark.skipif(not G4_OK, reason=f"geant4_pybind unusable here: {G4_REASON}")
 DATA_VARS = ("GEANT4_DATA_DIR", "G4LEDATA", "G4ENSDFSTATEDATA", "G4PARTICLEXSDATA", "G4LEVELGAMMADATA",
              "G4SAIDXSDATA")
@@ -262,8 +260,8 @@ def test_fast_mode_100_events_equal_the_source_placed_outside_geant4(tmp_path):
     """)
     import torch
 
-    from fastshower.models.registry import build_generator
     from fastshower.infer.sources import module_source
+    from fastshower.models.registry import build_generator
 
     r = np.load(tmp_path / "fast.npz")
     assert out["n_fast"] == 200 and r["showers"].shape == (100, 25, 25, 25)
