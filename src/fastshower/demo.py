@@ -30,7 +30,7 @@ import numpy as np
 #: The demo's physics case: 100 GeV electrons at normal incidence into clic25 (quick: 20 GeV).
 GEOMETRY, PARTICLE, ENERGY_GEV, ANGLE_DEG = "clic25", "e-", 100.0, 90.0
 QUICK_ENERGY_GEV = 20.0
-DEFAULT_N, QUICK_N = 200, 40
+DEFAULT_N, QUICK_N = 150, 40
 
 
 @dataclass
@@ -106,6 +106,17 @@ def _one_torch_thread():
         torch.set_num_threads(before)
 
 
+def _timed(call, n: int):
+    """(result, CPU seconds of one core per shower) of ``call`` generating ``n`` showers: one
+    warm-up call, then one timed call (:func:`fastshower.infer.timing.time_per_shower`, CPU clock),
+    whose result is returned."""
+    from fastshower.infer.timing import time_per_shower
+
+    results = []
+    timing = time_per_shower(lambda: results.append(call()), n, warmup=1, repeats=1, clock="cpu")
+    return results[-1], timing.ms_per_shower / 1e3
+
+
 def _simulate_geant4(n_events: int, energy_gev: float, seed: int, workers: int, output: Path, progress: bool):
     """2 x ... Geant4 showers through the production; returns (ShowerSet, CPU s per shower)."""
     from fastshower.data import read_showers
@@ -125,7 +136,7 @@ def run_demo(out_dir: str | Path = "demo_report", n: int | None = None, seed: in
              quick: bool = False, workers: int = 2, model: str | None = None, device: str = "cpu",
              progress: bool = True) -> DemoResult:
     """Geant4 (reference and floor sample) vs the best shipped generator and GFlash, ``n`` showers
-    each (default 200; ``quick``: 40 at 20 GeV in one process, no classifier); report in ``out_dir``.
+    each (default 150; ``quick``: 40 at 20 GeV in one process, no classifier); report in ``out_dir``.
 
     ``seed`` None draws one (shown in the report, so a run can be repeated); ``model`` overrides
     the generator choice.
@@ -160,21 +171,15 @@ def run_demo(out_dir: str | Path = "demo_report", n: int | None = None, seed: in
     energies, angles = np.full(n, energy), np.full(n, angle)
     with _one_torch_thread():
         generator = Generator.load(name, device=device)
-        generator.generate(energies[:min(n, 32)], angles[:min(n, 32)], seed=seed)  # warm-up
-        c0 = time.process_time()
-        generated = generator.generate(energies, angles, seed=seed)
-        cpu[name] = (time.process_time() - c0) / n
+        generated, cpu[name] = _timed(lambda: generator.generate(energies, angles, seed=seed), n)
     wall["generator"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     params, gflash_label = gflash_parameters(GEOMETRY)
     kw = {} if params is None else {"params": params}
-    rng = np.random.default_rng([seed, 7])
-    simulate_showers(geometry, energies[:8], angles[:8], rng, **kw)  # warm-up (imports, tables)
-    c0 = time.process_time()
-    gflash = ShowerSet(simulate_showers(geometry, energies, angles, rng, **kw), energies, angles, geometry,
-                       {"simulator": gflash_label})
-    cpu[gflash_label] = (time.process_time() - c0) / n
+    gflash_cells, cpu[gflash_label] = _timed(
+        lambda: simulate_showers(geometry, energies, angles, np.random.default_rng([seed, 7]), **kw), n)
+    gflash = ShowerSet(gflash_cells, energies, angles, geometry, {"simulator": gflash_label})
     wall["gflash"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
