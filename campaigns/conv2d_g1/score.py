@@ -1,6 +1,8 @@
 """Quick scores of campaign generators at fixed energies against the Geant4 samples (a cheap
 pre-selection before `fastshower validate`): per energy, the relative error of the mean sampling
-fraction and the profile MSE (fastshower.data.summaries.quick_metrics) of N generated showers.
+fraction, the profile MSE (fastshower.data.summaries.quick_metrics) and the 3DGAN profile term (mean
+relative difference of the event-averaged x, y, z profiles, as `fastshower validate` defines it) of N
+generated showers, cells below the readout threshold set to zero.
 
     python campaigns/conv2d_g1/score.py runs/campaign_conv2d_g1/generators/step_*.json --n 100
 """
@@ -16,9 +18,20 @@ import numpy as np
 import torch
 
 from fastshower.data import read_showers
-from fastshower.data.summaries import quick_metrics
+from fastshower.data.summaries import axis_profiles, quick_metrics
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
+
+
+def gan_profile_term(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over x, y, z of the mean over cells of |S_ref - S_cand| / S_ref (event-averaged profiles)."""
+    ref, cand = axis_profiles(reference), axis_profiles(candidate)
+    terms = []
+    for a in "xyz":
+        sr, sc = ref[a].mean(axis=0), cand[a].mean(axis=0)
+        ok = sr > 0
+        terms.append(float(np.mean(np.abs(sr[ok] - sc[ok]) / sr[ok])))
+    return float(np.mean(terms))
 
 
 def main() -> None:
@@ -40,11 +53,13 @@ def main() -> None:
             noise = g.sample_noise(n, generator=torch.Generator().manual_seed(5))
             with torch.no_grad():
                 showers = g(energy, angle, noise).numpy()
+            showers = np.where(showers < ref.geometry.readout_threshold_gev, 0.0, showers).astype(np.float32)
             cand = ShowerSet(showers, np.full(n, float(e)), np.full(n, math.pi / 2), ref.geometry)
             sf_ref = ref.showers.sum(axis=(1, 2, 3)).mean() / float(e)
             sf_gan = showers.sum(axis=(1, 2, 3)).mean() / float(e)
             row[f"sf_rel_{e}"] = round(float(sf_gan / sf_ref - 1), 4)
             row[f"profile_mse_{e}"] = float(f"{quick_metrics(ref[:n], cand)['profile_mse']:.4g}")
+            row[f"gan_profiles_{e}"] = round(gan_profile_term(ref.showers[:n], showers), 4)
         print(json.dumps(row), flush=True)
 
 
