@@ -291,6 +291,23 @@ def test_conv2d_decay_is_not_reset_at_epoch_boundaries(tmp_path, clic25_file):
     assert t._set_lr()["lr_discriminator"] == pytest.approx(1e-4)
 
 
+def test_output_scale_is_calibrated_in_model_units_with_a_cell_power(tmp_path, clic25_file):
+    """With cell_power 0.5 the network's cells are sqrt(GeV): the untrained generator's summed
+    |output| must match the data's summed sqrt(GeV), not its summed GeV (then the first showers
+    deposited a fraction of the energy and the campaign started from a sampling-fraction error ~0.5)."""
+    t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125, "cell_power": 0.5}})
+    t.prepare()
+    data = t.data_for_epoch(0)
+    with torch.no_grad():
+        t.G.eval()
+        raw = t.G.generate_raw(torch.as_tensor(data.primary_energy, dtype=torch.float32),
+                               torch.as_tensor(data.incident_angle, dtype=torch.float32),
+                               t.G.sample_noise(len(data.primary_energy), generator=torch.Generator().manual_seed(1)))
+    real = t.G.preprocess(torch.as_tensor(data.showers))
+    assert raw.abs().sum(dim=(1, 2, 3)).mean().item() == pytest.approx(real.sum(dim=(1, 2, 3)).mean().item(), rel=0.2)
+    assert real.sum().item() > 3 * float(data.showers.sum())  # sqrt of sub-GeV cells: the units differ
+
+
 def test_conv2d_output_scale_is_calibrated_on_the_data_and_resumed(tmp_path, clic25_file):
     t = _trainer(tmp_path, clic25_file, {"name": "conv2d_g1", "config": {"width": 0.125}})
     assert float(t.G.output_scale) == 1.0

@@ -262,7 +262,8 @@ class Trainer:
                 e = torch.as_tensor(energy, dtype=torch.float32, device=self.device)
                 a = torch.as_tensor(angle, dtype=torch.float32, device=self.device)
                 raw = self.G.generate_raw(e, a, noise).float() / self.G.output_scale
-                real = self._threshold(torch.from_numpy(np.ascontiguousarray(showers)).to(self.device))
+                # in model units: with a cell power p the network's cells are (scale x GeV) ** p
+                real = self.G.preprocess(self._threshold(torch.from_numpy(np.ascontiguousarray(showers)).to(self.device)))
                 scale = float(real.sum(dim=(1, 2, 3)).mean() / raw.abs().sum(dim=(1, 2, 3)).mean())
         finally:
             self.G.train(was_training)
