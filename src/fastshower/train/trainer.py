@@ -263,7 +263,8 @@ class Trainer:
                 a = torch.as_tensor(angle, dtype=torch.float32, device=self.device)
                 raw = self.G.generate_raw(e, a, noise).float() / self.G.output_scale
                 # in model units: with a cell power p the network's cells are (scale x GeV) ** p
-                real = self.G.preprocess(self._threshold(torch.from_numpy(np.ascontiguousarray(showers)).to(self.device)))
+                real_gev = self._threshold(torch.from_numpy(np.ascontiguousarray(showers)).to(self.device))
+                real = self.G.preprocess(real_gev)
                 scale = float(real.sum(dim=(1, 2, 3)).mean() / raw.abs().sum(dim=(1, 2, 3)).mean())
         finally:
             self.G.train(was_training)
