@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"default {SETTING['steps']}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batchnorm", default=None, help="override the model's batchnorm (e.g. train: the old port)")
+    parser.add_argument("--cell-power", type=float, default=None,
+                        help="override the model's cell power (the networks see GeV ** p)")
     parser.add_argument("--out", type=Path, default=Path("bench/learning_cpu.json"))
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine the runs of these result files into --out (no training)")
@@ -43,15 +45,17 @@ def main() -> None:
     for seed in args.seeds:
         load = os.getloadavg()
         t = time.perf_counter()
-        r = learning_run(seed, args.steps, model_config={"batchnorm": args.batchnorm} if args.batchnorm else None)
+        overrides = {"batchnorm": args.batchnorm, "cell_power": args.cell_power}
+        r = learning_run(seed, args.steps, model_config={k: v for k, v in overrides.items() if v is not None} or None)
         r.update({"wall_s": round(time.perf_counter() - t, 1), "load_avg_1_5_15": [round(x, 2) for x in load],
                   "passes": passes(r)})
         runs.append(r)
         print(json.dumps({k: r[k] for k in ("seed", "before", "after", "train_cpu_s", "passes")}), flush=True)
     result = {"command": f"bench/learning.py --seeds {' '.join(map(str, args.seeds))}"
-                         + (f" --batchnorm {args.batchnorm}" if args.batchnorm else ""), "bounds": BOUNDS,
+                         + (f" --batchnorm {args.batchnorm}" if args.batchnorm else "")
+                         + (f" --cell-power {args.cell_power:g}" if args.cell_power else ""), "bounds": BOUNDS,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": args.threads, "batchnorm_override": args.batchnorm,
+              "threads": args.threads, "batchnorm_override": args.batchnorm, "cell_power_override": args.cell_power,
               "passed": sum(r["passes"] for r in runs), "n_seeds": len(runs), "runs": runs}
     write_text_atomic(args.out, json.dumps(result, indent=1))
 

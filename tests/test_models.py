@@ -468,3 +468,25 @@ def test_measured_angle_empty_showers_and_gradients():
     assert float(angle[1].detach()) == pytest.approx(math.radians(70.0), abs=1e-6)
     angle[1].backward()
     assert bool(torch.isfinite(image.grad).all()) and float(image.grad.abs().sum()) > 0
+
+
+def test_average_generators_is_the_mean_of_the_weights(tmp_path):
+    """Weight averaging over checkpoints: every float weight is the mean of the inputs', the output
+    scale is kept, and generators of another configuration are refused."""
+    stems = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        g = registry.build_generator("conv2d_g1", width=0.125, output_scale=2e-3)
+        registry.save_generator(g, tmp_path / f"g{seed}")
+        stems.append(tmp_path / f"g{seed}")
+    states = [registry.load_generator(s).state_dict() for s in stems]
+    avg = registry.average_generators(stems)
+    for key, value in avg.state_dict().items():
+        if key.endswith("output_scale"):
+            assert float(value) == pytest.approx(2e-3)
+        elif value.is_floating_point():
+            torch.testing.assert_close(value, sum(s[key] for s in states) / 3)
+    assert any(not torch.equal(states[0][k], states[1][k]) for k in states[0])  # the inputs differ
+    registry.save_generator(registry.build_generator("conv2d_g1", width=0.25, output_scale=2e-3), tmp_path / "other")
+    with pytest.raises(ValueError, match="differ"):
+        registry.average_generators([stems[0], tmp_path / "other"])

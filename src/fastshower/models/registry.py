@@ -13,7 +13,7 @@ found by name: ``load_generator("conv2d_g1")``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -291,6 +291,35 @@ def _read_card_file(stem: Path) -> dict[str, Any]:
     if not isinstance(card, dict) or "model" not in card or "config" not in card:
         raise DataFileError(f"{stem}.json is not a fastshower generator card (no 'model' / 'config')")
     return card
+
+
+def average_generators(stems: Sequence[str | Path]) -> ShowerGenerator:
+    """The generator whose weights are the mean of those of ``stems`` (saved generators of one
+    architecture and configuration, e.g. the checkpoints of one training run at successive steps):
+    weight averaging over the last checkpoints damps the step-to-step oscillation of GAN training
+    (Yazici et al., "The unusual effectiveness of averaging in GAN training", ICLR 2019). Floating
+    tensors are averaged, except the output scale, which must agree; integer buffers (BatchNorm's
+    batch counters) are taken from the last. Returns it in eval mode."""
+    if not stems:
+        raise ValueError("average_generators needs at least one saved generator")
+    generators = [load_generator(stem) for stem in stems]
+    first = generators[0]
+    configs = {json.dumps(g.config.model_dump(), sort_keys=True) for g in generators}
+    if len({g.name for g in generators}) > 1 or len(configs) > 1:
+        raise ValueError("average_generators: the generators differ in model or configuration")
+    states = [g.state_dict() for g in generators]
+    averaged = {}
+    for key, value in states[0].items():
+        if key.rsplit(".", 1)[-1] == "output_scale":
+            if any(not torch.equal(state[key], value) for state in states[1:]):
+                raise ValueError(f"average_generators: {key} differs between the generators")
+            averaged[key] = value
+        elif value.is_floating_point():
+            averaged[key] = torch.stack([state[key].float() for state in states]).mean(dim=0).to(value.dtype)
+        else:
+            averaged[key] = states[-1][key]
+    first.load_state_dict(averaged)
+    return first.eval()
 
 
 def load_generator(path_stem_or_file: str | Path, device: str | torch.device = "cpu") -> ShowerGenerator:
