@@ -21,21 +21,31 @@ from fastshower.models import registry
 HERE = Path(__file__).resolve().parent
 
 
+def _load_range(curve: list[dict[str, str]], step: int) -> tuple[float, float]:
+    loads = [float(r["load_avg_1min"]) for r in curve if int(r["step"]) <= step]
+    return min(loads), max(loads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generator", type=Path, help="stem of the chosen generator")
     parser.add_argument("--evaluation", type=Path, default=None, help="summarize.py --json output")
     parser.add_argument("--out", type=Path, default=registry.WEIGHTS_DIR / "conv2d_g1")
+    parser.add_argument("--folder", type=Path, default=HERE,
+                        help="the campaign folder the generator comes from (config.yaml, learning_curve.csv)")
+    parser.add_argument("--note", default=None, help="how the generator was chosen or made (card: selected_by)")
     args = parser.parse_args()
     g = registry.load_generator(args.generator)
     card = registry.read_card(args.generator)
     step = int(card["metadata"]["step"])
-    curve = list(csv.DictReader(io.StringIO((HERE / "learning_curve.csv").read_text())))
+    curve = list(csv.DictReader(io.StringIO((args.folder / "learning_curve.csv").read_text())))
     row = next(r for r in curve if int(r["step"]) == step)
     last = curve[-1]
-    cfg = yaml.safe_load((HERE / "config.yaml").read_text())
+    cfg = yaml.safe_load((args.folder / "config.yaml").read_text())
+    folder = args.folder.resolve().relative_to(HERE.parent.parent.resolve()) if args.folder.resolve().is_relative_to(
+        HERE.parent.parent.resolve()) else args.folder
     meta = {
-        "trained_by": "fastshower CPU campaign (campaigns/conv2d_g1/run.py)",
+        "trained_by": f"fastshower CPU campaign ({folder}, run with campaigns/conv2d_g1/run.py)",
         "quality": "CPU-trained quarter-width G1; see docs/training.md 'CPU campaign' for how it compares "
                    "with Geant4 and GFlash",
         "training_data": "Geant4 clic25 e- 2-500 GeV at normal incidence, 8500 showers "
@@ -46,11 +56,15 @@ def main() -> None:
         "train_cpu_hours": round(float(row["train_cpu_s"]) / 3600, 3),
         "campaign_cpu_hours_total": round(float(last["train_cpu_s"]) / 3600, 3),
         "campaign_steps_total": int(last["step"]),
-        "load_average_during_training": "12-20 on 2 cores (shared machine); CPU hours are process CPU time",
-        "selected_by": "held-out Geant4 validation (profile MSE and sampling-fraction error, learning_curve.csv)",
+        "load_average_during_training": "{:.0f}-{:.0f} on 2 cores (shared machine, learning_curve.csv); CPU hours are "
+                                        "process CPU time".format(*_load_range(curve, step)),
+        "selected_by": args.note or "held-out Geant4 validation (profile MSE and sampling-fraction error, "
+                                    "learning_curve.csv)",
+        "averaged_from": card["metadata"].get("averaged_from"),
         "validation_at_step": {k: float(row[k]) for k in ("val_profile_mse", "val_sampling_fraction_error",
                                                           "val_d_energy_mape")},
-        "commands": ["nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py",
+        "commands": ["nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py "
+                     f"--folder {folder}",
                      "campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 OUTDIR 10 50 100 300",
                      "python campaigns/conv2d_g1/summarize.py OUTDIR"],
     }
