@@ -1,0 +1,76 @@
+"""Make the candidate generator of a campaign: the weight average of its last K validated
+generators (fastshower.models.registry.average_generators), its response calibrated on training
+showers (fastshower.train.calibration.calibrate_response), and its metrics on the held-out
+validation showers beside those of each averaged checkpoint. The rule (last K, fixed before
+looking at any test sample) is what chooses the steps; the fixed-energy Geant4 test samples are
+only used afterwards by evaluate.sh.
+
+    python campaigns/conv2d_g1/finalize.py --folder campaigns/conv2d_g1_power \\
+        --run-dir runs/campaign_conv2d_g1_power --last 4 --out runs/final/conv2d_g1_power
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from fastshower.data import read_showers
+from fastshower.data.summaries import quick_metrics
+from fastshower.models import registry
+from fastshower.showers import ShowerSet
+from fastshower.train.calibration import calibrate_response
+
+
+def validation_metrics(generator, validation: ShowerSet, seed: int = 5) -> dict[str, float]:
+    with torch.no_grad():
+        e = torch.as_tensor(validation.primary_energy, dtype=torch.float32)
+        a = torch.as_tensor(validation.incident_angle, dtype=torch.float32)
+        cells = generator(e, a, generator.sample_noise(len(e), generator=torch.Generator().manual_seed(seed))).numpy()
+    cells = np.where(cells < validation.geometry.readout_threshold_gev, 0.0, cells).astype(np.float32)
+    cand = ShowerSet(cells, validation.primary_energy, validation.incident_angle, validation.geometry)
+    return {k: round(float(v), 6) for k, v in quick_metrics(validation, cand).items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, required=True, help="campaign folder (config.yaml)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="the campaign's run directory (generators/)")
+    parser.add_argument("--last", type=int, default=4, help="average the last K validated generators")
+    parser.add_argument("--calibration-events", type=int, default=2000, help="training showers for the response")
+    parser.add_argument("--out", type=Path, required=True, help="output stem (.json + .safetensors)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    stems = sorted(p.with_suffix("") for p in (args.run_dir / "generators").glob("step_*.json"))[-args.last:]
+    if not stems:
+        raise SystemExit(f"no generators under {args.run_dir / 'generators'}")
+    cfg = yaml.safe_load((args.folder / "config.yaml").read_text())
+    resolve = lambda pattern: sorted(glob.glob(str((args.folder / pattern).resolve())))  # noqa: E731
+    validation = read_showers(resolve(cfg["data"]["validation"]), max_events=cfg["data"].get("max_validation_events"))
+    train = read_showers(resolve(cfg["data"]["train"]), max_events=args.calibration_events)
+    report = {"averaged_from": [s.name for s in stems], "checkpoints": {}}
+    for stem in stems:
+        report["checkpoints"][stem.name] = validation_metrics(registry.load_generator(stem), validation)
+    generator = registry.average_generators(stems)
+    report["average_before_calibration"] = validation_metrics(generator, validation)
+    ratio = calibrate_response(generator, train)
+    report["response_ratio_applied"] = round(ratio, 5)
+    report["calibration_events"] = len(train)
+    report["average"] = validation_metrics(generator, validation)
+    card = registry.read_card(stems[-1])
+    meta = dict(card.get("metadata") or {})
+    meta.update({"averaged_from": report["averaged_from"], "response_calibration": {
+        "ratio": report["response_ratio_applied"], "training_showers": len(train),
+        "method": "fastshower.train.calibration.calibrate_response"}})
+    registry.save_generator(generator, args.out, meta)
+    args.out.with_suffix(".finalize.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
