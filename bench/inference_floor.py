@@ -98,22 +98,20 @@ def ort_runner(path, feed, threads):
     return lambda: sess.run(["showers"], feed)
 
 
-def geant4_and_gflash(geometry: str, model_stem: str, args) -> dict:
-    from fastshower.geometry import load_geometry
+def geant4_and_gflash(geo, model_stem: str, args) -> dict:
     from fastshower.infer.g4reference import geant4_reference
     from fastshower.simulate.gflash import simulate_showers
 
     out: dict = {}
     n = 64
     e, a = np.full(n, args.energy), np.full(n, math.pi / 2)
-    geo = load_geometry(geometry)
     simulate_showers(geo, e[:4], a[:4], np.random.default_rng(0))
     c0 = time.process_time()
     simulate_showers(geo, e, a, np.random.default_rng(1))
     out["gflash_cpu_ms"] = 1e3 * (time.process_time() - c0) / n
     if args.geant4_n > 0:
-        out["geant4_full"] = geant4_reference(geometry, "full", energy_gev=args.energy, n=args.geant4_n)
-        out["geant4_fast"] = geant4_reference(geometry, "fast", model=model_stem, energy_gev=args.energy,
+        out["geant4_full"] = geant4_reference(geo.name, "full", energy_gev=args.energy, n=args.geant4_n)
+        out["geant4_fast"] = geant4_reference(geo.name, "fast", model=model_stem, energy_gev=args.energy,
                                               n=args.batch_size, batch_events=args.batch_size)
     return out
 

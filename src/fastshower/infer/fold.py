@@ -94,6 +94,7 @@ class ConvTransposeCrop(nn.Module):
         self.extra_crop = tuple((b - p, a - p) for (b, a), p in zip(self.crop, self.padding))
         kernel = tuple(weight.shape[2:])
         self.taps = tuple(math.ceil(k / s) for k, s in zip(kernel, self.stride))
+        self.channels_last = False
         self.prepare()
 
     def prepare(self) -> None:
@@ -115,6 +116,24 @@ class ConvTransposeCrop(nn.Module):
         bias = None if self.bias is None else self.bias.detach().repeat_interleave(math.prod(self.stride))
         self.register_buffer("sub_weight", w.contiguous())  # persistent: an ONNX initializer (int8-able)
         self.register_buffer("sub_bias", bias)
+        if self.channels_last:
+            self.to_channels_last()
+
+    def to_channels_last(self) -> None:
+        """Run the sub-pixel form in channels-last memory layout (torch on the CPU; see
+        :func:`channels_last`): the phase convolution's output channels ordered (phase, channel)
+        instead of (channel, phase), so that the depth-to-space shuffle moves whole
+        ``stride[-1] x C_out`` runs, and the output a ``channels_last`` view. Same values."""
+        self.channels_last = True
+        if self.form != "subpixel" or self.sub_weight is None:
+            return
+        c_out, n_phase = int(self.weight.shape[1]), math.prod(self.stride)
+        w = self.sub_weight.reshape(c_out, n_phase, *self.sub_weight.shape[1:]).transpose(0, 1)
+        fmt = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}[self.dims]
+        self.register_buffer("cl_weight", w.reshape(self.sub_weight.shape).contiguous(memory_format=fmt),
+                             persistent=False)
+        bias = None if self.bias is None else self.bias.detach().repeat(n_phase)
+        self.register_buffer("cl_bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "transposed":
@@ -126,7 +145,9 @@ class ConvTransposeCrop(nn.Module):
         return self._subpixel(x)
 
     def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = x.shape[2:]
+        # spatial sizes as Python ints (and -1 for the batch below): constants in a traced / exported
+        # graph, so ONNX Runtime runs no shape arithmetic per call (a generator's volume is fixed)
+        sizes = [int(n) for n in x.shape[2:]]
         pads: list[tuple[int, int]] = []
         index: list[slice] = []
         q_counts, starts, lengths = [], [], []
@@ -139,16 +160,35 @@ class ConvTransposeCrop(nn.Module):
             q_counts.append(q1 - q0 + 1)
             starts.append(cb - s * q0)
             lengths.append(length)
-        x = x[tuple([slice(None), slice(None), *index])]
+        if any(i.start != 0 or i.stop != n for i, n in zip(index, sizes)):
+            x = x[tuple([slice(None), slice(None), *index])]
         flat_pads = [p for pair in reversed(pads) for p in pair]
         if any(flat_pads):
             x = F.pad(x, flat_pads)
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.dims]
+        if self.channels_last and self.dims > 1:
+            return self._subpixel_channels_last(x, conv, q_counts, starts, lengths)
         z = conv(x, self.sub_weight, self.sub_bias)
-        b, c_out = z.shape[0], self.weight.shape[1]
-        z = z.reshape(b, c_out, *self.stride, *q_counts)
+        c_out = int(self.weight.shape[1])
+        z = z.reshape(-1, c_out, *self.stride, *q_counts)
         order = [0, 1, *[i for a in range(self.dims) for i in (2 + self.dims + a, 2 + a)]]
-        z = z.permute(*order).reshape(b, c_out, *[q * s for q, s in zip(q_counts, self.stride)])
+        z = z.permute(*order).reshape(-1, c_out, *[q * s for q, s in zip(q_counts, self.stride)])
+        return self._crop(z, starts, lengths)
+
+    def _subpixel_channels_last(self, x: torch.Tensor, conv, q_counts: list[int], starts: list[int],
+                                lengths: list[int]) -> torch.Tensor:
+        fmt = torch.channels_last if self.dims == 2 else torch.channels_last_3d
+        z = conv(x.contiguous(memory_format=fmt), self.cl_weight, self.cl_bias)  # memory (B, *q, phase, C)
+        c_out, d = int(self.weight.shape[1]), self.dims
+        z = z.movedim(1, -1).reshape(-1, *q_counts, *self.stride, c_out)
+        order = [0, *[i for a in range(d) for i in (1 + a, 1 + d + a)], 1 + 2 * d]
+        z = z.permute(*order).reshape(-1, *[q * s for q, s in zip(q_counts, self.stride)], c_out).movedim(-1, 1)
+        return self._crop(z, starts, lengths)
+
+    @staticmethod
+    def _crop(z: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
+        if all(st == 0 and n == m for st, n, m in zip(starts, lengths, z.shape[2:])):
+            return z
         return z[tuple([slice(None), slice(None), *(slice(st, st + n) for st, n in zip(starts, lengths))])]
 
     def effective_flops(self, input_shape: Sequence[int]) -> float:
@@ -198,8 +238,24 @@ class DenseVolume(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(bias, requires_grad=False)
         self.shape = tuple(int(v) for v in shape)
+        self.channels_last = False
+
+    def to_channels_last(self) -> None:
+        """Produce the volume as a ``channels_last`` view (rows of the matrix reordered to
+        (spatial, channel); same values, no copy)."""
+        if self.channels_last:
+            return
+        c, spatial = self.shape[0], self.shape[1:]
+        order = torch.arange(math.prod(self.shape)).view(self.shape).movedim(0, -1).reshape(-1)
+        with torch.no_grad():
+            self.weight = nn.Parameter(self.weight[order].contiguous(), requires_grad=False)
+            self.bias = nn.Parameter(self.bias[order].contiguous(), requires_grad=False)
+        self.channels_last = True
+        self.cl_shape = (*spatial, c)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return F.linear(z, self.weight, self.bias).view(-1, *self.cl_shape).movedim(-1, 1)
         return F.linear(z, self.weight, self.bias).view(-1, *self.shape)
 
     def extra_repr(self) -> str:
@@ -515,6 +571,25 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
             m.prepare()
     folded.folded = {**counts, "form": form}  # type: ignore[attr-defined]
     return folded.to(device=device, dtype=dtype).eval()
+
+
+def channels_last(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (folded or not) that runs in channels-last memory layout on the CPU:
+    4-d / 5-d weights and buffers in ``channels_last`` / ``channels_last_3d``, folded layers
+    (:class:`DenseVolume`, sub-pixel :class:`ConvTransposeCrop`) producing channels-last
+    activations directly, so that oneDNN's channels-last convolution kernels run without layout
+    conversions between layers. The same function (exact up to rounding); torch only: an ONNX
+    export is unaffected by memory layout (export the module before this)."""
+    twin = copy.deepcopy(module)
+    for m in twin.modules():
+        if isinstance(m, (ConvTransposeCrop, DenseVolume)):
+            m.to_channels_last()
+    for tensor in [*twin.parameters(), *twin.buffers()]:
+        if tensor.dim() == 5:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+        elif tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    return twin
 
 
 def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:
