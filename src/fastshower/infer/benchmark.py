@@ -149,15 +149,11 @@ def _gpu_sampler(dev: torch.device):
 # ------------------------------------------------------------------------------ variants
 
 def _channels_last(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` with 5-d weights in ``channels_last_3d`` and 4-d ones in
-    ``channels_last`` memory layout (Conv3D and Conv2D models alike)."""
-    twin = copy.deepcopy(module)
-    for tensor in [*twin.parameters(), *twin.buffers()]:
-        if tensor.dim() == 5:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
-        elif tensor.dim() == 4:
-            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-    return twin
+    """A channels-last copy of ``module`` (:func:`fastshower.infer.fold.channels_last`; Conv3D
+    and Conv2D models alike; a no-op on one that is already channels-last)."""
+    from fastshower.infer.fold import channels_last
+
+    return channels_last(module)
 
 
 class CudaGraphBackend:

@@ -95,7 +95,7 @@ class Generator:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | None = None, fold: bool = True) -> Generator:
+             geometry: Geometry | None = None, fold: bool = True, channels_last: bool | None = None) -> Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -111,7 +111,9 @@ class Generator:
         The name is resolved by :func:`fastshower.models.registry.resolve`.
         ``fold`` (default): run the network after :func:`fastshower.infer.fold.fold_generator`
         (same function, fewer FLOPs; the weights on disk are unchanged); a model name on the ONNX
-        back-end is exported folded too.
+        back-end is exported folded too. ``channels_last`` (torch back-end; None: with ``fold`` on
+        the CPU): run the folded network in channels-last memory layout
+        (:func:`fastshower.infer.fold.channels_last`; same values, faster oneDNN kernels).
         """
         from fastshower.models.registry import load_generator, resolve
 
@@ -138,6 +140,10 @@ class Generator:
             from fastshower.infer.fold import fold_generator
 
             module = fold_generator(module)
+        if channels_last if channels_last is not None else (fold and dev.type == "cpu"):
+            from fastshower.infer.fold import channels_last as to_channels_last
+
+            module = to_channels_last(module)
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
