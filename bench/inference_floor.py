@@ -173,7 +173,15 @@ def bench_model(spec: str, tmp: Path, peak: float, args) -> dict:
             rows.setdefault(label, {})[f"batch{b}"] = time_call(torch_runner(net, tensors[b]), b, calls, args.rounds)
         for label, path in (("onnx unfolded", onnx_u), ("onnx folded", onnx_f)):
             rows.setdefault(label, {})[f"batch{b}"] = time_call(ort_runner(path, feeds[b], 1), b, calls, args.rounds)
-        if b == 1:
+        if b == 1:  # what Generator.load runs at batch 1 on the CPU: the frozen trace (TorchBackend)
+            from fastshower.infer.backends import _frozen_trace
+
+            net = variants["torch folded channels_last"]
+            with torch.inference_mode():
+                traced = _frozen_trace(net, tensors[1], net(*tensors[1]))
+            if traced is not False:
+                rows["torch folded channels_last traced"] = {"batch1": time_call(torch_runner(traced, tensors[1]), 1,
+                                                                                 calls, args.rounds)}
             rows.setdefault("onnx folded 2 threads", {})["batch1"] = time_call(ort_runner(onnx_f, feeds[1], 2), 1, calls,
                                                                                args.rounds)
         else:  # two threads at batch B (wall time is the figure: two threads' CPU time is not latency)
@@ -313,11 +321,12 @@ def markdown(doc: dict) -> str:
                      + " / ".join(f"{rows[k][f'batch{b}']['wall_ms']:.2f}" if f"batch{b}" in rows.get(k, {}) else "-"
                                   for k in ("torch folded channels_last 2 threads", "onnx folded 2 threads")) + " |")
     lines.append("")
-    lines.append("| model | batch 1: " + " | ".join(labels) + " | onnx folded 2 threads (wall) | best batch 1 / best batch B |")
-    lines.append("|---" * (len(labels) + 3) + "|")
+    labels1 = (*labels, "torch folded channels_last traced")
+    lines.append("| model | batch 1: " + " | ".join(labels1) + " | onnx folded 2 threads (wall) | best batch 1 / best batch B |")
+    lines.append("|---" * (len(labels1) + 3) + "|")
     for r in doc["results"]:
         rows, s = r["cpu_ms_per_shower_one_thread"], r.get("summary", {})
-        cells = [f"{rows[k]['batch1']['cpu_ms']:.2f}" if "batch1" in rows.get(k, {}) else "-" for k in labels]
+        cells = [f"{rows[k]['batch1']['cpu_ms']:.2f}" if "batch1" in rows.get(k, {}) else "-" for k in labels1]
         two = rows.get("onnx folded 2 threads", {}).get("batch1", {}).get("wall_ms", float("nan"))
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {two:.2f} | {s.get('batch1_over_batch', float('nan')):.2f} |")
     lines.append("")

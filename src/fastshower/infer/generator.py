@@ -95,7 +95,8 @@ class Generator:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | None = None, fold: bool = True, channels_last: bool | None = None) -> Generator:
+             geometry: Geometry | None = None, fold: bool = True, channels_last: bool | None = None,
+             batch1_trace: bool = True) -> Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -114,6 +115,8 @@ class Generator:
         back-end is exported folded too. ``channels_last`` (torch back-end; None: with ``fold`` on
         the CPU): run the folded network in channels-last memory layout
         (:func:`fastshower.infer.fold.channels_last`; same values, faster oneDNN kernels).
+        ``batch1_trace`` (torch, fp32, CPU): batch-1 calls run a frozen TorchScript trace, checked
+        against the eager network at its first call (:class:`~fastshower.infer.backends.TorchBackend`).
         """
         from fastshower.models.registry import load_generator, resolve
 
@@ -147,7 +150,10 @@ class Generator:
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
-        return cls.from_module(module, dev, precision, allow_extrapolation)
+        engine = TorchBackend(module.to(dev), dev, precision, batch1_trace=batch1_trace)
+        return cls(engine, name=module.name, geometry=module.geometry, noise_dim=module.noise_dim,
+                   energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad,
+                   allow_extrapolation=allow_extrapolation)
 
     @classmethod
     def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None,
