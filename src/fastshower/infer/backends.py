@@ -94,10 +94,8 @@ class TorchBackend:
         self.traced: Any = None  # the batch-1 trace; False once rejected (or not possible)
 
     def _batch1(self, e: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.traced is None:
-            eager = self.module(e, a, z)
-            self.traced = _frozen_trace(self.module, (e, a, z), eager)
-            return eager
+        if self.traced is None:  # from the first call on, every batch-1 call runs the same path
+            self.traced = _frozen_trace(self.module, (e, a, z), self.module(e, a, z))
         return self.traced(e, a, z) if self.traced is not False else self.module(e, a, z)
 
     def run(self, primary_energy: np.ndarray, incident_angle: np.ndarray, noise: torch.Tensor) -> np.ndarray:

@@ -95,6 +95,7 @@ class ConvTransposeCrop(nn.Module):
         kernel = tuple(weight.shape[2:])
         self.taps = tuple(math.ceil(k / s) for k, s in zip(kernel, self.stride))
         self.channels_last = False
+        self.crop_deferred = False  # channels-last: the crop is done after the next convolution (Crop)
         self.prepare()
 
     def prepare(self) -> None:
@@ -196,7 +197,16 @@ class ConvTransposeCrop(nn.Module):
         z = z.movedim(1, -1).reshape(-1, *q_counts, *self.stride, c_out)
         order = [0, *[i for a in range(d) for i in (1 + a, 1 + d + a)], 1 + 2 * d]
         z = z.permute(*order).reshape(-1, *[q * s for q, s in zip(q_counts, self.stride)], c_out).movedim(-1, 1)
-        return self._crop(z, starts, lengths)
+        return z if self.crop_deferred else self._crop(z, starts, lengths)
+
+    def crop_window(self, sizes: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(starts, lengths) per spatial axis of the crop the sub-pixel form applies to its
+        shuffled output, for an input of spatial ``sizes``."""
+        starts, lengths = [], []
+        for n, k, s, (cb, ca) in zip(sizes, self.weight.shape[2:], self.stride, self.crop):
+            starts.append(cb - s * (cb // s))
+            lengths.append((int(n) - 1) * s + k - cb - ca)
+        return starts, lengths
 
     @staticmethod
     def _crop(z: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
@@ -229,6 +239,21 @@ class ConvTransposeCrop(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, {self.weight.shape[1]}, kernel={tuple(self.weight.shape[2:])}, "
                 f"stride={self.stride}, crop={self.crop}, form={self.form}")
+
+
+class Crop(nn.Module):
+    """Keeps cells ``[start, start + length)`` of each spatial axis (a view)."""
+
+    def __init__(self, starts: Sequence[int], lengths: Sequence[int]) -> None:
+        super().__init__()
+        self.starts = tuple(int(v) for v in starts)
+        self.lengths = tuple(int(v) for v in lengths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[tuple([slice(None), slice(None), *(slice(s, s + n) for s, n in zip(self.starts, self.lengths))])]
+
+    def extra_repr(self) -> str:
+        return f"starts={self.starts}, lengths={self.lengths}"
 
 
 class BiasMap(nn.Module):
@@ -602,7 +627,61 @@ def channels_last(module: nn.Module) -> nn.Module:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
         elif tensor.dim() == 4:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    if isinstance(twin, ShowerGenerator):
+        _defer_crops(twin)
     return twin
+
+
+def _valid_conv(layer: nn.Module) -> bool:
+    """A stride-1, undilated convolution without any padding (its output is a crop-commuting window)."""
+    keras = getattr(layer, "keras_padding", None)
+    return isinstance(layer, _CONVS) and not isinstance(layer.padding, str) and all(p == 0 for p in layer.padding) \
+        and all(v == 1 for v in layer.stride) and all(v == 1 for v in layer.dilation) \
+        and not (keras and any(keras))
+
+
+def _defer_crops(module: ShowerGenerator) -> None:
+    """Channels-last sub-pixel layers followed by (Leaky)ReLUs and a valid convolution: crop after
+    that convolution instead of before it (both commute with a crop; the convolution then reads the
+    dense shuffled tensor instead of a strided view it would first copy, and the crop is of its
+    narrower output). The crop windows come from one forward pass (the volume is fixed)."""
+    sizes: dict[int, torch.Size] = {}
+
+    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        sizes.setdefault(id(mod), inputs[0].shape[2:])
+
+    layers = [m for m in module.modules() if isinstance(m, ConvTransposeCrop) and m.channels_last
+              and m.form == "subpixel" and m.dims > 1]
+    if not layers:
+        return
+    hooks = [m.register_forward_hook(record) for m in layers]
+    try:
+        with torch.inference_mode():
+            module(*example_inputs(module, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Sequential):
+                continue
+            mods, changed = list(child), False
+            for i in range(len(mods)):
+                m = mods[i]
+                if not (isinstance(m, ConvTransposeCrop) and id(m) in sizes and m in layers):
+                    continue
+                j = i + 1
+                while j < len(mods) and isinstance(mods[j], (nn.ReLU, nn.LeakyReLU)):
+                    j += 1
+                if j >= len(mods) or not _valid_conv(mods[j]):
+                    continue
+                starts, lengths = m.crop_window(sizes[id(m)])
+                kernel = mods[j].weight.shape[2:]
+                m.crop_deferred = True
+                mods.insert(j + 1, Crop(starts, [n - k + 1 for n, k in zip(lengths, kernel)]))
+                changed = True
+            if changed:
+                setattr(parent, name, nn.Sequential(*mods))
 
 
 def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:
