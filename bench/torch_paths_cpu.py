@@ -38,9 +38,6 @@ for B in (128, 1):
             out[f'eager channels_last bf16 b{B}'] = tm(raw, n=1)
             f = f.float()
     print(json.dumps(out, indent=0), flush=True)
-out["loadavg_end"] = os.getloadavg()
-if len(sys.argv) > 1:
-    open(sys.argv[1], "w").write(json.dumps(out, indent=1) + "\n")
 # two threads at batch 128 (eager channels-last and ONNX Runtime): wall ms per shower, best of 10 calls
 # (on a shared 2-core machine the wall time counts every other runnable process; loadavg recorded)
 import onnxruntime  # noqa: E402,F401
