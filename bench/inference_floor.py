@@ -98,22 +98,20 @@ def ort_runner(path, feed, threads):
     return lambda: sess.run(["showers"], feed)
 
 
-def geant4_and_gflash(geometry: str, model_stem: str, args) -> dict:
-    from fastshower.geometry import load_geometry
+def geant4_and_gflash(geo, model_stem: str, args) -> dict:
     from fastshower.infer.g4reference import geant4_reference
     from fastshower.simulate.gflash import simulate_showers
 
     out: dict = {}
     n = 64
     e, a = np.full(n, args.energy), np.full(n, math.pi / 2)
-    geo = load_geometry(geometry)
     simulate_showers(geo, e[:4], a[:4], np.random.default_rng(0))
     c0 = time.process_time()
     simulate_showers(geo, e, a, np.random.default_rng(1))
     out["gflash_cpu_ms"] = 1e3 * (time.process_time() - c0) / n
     if args.geant4_n > 0:
-        out["geant4_full"] = geant4_reference(geometry, "full", energy_gev=args.energy, n=args.geant4_n)
-        out["geant4_fast"] = geant4_reference(geometry, "fast", model=model_stem, energy_gev=args.energy,
+        out["geant4_full"] = geant4_reference(geo.name, "full", energy_gev=args.energy, n=args.geant4_n)
+        out["geant4_fast"] = geant4_reference(geo.name, "fast", model=model_stem, energy_gev=args.energy,
                                               n=args.batch_size, batch_events=args.batch_size)
     return out
 
@@ -147,8 +145,7 @@ def int8_rows(name: str, module, tmp: Path, feeds: dict, args) -> dict:
 
 
 def bench_model(spec: str, tmp: Path, peak: float, args) -> dict:
-    from fastshower.infer.benchmark import _channels_last
-    from fastshower.infer.fold import example_inputs, flop_report, fold_generator
+    from fastshower.infer.fold import channels_last, example_inputs, flop_report, fold_generator
     from fastshower.infer.onnx_export import export_onnx
     from fastshower.models.registry import build_generator, save_generator
 
@@ -168,7 +165,7 @@ def bench_model(spec: str, tmp: Path, peak: float, args) -> dict:
     for b in (batch, 1):
         tensors[b] = example_inputs(module, b, seed=3)
         feeds[b] = dict(zip(("primary_energy", "incident_angle", "noise"), [t.numpy() for t in tensors[b]]))
-    variants = {"torch unfolded": module, "torch folded": folded, "torch folded channels_last": _channels_last(folded)}
+    variants = {"torch unfolded": module, "torch folded": folded, "torch folded channels_last": channels_last(folded)}
     rows: dict = {}
     for b in (batch, 1):
         calls = 1 if b > 1 else args.batch1_calls
@@ -176,8 +173,26 @@ def bench_model(spec: str, tmp: Path, peak: float, args) -> dict:
             rows.setdefault(label, {})[f"batch{b}"] = time_call(torch_runner(net, tensors[b]), b, calls, args.rounds)
         for label, path in (("onnx unfolded", onnx_u), ("onnx folded", onnx_f)):
             rows.setdefault(label, {})[f"batch{b}"] = time_call(ort_runner(path, feeds[b], 1), b, calls, args.rounds)
-        if b == 1:
-            rows["onnx folded 2 threads"] = {"batch1": time_call(ort_runner(onnx_f, feeds[1], 2), 1, calls, args.rounds)}
+        if b == 1:  # what Generator.load runs at batch 1 on the CPU: the frozen trace (TorchBackend)
+            from fastshower.infer.backends import _frozen_trace
+
+            net = variants["torch folded channels_last"]
+            with torch.inference_mode():
+                traced = _frozen_trace(net, tensors[1], net(*tensors[1]))
+            if traced is not False:
+                rows["torch folded channels_last traced"] = {"batch1": time_call(torch_runner(traced, tensors[1]), 1,
+                                                                                 calls, args.rounds)}
+            rows.setdefault("onnx folded 2 threads", {})["batch1"] = time_call(ort_runner(onnx_f, feeds[1], 2), 1, calls,
+                                                                               args.rounds)
+        else:  # two threads at batch B (wall time is the figure: two threads' CPU time is not latency)
+            torch.set_num_threads(2)
+            try:
+                rows["torch folded channels_last 2 threads"] = {f"batch{b}": time_call(
+                    torch_runner(variants["torch folded channels_last"], tensors[b]), b, calls, args.rounds)}
+            finally:
+                torch.set_num_threads(1)
+            rows.setdefault("onnx folded 2 threads", {})[f"batch{b}"] = time_call(ort_runner(onnx_f, feeds[b], 2), b, calls,
+                                                                                  args.rounds)
         say(f"{spec} batch {b}: " + ", ".join(f"{k} {v[f'batch{b}']['cpu_ms']:.2f}" for k, v in rows.items()
                                                 if f"batch{b}" in v))
     out = {"model": spec, "weights": "untrained (seeded, timing only)", "batch_size": batch,
@@ -195,13 +210,16 @@ def bench_model(spec: str, tmp: Path, peak: float, args) -> dict:
 
 def summarise(out: dict, peak: float, batch: int) -> None:
     rows = out["cpu_ms_per_shower_one_thread"]
-    fp32_b = {k: v[f"batch{batch}"]["cpu_ms"] for k, v in rows.items() if f"batch{batch}" in v}
+    fp32_b = {k: v[f"batch{batch}"]["cpu_ms"] for k, v in rows.items() if f"batch{batch}" in v and "2 threads" not in k}
+    two = {k: v[f"batch{batch}"]["wall_ms"] for k, v in rows.items() if f"batch{batch}" in v and "2 threads" in k}
     fp32_1 = {k: v["batch1"]["cpu_ms"] for k, v in rows.items() if "batch1" in v and "2 threads" not in k}
     best_b, best_1 = min(fp32_b, key=fp32_b.get), min(fp32_1, key=fp32_1.get)
     floor_ms = out["flops"]["flops_after_minimal"] / (peak * 1e9) * 1e3
     s = {"best_fp32_batch": best_b, "best_fp32_batch_ms": fp32_b[best_b], "best_fp32_batch1": best_1,
          "best_fp32_batch1_ms": fp32_1[best_1], "flop_floor_ms": floor_ms,
-         "fp32_over_floor": fp32_b[best_b] / floor_ms, "batch1_over_batch": fp32_1[best_1] / fp32_b[best_b],
+         "fp32_over_floor": fp32_b[best_b] / floor_ms,
+         "best_fp32_batch_2_threads_wall_ms": min(two.values()) if two else None,
+         "best_fp32_batch_2_threads": min(two, key=two.get) if two else None, "batch1_over_batch": fp32_1[best_1] / fp32_b[best_b],
          "fold_speedup_torch": fp32_b["torch unfolded"] / min(fp32_b["torch folded"], fp32_b["torch folded channels_last"]),
          "fold_speedup_onnx": fp32_b["onnx unfolded"] / fp32_b["onnx folded"]}
     best_any = fp32_b[best_b]
@@ -240,10 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--geant4-n", type=int, default=5, help="Geant4 full events (0: skip Geant4)")
     p.add_argument("--quick", action="store_true", help="2 rounds, 5 batch-1 calls, 2 Geant4 events")
     p.add_argument("--out", default=None)
-    p.add_argument("--markdown", default=None, help="print the docs tables of an existing JSON and exit")
+    p.add_argument("--markdown", nargs="+", default=None,
+                   help="print the docs tables of existing JSON files (results concatenated) and exit")
     args = p.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text())))
+        docs = [json.loads(Path(f).read_text()) for f in args.markdown]
+        print(markdown({"results": [r for d in docs for r in d["results"]]}))
         return
     if args.quick:
         args.rounds, args.batch1_calls, args.geant4_n = 2, 5, min(args.geant4_n, 2)
@@ -290,20 +310,23 @@ def markdown(doc: dict) -> str:
     lines = []
     labels = ("torch unfolded", "torch folded", "torch folded channels_last", "onnx unfolded", "onnx folded")
     lines.append("| model | GFLOP/shower before -> after (minimal) | batch | " + " | ".join(labels)
-                 + " | floor | best / floor |")
-    lines.append("|---" * (len(labels) + 5) + "|")
+                 + " | floor | best / floor | 2 threads, wall: torch channels_last / onnx |")
+    lines.append("|---" * (len(labels) + 6) + "|")
     for r in doc["results"]:
         f, s, rows, b = r["flops"], r.get("summary", {}), r["cpu_ms_per_shower_one_thread"], r["batch_size"]
         cells = [f"{rows[k][f'batch{b}']['cpu_ms']:.2f}" if f"batch{b}" in rows.get(k, {}) else "-" for k in labels]
         lines.append(f"| {r['model']} | {f['flops_before'] / 1e9:.3f} -> {f['flops_after'] / 1e9:.3f} "
                      f"({f['flops_after_minimal'] / 1e9:.3f}) | {b} | " + " | ".join(cells)
-                     + f" | {s.get('flop_floor_ms', float('nan')):.2f} | {s.get('fp32_over_floor', float('nan')):.2f}x |")
+                     + f" | {s.get('flop_floor_ms', float('nan')):.2f} | {s.get('fp32_over_floor', float('nan')):.2f}x | "
+                     + " / ".join(f"{rows[k][f'batch{b}']['wall_ms']:.2f}" if f"batch{b}" in rows.get(k, {}) else "-"
+                                  for k in ("torch folded channels_last 2 threads", "onnx folded 2 threads")) + " |")
     lines.append("")
-    lines.append("| model | batch 1: " + " | ".join(labels) + " | onnx folded 2 threads (wall) | best batch 1 / best batch B |")
-    lines.append("|---" * (len(labels) + 3) + "|")
+    labels1 = (*labels, "torch folded channels_last traced")
+    lines.append("| model | batch 1: " + " | ".join(labels1) + " | onnx folded 2 threads (wall) | best batch 1 / best batch B |")
+    lines.append("|---" * (len(labels1) + 3) + "|")
     for r in doc["results"]:
         rows, s = r["cpu_ms_per_shower_one_thread"], r.get("summary", {})
-        cells = [f"{rows[k]['batch1']['cpu_ms']:.2f}" if "batch1" in rows.get(k, {}) else "-" for k in labels]
+        cells = [f"{rows[k]['batch1']['cpu_ms']:.2f}" if "batch1" in rows.get(k, {}) else "-" for k in labels1]
         two = rows.get("onnx folded 2 threads", {}).get("batch1", {}).get("wall_ms", float("nan"))
         lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {two:.2f} | {s.get('batch1_over_batch', float('nan')):.2f} |")
     lines.append("")

@@ -175,3 +175,58 @@ def test_subpixel_and_transposed_forms_agree_on_conv2d_transpose():
     for form in ("subpixel", "transposed"):
         got = fold_generator_seq(nn.Sequential(layer), form)(x)
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gan3d_clic25", "gan3d_clic51", "conv2d_g1"])
+def test_channels_last_equals_original(name):
+    """The channels-last twin (folded layers writing channels-last activations) computes the same showers."""
+    from fastshower.infer.fold import Crop, DenseVolume, channels_last
+
+    g = _random_generator(name)
+    folded = fold_generator(g)
+    twin = channels_last(folded)
+    err = check_fold(g, twin, n=3)
+    assert err["is_finite"] and err["max_rel_err"] <= FOLD_RTOL, err
+    assert all(m.channels_last for m in twin.modules() if isinstance(m, ConvTransposeCrop | DenseVolume))
+    if name == "gan3d_clic25":  # fresh BN (no bias map between): the last crop moves behind the final valid Conv3D
+        plain = build_generator(name, width=WIDTH).eval()
+        twin = channels_last(fold_generator(plain))
+        assert sum(isinstance(m, Crop) for m in twin.modules()) == 1
+        err = check_fold(plain, twin, n=3)
+        assert err["is_finite"] and err["max_rel_err"] <= FOLD_RTOL, err
+    assert not any(getattr(m, "channels_last", False) for m in folded.modules())  # a copy: the input is untouched
+
+
+def test_subpixel_channels_last_layer_2d_and_3d():
+    """A ConvTransposeCrop in channels-last mode equals the plain one (odd strides, asymmetric crop)."""
+    torch.manual_seed(4)
+    for dims, shape in ((3, (2, 3, 5, 4, 6)), (2, (2, 3, 7, 5))):
+        k = (4, 3, 5)[:dims]
+        layer = ConvTransposeCrop(torch.randn(3, 2, *k, dtype=torch.float64), torch.randn(2, dtype=torch.float64),
+                                  (2, 3, 2)[:dims], [(1, 2), (0, 1), (2, 2)][:dims])
+        x = torch.randn(*shape, dtype=torch.float64)
+        expected = layer(x)
+        layer.to_channels_last()
+        got = layer(x)
+        assert got.stride(1) == 1  # channels innermost (a cropped view of a channels-last tensor)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gan3d_clic25", "conv2d_g1"])
+def test_batch1_trace_equals_eager(tmp_path, name):
+    """Generator.load runs batch-1 calls through a frozen trace (built and checked at the first
+    call); its showers equal the plain unfolded network's, and batches > 1 stay eager."""
+    from fastshower.infer.generator import Generator
+    from fastshower.models.registry import save_generator
+
+    g = _random_generator(name)
+    stem = save_generator(g, tmp_path / "g").with_suffix("")
+    fast = Generator.load(stem)
+    plain = Generator.load(stem, fold=False, channels_last=False, batch1_trace=False)
+    e, a = fast.energy_range_gev[1] / 2, float(np.mean(fast.angle_range_rad))
+    for seed in (1, 2):  # the first call traces, the second runs the trace
+        got, expected = (gen.generate(e, a, n=1, seed=seed).showers for gen in (fast, plain))
+        assert np.abs(got - expected).max() <= FOLD_RTOL * np.abs(expected).max()
+    assert fast.engine.traced not in (None, False) and plain.engine.traced is None
+    batch = fast.generate(e, a, n=3, seed=3).showers
+    assert np.abs(batch - plain.generate(e, a, n=3, seed=3).showers).max() <= FOLD_RTOL * np.abs(batch).max()

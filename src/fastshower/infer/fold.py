@@ -94,6 +94,8 @@ class ConvTransposeCrop(nn.Module):
         self.extra_crop = tuple((b - p, a - p) for (b, a), p in zip(self.crop, self.padding))
         kernel = tuple(weight.shape[2:])
         self.taps = tuple(math.ceil(k / s) for k, s in zip(kernel, self.stride))
+        self.channels_last = False
+        self.crop_deferred = False  # channels-last: the crop is done after the next convolution (Crop)
         self.prepare()
 
     def prepare(self) -> None:
@@ -115,6 +117,24 @@ class ConvTransposeCrop(nn.Module):
         bias = None if self.bias is None else self.bias.detach().repeat_interleave(math.prod(self.stride))
         self.register_buffer("sub_weight", w.contiguous())  # persistent: an ONNX initializer (int8-able)
         self.register_buffer("sub_bias", bias)
+        if self.channels_last:
+            self.to_channels_last()
+
+    def to_channels_last(self) -> None:
+        """Run the sub-pixel form in channels-last memory layout (torch on the CPU; see
+        :func:`channels_last`): the phase convolution's output channels ordered (phase, channel)
+        instead of (channel, phase), so that the depth-to-space shuffle moves whole
+        ``stride[-1] x C_out`` runs, and the output a ``channels_last`` view. Same values."""
+        self.channels_last = True
+        if self.form != "subpixel" or self.sub_weight is None:
+            return
+        c_out, n_phase = int(self.weight.shape[1]), math.prod(self.stride)
+        w = self.sub_weight.reshape(c_out, n_phase, *self.sub_weight.shape[1:]).transpose(0, 1)
+        fmt = {1: torch.contiguous_format, 2: torch.channels_last, 3: torch.channels_last_3d}[self.dims]
+        self.register_buffer("cl_weight", w.reshape(self.sub_weight.shape).contiguous(memory_format=fmt),
+                             persistent=False)
+        bias = None if self.bias is None else self.bias.detach().repeat(n_phase)
+        self.register_buffer("cl_bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.form == "transposed":
@@ -126,7 +146,9 @@ class ConvTransposeCrop(nn.Module):
         return self._subpixel(x)
 
     def _subpixel(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = x.shape[2:]
+        # spatial sizes as Python ints (and -1 for the batch below): constants in a traced / exported
+        # graph, so ONNX Runtime runs no shape arithmetic per call (a generator's volume is fixed)
+        sizes = [int(n) for n in x.shape[2:]]
         pads: list[tuple[int, int]] = []
         index: list[slice] = []
         q_counts, starts, lengths = [], [], []
@@ -139,16 +161,57 @@ class ConvTransposeCrop(nn.Module):
             q_counts.append(q1 - q0 + 1)
             starts.append(cb - s * q0)
             lengths.append(length)
-        x = x[tuple([slice(None), slice(None), *index])]
+        if any(i.start != 0 or i.stop != n for i, n in zip(index, sizes)):
+            x = x[tuple([slice(None), slice(None), *index])]
         flat_pads = [p for pair in reversed(pads) for p in pair]
         if any(flat_pads):
             x = F.pad(x, flat_pads)
         conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.dims]
+        if self.channels_last and self.dims > 1:
+            return self._subpixel_channels_last(x, conv, q_counts, starts, lengths)
         z = conv(x, self.sub_weight, self.sub_bias)
-        b, c_out = z.shape[0], self.weight.shape[1]
-        z = z.reshape(b, c_out, *self.stride, *q_counts)
-        order = [0, 1, *[i for a in range(self.dims) for i in (2 + self.dims + a, 2 + a)]]
-        z = z.permute(*order).reshape(b, c_out, *[q * s for q, s in zip(q_counts, self.stride)])
+        c_out = int(self.weight.shape[1])
+        if torch.onnx.is_in_onnx_export():
+            z = self._depth_to_space_stepwise(z, c_out, q_counts)
+        else:
+            z = z.reshape(-1, c_out, *self.stride, *q_counts)
+            order = [0, 1, *[i for a in range(self.dims) for i in (2 + self.dims + a, 2 + a)]]
+            z = z.permute(*order).reshape(-1, c_out, *[q * s for q, s in zip(q_counts, self.stride)])
+        return self._crop(z, starts, lengths)
+
+    def _depth_to_space_stepwise(self, z: torch.Tensor, c_out: int, q_counts: list[int]) -> torch.Tensor:
+        """The depth-to-space shuffle as ``dims`` rank-4 transposes that each move one axis (the
+        last spatial axis first): ONNX Runtime's fast path for a Transpose, where one rank-8
+        Transpose (3-d) ran 3x slower than the convolution before it at batch 1."""
+        s, q, d = self.stride, q_counts, self.dims
+        for a in reversed(range(d)):
+            tail = math.prod(q[b] * s[b] for b in range(a + 1, d))
+            z = z.reshape(-1, s[a], math.prod(q[:a + 1]), tail).transpose(1, 2)
+        return z.reshape(-1, c_out, *[qq * ss for qq, ss in zip(q, s)])
+
+    def _subpixel_channels_last(self, x: torch.Tensor, conv, q_counts: list[int], starts: list[int],
+                                lengths: list[int]) -> torch.Tensor:
+        fmt = torch.channels_last if self.dims == 2 else torch.channels_last_3d
+        z = conv(x.contiguous(memory_format=fmt), self.cl_weight, self.cl_bias)  # memory (B, *q, phase, C)
+        c_out, d = int(self.weight.shape[1]), self.dims
+        z = z.movedim(1, -1).reshape(-1, *q_counts, *self.stride, c_out)
+        order = [0, *[i for a in range(d) for i in (1 + a, 1 + d + a)], 1 + 2 * d]
+        z = z.permute(*order).reshape(-1, *[q * s for q, s in zip(q_counts, self.stride)], c_out).movedim(-1, 1)
+        return z if self.crop_deferred else self._crop(z, starts, lengths)
+
+    def crop_window(self, sizes: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(starts, lengths) per spatial axis of the crop the sub-pixel form applies to its
+        shuffled output, for an input of spatial ``sizes``."""
+        starts, lengths = [], []
+        for n, k, s, (cb, ca) in zip(sizes, self.weight.shape[2:], self.stride, self.crop):
+            starts.append(cb - s * (cb // s))
+            lengths.append((int(n) - 1) * s + k - cb - ca)
+        return starts, lengths
+
+    @staticmethod
+    def _crop(z: torch.Tensor, starts: list[int], lengths: list[int]) -> torch.Tensor:
+        if all(st == 0 and n == m for st, n, m in zip(starts, lengths, z.shape[2:])):
+            return z
         return z[tuple([slice(None), slice(None), *(slice(st, st + n) for st, n in zip(starts, lengths))])]
 
     def effective_flops(self, input_shape: Sequence[int]) -> float:
@@ -178,6 +241,21 @@ class ConvTransposeCrop(nn.Module):
                 f"stride={self.stride}, crop={self.crop}, form={self.form}")
 
 
+class Crop(nn.Module):
+    """Keeps cells ``[start, start + length)`` of each spatial axis (a view)."""
+
+    def __init__(self, starts: Sequence[int], lengths: Sequence[int]) -> None:
+        super().__init__()
+        self.starts = tuple(int(v) for v in starts)
+        self.lengths = tuple(int(v) for v in lengths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[tuple([slice(None), slice(None), *(slice(s, s + n) for s, n in zip(self.starts, self.lengths))])]
+
+    def extra_repr(self) -> str:
+        return f"starts={self.starts}, lengths={self.lengths}"
+
+
 class BiasMap(nn.Module):
     """Adds a constant tensor (1, C, *spatial): a folded BatchNorm shift seen through zero padding."""
 
@@ -198,8 +276,24 @@ class DenseVolume(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(bias, requires_grad=False)
         self.shape = tuple(int(v) for v in shape)
+        self.channels_last = False
+
+    def to_channels_last(self) -> None:
+        """Produce the volume as a ``channels_last`` view (rows of the matrix reordered to
+        (spatial, channel); same values, no copy)."""
+        if self.channels_last:
+            return
+        c, spatial = self.shape[0], self.shape[1:]
+        order = torch.arange(math.prod(self.shape)).view(self.shape).movedim(0, -1).reshape(-1)
+        with torch.no_grad():
+            self.weight = nn.Parameter(self.weight[order].contiguous(), requires_grad=False)
+            self.bias = nn.Parameter(self.bias[order].contiguous(), requires_grad=False)
+        self.channels_last = True
+        self.cl_shape = (*spatial, c)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return F.linear(z, self.weight, self.bias).view(-1, *self.cl_shape).movedim(-1, 1)
         return F.linear(z, self.weight, self.bias).view(-1, *self.shape)
 
     def extra_repr(self) -> str:
@@ -515,6 +609,79 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
             m.prepare()
     folded.folded = {**counts, "form": form}  # type: ignore[attr-defined]
     return folded.to(device=device, dtype=dtype).eval()
+
+
+def channels_last(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (folded or not) that runs in channels-last memory layout on the CPU:
+    4-d / 5-d weights and buffers in ``channels_last`` / ``channels_last_3d``, folded layers
+    (:class:`DenseVolume`, sub-pixel :class:`ConvTransposeCrop`) producing channels-last
+    activations directly, so that oneDNN's channels-last convolution kernels run without layout
+    conversions between layers. The same function (exact up to rounding); torch only: an ONNX
+    export is unaffected by memory layout (export the module before this)."""
+    twin = copy.deepcopy(module)
+    for m in twin.modules():
+        if isinstance(m, (ConvTransposeCrop, DenseVolume)):
+            m.to_channels_last()
+    for tensor in [*twin.parameters(), *twin.buffers()]:
+        if tensor.dim() == 5:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last_3d)
+        elif tensor.dim() == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+    if isinstance(twin, ShowerGenerator):
+        _defer_crops(twin)
+    return twin
+
+
+def _valid_conv(layer: nn.Module) -> bool:
+    """A stride-1, undilated convolution without any padding (its output is a crop-commuting window)."""
+    keras = getattr(layer, "keras_padding", None)
+    return isinstance(layer, _CONVS) and not isinstance(layer.padding, str) and all(p == 0 for p in layer.padding) \
+        and all(v == 1 for v in layer.stride) and all(v == 1 for v in layer.dilation) \
+        and not (keras and any(keras))
+
+
+def _defer_crops(module: ShowerGenerator) -> None:
+    """Channels-last sub-pixel layers followed by (Leaky)ReLUs and a valid convolution: crop after
+    that convolution instead of before it (both commute with a crop; the convolution then reads the
+    dense shuffled tensor instead of a strided view it would first copy, and the crop is of its
+    narrower output). The crop windows come from one forward pass (the volume is fixed)."""
+    sizes: dict[int, torch.Size] = {}
+
+    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        sizes.setdefault(id(mod), inputs[0].shape[2:])
+
+    layers = [m for m in module.modules() if isinstance(m, ConvTransposeCrop) and m.channels_last
+              and m.form == "subpixel" and m.dims > 1]
+    if not layers:
+        return
+    hooks = [m.register_forward_hook(record) for m in layers]
+    try:
+        with torch.inference_mode():
+            module(*example_inputs(module, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Sequential):
+                continue
+            mods, changed = list(child), False
+            for i in range(len(mods)):
+                m = mods[i]
+                if not (isinstance(m, ConvTransposeCrop) and id(m) in sizes and m in layers):
+                    continue
+                j = i + 1
+                while j < len(mods) and isinstance(mods[j], (nn.ReLU, nn.LeakyReLU)):
+                    j += 1
+                if j >= len(mods) or not _valid_conv(mods[j]):
+                    continue
+                starts, lengths = m.crop_window(sizes[id(m)])
+                kernel = mods[j].weight.shape[2:]
+                m.crop_deferred = True
+                mods.insert(j + 1, Crop(starts, [n - k + 1 for n, k in zip(lengths, kernel)]))
+                changed = True
+            if changed:
+                setattr(parent, name, nn.Sequential(*mods))
 
 
 def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:

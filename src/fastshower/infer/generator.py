@@ -95,7 +95,8 @@ class Generator:
     @classmethod
     def load(cls, name_or_path: str | Path, device: str = "cpu", precision: str = "fp32", backend: str = "torch",
              threads: int | None = None, allow_extrapolation: bool = False,
-             geometry: Geometry | None = None, fold: bool = True) -> Generator:
+             geometry: Geometry | None = None, fold: bool = True, channels_last: bool | None = None,
+             batch1_trace: bool = True) -> Generator:
         """Load a generator.
 
         ``device``: ``cpu`` or ``cuda[:N]``. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (torch
@@ -111,7 +112,11 @@ class Generator:
         The name is resolved by :func:`fastshower.models.registry.resolve`.
         ``fold`` (default): run the network after :func:`fastshower.infer.fold.fold_generator`
         (same function, fewer FLOPs; the weights on disk are unchanged); a model name on the ONNX
-        back-end is exported folded too.
+        back-end is exported folded too. ``channels_last`` (torch back-end; None: with ``fold`` on
+        the CPU): run the folded network in channels-last memory layout
+        (:func:`fastshower.infer.fold.channels_last`; same values, faster oneDNN kernels).
+        ``batch1_trace`` (torch, fp32, CPU): batch-1 calls run a frozen TorchScript trace, checked
+        against the eager network at its first call (:class:`~fastshower.infer.backends.TorchBackend`).
         """
         from fastshower.models.registry import load_generator, resolve
 
@@ -138,10 +143,17 @@ class Generator:
             from fastshower.infer.fold import fold_generator
 
             module = fold_generator(module)
+        if channels_last if channels_last is not None else (fold and dev.type == "cpu"):
+            from fastshower.infer.fold import channels_last as to_channels_last
+
+            module = to_channels_last(module)
         if precision != "fp32":
             _check_precision(dev, precision)
             module = module.to(PRECISIONS[precision])
-        return cls.from_module(module, dev, precision, allow_extrapolation)
+        engine = TorchBackend(module.to(dev), dev, precision, batch1_trace=batch1_trace)
+        return cls(engine, name=module.name, geometry=module.geometry, noise_dim=module.noise_dim,
+                   energy_range_gev=module.energy_range_gev, angle_range_rad=module.angle_range_rad,
+                   allow_extrapolation=allow_extrapolation)
 
     @classmethod
     def _load_onnx(cls, path: Path, dev, precision, threads, allow_extrapolation, geometry=None,
