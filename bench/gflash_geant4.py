@@ -76,6 +76,55 @@ def speed(geometry: str, energy: float, params, n: int = 1000, repeats: int = 3)
     return n / best
 
 
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.4g}"
+
+
+def render(results: dict) -> str:
+    """Markdown tables of a result JSON (docs/gflash.md): per energy the goals, every metric beside
+    its floor, the goal quantities; the speed."""
+    out = []
+    for energy, row in results.get("energies", {}).items():
+        specs = [k for k, v in row.items() if isinstance(v, dict) and "metrics" in v]
+        first = row[specs[0]]
+        out.append(f"**{energy} GeV** ({row['n_reference']} Geant4 events; floor: {first['floor_source']})\n")
+        out.append("| metric | floor (Geant4 vs Geant4) | " + " | ".join(f"{s} | {s}/floor" for s in specs) + " |")
+        out.append("|---|---|" + "---|---|" * len(specs))
+        for name, m in first["metrics"].items():
+            cells = [_fmt(m["floor"])]
+            for spec in specs:
+                r = row[spec]["metrics"][name]
+                cells += [_fmt(r["candidate"]), _fmt(r["ratio"])]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+        quantities = list(first["summary"]["geant4"])
+        sources = ([("Geant4 (a)", first["summary"]["geant4"])]
+                   + ([("Geant4 (b)", row["geant4_b"]["summary"]["gflash"])] if "geant4_b" in row else [])
+                   + [(s, row[s]["summary"]["gflash"]) for s in specs])
+        out.append("| goal quantity | " + " | ".join(name for name, _ in sources) + " |")
+        out.append("|---|" + "---|" * len(sources))
+        for q in quantities:
+            out.append(f"| {q} | " + " | ".join(_fmt(v[q]) for _, v in sources) + " |")
+        goal_sources = ([("Geant4 (b)", row["geant4_b"]["summary"]["goals"])] if "geant4_b" in row else []) \
+            + [(s, row[s]["summary"]["goals"]) for s in specs]
+        for q in goal_sources[0][1]:
+            out.append(f"| {q} | | " + " | ".join(f"{v[q]:+.4f}" for _, v in goal_sources) + " |")
+        out.append("")
+    speed = results.get("speed", {})
+    if speed:
+        energies = list(speed.get("geant4_showers_per_s", {}) or ["10", "100"])
+        out.append("| showers/s (CPU), GeV | " + " | ".join(energies) + " |")
+        out.append("|---|" + "---|" * len(energies))
+        for spec, v in speed.items():
+            if spec in ("geant4_full",):
+                continue
+            label = "Geant4 option 0 (full)" if spec == "geant4_showers_per_s" else f"GFlash {spec}"
+            out.append(f"| {label} | " + " | ".join(_fmt(x) for x in v.values()) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reference", default="/work/g4samples/clic25_e{energy}_a.h5",
@@ -91,7 +140,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--speed-only", action="store_true", help="Only the speed of GFlash and Geant4 (run it quiet)")
     p.add_argument("--geant4-scale", type=float, default=1.0, help="Scale the Geant4 events timed (0: skip)")
     p.add_argument("--out", default="bench/results/gflash_geant4.json")
+    p.add_argument("--render", default=None, help="Print the markdown tables of this result JSON and stop")
     args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            print(render(json.load(f)))
+        return {}
     param_specs = args.params or ["default", "clic25_geant4"]
     energies = [float(v) for v in args.energies.split(",")]
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -112,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
             bins = [energy * (1 - args.window) - 1e-6, energy * (1 + args.window) + 1e-6]
         geometry = ref.geometry
         row: dict = {"n_reference": len(ref), "n_reference2": None if ref2 is None else len(ref2)}
+        if ref2 is not None:  # the goal quantities of Geant4's second sample: their statistical floor
+            row["geant4_b"] = {"summary": _summary(ref, ref2, geometry)}
         candidates, seconds = {}, {}
         for spec in param_specs:
             t0 = time.process_time()
@@ -130,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{energy:g} GeV {spec}: profiles {m['gan_metric_profiles'].candidate:.4f} "
                   f"(floor {m['gan_metric_profiles'].floor:.4f}), goals {row[spec]['summary']['goals']}", flush=True)
         results["energies"][f"{energy:g}"] = row
-    for spec in param_specs:
+    for spec in param_specs if args.speed_only else []:
         params = load_parameters(spec)
         results["speed"][spec] = {f"{e:g}": speed("clic25", e, params, args.speed_n) for e in (10.0, 100.0)}
     if args.speed_only and args.geant4_scale > 0:
