@@ -83,6 +83,7 @@ FREE_PARAMETERS: dict[str, tuple[float, float]] = {
     "sampling_coefficient": (0.0, 0.1),
     "sampling_scale": (0.3, 1.2),
     "albedo": (0.0, 0.8),
+    "albedo_depth_x0": (0.0, 3.0),
 }
 
 #: Scale of each objective term (what counts as one unit of disagreement): ``profiles`` and
@@ -251,6 +252,7 @@ class TuneResult:
     history: list[float] = field(default_factory=list)
     stopped_by: str = "converged"
     rounds: list[dict] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
 
 class _BudgetSpent(Exception):
@@ -307,7 +309,7 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry, *,
         values = lo + np.clip(x, 0.0, 1.0) * (hi - lo)
         return start_params.model_copy(update={n: float(v) for n, v in zip(names, values)})
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     history: list[float] = []
     j_start, terms_start, _ = evaluate(to_params(x_start), references, geo, n_showers, seed)
     best = {"j": j_start, "x": x_start}
@@ -341,7 +343,7 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry, *,
     params = to_params(best["x"])
     j, terms, _ = evaluate(params, references, geo, n_showers, seed)
     return TuneResult(params, start_params, j_start, j, terms_start, terms, len(history), time.perf_counter() - t0,
-                      free, history, stopped_by, rounds)
+                      free, history, stopped_by, rounds, time.process_time() - cpu0)
 
 
 def provenance(result: TuneResult, references: Sequence[ReferenceSample], geometry: Geometry,
@@ -369,6 +371,7 @@ def provenance(result: TuneResult, references: Sequence[ReferenceSample], geomet
         "evaluations": result.evaluations,
         "rounds": result.rounds,
         "seconds": round(result.seconds, 1),
+        "cpu_seconds": round(result.cpu_seconds, 1),
         "free_parameters": {k: list(v) for k, v in result.free.items()},
     }
 
