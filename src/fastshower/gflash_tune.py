@@ -83,6 +83,10 @@ FREE_PARAMETERS: dict[str, tuple[float, float]] = {
     "sampling_coefficient": (0.0, 0.1),
     "sampling_scale": (0.3, 1.2),
     "albedo": (0.0, 0.8),
+}
+
+#: Tunable on request (``--free``) but not fitted by default, with their bounds.
+OPTIONAL_PARAMETERS: dict[str, tuple[float, float]] = {
     "albedo_depth_x0": (0.0, 3.0),
 }
 
@@ -394,10 +398,11 @@ def tune_files(paths: Sequence[str | Path], output: str | Path, energies_gev: Se
     references, geo, files = load_references(paths, energies_gev, window, geometry, max_events)
     chosen = None
     if free is not None:
-        unknown = [n for n in free if n not in FREE_PARAMETERS]
+        bounds = {**FREE_PARAMETERS, **OPTIONAL_PARAMETERS}
+        unknown = [n for n in free if n not in bounds]
         if unknown:
-            raise ValueError(f"no bounds for {', '.join(unknown)}; tunable: {', '.join(FREE_PARAMETERS)}")
-        chosen = {n: FREE_PARAMETERS[n] for n in free}
+            raise ValueError(f"no bounds for {', '.join(unknown)}; tunable: {', '.join(bounds)}")
+        chosen = {n: bounds[n] for n in free}
     result = tune(references, geo, free=chosen, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
                   max_seconds=max_seconds, seed=seed, restarts=restarts, progress=progress)
     block = provenance(result, references, geo, files, window=window, n_showers=n_showers, seed=seed)
