@@ -38,15 +38,17 @@ def _reference(params, energy, n, seed, geometry=SMALL):
     return ShowerSet(showers, e, np.full(n, NORMAL), geometry)
 
 
-@pytest.mark.slow  # ~30 s on an idle core: 52 evaluations of 600 showers
+@pytest.mark.slow  # ~15 s on an idle core: 61 evaluations of 600 showers on 9 x 9 cells
 def test_tuning_recovers_known_parameters():
     refs = [reference_sample(_reference(TRUTH, energy, 300, 100 + k), SMALL, energy)
             for k, energy in enumerate((10.0, 100.0))]
     free = {name: FREE_PARAMETERS[name] for name in ("t_hom_offset", "sampling_scale", "tail_k1_offset")}
-    result = tune(refs, SMALL, free=free, n_showers=300, max_evaluations=90, seed=1)
+    # Jacobian steps of 0.05 box widths: on 300 showers of 9 x 9 cells the spot draws make J noisy enough
+    # that 0.03 steps stop early from some seeds (seed 1: -0.57, 0.772, 0.75 at J 15)
+    result = tune(refs, SMALL, free=free, n_showers=300, max_evaluations=90, seed=1, diff_step=0.05, restarts=1)
     p = result.parameters
-    # start: the published -0.812, e_hat = 0.704, 0.659; measured after the fit: -0.44, 0.791, 0.80 (J 202 -> 5.6;
-    # J at the true values 4.9: the statistics of 300 against 300 showers)
+    # start: the published -0.812, e_hat = 0.704, 0.659; measured after the fit: -0.29, 0.802, 0.84 (J 330 -> 4.75
+    # in 61 evaluations; J at the true values 6.5: the statistics of 300 against 300 showers)
     assert p.t_hom_offset == pytest.approx(TRUTH.t_hom_offset, abs=0.2)
     assert p.sampling_scale == pytest.approx(TRUTH.sampling_scale, abs=0.02)
     assert p.tail_k1_offset == pytest.approx(TRUTH.tail_k1_offset, abs=0.1)
