@@ -189,6 +189,27 @@ def test_raw_sum_resolution_near_geant4():
     assert corr_g4 < -0.85 and corr_gf < -0.85  # measured -0.92 and -0.97
 
 
+def test_albedo_depth_samples_the_shower_behind():
+    """``albedo_depth_x0``: the scattered-back part (``albedo``) of each active layer's signal follows the
+    profile that far behind it. 0 keeps the plain sampling (all but the last layer unchanged by the albedo);
+    with a lag d the contained response is unchanged (the Riemann sum of a shifted profile), the
+    signal's centre of gravity moves forward by albedo x d, and the first layer reads much more."""
+    def layers(**kw):
+        s = _showers(UNIFORM, 100.0, 200, np.random.default_rng(5), params=GFlashParameters(**kw))
+        return s.sum(axis=(1, 2), dtype=np.float64) / layer_sampling_fractions(stack_parameters(UNIFORM))
+
+    plain, albedo, lagged = layers(), layers(albedo=0.3), layers(albedo=0.3, albedo_depth_x0=1.5)
+    assert np.array_equal(plain[:, :-1], albedo[:, :-1])
+    depth = stack_parameters(UNIFORM).active_depth_x0
+
+    def centre(x):
+        return (x.sum(axis=0) * depth).sum() / x.sum()
+
+    assert lagged.sum(axis=1).mean() == pytest.approx(albedo.sum(axis=1).mean(), rel=0.01)
+    assert centre(albedo) - centre(lagged) == pytest.approx(0.3 * 1.5, abs=0.08)
+    assert lagged[:, 0].mean() > 3 * albedo[:, 0].mean()
+
+
 @pytest.mark.parametrize("angle_deg", [70.0, 110.0])
 def test_tilted_barycentre_moves_by_pitch_cot_theta(angle_deg, rng):
     g = PRESETS["clic51"]

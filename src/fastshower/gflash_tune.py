@@ -9,15 +9,16 @@ box of their bounds. The objective is built on the validation observables
 simulated at the reference events' own primary energies and angles, per fit energy e:
 
     J = (1 / n_energies) sum_e [ mean_cells(rel_profile^2) / 0.05^2 + mean_moments(rel_moment^2) / 0.01^2
-        + (d mu90 / mu90 / 0.005)^2 + (d sigma90 / sigma90 / 0.05)^2 + (d core / 0.005)^2
-        + (d std(m1_z) / std(m1_z) / 0.05)^2 ]
+        + (d mean / mean / 0.005)^2 + (d mu90 / mu90 / 0.005)^2 + (d sigma90 / sigma90 / 0.05)^2
+        + (d core / 0.005)^2 + (d std(m1_z) / std(m1_z) / 0.05)^2 ]
 
 rel_profile: relative differences (candidate - reference) / reference of the event-averaged energy
 profiles in x, y and z (GeV per cell, the quantities of the 3DGAN metric's profile term) over the
 cells where the reference is not empty; rel_moment: relative differences of the event means of the
-first and second moments m1, m2 of the three profiles (the 3DGAN moment term); mu90, sigma90 of
-E_active / E_primary; core: the mean 5x5 core containment; std(m1_z): the event-to-event spread of
-the longitudinal centre of gravity. The scales (:data:`TERM_SCALES`) say what counts as one unit of
+first and second moments m1, m2 of the three profiles (the 3DGAN moment term); mean, mu90 and sigma90
+of E_active / E_primary (the mean and the core of the response: Geant4's low tail separates them);
+core: the mean 5x5 core containment; std(m1_z): the event-to-event spread of the longitudinal
+centre of gravity. The scales (:data:`TERM_SCALES`) say what counts as one unit of
 disagreement. Every evaluation redraws GFlash with the same seeds (common random numbers), so J is
 a deterministic function of the parameters up to the spot draws. See docs/gflash.md.
 
@@ -66,23 +67,33 @@ FREE_PARAMETERS: dict[str, tuple[float, float]] = {
     "sigma_ln_alpha_offset": (-5.0, 4.0),
     "sigma_ln_alpha_slope": (0.3, 1.6),
     "rho_offset": (0.2, 0.99),
+    "rho_slope": (-0.1, 0.05),
     "core_z1_offset": (0.0, 0.15),
+    "core_z1_ln_e": (-0.02, 0.03),
     "core_z2_offset": (0.03, 0.4),
     "tail_k1_offset": (0.3, 1.5),
     "tail_k4_offset": (0.05, 0.9),
+    "tail_k4_ln_e": (-0.1, 0.2),
     "weight_p1_offset": (1.0, 4.5),
     "weight_p3_offset": (0.5, 2.5),
+    "weight_p3_ln_e": (-0.3, 0.15),
     "start_offset_x0": (0.0, 2.5),
     "spot_number": (2.0, 40.0),
+    "spot_exponent": (0.7, 1.2),
     "sampling_coefficient": (0.0, 0.1),
     "sampling_scale": (0.3, 1.2),
     "albedo": (0.0, 0.8),
 }
 
+#: Tunable on request (``--free``) but not fitted by default, with their bounds.
+OPTIONAL_PARAMETERS: dict[str, tuple[float, float]] = {
+    "albedo_depth_x0": (0.0, 3.0),
+}
+
 #: Scale of each objective term (what counts as one unit of disagreement): ``profiles`` and
 #: ``moments`` for the RMS of their relative differences, the others for the term itself.
 TERM_SCALES: dict[str, float] = {
-    "profiles": 0.05, "moments": 0.01, "mu90": 0.005, "sigma90": 0.05, "core_containment": 0.005,
+    "profiles": 0.05, "moments": 0.01, "mean": 0.005, "mu90": 0.005, "sigma90": 0.05, "core_containment": 0.005,
     "depth_spread": 0.05,
 }
 
@@ -192,7 +203,9 @@ def objective_residuals(reference: ReferenceSample, showers: np.ndarray, primary
     mu_r, sig_r = mu90_sigma90(reference.obs["energy_ratio"])
     mu_c, sig_c = mu90_sigma90(obs["energy_ratio"])
     spread_r, spread_c = reference.obs["m1_z"].std(), obs["m1_z"].std()
-    terms = {"profiles": gan["profiles"], "moments": gan["moments"], "mu90": (mu_c - mu_r) / mu_r,
+    mean_r, mean_c = reference.obs["energy_ratio"].mean(), obs["energy_ratio"].mean()
+    terms = {"profiles": gan["profiles"], "moments": gan["moments"], "mean": float((mean_c - mean_r) / mean_r),
+             "mu90": (mu_c - mu_r) / mu_r,
              "sigma90": (sig_c - sig_r) / sig_r,
              "core_containment": float(core_containment(s, geometry).mean() - reference.core.mean()),
              "depth_spread": float((spread_c - spread_r) / spread_r)}
@@ -208,7 +221,7 @@ def objective_residuals(reference: ReferenceSample, showers: np.ndarray, primary
     residuals = np.concatenate([
         profile_rel / (TERM_SCALES["profiles"] * math.sqrt(len(profile_rel))),
         moment_rel / (TERM_SCALES["moments"] * math.sqrt(len(moment_rel))),
-        [terms[k] / TERM_SCALES[k] for k in ("mu90", "sigma90", "core_containment", "depth_spread")]])
+        [terms[k] / TERM_SCALES[k] for k in ("mean", "mu90", "sigma90", "core_containment", "depth_spread")]])
     return residuals, terms
 
 
@@ -242,6 +255,8 @@ class TuneResult:
     free: dict[str, tuple[float, float]]
     history: list[float] = field(default_factory=list)
     stopped_by: str = "converged"
+    rounds: list[dict] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
 
 class _BudgetSpent(Exception):
@@ -258,15 +273,21 @@ def _start_values(params: GFlashParameters, geometry: Geometry, names: Sequence[
 def tune(references: Sequence[ReferenceSample], geometry: Geometry, *,
          free: dict[str, tuple[float, float]] | None = None, start: GFlashParameters | str | Path | None = None,
          n_showers: int = 300, max_evaluations: int = 400, max_seconds: float | None = None,
-         diff_step: float = 0.03, seed: int = 0, progress: bool = False) -> TuneResult:
+         diff_step: float = 0.03, seed: int = 0, restarts: int = 0, restart_gain: float = 0.02,
+         progress: bool = False) -> TuneResult:
     """Fit the ``free`` parameters (default :data:`FREE_PARAMETERS`, name -> bounds) of GFlash,
     starting from ``start`` (default the published values), to ``references`` (one per fit energy).
 
     scipy.optimize.least_squares (trust-region reflective, bounded) on the residual vector of
     :func:`evaluate`, the parameters mapped to the unit box of their bounds, forward-difference
     Jacobian with steps of ``diff_step`` box widths (wide enough to step over the spot and sampling
-    noise that the common random numbers leave). Stops at convergence, after ``max_evaluations``
-    objective evaluations (Jacobian ones included) or ``max_seconds``; returns the best point seen.
+    noise that the common random numbers leave). When least_squares converges, it is restarted from
+    the best point (a fresh Jacobian and trust region) up to ``restarts`` times, as long as the
+    previous round lowered J by more than ``restart_gain`` (relative): the trust region of a long
+    run shrinks on the noisy objective, and a fresh one moves on. Stops then, after
+    ``max_evaluations`` objective evaluations in all (Jacobian ones included; the bound that keeps a
+    run reproducible) or ``max_seconds`` (a safety net: a run it stops depends on the machine's
+    speed); returns the best point seen. Deterministic for given references, start, seed and bounds.
     """
     from scipy.optimize import least_squares
     from tqdm import tqdm
@@ -292,7 +313,7 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry, *,
         values = lo + np.clip(x, 0.0, 1.0) * (hi - lo)
         return start_params.model_copy(update={n: float(v) for n, v in zip(names, values)})
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     history: list[float] = []
     j_start, terms_start, _ = evaluate(to_params(x_start), references, geo, n_showers, seed)
     best = {"j": j_start, "x": x_start}
@@ -311,17 +332,22 @@ def tune(references: Sequence[ReferenceSample], geometry: Geometry, *,
         bar.set_postfix(J=f"{best['j']:.4g}")
         return r
 
-    stopped_by = "converged"
-    try:
-        least_squares(fun, x_start, bounds=(np.zeros(len(names)), np.ones(len(names))), method="trf",
-                      diff_step=diff_step, x_scale=1.0, xtol=1e-3, ftol=1e-3, max_nfev=max_evaluations)
-    except _BudgetSpent as exc:
-        stopped_by = f"budget ({exc})"
+    stopped_by, rounds = "converged", []
+    for _ in range(1 + restarts):
+        j_before = best["j"]
+        try:
+            least_squares(fun, best["x"], bounds=(np.zeros(len(names)), np.ones(len(names))), method="trf",
+                          diff_step=diff_step, x_scale=1.0, xtol=1e-3, ftol=1e-3, max_nfev=max_evaluations)
+        except _BudgetSpent as exc:
+            stopped_by = f"budget ({exc})"
+        rounds.append({"objective_before": j_before, "objective_after": best["j"], "evaluations_total": len(history)})
+        if stopped_by != "converged" or best["j"] >= (1.0 - restart_gain) * j_before:
+            break  # budget spent, or the last round gained too little to try a fresh start
     bar.close()
     params = to_params(best["x"])
     j, terms, _ = evaluate(params, references, geo, n_showers, seed)
     return TuneResult(params, start_params, j_start, j, terms_start, terms, len(history), time.perf_counter() - t0,
-                      free, history, stopped_by)
+                      free, history, stopped_by, rounds, time.process_time() - cpu0)
 
 
 def provenance(result: TuneResult, references: Sequence[ReferenceSample], geometry: Geometry,
@@ -339,7 +365,7 @@ def provenance(result: TuneResult, references: Sequence[ReferenceSample], geomet
         "seed": seed,
         "optimiser": "scipy.optimize.least_squares (trf, bounded) on the unit box of the bounds",
         "stopped_by": result.stopped_by,
-        "objective": "J = mean over energies of the scaled squared residuals (profiles, moments, mu90, sigma90, "
+        "objective": "J = mean over energies of the scaled squared residuals (profiles, moments, mean, mu90, sigma90, "
                      "core containment, depth spread); fastshower.gflash_tune, docs/gflash.md",
         "term_scales": dict(TERM_SCALES),
         "objective_start": result.objective_start,
@@ -347,7 +373,9 @@ def provenance(result: TuneResult, references: Sequence[ReferenceSample], geomet
         "terms_start": [{k: float(v) for k, v in t.items()} for t in result.terms_start],
         "terms": [{k: float(v) for k, v in t.items()} for t in result.terms],
         "evaluations": result.evaluations,
+        "rounds": result.rounds,
         "seconds": round(result.seconds, 1),
+        "cpu_seconds": round(result.cpu_seconds, 1),
         "free_parameters": {k: list(v) for k, v in result.free.items()},
     }
 
@@ -363,20 +391,24 @@ def save_parameters(path: str | Path, params: GFlashParameters, provenance_block
 def tune_files(paths: Sequence[str | Path], output: str | Path, energies_gev: Sequence[float] = (10.0, 100.0), *,
                window: float = 0.2, geometry: Geometry | None = None, max_events: int | None = None,
                free: Sequence[str] | None = None, start: str | Path | None = None, n_showers: int = 300,
-               max_evaluations: int = 400, max_seconds: float | None = None, seed: int = 0,
-               progress: bool = False) -> TuneResult:
-    """``fastshower gflash tune``: read the references, :func:`tune`, write the parameter file."""
+               max_evaluations: int = 400, max_seconds: float | None = None, seed: int = 0, restarts: int = 0,
+               progress: bool = False, command: str | None = None) -> TuneResult:
+    """``fastshower gflash tune``: read the references, :func:`tune`, write the parameter file
+    (``command``, the command line that made it, goes into its provenance)."""
     references, geo, files = load_references(paths, energies_gev, window, geometry, max_events)
     chosen = None
     if free is not None:
-        unknown = [n for n in free if n not in FREE_PARAMETERS]
+        bounds = {**FREE_PARAMETERS, **OPTIONAL_PARAMETERS}
+        unknown = [n for n in free if n not in bounds]
         if unknown:
-            raise ValueError(f"no bounds for {', '.join(unknown)}; tunable: {', '.join(FREE_PARAMETERS)}")
-        chosen = {n: FREE_PARAMETERS[n] for n in free}
+            raise ValueError(f"no bounds for {', '.join(unknown)}; tunable: {', '.join(bounds)}")
+        chosen = {n: bounds[n] for n in free}
     result = tune(references, geo, free=chosen, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
-                  max_seconds=max_seconds, seed=seed, progress=progress)
+                  max_seconds=max_seconds, seed=seed, restarts=restarts, progress=progress)
     block = provenance(result, references, geo, files, window=window, n_showers=n_showers, seed=seed)
-    if start is not None:
-        block["start"] = str(start)
+    block["start"] = "grindhammer-peters (the published values)" if start is None else str(start)
+    block["restarts"] = restarts
+    if command is not None:
+        block["command"] = command
     save_parameters(output, result.parameters, block)
     return result

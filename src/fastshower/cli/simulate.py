@@ -92,6 +92,18 @@ gflash_app = typer.Typer(help="GFlash, the classical fast simulation: tune it to
 app.add_typer(gflash_app, name="gflash")
 
 
+def _tune_command(reference: list[str], output: Path, options: dict[str, object]) -> str:
+    """The ``fastshower gflash tune`` command line with every option spelled out (shell-quoted),
+    for the parameter file's provenance: rerunning it re-makes the file."""
+    import shlex
+
+    words = ["fastshower", "gflash", "tune", *reference]
+    for name, value in options.items():
+        if value is not None:
+            words += [f"--{name}", str(value)]
+    return shlex.join([*words, "-o", str(output)])
+
+
 @gflash_app.command("tune")
 def gflash_tune(
     reference: list[str] = typer.Argument(..., help="Full-simulation (Geant4) shower files or glob patterns."),
@@ -112,6 +124,8 @@ def gflash_tune(
     max_minutes: float | None = typer.Option(None, "--max-minutes", help="Stop after this long; the best point "
                                                 "seen is written."),
     seed: int = typer.Option(0, "--seed", help="Seed of GFlash's draws (the same in every evaluation)."),
+    restarts: int = typer.Option(0, "--restarts", help="Restart the optimiser from its best point up to this "
+                                 "many times after it converges (while a round gains > 2% in J)."),
 ) -> None:
     """Fit GFlash's free parameters to full-simulation showers over the given energies; see docs/gflash.md."""
     from fastshower.geometry import load_geometry
@@ -127,7 +141,11 @@ def gflash_tune(
     result = tune_files(reference, output, fit_energies, window=window,
                         geometry=load_geometry(geometry) if geometry else None, max_events=max_events,
                         free=names, start=start, n_showers=n_showers, max_evaluations=max_evaluations,
-                        max_seconds=None if max_minutes is None else 60 * max_minutes, seed=seed, progress=True)
+                        max_seconds=None if max_minutes is None else 60 * max_minutes, seed=seed,
+                        restarts=restarts, progress=True, command=_tune_command(reference, output, {
+                            "energies": energies, "window": window, "geometry": geometry, "max-events": max_events,
+                            "free": free, "start": start, "n-showers": n_showers, "max-evaluations": max_evaluations,
+                            "max-minutes": max_minutes, "seed": seed, "restarts": restarts}))
     typer.echo(f"objective {result.objective_start:.4g} -> {result.objective:.4g} after {result.evaluations} "
                f"evaluations ({result.seconds:.0f} s, {result.stopped_by})")
     for energy, terms in zip(fit_energies, result.terms):

@@ -97,7 +97,12 @@ class GFlashParameters(BaseModel):
     the active signal is sampling_scale x f_mip(layer) x the shower energy at the active layer's
     density (``sampling_scale`` None: e_hat, the e/mip ratio of the paper); ``albedo`` is the part
     of an active layer's signal that particles scattered back from the absorber behind it make, so
-    the last layer (no absorber behind) reads (1 - albedo) of it (default 0: not in the paper).
+    the last layer (no absorber behind) reads (1 - albedo) of it (default 0: not in the paper);
+    ``albedo_depth_x0`` is how far behind the active layer (X0 along the axis) the absorber that
+    scatters those particles back samples the shower: that part of layer L's signal follows the
+    profile at t_L + albedo_depth_x0, not at t_L (default 0: at the active layer itself, which with
+    albedo 0 is the paper's sampling). It gives the first layers, where the profile rises steeply,
+    the signal of the denser shower behind them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -157,6 +162,7 @@ class GFlashParameters(BaseModel):
     sampling_coefficient: float = Field(default=SAMPLING_COEFFICIENT, ge=0)
     sampling_scale: float | None = Field(default=None, gt=0)
     albedo: float = Field(default=0.0, ge=0, lt=1)
+    albedo_depth_x0: float = Field(default=0.0, ge=0)
 
 
 class GFlashParameterFile(BaseModel):
@@ -533,6 +539,9 @@ def _simulate_chunk(geometry: Geometry, stack: StackParameters, primary_energy: 
     start_x0 = start_x0 - params.start_offset_x0  # the profiles' origin (X0 along the axis from the face)
     # shower energy each layer samples at its active layer (GeV), the profile renormalised to t > start
     layer_energy = layer_signal_energy(stack, t_max, alpha, primary_energy, sin_theta, start_x0)
+    if params.albedo > 0 and params.albedo_depth_x0 > 0:  # the scattered-back part samples the shower behind
+        behind = layer_signal_energy(stack, t_max, alpha, primary_energy, sin_theta, start_x0 - params.albedo_depth_x0)
+        layer_energy[:, :-1] = (1.0 - params.albedo) * layer_energy[:, :-1] + params.albedo * behind[:, :-1]
     if params.start_offset_x0 > 0:
         layer_energy /= 1.0 - gammainc(alpha, (alpha - 1.0) / t_max * params.start_offset_x0)[:, None]
     # energy spots: their number and their own longitudinal profile (sampling-calorimeter GFlash)
