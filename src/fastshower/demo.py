@@ -30,7 +30,7 @@ import numpy as np
 #: The demo's physics case: 100 GeV electrons at normal incidence into clic25 (quick: 20 GeV).
 GEOMETRY, PARTICLE, ENERGY_GEV, ANGLE_DEG = "clic25", "e-", 100.0, 90.0
 QUICK_ENERGY_GEV = 20.0
-DEFAULT_N, QUICK_N = 150, 40
+DEFAULT_N, QUICK_N = 125, 40
 
 
 @dataclass
@@ -136,7 +136,7 @@ def run_demo(out_dir: str | Path = "demo_report", n: int | None = None, seed: in
              quick: bool = False, workers: int = 2, model: str | None = None, device: str = "cpu",
              progress: bool = True) -> DemoResult:
     """Geant4 (reference and floor sample) vs the best shipped generator and GFlash, ``n`` showers
-    each (default 150; ``quick``: 40 at 20 GeV in one process, no classifier); report in ``out_dir``.
+    each (default 125; ``quick``: 40 at 20 GeV in one process, no classifier); report in ``out_dir``.
 
     ``seed`` None draws one (shown in the report, so a run can be repeated); ``model`` overrides
     the generator choice.

@@ -48,7 +48,7 @@ def validate(
 @app.command()
 def demo(
     n: int | None = typer.Option(None, "-n", help="Showers per sample (Geant4 reference, Geant4 floor sample, "
-                                    "generator, GFlash); default 150, --quick 40."),
+                                    "generator, GFlash); default 125, --quick 40."),
     out: Path = typer.Option(Path("demo_report"), "--out", "-o", help="Report directory."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the run (default: a new one, shown in the report)."),
     quick: bool = typer.Option(False, "--quick", help="Small and fast (under a minute): 40 showers at 20 GeV, one "
