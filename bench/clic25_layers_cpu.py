@@ -8,22 +8,17 @@ batch 128 and 1: where the time over the FLOP floor goes (docs/inference.md, iss
 import json
 import os
 import sys
-import time
 
 import torch
 
 from fastshower.infer.fold import channels_last, example_inputs, fold_generator
+from fastshower.infer.timing import time_per_shower
 from fastshower.models.registry import build_generator
 
 
 def best_ms(fn, batch: int, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c0)
-    return 1e3 * best / batch
+    """Fastest of ``repeats`` calls after one warm-up, CPU ms per shower."""
+    return time_per_shower(fn, batch, warmup=1, repeats=repeats, clock="cpu").ms_per_shower_min
 
 
 def layers(net, batch: int) -> dict[str, float]:

@@ -27,15 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastshower.infer.timing import time_per_shower
+
 
 def best_cpu_s(fn, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c0)
-    return best
+    """Fastest of ``repeats`` calls after one warm-up, CPU seconds."""
+    return time_per_shower(fn, 1, warmup=1, repeats=repeats, clock="cpu").ms_per_shower_min / 1e3
 
 
 def _session(model):

@@ -532,14 +532,15 @@ def _inplace_activations(mods: list[nn.Module]) -> None:
             m.inplace = True
 
 
-def _batchnorm_input_shapes(module: ShowerGenerator) -> dict[int, torch.Size]:
-    """Input shape of every BatchNorm module in one forward pass (id(module) -> shape)."""
+def _input_shapes(module: ShowerGenerator, layers: list[nn.Module]) -> dict[int, torch.Size]:
+    """Input shape of each of ``layers`` (modules of ``module``) in one forward pass of one shower
+    (id(layer) -> shape, batch axis included)."""
     shapes: dict[int, torch.Size] = {}
 
     def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         shapes.setdefault(id(mod), inputs[0].shape)
 
-    hooks = [m.register_forward_hook(record) for m in module.modules() if isinstance(m, _BATCHNORMS)]
+    hooks = [m.register_forward_hook(record) for m in layers]
     try:
         with torch.inference_mode():
             module(*example_inputs(module, 1))
@@ -547,6 +548,11 @@ def _batchnorm_input_shapes(module: ShowerGenerator) -> dict[int, torch.Size]:
         for h in hooks:
             h.remove()
     return shapes
+
+
+def _batchnorm_input_shapes(module: ShowerGenerator) -> dict[int, torch.Size]:
+    """Input shape of every BatchNorm module in one forward pass (id(module) -> shape)."""
+    return _input_shapes(module, [m for m in module.modules() if isinstance(m, _BATCHNORMS)])
 
 
 def example_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -645,22 +651,11 @@ def _defer_crops(module: ShowerGenerator) -> None:
     that convolution instead of before it (both commute with a crop; the convolution then reads the
     dense shuffled tensor instead of a strided view it would first copy, and the crop is of its
     narrower output). The crop windows come from one forward pass (the volume is fixed)."""
-    sizes: dict[int, torch.Size] = {}
-
-    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        sizes.setdefault(id(mod), inputs[0].shape[2:])
-
     layers = [m for m in module.modules() if isinstance(m, ConvTransposeCrop) and m.channels_last
               and m.form == "subpixel" and m.dims > 1]
     if not layers:
         return
-    hooks = [m.register_forward_hook(record) for m in layers]
-    try:
-        with torch.inference_mode():
-            module(*example_inputs(module, 1))
-    finally:
-        for h in hooks:
-            h.remove()
+    sizes = {key: shape[2:] for key, shape in _input_shapes(module, layers).items()}
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, nn.Sequential):
