@@ -16,23 +16,21 @@ import glob
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from fastshower.data import read_showers
 from fastshower.data.summaries import quick_metrics
 from fastshower.models import registry
+from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import calibrate_response
+from fastshower.validate.observables import apply_threshold
 
 
 def validation_metrics(generator, validation: ShowerSet, seed: int = 5) -> dict[str, float]:
-    with torch.no_grad():
-        e = torch.as_tensor(validation.primary_energy, dtype=torch.float32)
-        a = torch.as_tensor(validation.incident_angle, dtype=torch.float32)
-        cells = generator(e, a, generator.sample_noise(len(e), generator=torch.Generator().manual_seed(seed))).numpy()
-    cells = np.where(cells < validation.geometry.readout_threshold_gev, 0.0, cells).astype(np.float32)
+    generated = generate_like(generator, validation, seed, batch_size=len(validation))
+    cells = apply_threshold(generated.showers, validation.geometry.readout_threshold_gev)
     cand = ShowerSet(cells, validation.primary_energy, validation.incident_angle, validation.geometry)
     return {k: round(float(v), 6) for k, v in quick_metrics(validation, cand).items()}
 

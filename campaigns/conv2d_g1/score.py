@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,10 @@ import torch
 from fastshower.data import read_showers
 from fastshower.data.summaries import axis_profiles, quick_metrics
 from fastshower.models import registry
+from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
-
-
-def gan_profile_term(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Mean over x, y, z of the mean over cells of |S_ref - S_cand| / S_ref (event-averaged profiles)."""
-    ref, cand = axis_profiles(reference), axis_profiles(candidate)
-    terms = []
-    for a in "xyz":
-        sr, sc = ref[a].mean(axis=0), cand[a].mean(axis=0)
-        ok = sr > 0
-        terms.append(float(np.mean(np.abs(sr[ok] - sc[ok]) / sr[ok])))
-    return float(np.mean(terms))
+from fastshower.validate.metrics import profile_term
+from fastshower.validate.observables import apply_threshold
 
 
 def spread_ratios(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -64,18 +55,14 @@ def main() -> None:
         row = {"generator": stem.stem}
         for e, ref in refs.items():
             n = min(args.n, len(ref))
-            energy = torch.full((n,), float(e))
-            angle = torch.full((n,), math.pi / 2)
-            noise = g.sample_noise(n, generator=torch.Generator().manual_seed(5))
-            with torch.no_grad():
-                showers = g(energy, angle, noise).numpy()
-            showers = np.where(showers < ref.geometry.readout_threshold_gev, 0.0, showers).astype(np.float32)
-            cand = ShowerSet(showers, np.full(n, float(e)), np.full(n, math.pi / 2), ref.geometry)
+            cand = generate_like(g, ref[:n], seed=5, batch_size=n)  # the fixed-energy file's conditions
+            showers = apply_threshold(cand.showers, ref.geometry.readout_threshold_gev)
+            cand = ShowerSet(showers, cand.primary_energy, cand.incident_angle, ref.geometry)
             sf_ref = ref.showers.sum(axis=(1, 2, 3)).mean() / float(e)
             sf_gan = showers.sum(axis=(1, 2, 3)).mean() / float(e)
             row[f"sf_rel_{e}"] = round(float(sf_gan / sf_ref - 1), 4)
             row[f"profile_mse_{e}"] = float(f"{quick_metrics(ref[:n], cand)['profile_mse']:.4g}")
-            row[f"gan_profiles_{e}"] = round(gan_profile_term(ref.showers[:n], showers), 4)
+            row[f"gan_profiles_{e}"] = round(profile_term(axis_profiles(ref.showers[:n]), axis_profiles(showers)), 4)
             for key, value in spread_ratios(ref.showers[:n], showers).items():
                 row[f"{key}_{e}"] = round(value, 4)
         print(json.dumps(row), flush=True)

@@ -22,9 +22,8 @@ def main() -> None:
     table: dict[str, dict[str, dict[str, float]]] = {}
     for path in sorted(args.outdir.glob("v_*_e*/metrics.json")):
         who, energy = path.parent.name[2:].rsplit("_e", 1)
-        content = json.loads(path.read_text())
         # `fastshower validate` writes {"verdict", "comparisons": [{"label", "metrics", ...}]} (one candidate here)
-        metrics = content["comparisons"][0]["metrics"] if "comparisons" in content else content["metrics"]
+        metrics = json.loads(path.read_text())["comparisons"][0]["metrics"]
         row = table.setdefault(f"{int(energy)} GeV", {})
         row[who] = {k: metrics[k]["candidate"] for k in KEYS if k in metrics}
         row["floor"] = {k: metrics[k]["floor"] for k in KEYS if k in metrics}

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.models.layers import keras_parameter_count
+from fastshower.showers import ShowerSet
 
 
 class ModelConfig(BaseModel):
@@ -145,6 +147,22 @@ class ShowerGenerator(nn.Module):
             "parameters": keras_parameter_count(self),
             "trainable_parameters": keras_parameter_count(self, trainable_only=True),
         }
+
+
+def generate_like(generator: ShowerGenerator, reference: ShowerSet, seed: int, batch_size: int = 256) -> ShowerSet:
+    """Showers (GeV) of ``generator`` at ``reference``'s conditions, without gradients, batch after
+    batch on the generator's device; the noise is drawn per batch from a CPU ``torch.Generator``
+    seeded with ``seed``. The caller chooses the mode (eval/train) and any autocast."""
+    device = next(generator.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    with torch.no_grad():
+        for i in range(0, len(reference), batch_size):
+            e = torch.as_tensor(reference.primary_energy[i:i + batch_size], dtype=torch.float32)
+            a = torch.as_tensor(reference.incident_angle[i:i + batch_size], dtype=torch.float32)
+            z = generator.sample_noise(len(e), generator=g)
+            parts.append(generator(e.to(device), a.to(device), z.to(device)).float().cpu().numpy())
+    return ShowerSet(np.concatenate(parts), reference.primary_energy, reference.incident_angle, reference.geometry)
 
 
 class ShowerDiscriminator(nn.Module):

@@ -14,9 +14,8 @@ wrong differently at different energies stays visible.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from fastshower.models.base import ShowerGenerator
+from fastshower.models.base import ShowerGenerator, generate_like
 from fastshower.showers import ShowerSet
 
 
@@ -25,19 +24,12 @@ def generated_energy_ratio(generator: ShowerGenerator, data: ShowerSet, seed: in
     """Mean summed energy of the data / that of the generator at the data's conditions (GeV; cells
     below the geometry's readout threshold count as zero in both)."""
     threshold = data.geometry.readout_threshold_gev
-    g = torch.Generator().manual_seed(seed)
-    generated = 0.0
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            e = torch.as_tensor(data.primary_energy[start:start + batch_size], dtype=torch.float32)
-            a = torch.as_tensor(data.incident_angle[start:start + batch_size], dtype=torch.float32)
-            cells = generator(e, a, generator.sample_noise(len(e), generator=g))
-            generated += float(torch.where(cells < threshold, 0.0, cells).sum(dtype=torch.float64))
-    cells = data.showers
-    real = float(np.where(cells < threshold, 0.0, cells).sum(dtype=np.float64))
-    if not generated > 0:
+    generated = generate_like(generator, data, seed, batch_size).showers
+    generated_sum = float(np.where(generated < threshold, 0.0, generated).sum(dtype=np.float64))
+    real = float(np.where(data.showers < threshold, 0.0, data.showers).sum(dtype=np.float64))
+    if not generated_sum > 0:
         raise ValueError("the generator deposits no energy at the data's conditions")
-    return real / generated
+    return real / generated_sum
 
 
 def calibrate_response(generator: ShowerGenerator, data: ShowerSet, seed: int = 0, tolerance: float = 1e-3,

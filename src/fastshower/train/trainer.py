@@ -49,6 +49,7 @@ from fastshower.data import iter_showers, read_showers, resolve_paths
 from fastshower.errors import OutputExistsError
 from fastshower.fileio import write_text_atomic
 from fastshower.geometry import Geometry, load_geometry
+from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train import checkpoint as ckpt
 from fastshower.train import distributed as dist_utils
@@ -479,19 +480,12 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def generate_like(self, reference: ShowerSet, batch_size: int = 256) -> ShowerSet:
         """Showers for ``reference``'s conditions (fixed validation seed), generator in eval mode."""
-        g = torch.Generator().manual_seed(self.cfg.run.validation_seed)
-        parts = []
         self.G.eval()
         try:
-            with torch.no_grad(), self._autocast():
-                for i in range(0, len(reference), batch_size):
-                    e = torch.as_tensor(reference.primary_energy[i:i + batch_size], dtype=torch.float32)
-                    a = torch.as_tensor(reference.incident_angle[i:i + batch_size], dtype=torch.float32)
-                    z = self.G.sample_noise(len(e), generator=g)
-                    parts.append(self.G(e.to(self.device), a.to(self.device), z.to(self.device)).float().cpu().numpy())
+            with self._autocast():
+                return generate_like(self.G, reference, self.cfg.run.validation_seed, batch_size)
         finally:
             self.G.train()
-        return ShowerSet(np.concatenate(parts), reference.primary_energy, reference.incident_angle, reference.geometry)
 
     def validate(self) -> dict[str, float]:
         """Profile MSE and sampling-fraction error of the generator against the held-out file, and

@@ -39,6 +39,18 @@ SSIM_DATA_RANGES = (1.0, 1e-2, 1e-4, 1e-6, 1e-8)
 
 # ------------------------------------------------------------------ 3DGAN optimisation metric
 
+def profile_term(profiles_ref: dict[str, np.ndarray], profiles_cand: dict[str, np.ndarray]) -> float:
+    """The profile term of the 3DGAN metric for one bin: the mean over axes of the mean over cells
+    of |(S_ref - S_cand) / S_ref|, S the event-averaged profiles (arrays (events, cells) per axis,
+    GeV; cells with S_ref = 0 skipped)."""
+    per_axis = []
+    for a in profiles_ref:
+        sr, sc = profiles_ref[a].mean(axis=0), profiles_cand[a].mean(axis=0)
+        ok = sr > 0
+        per_axis.append(np.mean(np.abs((sr[ok] - sc[ok]) / sr[ok])))
+    return float(np.mean(per_axis))
+
+
 def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionBin]) -> dict[str, float]:
     """The 3DGAN epoch-selection metric (GANutils ``metric``) with the double count fixed.
 
@@ -57,13 +69,8 @@ def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionB
             rel.append(np.mean([abs((ref_mean[a] - obs_cand[f"m{m}_{a}"][b.candidate].mean()) / (ref_mean[a] + ob._EPS))
                                 for a in "xyz"]))
         pos.append(np.mean(rel))
-        per_axis = []
-        for a in "xyz":
-            sr = obs_ref[f"profile_{a}"][b.reference].mean(axis=0)
-            sc = obs_cand[f"profile_{a}"][b.candidate].mean(axis=0)
-            ok = sr > 0
-            per_axis.append(np.mean(np.abs((sr[ok] - sc[ok]) / sr[ok])))
-        prof.append(np.mean(per_axis))
+        prof.append(profile_term({a: obs_ref[f"profile_{a}"][b.reference] for a in "xyz"},
+                                 {a: obs_cand[f"profile_{a}"][b.candidate] for a in "xyz"}))
         tr = obs_ref["measured_angle"][b.reference].mean()
         ang.append(abs((tr - obs_cand["measured_angle"][b.candidate].mean()) / tr))
     out = {"moments": float(np.mean(pos)), "profiles": float(np.mean(prof)), "angle": float(np.mean(ang))}
