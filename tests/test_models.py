@@ -19,6 +19,7 @@ from fastshower.models.layers import (
     ConvTranspose2d,
     FixedStatisticsBatchNorm,
     keras_parameter_count,
+    minibatch_std,
     same_padding,
 )
 
@@ -246,6 +247,40 @@ def test_conv2d_discriminator_heads_depend_on_the_input_in_training_mode(name, r
     (r0, e0), (r1, e1), (r2, e2) = batch_means(blind)
     assert e1 == pytest.approx(e0, abs=1e-5) and e2 == pytest.approx(e0, abs=1e-5)
     assert r1 == pytest.approx(r0, abs=1e-4) and r2 == pytest.approx(r0, abs=1e-4)
+
+
+def test_minibatch_std_groups_showers_of_similar_energy():
+    """Groups are formed along ``order``: a batch of two energies, each repeated 4 times, has zero
+    spread in groups of 4 whatever the batch order, and the feature follows a permutation of the
+    batch; a tail group (7 samples, groups of 4) overlaps the previous one; one sample gives 0."""
+    torch.manual_seed(0)
+    low, high = torch.randn(1, 6), torch.randn(1, 6) + 5.0
+    features = torch.cat([low.expand(4, 6), high.expand(4, 6)])
+    energy = torch.tensor([1.0] * 4 + [2.0] * 4)
+    perm = torch.randperm(8)
+    assert minibatch_std(features[perm], energy[perm], 4).abs().max() < 1e-3
+    assert minibatch_std(features[perm], torch.randperm(8).float(), 4).min() > 1.0  # mixed groups
+    diverse, order = torch.randn(8, 6), torch.randn(8)
+    torch.testing.assert_close(minibatch_std(diverse[perm], order[perm], 4), minibatch_std(diverse, order, 4)[perm])
+    out = minibatch_std(diverse[:7], order[:7], 4).squeeze(1)
+    ranked = torch.argsort(order[:7])
+    tail = diverse[:7][ranked[3:]].std(dim=0, unbiased=False).mean()
+    assert out[ranked[4:]].tolist() == pytest.approx([tail.item()] * 3, rel=1e-4)
+    assert minibatch_std(diverse[:1], order[:1], 4).tolist() == [[0.0]]
+
+
+def test_conv2d_discriminator_with_minibatch_std_sees_a_collapsed_batch():
+    """With ``minibatch_std_group`` a shower's outputs depend on the rest of its batch: the same
+    shower scores differently among copies of itself (a collapsed generator's batch) than among
+    other showers; without it they do not. The extra input starts the Dense(10) one wider."""
+    torch.manual_seed(0)
+    showers = torch.rand(8, 25, 25, 25) ** 4
+    collapsed = showers[:1].expand(8, -1, -1, -1)
+    plain = registry.build_discriminator("conv2d_g1", width=0.125).eval()
+    torch.testing.assert_close(plain(showers)["real"][0], plain(collapsed)["real"][0])
+    d = registry.build_discriminator("conv2d_g1", width=0.125, minibatch_std_group=4).eval()
+    assert d.hidden[0].in_features == plain.hidden[0].in_features + 1
+    assert abs(d(showers)["real"][0].item() - d(collapsed)["real"][0].item()) > 1e-5
 
 
 def test_gan3d_clic25_discriminator_sees_the_pattern_but_not_the_batch_scale(rng):

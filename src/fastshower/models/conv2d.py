@@ -18,8 +18,8 @@ z, image (x, y): the layer view) and ``Permute([2, 3, 1])`` (channels y, image (
 - Discriminator (shared design): the three orientations, each through [Conv2D(64,8,same),
   32,6v, 32,5v, 32,4v, 32,3v, 9,3v] with LeakyReLU + BN + Dropout, un-permuted and concatenated
   (27 x 9 x 9 = 2187), Dense(10), LeakyReLU, BN; heads Dense(1, sigmoid), Dense(1, linear), ECAL
-  sum. 714 114 parameters; the G3 variant inserts three 'same' 32-channel blocks (6, 4, 3):
-  902 658.
+  sum. 714 114 parameters (``minibatch_std_group`` > 1 adds one input to Dense(10)); the G3
+  variant inserts three 'same' 32-channel blocks (6, 4, 3): 902 658.
 
 Every convolution block is Conv2D (no bias, he_uniform; the first of G1/G3/D: glorot_uniform),
 LeakyReLU(0.3), BatchNormalization (momentum 0.99 -> 0.01, eps 1e-3, the TF2 default), Dropout(0.2).
@@ -62,6 +62,7 @@ from fastshower.models.layers import (
     dense,
     dropout,
     leaky_relu,
+    minibatch_std,
     scaled_channels,
 )
 
@@ -74,7 +75,10 @@ class Conv2dConfig(ModelConfig):
     """Conv2D model options: ``condition_on_angle`` (append theta to the latent; default off),
     ``output_activation`` of the generator, ``dropout`` rate and BatchNorm ``bn_eps`` (G and D),
     ``batchnorm`` semantics (:data:`fastshower.models.layers.BatchNormMode`; ``inference`` as the
-    TF2 loop ran them), ``output_scale`` of the generator (None: calibrated by the trainer)."""
+    TF2 loop ran them), ``output_scale`` of the generator (None: calibrated by the trainer),
+    ``minibatch_std_group``: when > 1 the discriminator also sees the spread of its features within
+    groups of that many showers of similar energy (:func:`fastshower.models.layers.minibatch_std`;
+    an extension of ours against mode collapse, 0 = off as in the original)."""
 
     condition_on_angle: bool = False
     output_activation: OutputActivation = "linear"
@@ -82,6 +86,7 @@ class Conv2dConfig(ModelConfig):
     bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
     batchnorm: BatchNormMode = "inference"
     output_scale: float | None = Field(default=None, gt=0)
+    minibatch_std_group: int = Field(default=0, ge=0)
 
 
 def _block(c_in: int, c_out: int, kernel: int, padding: str, cfg: Conv2dConfig,
@@ -295,6 +300,8 @@ class Conv2dDiscriminator(ShowerDiscriminator):
         self.path_z = _d_path(config, self.extra_blocks)
         self.path_y = _d_path(config, self.extra_blocks)
         n_features = 3 * 9 * 9 * 9
+        self.minibatch_std_group = config.minibatch_std_group
+        n_features += int(self.minibatch_std_group > 1)
         self.hidden = nn.Sequential(dense(n_features, 10), leaky_relu(),
                                     batch_norm(1, 10, config.bn_eps, config.batchnorm))
         self.real_head = dense(10, 1)
@@ -304,7 +311,11 @@ class Conv2dDiscriminator(ShowerDiscriminator):
         x1 = self.path_x(image)
         x2 = _side_view(self.path_z(_layer_view(image)))
         x3 = _layer_view(self.path_y(_side_view(image)))
-        h = self.hidden(torch.cat([x1, x2, x3], dim=1).flatten(1))
+        features = torch.cat([x1, x2, x3], dim=1).flatten(1)
+        if self.minibatch_std_group > 1:
+            features = torch.cat([features, minibatch_std(features, image.sum(dim=(1, 2, 3)),
+                                                          self.minibatch_std_group)], dim=1)
+        h = self.hidden(features)
         return {"real": torch.sigmoid(self.real_head(h)).squeeze(1),
                 "energy": self.energy_head(h).squeeze(1),
                 "ecal_sum": self.ecal_sum_of(image)}

@@ -1,0 +1,87 @@
+"""Start a campaign folder from another one's checkpoint with the minibatch-std feature added to the
+discriminator (``minibatch_std_group``, fastshower.models.layers.minibatch_std): the generator, the
+discriminator, both optimizers, RNG states and counters are carried over, the one new input of the
+discriminator's Dense(10) starts with zero weight (and zero Adam moments), so that the forked run
+continues the source run exactly until the discriminator learns to use the new feature.
+
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_power/latest \\
+        campaigns/conv2d_g1_mbstd --group 4
+
+Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
+TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from fastshower.models import registry
+from fastshower.train import checkpoint as ckpt
+from fastshower.train.campaign import CURVE, read_curve
+
+#: the discriminator parameter that gains one input column
+HIDDEN_WEIGHT = "hidden.0.weight"
+
+
+def widen_columns(tensor: torch.Tensor, columns: int) -> torch.Tensor:
+    """``tensor`` (out, in) with ``columns`` zero columns appended."""
+    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], columns)], dim=1)
+
+
+def fork(source: Path, target: Path, group: int) -> int:
+    """Write ``target`` (see the module docstring); returns the step it starts from."""
+    where, state, meta = ckpt.load_checkpoint(source)
+    gen, disc = ckpt.load_weights(where)
+    assert disc is not None
+    model_config = {**meta["model_config"], "minibatch_std_group": group}
+    discriminator = registry.build_discriminator(meta["model"], **model_config)
+    names = [name for name, _ in discriminator.named_parameters()]
+    added = discriminator.state_dict()[HIDDEN_WEIGHT].shape[1] - disc[HIDDEN_WEIGHT].shape[1]
+    disc = {**disc, HIDDEN_WEIGHT: widen_columns(disc[HIDDEN_WEIGHT], added)}
+    discriminator.load_state_dict(disc)  # strict: everything else has the same shape
+    index = names.index(HIDDEN_WEIGHT)
+    moments = state["optimizer_discriminator"]["state"][index]
+    for key in ("exp_avg", "exp_avg_sq"):
+        moments[key] = widen_columns(moments[key], added)
+
+    config = yaml.safe_load((source.parent / "config.yaml").read_text())
+    config["model"]["config"]["minibatch_std_group"] = group
+    run_config = yaml.safe_load(meta["config"])
+    run_config["model"]["config"]["minibatch_std_group"] = group
+    meta = {**meta, "model_config": model_config, "config": yaml.safe_dump(run_config, sort_keys=False)}
+
+    latest = target / "latest"
+    if latest.exists():
+        raise FileExistsError(f"{latest} exists: the fork would replace a campaign")
+    latest.mkdir(parents=True)
+    save_file({**{f"generator.{k}": v.contiguous() for k, v in gen.items()},
+               **{f"discriminator.{k}": v.contiguous() for k, v in discriminator.state_dict().items()}},
+              str(latest / ckpt.MODELS_FILE))
+    torch.save(state, latest / ckpt.STATE_FILE)
+    (latest / ckpt.META_FILE).write_text(json.dumps(meta))
+    header = f"# Forked from {source} at step {meta['step']} with minibatch_std_group {group} (fork.py).\n"
+    (target / "config.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+    rows = [r for r in read_curve(source.parent / CURVE) if int(r["step"]) <= meta["step"]]
+    lines = (source.parent / CURVE).read_text().splitlines()[: len(rows) + 1]  # header + rows to the fork
+    (target / CURVE).write_text("\n".join(lines) + "\n")
+    return int(meta["step"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a campaign's checkpoint folder (e.g. .../latest)")
+    parser.add_argument("target", type=Path, help="the new campaign folder")
+    parser.add_argument("--group", type=int, default=4, help="minibatch-std group size (showers)")
+    args = parser.parse_args()
+    step = fork(args.source, args.target, args.group)
+    print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
+
+
+if __name__ == "__main__":
+    main()
