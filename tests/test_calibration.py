@@ -11,7 +11,7 @@ import torch
 from fastshower.geometry import PRESETS
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
-from fastshower.train.calibration import calibrate_response, generated_energy_ratio
+from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy, generated_energy_ratio
 
 
 @pytest.mark.parametrize("cell_power", [1.0, 0.5])
@@ -43,3 +43,55 @@ def test_calibration_refuses_a_linear_head():
                      np.full(2, math.pi / 2), PRESETS["clic25"])
     with pytest.raises(ValueError, match="ReLU"):
         calibrate_response(g, data)
+
+
+def _relu_generator(cell_power: float = 0.5, output_scale: float = 3e-2):
+    torch.manual_seed(0)
+    return registry.build_generator("conv2d_g1", width=0.125, output_activation="relu", cell_power=cell_power,
+                                    output_scale=output_scale).eval()
+
+
+def test_calibration_by_energy_fixes_a_response_that_depends_on_energy():
+    """A detector whose response is 30% above the generator's at 10 GeV falling to +0% at 300 GeV
+    (linear in ln E): one number cannot fix it, the ln E polynomial does, bin by bin (up to
+    cells crossing the readout threshold, few in GeV units: cell_power 1)."""
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(3)
+    energy = np.exp(rng.uniform(np.log(10), np.log(300), 160))
+    angle = np.full(len(energy), math.pi / 2)
+    with torch.no_grad():
+        cells = g(torch.as_tensor(energy, dtype=torch.float32), torch.as_tensor(angle, dtype=torch.float32),
+                  g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1))).numpy()
+    truth = 1.0 + 0.3 * np.log(300 / energy) / np.log(30)
+    cells = np.where(cells < PRESETS["clic25"].readout_threshold_gev, 0.0, cells) * truth[:, None, None, None]
+    data = ShowerSet(cells.astype(np.float32), energy, angle, PRESETS["clic25"])
+    result = calibrate_response_by_energy(g, data, degree=1, n_bins=4, seed=1, max_iterations=3)
+    assert max(result["ratio_before"]) > 1.2 and min(result["ratio_before"]) < 1.05
+    assert np.abs(np.array(result["ratio_after"]) - 1).max() < 5e-3
+    assert g.config.response_correction == pytest.approx(tuple(result["coefficients"]))
+    factor = g.response_factor(torch.tensor([10.0, 300.0]))  # GeV factor (cell_power 1)
+    assert factor[0].item() / factor[1].item() == pytest.approx(1.3, rel=0.05)
+
+
+def test_response_correction_survives_saving_folding_and_onnx(tmp_path):
+    from fastshower.infer.fold import check_fold, example_inputs
+    from fastshower.infer.onnx_export import export_onnx, open_session
+
+    g = _relu_generator()
+    args = example_inputs(g, 4, seed=2)
+    with torch.no_grad():
+        plain = g(*args)
+        g.set_response_correction([0.2, -0.1, 0.02])
+        corrected = g(*args)
+    u = torch.log(args[0] / 100.0)
+    expected = torch.exp(0.2 - 0.1 * u + 0.02 * u**2)
+    torch.testing.assert_close(corrected.sum(dim=(1, 2, 3)) / plain.sum(dim=(1, 2, 3)), expected, rtol=1e-4, atol=0)
+    stem = registry.save_generator(g, tmp_path / "g").with_suffix("")
+    loaded = registry.load_generator(stem)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*args), corrected)
+    assert check_fold(loaded)["max_rel_err"] <= 1e-5
+    export_onnx(loaded, tmp_path / "g.onnx")
+    got = open_session(tmp_path / "g.onnx").run(["showers"], dict(zip(("primary_energy", "incident_angle", "noise"),
+                                                                        [a.numpy() for a in args])))[0]
+    assert np.abs(got - corrected.numpy()).max() <= 1e-5 * corrected.abs().max().item()

@@ -1,6 +1,7 @@
 """Make the candidate generator of a campaign: the weight average of its last K validated
 generators (fastshower.models.registry.average_generators), its response calibrated on training
-showers (fastshower.train.calibration.calibrate_response), and its metrics on the held-out
+showers (fastshower.train.calibration.calibrate_response; with ``--response by-energy``
+calibrate_response_by_energy, a ln E polynomial), and its metrics on the held-out
 validation showers beside those of each averaged checkpoint. The rule (last K, fixed before
 looking at any test sample) is what chooses the steps; the fixed-energy Geant4 test samples are
 only used afterwards by evaluate.sh.
@@ -24,7 +25,7 @@ from fastshower.data.summaries import quick_metrics
 from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
-from fastshower.train.calibration import calibrate_response
+from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy
 from fastshower.validate.observables import apply_threshold
 
 
@@ -41,6 +42,9 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, required=True, help="the campaign's run directory (generators/)")
     parser.add_argument("--last", type=int, default=4, help="average the last K validated generators")
     parser.add_argument("--calibration-events", type=int, default=2000, help="training showers for the response")
+    parser.add_argument("--response", choices=["global", "by-energy"], default="global",
+                        help="one response factor, or a polynomial in ln E (degree --degree)")
+    parser.add_argument("--degree", type=int, default=3, help="degree of the ln E polynomial (by-energy)")
     parser.add_argument("--out", type=Path, required=True, help="output stem (.json + .safetensors)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,13 +62,19 @@ def main() -> None:
     report["average_before_calibration"] = validation_metrics(generator, validation)
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
+    calibration = {"ratio": report["response_ratio_applied"], "training_showers": len(train),
+                   "method": "fastshower.train.calibration.calibrate_response"}
+    if args.response == "by-energy":
+        by_energy = calibrate_response_by_energy(generator, train, degree=args.degree)
+        report["response_by_energy"] = by_energy
+        calibration.update(method="calibrate_response, then calibrate_response_by_energy",
+                           by_energy={k: by_energy[k] for k in ("coefficients", "degree", "bin_edges_gev",
+                                                                 "ratio_before", "ratio_after")})
     report["calibration_events"] = len(train)
     report["average"] = validation_metrics(generator, validation)
     card = registry.read_card(stems[-1])
     meta = dict(card.get("metadata") or {})
-    meta.update({"averaged_from": report["averaged_from"], "response_calibration": {
-        "ratio": report["response_ratio_applied"], "training_showers": len(train),
-        "method": "fastshower.train.calibration.calibrate_response"}})
+    meta.update({"averaged_from": report["averaged_from"], "response_calibration": calibration})
     registry.save_generator(generator, args.out, meta)
     args.out.with_suffix(".finalize.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -76,6 +76,9 @@ class Conv2dConfig(ModelConfig):
     ``output_activation`` of the generator, ``dropout`` rate and BatchNorm ``bn_eps`` (G and D),
     ``batchnorm`` semantics (:data:`fastshower.models.layers.BatchNormMode`; ``inference`` as the
     TF2 loop ran them), ``output_scale`` of the generator (None: calibrated by the trainer),
+    ``response_correction``: coefficients c_k of the generator's energy-dependent response
+    correction ln r(E) = sum_k c_k ln(E / 100 GeV)^k (None: none; set by
+    :func:`fastshower.train.calibration.calibrate_response_by_energy`),
     ``minibatch_std_group``: when > 1 the discriminator also sees the spread of its features within
     groups of that many showers of similar energy (:func:`fastshower.models.layers.minibatch_std`;
     an extension of ours against mode collapse, 0 = off as in the original)."""
@@ -86,6 +89,7 @@ class Conv2dConfig(ModelConfig):
     bn_eps: float = Field(default=KERAS_BN_EPS, gt=0)
     batchnorm: BatchNormMode = "inference"
     output_scale: float | None = Field(default=None, gt=0)
+    response_correction: tuple[float, ...] | None = None
     minibatch_std_group: int = Field(default=0, ge=0)
 
 
@@ -125,6 +129,7 @@ class Conv2dGenerator(ShowerGenerator):
         self.dense = dense(self.noise_dim + int(config.condition_on_angle), 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
         self.register_buffer("output_scale", torch.tensor(config.output_scale or 1.0))
+        self.register_buffer("response_correction", torch.tensor(config.response_correction or (), dtype=torch.float32))
         self._register_load_state_dict_pre_hook(_default_output_scale)
 
     @property
@@ -136,6 +141,22 @@ class Conv2dGenerator(ShowerGenerator):
         """Fix the output multiplier (the config follows, so a saved generator records it)."""
         self.output_scale.fill_(float(value))
         self.config = self.config.model_copy(update={"output_scale": float(value)})
+
+    def set_response_correction(self, coefficients: list[float] | tuple[float, ...]) -> None:
+        """Set the energy-dependent response correction (see :class:`Conv2dConfig`; the config
+        follows, so a saved generator records it)."""
+        values = tuple(float(c) for c in coefficients)
+        self.response_correction = torch.tensor(values, dtype=torch.float32, device=self.output_scale.device)
+        self.config = self.config.model_copy(update={"response_correction": values or None})
+
+    def response_factor(self, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` factor on the output in model units: the GeV response correction r(E) raised to
+        ``cell_power`` (the ReLU output is positive-homogeneous: x r^p in model units is x r in GeV)."""
+        u = torch.log(primary_energy.to(self.response_correction.dtype) / 100.0)
+        log_r = torch.zeros_like(u)
+        for coefficient in self.response_correction.flip(0):  # Horner
+            log_r = log_r * u + coefficient
+        return torch.exp(self.transform.power * log_r)
 
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
@@ -154,11 +175,18 @@ class Conv2dGenerator(ShowerGenerator):
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in GeV for energies (GeV), angles (rad) and noise (B, 200)."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise)).view(-1, 5, 5, 5)
-        return self.output_head(self.body(seed)) * self.output_scale
+        out = self.output_head(self.body(seed)) * self.output_scale
+        if self.config.response_correction:
+            out = out * self.response_factor(primary_energy).to(out.dtype).view(-1, 1, 1, 1)
+        return out
 
     def metadata(self) -> dict:
         card = super().metadata()
         card["preprocessing"]["output_scale"] = float(self.output_scale)
+        if self.config.response_correction:
+            card["preprocessing"]["response_correction"] = {
+                "coefficients": list(self.config.response_correction),
+                "meaning": "GeV output x exp(sum_k c_k ln(E / 100 GeV)^k)"}
         return card
 
     def body(self, seed: torch.Tensor) -> torch.Tensor:
@@ -167,8 +195,10 @@ class Conv2dGenerator(ShowerGenerator):
 
 
 def _default_output_scale(state_dict: dict, prefix: str, *args: object) -> None:
-    """Weights saved before the output scale existed load with scale 1."""
+    """Weights saved before the output scale or the response correction existed load with scale 1
+    and no correction."""
     state_dict.setdefault(prefix + "output_scale", torch.tensor(1.0))
+    state_dict.setdefault(prefix + "response_correction", torch.zeros(0))
 
 
 def _g1_branch(cfg: Conv2dConfig) -> nn.Sequential:
