@@ -129,7 +129,9 @@ class Conv2dGenerator(ShowerGenerator):
         self.dense = dense(self.noise_dim + int(config.condition_on_angle), 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
         self.register_buffer("output_scale", torch.tensor(config.output_scale or 1.0))
-        self.register_buffer("response_correction", torch.tensor(config.response_correction or (), dtype=torch.float32))
+        # the coefficients live in the config (the card), not in the weights file
+        self.register_buffer("response_correction", torch.tensor(config.response_correction or (), dtype=torch.float32),
+                             persistent=False)
         self._register_load_state_dict_pre_hook(_default_output_scale)
 
     @property
@@ -195,10 +197,8 @@ class Conv2dGenerator(ShowerGenerator):
 
 
 def _default_output_scale(state_dict: dict, prefix: str, *args: object) -> None:
-    """Weights saved before the output scale or the response correction existed load with scale 1
-    and no correction."""
+    """Weights saved before the output scale existed load with scale 1."""
     state_dict.setdefault(prefix + "output_scale", torch.tensor(1.0))
-    state_dict.setdefault(prefix + "response_correction", torch.zeros(0))
 
 
 def _g1_branch(cfg: Conv2dConfig) -> nn.Sequential:

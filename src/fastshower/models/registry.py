@@ -298,8 +298,8 @@ def average_generators(stems: Sequence[str | Path]) -> ShowerGenerator:
     architecture and configuration, e.g. the checkpoints of one training run at successive steps):
     weight averaging over the last checkpoints damps the step-to-step oscillation of GAN training
     (Yazici et al., "The unusual effectiveness of averaging in GAN training", ICLR 2019). Floating
-    tensors are averaged, except the output scale and response correction, which must agree;
-    integer buffers (BatchNorm's batch counters) are taken from the last. Returns it in eval mode."""
+    tensors are averaged, except the output scale, which must agree; integer buffers (BatchNorm's
+    batch counters) are taken from the last. Returns it in eval mode."""
     if not stems:
         raise ValueError("average_generators needs at least one saved generator")
     generators = [load_generator(stem) for stem in stems]
@@ -310,7 +310,7 @@ def average_generators(stems: Sequence[str | Path]) -> ShowerGenerator:
     states = [g.state_dict() for g in generators]
     averaged = {}
     for key, value in states[0].items():
-        if key.rsplit(".", 1)[-1] in ("output_scale", "response_correction"):
+        if key.rsplit(".", 1)[-1] == "output_scale":
             if any(not torch.equal(state[key], value) for state in states[1:]):
                 raise ValueError(f"average_generators: {key} differs between the generators")
             averaged[key] = value

@@ -39,12 +39,13 @@ def passes(result: dict[str, Any]) -> bool:
 
 
 def learning_run(seed: int = 0, steps: int | None = None, workdir: str | Path | None = None,
-                 model_config: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+                 model_config: dict[str, Any] | None = None, recipe: dict[str, Any] | None = None,
+                 batch_size: int | None = None) -> dict[str, Any]:
     """Train the check's model for ``steps`` (default :data:`SETTING`) with run seed ``seed``;
     returns the settings, ``before`` and ``after`` validation metrics and CPU seconds. The data
     are GFlash showers with seeds 1 (train) and 2 (validation), whatever ``seed`` is.
     ``model_config`` / ``recipe`` override the model options / recipe fields (e.g. the old
-    ``batchnorm: train``)."""
+    ``batchnorm: train``); ``batch_size`` overrides the setting's."""
     from fastshower.data import write_showers
     from fastshower.geometry import PRESETS
     from fastshower.simulate.gflash import simulate
@@ -52,6 +53,7 @@ def learning_run(seed: int = 0, steps: int | None = None, workdir: str | Path | 
     from fastshower.train.trainer import Trainer
 
     s = dict(SETTING)
+    s["batch_size"] = batch_size or s["batch_size"]
     steps = steps or s["steps"]
     per_epoch = s["n_train"] // s["batch_size"]  # validated at the end of every pass over the data
     cpu0 = time.process_time()
