@@ -256,6 +256,31 @@ class Crop(nn.Module):
         return f"starts={self.starts}, lengths={self.lengths}"
 
 
+class BatchChunks(nn.Module):
+    """Runs ``body`` on equal slices of at most ``chunk`` samples and concatenates the results: the same
+    function when every layer of ``body`` treats samples independently (no batch statistics; see
+    :func:`_per_sample`). On the CPU this keeps the activations of a slice a few MB (cache-resident,
+    reused by the allocator) instead of tens of MB that a large batch maps fresh from the kernel
+    on every call (page faults cost more than the narrow layers' arithmetic; docs/inference.md).
+    Tracing and ONNX export see ``body`` alone."""
+
+    def __init__(self, body: nn.Module, chunk: int) -> None:
+        super().__init__()
+        self.body = body
+        self.chunk = int(chunk)
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.chunk or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.body(x)
+        parts = -(-x.shape[0] // self.chunk)  # slices of equal size (within one sample)
+        return torch.cat([self.body(part) for part in x.tensor_split(parts)])
+
+    def extra_repr(self) -> str:
+        return f"chunk={self.chunk}"
+
+
 class BiasMap(nn.Module):
     """Adds a constant tensor (1, C, *spatial): a folded BatchNorm shift seen through zero padding."""
 
@@ -617,7 +642,7 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     return folded.to(device=device, dtype=dtype).eval()
 
 
-def channels_last(module: nn.Module) -> nn.Module:
+def channels_last(module: nn.Module, chunk_bytes: int = 0) -> nn.Module:
     """A copy of ``module`` (folded or not) that runs in channels-last memory layout on the CPU:
     4-d / 5-d weights and buffers in ``channels_last`` / ``channels_last_3d``, folded layers
     (:class:`DenseVolume`, sub-pixel :class:`ConvTransposeCrop`) producing channels-last
@@ -635,7 +660,65 @@ def channels_last(module: nn.Module) -> nn.Module:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
     if isinstance(twin, ShowerGenerator):
         _defer_crops(twin)
+        if chunk_bytes:
+            _chunk_batches(twin, chunk_bytes)
     return twin
+
+
+#: Activation bytes per batch slice that :func:`channels_last` aims at (:class:`BatchChunks`).
+CHUNK_BYTES = 8 << 20
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+
+def _per_sample(module: nn.Module) -> bool:
+    """True when ``module`` maps every sample of a batch on its own (so a batch may be sliced):
+    linear layers, folded layers, padding, upsampling, element-wise activations and
+    running-statistics BatchNorm in evaluation mode. Anything else (batch statistics,
+    minibatch features, unknown modules) is False."""
+    if type(module) in _BATCHNORMS:
+        return module.track_running_stats and module.running_mean is not None and not module.training
+    if isinstance(module, nn.Sequential):
+        return all(_per_sample(m) for m in module)
+    from fastshower.models.gan3d import _DenseToVolume
+
+    return isinstance(module, (*_CONVS, *_TRANSPOSED, *_PADS, *_ACTIVATIONS, ConvTransposeCrop, Crop, BiasMap,
+                               DenseVolume, _DenseToVolume, nn.Linear, nn.Upsample, nn.Identity))
+
+
+def _chunk_batches(module: ShowerGenerator, chunk_bytes: int) -> None:
+    """Wrap the layers after the leading dense ones of each ``nn.Sequential`` of ``module`` in a
+    :class:`BatchChunks` whose slices keep the largest activation near ``chunk_bytes`` (the
+    dense layers keep the whole batch: one matrix product reads their weights once). Only where
+    every wrapped layer is :func:`_per_sample` and the largest activation of one sample is
+    known from a forward pass."""
+    seqs = [(parent, name, child) for parent in list(module.modules())
+            for name, child in parent.named_children() if isinstance(child, nn.Sequential)]
+    inner = [m for _, _, seq in seqs for m in seq]
+    sizes: dict[int, int] = {}
+
+    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes[id(mod)] = max(sizes.get(id(mod), 0), output[0].numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in inner]
+    try:
+        with torch.inference_mode():
+            module(*example_inputs(module, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    for parent, name, seq in seqs:
+        mods = list(seq)
+        start = 0
+        while start < len(mods) and (_dense_of(mods[start]) is not None or isinstance(mods[start], DenseVolume)
+                                     or isinstance(mods[start], _ACTIVATIONS)):
+            start += 1
+        body = mods[start:]
+        if not body or not all(_per_sample(m) and id(m) in sizes for m in body):
+            continue
+        largest = max(sizes[id(m)] for m in body)
+        chunk = max(1, chunk_bytes // largest)
+        setattr(parent, name, nn.Sequential(*mods[:start], BatchChunks(nn.Sequential(*body), chunk)))
 
 
 def _valid_conv(layer: nn.Module) -> bool:
