@@ -1,10 +1,14 @@
 """Batch slicing of the channels-last twin (:class:`fastshower.infer.fold.BatchChunks`, issue 18):
 CPU ms per shower, one thread, of the folded channels-last network at batch ``--batch`` for
-several activation budgets per slice (``chunk_bytes``; 0 = the whole batch at once), with the
+several activation budgets per slice (``chunk_bytes``; 0 = the whole batch at once) and the
+network before this change (zero pads copied before the convolutions, whole batch), with the
 minor page faults per call (``ru_minflt``: fresh memory mapped by the allocator) and the load
 average. Variants are timed in interleaved rounds (minimum per variant over the rounds).
 
-    /work/bin/quiet .venv/bin/python bench/chunks_cpu.py --model gan3d_clic25 --batch 128 --out bench/chunks_cpu_quiet_clic25.json
+    Q="/work/bin/quiet .venv/bin/python bench/chunks_cpu.py"
+    $Q --model gan3d_clic25 --batch 128 --rounds 3 --calls 2 --out bench/chunks_cpu_quiet_clic25.json
+    $Q --model gan3d_clic51 --batch 16 --budgets-mb 0 8 16 32 --rounds 3 --calls 1 \
+        --out bench/chunks_cpu_quiet_clic51.json
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def main() -> None:
     torch.manual_seed(0)
     module = build_generator(args.model).eval()
     folded = fold_generator(module)
-    nets = {f"{mb:g} MB": channels_last(folded, chunk_bytes=int(mb * 2**20)) for mb in args.budgets_mb}
+    nets = {"before (pads copied, whole batch)": channels_last(fold_generator(module, pads=False))}
+    nets.update({f"{mb:g} MB": channels_last(folded, chunk_bytes=int(mb * 2**20)) for mb in args.budgets_mb})
     inputs = example_inputs(module, args.batch, 3)
     doc: dict = {"model": args.model, "batch": args.batch, "threads": 1, "clock": "cpu (process_time)",
                  "loadavg_start": os.getloadavg(), "chunks": {}, "ms_per_shower": {}, "minflt_per_call": {}}

@@ -4,7 +4,7 @@ Applied at load time for inference (:class:`~fastshower.infer.generator.Generato
 default); the weights on disk are unchanged. :func:`fold_generator` returns a folded *copy* in
 evaluation mode; :func:`check_fold` measures it against the unfolded network.
 
-Two rewrites, both exact up to floating-point rounding:
+Four rewrites, each exact up to floating-point rounding:
 
 1. **Nearest upsampling + convolution -> one strided transposed convolution**
    (:class:`ConvTransposeCrop`). ``Conv(k, stride 1)(ZeroPad(p)(Upsample_nearest(s)(x)))``
@@ -29,6 +29,10 @@ Two rewrites, both exact up to floating-point rounding:
    their composition is one ``latent x volume`` matrix, computed by pushing the unit vectors
    through both; kept only where it needs fewer multiply-adds (gan3d_clic25: 5.0 M instead of
    0.6 M + 57.8 M; not gan3d_clic51, whose first layer's output is 30x larger than its input).
+
+4. **Zero padding into the convolution** (:func:`_fold_pads`): a zero ``ConstantPad`` right
+   before a convolution (or a Keras layer's own 'same' ``F.pad``), when symmetric per axis,
+   becomes the convolution's ``padding`` (gan3d_clic51: 5 pads; no copy of the padded volume).
 
 Dropout layers (identities in evaluation mode) are dropped. :func:`flop_report` counts FLOPs per
 shower before and after (``torch.utils.flop_counter``; a multiply-add = 2 FLOPs).
@@ -547,6 +551,34 @@ def _fold_batchnorm(mods: list[nn.Module], input_shapes: dict[int, torch.Size]) 
     return out
 
 
+def _fold_pads(mods: list[nn.Module]) -> tuple[list[nn.Module], int]:
+    """A zero ``ConstantPad`` (or a Keras layer's own ``F.pad``) right before a convolution, when
+    symmetric per axis, moved into the convolution's ``padding`` (the same zeros, read by the
+    kernel instead of copied into a new tensor first). Returns the modules and the number of pads
+    moved. The convolution is modified in place (``fold_generator`` works on a copy)."""
+    out: list[nn.Module] = []
+    n = 0
+    for m in mods:
+        prev = out[-1] if out else None
+        if isinstance(m, _CONVS) and getattr(m, "padding_mode", "zeros") == "zeros" \
+                and not isinstance(m.padding, str):
+            dims = m.weight.dim() - 2
+            pad = _pad_spec(prev, dims) if prev is not None else None
+            total = _conv_pad(m, dims)
+            if pad is not None:
+                total = [(b + pb, a + pa) for (b, a), (pb, pa) in zip(total, pad)]
+            moved = pad is not None or bool(getattr(m, "keras_padding", None))
+            if moved and all(b == a for b, a in total):
+                m.padding = tuple(b for b, _ in total)
+                if getattr(m, "keras_padding", None):
+                    m.keras_padding = None
+                if pad is not None:
+                    out.pop()
+                n += 1
+        out.append(m)
+    return out, n
+
+
 def _inplace_activations(mods: list[nn.Module]) -> None:
     """Make (Leaky)ReLUs that follow a layer producing a fresh tensor work in place (no new
     allocation: on this CPU a large fresh buffer costs more page faults than the activation itself).
@@ -593,7 +625,7 @@ def example_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> tuple[torc
 # ------------------------------------------------------------------------------ public API
 
 def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bool = True,
-                   form: str = "auto", dense_conv: bool = True) -> ShowerGenerator:
+                   form: str = "auto", dense_conv: bool = True, pads: bool = True) -> ShowerGenerator:
     """A folded copy of ``module`` (evaluation mode, float32 CPU weights unchanged in value; the
     original is untouched): nearest ``Upsample -> [ZeroPad] -> Conv`` as one transposed
     convolution, inference-mode BatchNorm into the next linear layer, Dropout removed, and (with
@@ -612,7 +644,7 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     dtype = next(folded.parameters()).dtype
     folded = folded.float().cpu()
     shapes = _batchnorm_input_shapes(folded) if batchnorm else {}
-    counts = {"upsample_conv": 0, "transpose": 0, "batchnorm": 0, "batchnorm_kept": 0, "dense_conv": 0}
+    counts = {"upsample_conv": 0, "transpose": 0, "batchnorm": 0, "batchnorm_kept": 0, "dense_conv": 0, "pad": 0}
     features = {id(m): 1 for m in folded.modules() if _dense_of(m) is not None}
     for parent in list(folded.modules()):
         for name, child in list(parent.named_children()):
@@ -630,6 +662,9 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
             if dense_conv:
                 mods, n_dense = _fold_dense_conv(mods, features)
                 counts["dense_conv"] += n_dense
+            if pads:
+                mods, n_pads = _fold_pads(mods)
+                counts["pad"] += n_pads
             _inplace_activations(mods)
             setattr(parent, name, nn.Sequential(*mods))
     if form not in FORMS:
@@ -642,13 +677,16 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     return folded.to(device=device, dtype=dtype).eval()
 
 
-def channels_last(module: nn.Module, chunk_bytes: int = 0) -> nn.Module:
+def channels_last(module: nn.Module, chunk_bytes: int | None = None) -> nn.Module:
     """A copy of ``module`` (folded or not) that runs in channels-last memory layout on the CPU:
     4-d / 5-d weights and buffers in ``channels_last`` / ``channels_last_3d``, folded layers
     (:class:`DenseVolume`, sub-pixel :class:`ConvTransposeCrop`) producing channels-last
     activations directly, so that oneDNN's channels-last convolution kernels run without layout
-    conversions between layers. The same function (exact up to rounding); torch only: an ONNX
-    export is unaffected by memory layout (export the module before this)."""
+    conversions between layers. For a generator, the layers after the leading dense ones also run
+    on batch slices whose largest activation is about ``chunk_bytes`` (:class:`BatchChunks`;
+    default :data:`CHUNK_BYTES`, 0 = the whole batch at once), where every such layer treats samples
+    independently. The same function (exact up to rounding); torch only: an ONNX export is
+    unaffected by memory layout (export the module before this)."""
     twin = copy.deepcopy(module)
     for m in twin.modules():
         if isinstance(m, (ConvTransposeCrop, DenseVolume)):
@@ -660,12 +698,16 @@ def channels_last(module: nn.Module, chunk_bytes: int = 0) -> nn.Module:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
     if isinstance(twin, ShowerGenerator):
         _defer_crops(twin)
-        if chunk_bytes:
-            _chunk_batches(twin, chunk_bytes)
+        budget = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+        if budget > 0:
+            _chunk_batches(twin, budget)
     return twin
 
 
-#: Activation bytes per batch slice that :func:`channels_last` aims at (:class:`BatchChunks`).
+#: Activation bytes per batch slice that :func:`channels_last` aims at (:class:`BatchChunks`): well
+#: inside the 32 MB L3 of this CPU and below glibc's largest dynamic mmap threshold (32 MB), so that
+#: the slices' buffers are reused from the heap instead of being mapped (page-faulted) on every call;
+#: 4-32 MB measured alike, 0 page faults at 4-8 MB (bench/chunks_cpu_quiet_*.json).
 CHUNK_BYTES = 8 << 20
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
 
