@@ -1,5 +1,5 @@
 """Batch slicing of the channels-last twin (:class:`fastshower.infer.fold.BatchChunks`, issue 18):
-CPU ms per shower, one thread, of the folded channels-last network at batch ``--batch`` for
+CPU ms per shower, one thread (``--threads N``: wall ms), of the folded channels-last network at batch ``--batch`` for
 several activation budgets per slice (``chunk_bytes``; 0 = the whole batch at once) and the
 network before this change (zero pads copied before the convolutions, whole batch), with the
 minor page faults per call (``ru_minflt``: fresh memory mapped by the allocator) and the load
@@ -32,16 +32,19 @@ def main() -> None:
     ap.add_argument("--budgets-mb", type=float, nargs="+", default=[0, 4, 8, 16, 32])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (> 1: wall time is the figure)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
+    clock = time.process_time if args.threads == 1 else time.perf_counter
     torch.manual_seed(0)
     module = build_generator(args.model).eval()
     folded = fold_generator(module)
-    nets = {"before (pads copied, whole batch)": channels_last(fold_generator(module, pads=False))}
+    nets = {"before (pads copied, whole batch)": channels_last(fold_generator(module, pads=False), chunk_bytes=0)}
     nets.update({f"{mb:g} MB": channels_last(folded, chunk_bytes=int(mb * 2**20)) for mb in args.budgets_mb})
     inputs = example_inputs(module, args.batch, 3)
-    doc: dict = {"model": args.model, "batch": args.batch, "threads": 1, "clock": "cpu (process_time)",
+    doc: dict = {"model": args.model, "batch": args.batch, "threads": args.threads,
+           "clock": "cpu (process_time)" if args.threads == 1 else "wall (perf_counter)",
                  "loadavg_start": os.getloadavg(), "chunks": {}, "ms_per_shower": {}, "minflt_per_call": {}}
     with torch.inference_mode():
         ref = folded(*inputs)
@@ -55,10 +58,10 @@ def main() -> None:
             for label, net in nets.items():
                 net(*inputs)
                 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                c0 = time.process_time()
+                c0 = clock()
                 for _ in range(args.calls):
                     net(*inputs)
-                ms = (time.process_time() - c0) * 1e3 / (args.calls * args.batch)
+                ms = (clock() - c0) * 1e3 / (args.calls * args.batch)
                 flt = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / args.calls
                 doc["ms_per_shower"][label] = min(doc["ms_per_shower"].get(label, float("inf")), ms)
                 doc["minflt_per_call"][label] = flt
