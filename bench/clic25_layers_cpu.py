@@ -7,13 +7,14 @@ timed on its own input at the size it really runs at (the dense layer at ``--bat
 the slice size), CPU ms per shower, the fastest of ``--repeats`` calls after a warm-up, minus the
 time of the input copy each call makes (in-place activations). Per layer: FLOPs executed and
 minimal (:meth:`~fastshower.infer.fold.ConvTransposeCrop.effective_flops`: taps that meet an input
-cell, outputs kept), GFLOP/s achieved, the floor (minimal FLOPs / the one-core fp32 matmul peak
-of the same run, 2048^2, best of 5) and ms / floor. Also the whole network at ``--batch`` with
-the default slices and without them (``chunk_bytes=0``), and the load average.
+cell, outputs kept), GFLOP/s achieved and its percentage of the peak, the floor (minimal FLOPs /
+the one-core fp32 matmul peak of the same run, 2048^2, best of 5, the larger of the probes at the
+start and the end) and ms / floor. Also the whole network at ``--batch`` with the default slices
+and without them (``chunk_bytes=0``), and the load average.
 
-    /work/bin/quiet .venv/bin/python bench/clic25_layers_cpu.py --out bench/clic25_layers_cpu_quiet.json
+    /work/bin/quiet .venv/bin/python bench/clic25_layers_cpu.py --out bench/clic25_layers_cpu_quiet_chunks.json
     /work/bin/quiet .venv/bin/python bench/clic25_layers_cpu.py --model gan3d_clic51 --batch 16 \\
-        --out bench/clic51_layers_cpu_quiet.json
+        --out bench/clic51_layers_cpu_quiet_chunks.json
 """
 
 from __future__ import annotations
@@ -118,7 +119,11 @@ def main() -> None:
                 ms = best_ms(lambda v=variant: v(e, a, z), args.batch, args.repeats)
                 doc[label] = min(doc.get(label, math.inf), ms)
     doc["peak_gflops_end"] = peak_gflops()
-    peak = max(doc["peak_gflops_start"], doc["peak_gflops_end"])
+    peak = max(doc["peak_gflops_start"], doc["peak_gflops_end"])  # the less disturbed probe
+    for row in doc["layers"]:
+        row["floor_ms"] = row["mflop_minimal"] / peak
+        row["ms_over_floor"] = row["ms_per_shower"] / row["floor_ms"] if row["floor_ms"] > 0 else None
+        row["percent_of_peak"] = 100 * row["gflops_executed"] / peak if row["gflops_executed"] else None
     doc["sum_of_layers"] = sum(r["ms_per_shower"] for r in doc["layers"])
     doc["floor_ms"] = sum(r["mflop_minimal"] for r in doc["layers"]) / peak  # MFLOP / (GFLOP/s) = ms
     doc["loadavg_end"] = os.getloadavg()
