@@ -282,3 +282,10 @@ def test_symmetric_zero_padding_moves_into_the_convolution():
     assert moved == [1, 1, 0, 0]
     folded = fold_generator(build_generator("gan3d_clic51", width=WIDTH))
     assert folded.folded["pad"] == 5 and not any(isinstance(m, nn.ConstantPad3d) for m in folded.modules())
+
+
+def test_channels_last_twin_stays_in_evaluation_mode():
+    from fastshower.infer.fold import channels_last
+
+    twin = channels_last(fold_generator(build_generator("gan3d_clic25", width=WIDTH).eval()))
+    assert not any(m.training for m in twin.modules())

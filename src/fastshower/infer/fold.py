@@ -760,7 +760,8 @@ def _chunk_batches(module: ShowerGenerator, chunk_bytes: int) -> None:
             continue
         largest = max(sizes[id(m)] for m in body)
         chunk = max(1, chunk_bytes // largest)
-        setattr(parent, name, nn.Sequential(*mods[:start], BatchChunks(nn.Sequential(*body), chunk)))
+        chunked = BatchChunks(nn.Sequential(*body), chunk)
+        setattr(parent, name, nn.Sequential(*mods[:start], chunked).train(seq.training))
 
 
 def _valid_conv(layer: nn.Module) -> bool:
@@ -801,7 +802,7 @@ def _defer_crops(module: ShowerGenerator) -> None:
                 mods.insert(j + 1, Crop(starts, [n - k + 1 for n, k in zip(lengths, kernel)]))
                 changed = True
             if changed:
-                setattr(parent, name, nn.Sequential(*mods))
+                setattr(parent, name, nn.Sequential(*mods).train(child.training))
 
 
 def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:
