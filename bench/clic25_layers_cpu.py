@@ -32,6 +32,7 @@ from fastshower.infer.fold import (
     BatchChunks,
     ConvTransposeCrop,
     DenseVolume,
+    _dense_of,
     channels_last,
     example_inputs,
     fold_generator,
@@ -63,6 +64,8 @@ def flops(mod: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, floa
         return mod.executed_flops(shape), mod.effective_flops(shape)
     if isinstance(mod, DenseVolume):
         return 2.0 * mod.weight.numel(), 2.0 * mod.weight.numel()
+    if _dense_of(mod) is not None:
+        return 2.0 * _dense_of(mod).weight.numel(), 2.0 * _dense_of(mod).weight.numel()
     if isinstance(mod, nn.modules.conv._ConvNd):
         n = 2.0 * y[0].numel() * math.prod(mod.weight.shape[1:])
         return n, n
