@@ -230,3 +230,62 @@ def test_batch1_trace_equals_eager(tmp_path, name):
     assert fast.engine.traced not in (None, False) and plain.engine.traced is None
     batch = fast.generate(e, a, n=3, seed=3).showers
     assert np.abs(batch - plain.generate(e, a, n=3, seed=3).showers).max() <= FOLD_RTOL * np.abs(batch).max()
+
+
+@pytest.mark.parametrize("name", ["gan3d_clic25", "gan3d_clic51"])
+def test_batch_slices_equal_the_whole_batch(name):
+    """With a tiny activation budget the channels-last twin runs its layer stacks on slices of one
+    shower (BatchChunks); the showers of a batch of 5 equal the unfolded network's."""
+    from fastshower.infer.fold import BatchChunks, channels_last
+
+    g = _random_generator(name)
+    twin = channels_last(fold_generator(g), chunk_bytes=1)
+    chunks = [m for m in twin.modules() if isinstance(m, BatchChunks)]
+    assert chunks and all(m.chunk == 1 for m in chunks)
+    err = check_fold(g, twin, n=5)
+    assert err["is_finite"] and err["max_rel_err"] <= FOLD_RTOL, err
+    default = channels_last(fold_generator(g))  # default budget: slices of many showers
+    assert all(m.chunk > 1 for m in default.modules() if isinstance(m, BatchChunks))
+
+
+def test_batch_slices_only_over_per_sample_layers():
+    """Batch statistics (Keras BN called with training=True, BN in training mode) forbid slicing."""
+    from fastshower.infer.fold import BatchChunks, _per_sample, channels_last
+    from fastshower.models.layers import BatchNorm3dAlwaysTraining
+
+    bn = nn.BatchNorm3d(4).eval()
+    assert _per_sample(bn) and _per_sample(nn.Sequential(nn.Conv3d(4, 4, 1), nn.LeakyReLU(0.3)))
+    assert not _per_sample(BatchNorm3dAlwaysTraining(4).eval()) and not _per_sample(bn.train())
+    g = build_generator("gan3d_clic25", width=WIDTH).eval()
+    g.net = nn.Sequential(*g.net[:3], BatchNorm3dAlwaysTraining(g.net[1].out_channels).eval(), *g.net[3:])
+    twin = channels_last(fold_generator(g), chunk_bytes=1)
+    assert not any(isinstance(m, BatchChunks) for m in twin.modules())
+
+
+def test_symmetric_zero_padding_moves_into_the_convolution():
+    from fastshower.infer.fold import _fold_pads
+
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 6, 5, 7)
+    seqs = [nn.Sequential(nn.ConstantPad3d((1, 1, 2, 2, 0, 0), 0.0), nn.Conv3d(3, 2, (3, 3, 2))),  # moved
+            nn.Sequential(Conv3d(3, 2, (3, 5, 3), padding="same")),  # odd kernel, symmetric Keras pad: moved
+            nn.Sequential(nn.ConstantPad3d((0, 1, 0, 0, 0, 0), 0.0), nn.Conv3d(3, 2, 2)),  # asymmetric: kept
+            nn.Sequential(Conv3d(3, 2, (2, 2, 2), padding="same"))]  # even kernel, asymmetric Keras pad: kept
+    moved = []
+    with torch.no_grad():
+        for seq in seqs:
+            expected = seq(x)
+            mods, n = _fold_pads([copy.deepcopy(m) for m in seq])
+            assert len(mods) == len(seq) - (n if isinstance(seq[0], nn.ConstantPad3d) else 0)
+            torch.testing.assert_close(nn.Sequential(*mods)(x), expected, rtol=1e-5, atol=1e-6)
+            moved.append(n)
+    assert moved == [1, 1, 0, 0]
+    folded = fold_generator(build_generator("gan3d_clic51", width=WIDTH))
+    assert folded.folded["pad"] == 5 and not any(isinstance(m, nn.ConstantPad3d) for m in folded.modules())
+
+
+def test_channels_last_twin_stays_in_evaluation_mode():
+    from fastshower.infer.fold import channels_last
+
+    twin = channels_last(fold_generator(build_generator("gan3d_clic25", width=WIDTH).eval()))
+    assert not any(m.training for m in twin.modules())

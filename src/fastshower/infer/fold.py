@@ -4,7 +4,7 @@ Applied at load time for inference (:class:`~fastshower.infer.generator.Generato
 default); the weights on disk are unchanged. :func:`fold_generator` returns a folded *copy* in
 evaluation mode; :func:`check_fold` measures it against the unfolded network.
 
-Two rewrites, both exact up to floating-point rounding:
+Four rewrites, each exact up to floating-point rounding:
 
 1. **Nearest upsampling + convolution -> one strided transposed convolution**
    (:class:`ConvTransposeCrop`). ``Conv(k, stride 1)(ZeroPad(p)(Upsample_nearest(s)(x)))``
@@ -29,6 +29,10 @@ Two rewrites, both exact up to floating-point rounding:
    their composition is one ``latent x volume`` matrix, computed by pushing the unit vectors
    through both; kept only where it needs fewer multiply-adds (gan3d_clic25: 5.0 M instead of
    0.6 M + 57.8 M; not gan3d_clic51, whose first layer's output is 30x larger than its input).
+
+4. **Zero padding into the convolution** (:func:`_fold_pads`): a zero ``ConstantPad`` right
+   before a convolution (or a Keras layer's own 'same' ``F.pad``), when symmetric per axis,
+   becomes the convolution's ``padding`` (gan3d_clic51: 5 pads; no copy of the padded volume).
 
 Dropout layers (identities in evaluation mode) are dropped. :func:`flop_report` counts FLOPs per
 shower before and after (``torch.utils.flop_counter``; a multiply-add = 2 FLOPs).
@@ -254,6 +258,31 @@ class Crop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"starts={self.starts}, lengths={self.lengths}"
+
+
+class BatchChunks(nn.Module):
+    """Runs ``body`` on equal slices of at most ``chunk`` samples and concatenates the results: the same
+    function when every layer of ``body`` treats samples independently (no batch statistics; see
+    :func:`_per_sample`). On the CPU this keeps the activations of a slice a few MB (cache-resident,
+    reused by the allocator) instead of tens of MB that a large batch maps fresh from the kernel
+    on every call (page faults cost more than the narrow layers' arithmetic; docs/inference.md).
+    Tracing and ONNX export see ``body`` alone."""
+
+    def __init__(self, body: nn.Module, chunk: int) -> None:
+        super().__init__()
+        self.body = body
+        self.chunk = int(chunk)
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.chunk or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.body(x)
+        parts = -(-x.shape[0] // self.chunk)  # slices of equal size (within one sample)
+        return torch.cat([self.body(part) for part in x.tensor_split(parts)])
+
+    def extra_repr(self) -> str:
+        return f"chunk={self.chunk}"
 
 
 class BiasMap(nn.Module):
@@ -522,6 +551,34 @@ def _fold_batchnorm(mods: list[nn.Module], input_shapes: dict[int, torch.Size]) 
     return out
 
 
+def _fold_pads(mods: list[nn.Module]) -> tuple[list[nn.Module], int]:
+    """A zero ``ConstantPad`` (or a Keras layer's own ``F.pad``) right before a convolution, when
+    symmetric per axis, moved into the convolution's ``padding`` (the same zeros, read by the
+    kernel instead of copied into a new tensor first). Returns the modules and the number of pads
+    moved. The convolution is modified in place (``fold_generator`` works on a copy)."""
+    out: list[nn.Module] = []
+    n = 0
+    for m in mods:
+        prev = out[-1] if out else None
+        if isinstance(m, _CONVS) and getattr(m, "padding_mode", "zeros") == "zeros" \
+                and not isinstance(m.padding, str):
+            dims = m.weight.dim() - 2
+            pad = _pad_spec(prev, dims) if prev is not None else None
+            total = _conv_pad(m, dims)
+            if pad is not None:
+                total = [(b + pb, a + pa) for (b, a), (pb, pa) in zip(total, pad)]
+            moved = pad is not None or bool(getattr(m, "keras_padding", None))
+            if moved and all(b == a for b, a in total):
+                m.padding = tuple(b for b, _ in total)
+                if getattr(m, "keras_padding", None):
+                    m.keras_padding = None
+                if pad is not None:
+                    out.pop()
+                n += 1
+        out.append(m)
+    return out, n
+
+
 def _inplace_activations(mods: list[nn.Module]) -> None:
     """Make (Leaky)ReLUs that follow a layer producing a fresh tensor work in place (no new
     allocation: on this CPU a large fresh buffer costs more page faults than the activation itself).
@@ -568,7 +625,7 @@ def example_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> tuple[torc
 # ------------------------------------------------------------------------------ public API
 
 def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bool = True,
-                   form: str = "auto", dense_conv: bool = True) -> ShowerGenerator:
+                   form: str = "auto", dense_conv: bool = True, pads: bool = True) -> ShowerGenerator:
     """A folded copy of ``module`` (evaluation mode, float32 CPU weights unchanged in value; the
     original is untouched): nearest ``Upsample -> [ZeroPad] -> Conv`` as one transposed
     convolution, inference-mode BatchNorm into the next linear layer, Dropout removed, and (with
@@ -587,7 +644,7 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     dtype = next(folded.parameters()).dtype
     folded = folded.float().cpu()
     shapes = _batchnorm_input_shapes(folded) if batchnorm else {}
-    counts = {"upsample_conv": 0, "transpose": 0, "batchnorm": 0, "batchnorm_kept": 0, "dense_conv": 0}
+    counts = {"upsample_conv": 0, "transpose": 0, "batchnorm": 0, "batchnorm_kept": 0, "dense_conv": 0, "pad": 0}
     features = {id(m): 1 for m in folded.modules() if _dense_of(m) is not None}
     for parent in list(folded.modules()):
         for name, child in list(parent.named_children()):
@@ -605,6 +662,9 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
             if dense_conv:
                 mods, n_dense = _fold_dense_conv(mods, features)
                 counts["dense_conv"] += n_dense
+            if pads:
+                mods, n_pads = _fold_pads(mods)
+                counts["pad"] += n_pads
             _inplace_activations(mods)
             setattr(parent, name, nn.Sequential(*mods))
     if form not in FORMS:
@@ -617,13 +677,16 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
     return folded.to(device=device, dtype=dtype).eval()
 
 
-def channels_last(module: nn.Module) -> nn.Module:
+def channels_last(module: nn.Module, chunk_bytes: int | None = None) -> nn.Module:
     """A copy of ``module`` (folded or not) that runs in channels-last memory layout on the CPU:
     4-d / 5-d weights and buffers in ``channels_last`` / ``channels_last_3d``, folded layers
     (:class:`DenseVolume`, sub-pixel :class:`ConvTransposeCrop`) producing channels-last
     activations directly, so that oneDNN's channels-last convolution kernels run without layout
-    conversions between layers. The same function (exact up to rounding); torch only: an ONNX
-    export is unaffected by memory layout (export the module before this)."""
+    conversions between layers. For a generator, the layers after the leading dense ones also run
+    on batch slices whose largest activation is about ``chunk_bytes`` (:class:`BatchChunks`;
+    default :data:`CHUNK_BYTES`, 0 = the whole batch at once), where every such layer treats samples
+    independently. The same function (exact up to rounding); torch only: an ONNX export is
+    unaffected by memory layout (export the module before this)."""
     twin = copy.deepcopy(module)
     for m in twin.modules():
         if isinstance(m, (ConvTransposeCrop, DenseVolume)):
@@ -635,7 +698,70 @@ def channels_last(module: nn.Module) -> nn.Module:
             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
     if isinstance(twin, ShowerGenerator):
         _defer_crops(twin)
+        budget = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+        if budget > 0:
+            _chunk_batches(twin, budget)
     return twin
+
+
+#: Activation bytes per batch slice that :func:`channels_last` aims at (:class:`BatchChunks`): well
+#: inside the 32 MB L3 of this CPU and below glibc's largest dynamic mmap threshold (32 MB), so that
+#: the slices' buffers are reused from the heap instead of being mapped (page-faulted) on every call;
+#: 4-32 MB measured alike, 0 page faults at 4-8 MB (bench/chunks_cpu_quiet_*.json).
+CHUNK_BYTES = 8 << 20
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+
+def _per_sample(module: nn.Module) -> bool:
+    """True when ``module`` maps every sample of a batch on its own (so a batch may be sliced):
+    linear layers, folded layers, padding, upsampling, element-wise activations and
+    running-statistics BatchNorm in evaluation mode. Anything else (batch statistics,
+    minibatch features, unknown modules) is False."""
+    if type(module) in _BATCHNORMS:
+        return module.track_running_stats and module.running_mean is not None and not module.training
+    if isinstance(module, nn.Sequential):
+        return all(_per_sample(m) for m in module)
+    from fastshower.models.gan3d import _DenseToVolume
+
+    return isinstance(module, (*_CONVS, *_TRANSPOSED, *_PADS, *_ACTIVATIONS, ConvTransposeCrop, Crop, BiasMap,
+                               DenseVolume, _DenseToVolume, nn.Linear, nn.Upsample, nn.Identity))
+
+
+def _chunk_batches(module: ShowerGenerator, chunk_bytes: int) -> None:
+    """Wrap the layers after the leading dense ones of each ``nn.Sequential`` of ``module`` in a
+    :class:`BatchChunks` whose slices keep the largest activation near ``chunk_bytes`` (the
+    dense layers keep the whole batch: one matrix product reads their weights once). Only where
+    every wrapped layer is :func:`_per_sample` and the largest activation of one sample is
+    known from a forward pass."""
+    seqs = [(parent, name, child) for parent in list(module.modules())
+            for name, child in parent.named_children() if isinstance(child, nn.Sequential)]
+    inner = [m for _, _, seq in seqs for m in seq]
+    sizes: dict[int, int] = {}
+
+    def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes[id(mod)] = max(sizes.get(id(mod), 0), output[0].numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in inner]
+    try:
+        with torch.inference_mode():
+            module(*example_inputs(module, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    for parent, name, seq in seqs:
+        mods = list(seq)
+        start = 0
+        while start < len(mods) and (_dense_of(mods[start]) is not None or isinstance(mods[start], DenseVolume)
+                                     or isinstance(mods[start], _ACTIVATIONS)):
+            start += 1
+        body = mods[start:]
+        if not body or not all(_per_sample(m) and id(m) in sizes for m in body):
+            continue
+        largest = max(sizes[id(m)] for m in body)
+        chunk = max(1, chunk_bytes // largest)
+        chunked = BatchChunks(nn.Sequential(*body), chunk)
+        setattr(parent, name, nn.Sequential(*mods[:start], chunked).train(seq.training))
 
 
 def _valid_conv(layer: nn.Module) -> bool:
@@ -676,7 +802,7 @@ def _defer_crops(module: ShowerGenerator) -> None:
                 mods.insert(j + 1, Crop(starts, [n - k + 1 for n, k in zip(lengths, kernel)]))
                 changed = True
             if changed:
-                setattr(parent, name, nn.Sequential(*mods))
+                setattr(parent, name, nn.Sequential(*mods).train(child.training))
 
 
 def flops_per_shower(module: nn.Module, batch: int = 2) -> dict[str, Any]:
