@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--steps", type=int, default=None, help=f"default {SETTING['steps']}")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"default {SETTING['batch_size']}")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batchnorm", default=None, help="override the model's batchnorm (e.g. train: the old port)")
     parser.add_argument("--cell-power", type=float, default=None,
@@ -46,12 +47,15 @@ def main() -> None:
         load = os.getloadavg()
         t = time.perf_counter()
         overrides = {"batchnorm": args.batchnorm, "cell_power": args.cell_power}
-        r = learning_run(seed, args.steps, model_config={k: v for k, v in overrides.items() if v is not None} or None)
+        r = learning_run(seed, args.steps, model_config={k: v for k, v in overrides.items() if v is not None} or None,
+                         batch_size=args.batch_size)
         r.update({"wall_s": round(time.perf_counter() - t, 1), "load_avg_1_5_15": [round(x, 2) for x in load],
                   "passes": passes(r)})
         runs.append(r)
         print(json.dumps({k: r[k] for k in ("seed", "before", "after", "train_cpu_s", "passes")}), flush=True)
     result = {"command": f"bench/learning.py --seeds {' '.join(map(str, args.seeds))}"
+                         + (f" --steps {args.steps}" if args.steps else "")
+                         + (f" --batch-size {args.batch_size}" if args.batch_size else "")
                          + (f" --batchnorm {args.batchnorm}" if args.batchnorm else "")
                          + (f" --cell-power {args.cell_power:g}" if args.cell_power else ""), "bounds": BOUNDS,
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,

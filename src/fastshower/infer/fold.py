@@ -52,10 +52,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastshower.models.base import ShowerGenerator
+from fastshower.models.layers import FixedStatisticsBatchNorm
 
 #: Relative tolerance of :func:`check_fold` (the issue's 1e-5 relative to the largest cell).
 FOLD_RTOL = 1e-5
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fixed_statistics(module: nn.Module) -> bool:
+    """A BatchNorm that normalises with stored statistics, i.e. an affine map per channel: torch's
+    BatchNormNd with running statistics (in evaluation mode when run), or the Conv2D models'
+    :class:`FixedStatisticsBatchNorm` (always). Not batch-statistics ones (``BatchNorm3dAlwaysTraining``)."""
+    if isinstance(module, FixedStatisticsBatchNorm):
+        return True
+    return type(module) in _BATCHNORMS and module.track_running_stats and module.running_mean is not None
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 #: How a ConvTransposeCrop runs; see fold_generator.
@@ -518,8 +528,7 @@ def _fold_batchnorm(mods: list[nn.Module], input_shapes: dict[int, torch.Size]) 
     i = 0
     while i < len(out):
         bn = out[i]
-        if type(bn) in _BATCHNORMS and bn.track_running_stats and bn.running_mean is not None \
-                and id(bn) in input_shapes:
+        if _fixed_statistics(bn) and id(bn) in input_shapes:
             j = _linear_path_end(out, i + 1)
             if j is not None:
                 with torch.no_grad():
@@ -609,7 +618,7 @@ def _input_shapes(module: ShowerGenerator, layers: list[nn.Module]) -> dict[int,
 
 def _batchnorm_input_shapes(module: ShowerGenerator) -> dict[int, torch.Size]:
     """Input shape of every BatchNorm module in one forward pass (id(module) -> shape)."""
-    return _input_shapes(module, [m for m in module.modules() if isinstance(m, _BATCHNORMS)])
+    return _input_shapes(module, [m for m in module.modules() if _fixed_statistics(m)])
 
 
 def example_inputs(module: ShowerGenerator, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -654,9 +663,9 @@ def fold_generator(module: ShowerGenerator, upsample: bool = True, batchnorm: bo
             for origin in ("upsample_conv", "transpose"):
                 counts[origin] += sum(getattr(m, "origin", None) == origin for m in mods)
             if batchnorm:
-                n_bn = sum(type(m) in _BATCHNORMS for m in mods)
+                n_bn = sum(_fixed_statistics(m) for m in mods)
                 mods = _fold_batchnorm(mods, shapes)
-                left = sum(type(m) in _BATCHNORMS for m in mods)
+                left = sum(_fixed_statistics(m) for m in mods)
                 counts["batchnorm"] += n_bn - left
                 counts["batchnorm_kept"] += left
             if dense_conv:
@@ -717,6 +726,8 @@ def _per_sample(module: nn.Module) -> bool:
     linear layers, folded layers, padding, upsampling, element-wise activations and
     running-statistics BatchNorm in evaluation mode. Anything else (batch statistics,
     minibatch features, unknown modules) is False."""
+    if isinstance(module, FixedStatisticsBatchNorm):
+        return True
     if type(module) in _BATCHNORMS:
         return module.track_running_stats and module.running_mean is not None and not module.training
     if isinstance(module, nn.Sequential):
