@@ -60,10 +60,10 @@ def calibrate_response(generator: ShowerGenerator, data: ShowerSet, seed: int = 
 
 
 def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: np.ndarray, seed: int = 0,
-                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       batch_size: int = 256, min_events: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per bin of primary energy (``edges_gev``): (mean ln(E / 100 GeV), data / generator ratio of
     the mean sampling fraction, events). Cells below the readout threshold count as zero; bins
-    with fewer than 10 events are left out."""
+    with fewer than ``min_events`` events are left out (their ratio is noise for the fit)."""
     threshold = data.geometry.readout_threshold_gev
     generated = generate_like(generator, data, seed, batch_size).showers
     def response(showers: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
     u, ratio, count = [], [], []
     for b in range(len(edges_gev) - 1):
         mask = which == b
-        if mask.sum() < 10:
+        if mask.sum() < min_events:
             continue
         if not fake[mask].mean() > 0:
             raise ValueError(f"the generator deposits no energy at {edges_gev[b]:.3g}-{edges_gev[b + 1]:.3g} GeV")
@@ -84,11 +84,13 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
 
 
 def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, degree: int = 3, n_bins: int = 10,
-                                 seed: int = 0, tolerance: float = 2e-3, max_iterations: int = 6) -> dict:
+                                 seed: int = 0, tolerance: float = 2e-3, max_iterations: int = 6,
+                                 min_events: int = 30) -> dict:
     """Fit and set ``generator.response_correction`` (module docstring) so that the mean sampling
     fraction matches ``data`` in ``n_bins`` bins equal in ln E, with a polynomial of ``degree`` in
     ln(E / 100 GeV), iterated (cells crossing the readout threshold) until every bin is within
-    ``tolerance``. Returns the per-bin ratios before and after and the coefficients."""
+    ``tolerance``; bins with fewer than ``min_events`` showers are left out. Returns the per-bin
+    ratios before and after and the coefficients."""
     if getattr(generator.config, "output_activation", None) != "relu" or \
             not hasattr(generator, "set_response_correction"):
         raise ValueError(f"{generator.name}: response calibration needs a ReLU output head with a response correction")
@@ -98,14 +100,14 @@ def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, de
     edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
     coefficients = np.zeros(degree + 1)
     coefficients[: len(generator.response_correction)] = generator.response_correction.cpu().numpy()[: degree + 1]
-    u, before, count = response_by_energy(generator, data, edges, seed)
+    u, before, count = response_by_energy(generator, data, edges, seed, min_events=min_events)
     ratio = before
     for _ in range(max_iterations):
         if np.abs(ratio - 1.0).max() <= tolerance:
             break
         coefficients = coefficients + polynomial.polyfit(u, np.log(ratio), degree, w=np.sqrt(count))
         generator.set_response_correction(coefficients.tolist())
-        u, ratio, count = response_by_energy(generator, data, edges, seed)
+        u, ratio, count = response_by_energy(generator, data, edges, seed, min_events=min_events)
     return {"coefficients": coefficients.tolist(), "bin_edges_gev": edges.round(4).tolist(),
             "ratio_before": before.round(5).tolist(), "ratio_after": ratio.round(5).tolist(),
             "events": count.tolist(), "degree": degree}
