@@ -23,11 +23,11 @@ import argparse
 import json
 import math
 import os
-import time
 
 import torch
 from torch import nn
 
+from fastshower.infer.benchmark import measure_peak_gflops
 from fastshower.infer.fold import (
     BatchChunks,
     ConvTransposeCrop,
@@ -46,15 +46,9 @@ def best_ms(fn, batch: int, repeats: int) -> float:
     return time_per_shower(fn, batch, warmup=1, repeats=repeats, clock="cpu").ms_per_shower_min
 
 
-def peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        c0 = time.process_time()
-        torch.mm(a, b)
-        best = min(best, time.process_time() - c0)
-    return 2.0 * size ** 3 / best / 1e9
+def peak_gflops() -> float:
+    """Best fp32 GFLOP/s of a 2048^2 matmul on one thread, by CPU time."""
+    return measure_peak_gflops("cpu", 2048, clock="cpu")
 
 
 def flops(mod: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

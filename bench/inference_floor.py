@@ -59,14 +59,9 @@ def cpu_flags() -> dict[str, bool]:
 
 def peak_gflops_one_core(size: int = 2048, repeats: int = 5) -> float:
     """Best fp32 GFLOP/s of a size^2 matmul on one thread, by CPU time."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        c0 = time.process_time()
-        torch.mm(a, b)
-        best = min(best, time.process_time() - c0)
-    return 2.0 * size ** 3 / best / 1e9
+    from fastshower.infer.benchmark import measure_peak_gflops
+
+    return measure_peak_gflops("cpu", size, repeats, clock="cpu")
 
 
 def time_call(fn, batch: int, calls: int, rounds: int) -> dict[str, float]:

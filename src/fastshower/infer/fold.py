@@ -606,14 +606,19 @@ def _input_shapes(module: ShowerGenerator, layers: list[nn.Module]) -> dict[int,
     def record(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         shapes.setdefault(id(mod), inputs[0].shape)
 
-    hooks = [m.register_forward_hook(record) for m in layers]
+    _one_shower_with_hooks(module, layers, record)
+    return shapes
+
+
+def _one_shower_with_hooks(module: ShowerGenerator, layers: list[nn.Module], hook) -> None:
+    """One inference forward pass of one shower with forward ``hook`` on each of ``layers``."""
+    hooks = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.inference_mode():
             module(*example_inputs(module, 1))
     finally:
         for h in hooks:
             h.remove()
-    return shapes
 
 
 def _batchnorm_input_shapes(module: ShowerGenerator) -> dict[int, torch.Size]:
@@ -753,13 +758,7 @@ def _chunk_batches(module: ShowerGenerator, chunk_bytes: int) -> None:
         if isinstance(output, torch.Tensor):
             sizes[id(mod)] = max(sizes.get(id(mod), 0), output[0].numel() * output.element_size())
 
-    hooks = [m.register_forward_hook(record) for m in inner]
-    try:
-        with torch.inference_mode():
-            module(*example_inputs(module, 1))
-    finally:
-        for h in hooks:
-            h.remove()
+    _one_shower_with_hooks(module, inner, record)
     for parent, name, seq in seqs:
         mods = list(seq)
         start = 0
