@@ -66,6 +66,7 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
     with fewer than ``min_events`` events are left out (their ratio is noise for the fit)."""
     threshold = data.geometry.readout_threshold_gev
     generated = generate_like(generator, data, seed, batch_size).showers
+
     def response(showers: np.ndarray) -> np.ndarray:
         return np.where(showers < threshold, 0.0, showers).sum(axis=(1, 2, 3), dtype=np.float64) / data.primary_energy
     real, fake = response(data.showers), response(generated)
@@ -101,6 +102,9 @@ def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, de
     coefficients = np.zeros(degree + 1)
     coefficients[: len(generator.response_correction)] = generator.response_correction.cpu().numpy()[: degree + 1]
     u, before, count = response_by_energy(generator, data, edges, seed, min_events=min_events)
+    if len(u) < degree + 1:
+        raise ValueError(f"only {len(u)} energy bins hold {min_events} or more showers: too few for a polynomial "
+                         f"of degree {degree} (more showers, fewer bins or a lower degree)")
     ratio = before
     for _ in range(max_iterations):
         if np.abs(ratio - 1.0).max() <= tolerance:
