@@ -27,14 +27,19 @@ from fastshower.models.base import ShowerGenerator, generate_like
 from fastshower.showers import ShowerSet
 
 
+def _read_out_gev(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
+    """``(B,)`` energy each shower leaves above the readout threshold (GeV, float64 sums)."""
+    return np.where(showers < threshold_gev, 0.0, showers).sum(axis=(1, 2, 3), dtype=np.float64)
+
+
 def generated_energy_ratio(generator: ShowerGenerator, data: ShowerSet, seed: int = 0,
                            batch_size: int = 256) -> float:
     """Mean summed energy of the data / that of the generator at the data's conditions (GeV; cells
     below the geometry's readout threshold count as zero in both)."""
     threshold = data.geometry.readout_threshold_gev
     generated = generate_like(generator, data, seed, batch_size).showers
-    generated_sum = float(np.where(generated < threshold, 0.0, generated).sum(dtype=np.float64))
-    real = float(np.where(data.showers < threshold, 0.0, data.showers).sum(dtype=np.float64))
+    generated_sum = float(_read_out_gev(generated, threshold).sum())
+    real = float(_read_out_gev(data.showers, threshold).sum())
     if not generated_sum > 0:
         raise ValueError("the generator deposits no energy at the data's conditions")
     return real / generated_sum
@@ -66,10 +71,8 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
     with fewer than ``min_events`` events are left out (their ratio is noise for the fit)."""
     threshold = data.geometry.readout_threshold_gev
     generated = generate_like(generator, data, seed, batch_size).showers
-
-    def response(showers: np.ndarray) -> np.ndarray:
-        return np.where(showers < threshold, 0.0, showers).sum(axis=(1, 2, 3), dtype=np.float64) / data.primary_energy
-    real, fake = response(data.showers), response(generated)
+    real = _read_out_gev(data.showers, threshold) / data.primary_energy
+    fake = _read_out_gev(generated, threshold) / data.primary_energy
     which = np.digitize(data.primary_energy, edges_gev) - 1
     u, ratio, count = [], [], []
     for b in range(len(edges_gev) - 1):
