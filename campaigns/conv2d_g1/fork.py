@@ -1,11 +1,15 @@
 """Start a campaign folder from another one's checkpoint with the minibatch-std feature added to the
-discriminator (``minibatch_std_group``, fastshower.models.layers.minibatch_std): the generator, the
-discriminator, both optimizers, RNG states and counters are carried over, the one new input of the
-discriminator's Dense(10) starts with zero weight (and zero Adam moments), so that the forked run
-continues the source run exactly until the discriminator learns to use the new feature.
+discriminator (``--group``: ``minibatch_std_group``, fastshower.models.layers.minibatch_std) and/or
+the spread term added to the generator loss (``--spread``: ``recipe.loss_weights.spread``,
+fastshower.train.spread): the generator, the discriminator, both optimizers, RNG states and counters
+are carried over; a new input of the discriminator's Dense(10) starts with zero weight (and zero
+Adam moments), so that the forked run continues the source run exactly until the discriminator
+learns to use the new feature.
 
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_power/latest \\
         campaigns/conv2d_g1_mbstd --group 4
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_mbstd/latest \\
+        campaigns/conv2d_g1_spread --spread 1
 
 Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
 TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
@@ -34,26 +38,33 @@ def widen_columns(tensor: torch.Tensor, columns: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], columns)], dim=1)
 
 
-def fork(source: Path, target: Path, group: int) -> int:
+def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
     assert disc is not None
-    model_config = {**meta["model_config"], "minibatch_std_group": group}
+    config = yaml.safe_load((source.parent / "config.yaml").read_text())
+    run_config = yaml.safe_load(meta["config"])
+    model_config = dict(meta["model_config"])
+    changes = []
+    if group is not None:
+        model_config["minibatch_std_group"] = group
+        config["model"]["config"]["minibatch_std_group"] = group
+        run_config["model"]["config"]["minibatch_std_group"] = group
+        changes.append(f"minibatch_std_group {group}")
+    if spread is not None:
+        config["recipe"].setdefault("loss_weights", {})["spread"] = spread
+        run_config["recipe"]["loss_weights"]["spread"] = spread
+        changes.append(f"loss_weights.spread {spread}")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
     names = [name for name, _ in discriminator.named_parameters()]
     added = discriminator.state_dict()[HIDDEN_WEIGHT].shape[1] - disc[HIDDEN_WEIGHT].shape[1]
-    disc = {**disc, HIDDEN_WEIGHT: widen_columns(disc[HIDDEN_WEIGHT], added)}
+    if added:
+        disc = {**disc, HIDDEN_WEIGHT: widen_columns(disc[HIDDEN_WEIGHT], added)}
+        moments = state["optimizer_discriminator"]["state"][names.index(HIDDEN_WEIGHT)]
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments[key] = widen_columns(moments[key], added)
     discriminator.load_state_dict(disc)  # strict: everything else has the same shape
-    index = names.index(HIDDEN_WEIGHT)
-    moments = state["optimizer_discriminator"]["state"][index]
-    for key in ("exp_avg", "exp_avg_sq"):
-        moments[key] = widen_columns(moments[key], added)
-
-    config = yaml.safe_load((source.parent / "config.yaml").read_text())
-    config["model"]["config"]["minibatch_std_group"] = group
-    run_config = yaml.safe_load(meta["config"])
-    run_config["model"]["config"]["minibatch_std_group"] = group
     meta = {**meta, "model_config": model_config, "config": yaml.safe_dump(run_config, sort_keys=False)}
 
     latest = target / "latest"
@@ -65,7 +76,7 @@ def fork(source: Path, target: Path, group: int) -> int:
               str(latest / ckpt.MODELS_FILE))
     torch.save(state, latest / ckpt.STATE_FILE)
     (latest / ckpt.META_FILE).write_text(json.dumps(meta))
-    header = f"# Forked from {source} at step {meta['step']} with minibatch_std_group {group} (fork.py).\n"
+    header = f"# Forked from {source} at step {meta['step']} with {', '.join(changes)} (fork.py).\n"
     (target / "config.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
     rows = [r for r in read_curve(source.parent / CURVE) if int(r["step"]) <= meta["step"]]
     lines = (source.parent / CURVE).read_text().splitlines()[: len(rows) + 1]  # header + rows to the fork
@@ -77,9 +88,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a campaign's checkpoint folder (e.g. .../latest)")
     parser.add_argument("target", type=Path, help="the new campaign folder")
-    parser.add_argument("--group", type=int, default=4, help="minibatch-std group size (showers)")
+    parser.add_argument("--group", type=int, default=None, help="minibatch-std group size (showers)")
+    parser.add_argument("--spread", type=float, default=None, help="weight of the generator's spread term")
     args = parser.parse_args()
-    step = fork(args.source, args.target, args.group)
+    if args.group is None and args.spread is None:
+        parser.error("nothing to change: give --group and/or --spread")
+    step = fork(args.source, args.target, args.group, args.spread)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

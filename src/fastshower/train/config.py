@@ -37,12 +37,14 @@ class ModelSection(_Strict):
 
 class LossWeights(_Strict):
     """Weights of the loss terms: BCE on real/fake, MAPE on E/100, MAPE on the ECAL sum, MAE on the
-    angle (rad). A zero weight drops the term."""
+    angle (rad), and ``spread``: the generator-only shower-to-shower spread term of
+    :mod:`fastshower.train.spread` (not in the originals; 0 in every preset). A zero weight drops the term."""
 
     real: float = Field(ge=0)
     energy: float = Field(ge=0)
     ecal_sum: float = Field(ge=0)
     angle: float = Field(default=0.0, ge=0)
+    spread: float = Field(default=0.0, ge=0)
 
 
 class OptimizerConfig(_Strict):

@@ -12,7 +12,9 @@ One iteration (all recipes; 3DGAN reference notes, section 3):
    ECAL-sum fit of the training data (``sampled``).
 3. ``generator_steps`` G updates through D (D's parameters frozen, D kept in train mode as in Keras),
    target ``generator_label`` (flipped with ``generator_label_flip``), fresh noise (and fresh
-   energies for ``sampled``) for each.
+   energies for ``sampled``) for each; with ``loss_weights.spread`` > 0 the G loss also has the
+   spread term of :mod:`fastshower.train.spread` against the real batch of the step (its
+   standardizer fitted once on up to ``SPREAD_FIT_EVENTS`` training showers).
 
 A generator with a calibrated output multiplier (the Conv2D models, ``output_scale: null``) gets it
 before the first step: mean deposited energy of up to 512 training showers over the mean summed
@@ -56,9 +58,12 @@ from fastshower.train import distributed as dist_utils
 from fastshower.train.config import TrainConfig, dump_config
 from fastshower.train.data import Batch, EcalFit, InMemoryData, StreamingData
 from fastshower.train.losses import gan_loss
+from fastshower.train.spread import ENERGY_GROUPS, FeatureStandardizer, shower_features, spread_loss
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+#: training showers the spread term's standardizer is fitted on (the first ones of the data)
+SPREAD_FIT_EVENTS = 2000
 
 
 class TrainingCollapsed(RuntimeError):
@@ -164,6 +169,7 @@ class Trainer:
         self._data_stage: int | None = None
         self._data: InMemoryData | StreamingData | None = None
         self._fit: EcalFit | None = None
+        self._spread: FeatureStandardizer | None = None
         self._ranges: tuple[tuple[float, float], tuple[float, float]] | None = None
         self.validation_set: ShowerSet | None = None
         if cfg.data.validation is not None and self.info.is_main:  # validation runs on rank 0
@@ -273,6 +279,17 @@ class Trainer:
         self.G.set_output_scale(scale)
         self.output_scale_ready = True
 
+    def _fit_spread(self, data: InMemoryData | StreamingData) -> FeatureStandardizer:
+        """The spread term's standardizer, fitted on the first training showers (thresholded)."""
+        n = min(SPREAD_FIT_EVENTS, data.n_events)
+        if isinstance(data, InMemoryData):
+            showers, energy = data.showers[:n], data.primary_energy[:n]
+        else:
+            batch = next(iter(data.batches(self.cfg.run.seed, 0, 0, 1, n, 0, 1)))
+            showers, energy = batch.showers, batch.primary_energy
+        showers = self._threshold(torch.from_numpy(np.ascontiguousarray(showers))).numpy()
+        return FeatureStandardizer.fit(showers, energy)
+
     def data_for_epoch(self, epoch: int) -> InMemoryData | StreamingData:
         """The training data of the stage ``epoch`` belongs to (built once per stage)."""
         stage, energy_range = self.cfg.stage_of_epoch(epoch)
@@ -293,6 +310,8 @@ class Trainer:
                 raise ValueError("data.augment: normal_incidence needs showers at normal incidence (angle pi/2); "
                                  f"the training data have angles {self._ranges[1]} rad")
             self._calibrate_output_scale(self._data)
+            if self.recipe.loss_weights.spread > 0:
+                self._spread = self._fit_spread(self._data)
         assert self._data is not None
         return self._data
 
@@ -413,6 +432,9 @@ class Trainer:
         with torch.no_grad():
             x_real = self.G.preprocess(real_gev)
             ecal_real = self.D.ecal_sum_of(x_real).float()
+            z_real = None
+            if self._spread is not None:
+                z_real = self._spread.standardize(shower_features(real_gev, energy), energy)
         out: dict[str, float] = {}
 
         # D on the real batch
@@ -461,8 +483,16 @@ class Trainer:
 
             def g_step(part: slice):  # called within this iteration (by _update): the loop variables are current
                 with self._autocast():
-                    g_out = self.D(self.g_train(e_g[part], a_g[part], noise[part]))  # noqa: B023
+                    x_fake = self.g_train(e_g[part], a_g[part], noise[part])  # noqa: B023
+                    g_out = self.D(x_fake)
                 loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)  # noqa: B023
+                if z_real is not None and self._spread is not None:
+                    e_part = e_g[part]  # noqa: B023
+                    z_fake = self._spread.standardize(shower_features(self.G.postprocess(x_fake.float()), e_part),
+                                                      e_part)
+                    groups = min(ENERGY_GROUPS, len(e_part), len(energy))
+                    terms["spread"], _ = spread_loss(z_fake, z_real, e_part, energy, groups)
+                    loss = loss + w.spread * terms["spread"]
                 return loss, terms, {"ecal_sum": g_out["ecal_sum"].detach()}
 
             sums, outs = self._update(self.g_train, self.opt_g, self.scaler_g, g_step, "g_")
