@@ -51,6 +51,8 @@ def test_features_of_a_known_shower():
     assert f["longitudinal"][0, 1].item() == pytest.approx(math.sqrt((0.3 + 0.9) / 0.4 - depth**2 + 1e-4), rel=1e-5)
     assert f["layer_energy"][0].tolist() == pytest.approx([math.log(1e-7), math.log(0.3 / 20 + 1e-7), math.log(1e-7),
                                                            math.log(0.1 / 20 + 1e-7)], rel=1e-4)
+    assert f["lateral_profile"][0].tolist() == pytest.approx(
+        [math.log(v / 20 + 1e-7) for v in (0, 0.05, 0.3, 0.05, 0, 0, 0, 0.4, 0, 0)], rel=1e-4)
     width_x, width_y = f["layer_width"][0, :4], f["layer_width"][0, 4:]
     assert width_x[3].item() == pytest.approx(math.sqrt(1 + 1e-4), rel=1e-5)  # cells at x = 1 and 3
     assert width_y[3].item() == pytest.approx(0.01, rel=1e-3) and width_x[1].item() == pytest.approx(0.01, rel=1e-3)

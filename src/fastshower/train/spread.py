@@ -8,9 +8,10 @@ batch of the same step, the distributions of per-shower observables after removi
 dependence:
 
 1. :func:`shower_features` (differentiable, showers in GeV): the response ln(E_dep / E), the
-   longitudinal centre and spread (layers), ln(layer energy / E) for every layer, the x and y widths
-   of every layer (cells, energy weighted), and ln(1 + cells hit) above the readout threshold and
-   above 0.2 MeV (soft counts, so that their gradient reaches the cells).
+   longitudinal centre and spread (layers), ln(layer energy / E) for every layer, ln(energy / E) in
+   every x and every y slice (the lateral profiles), the x and y widths of every layer (cells,
+   energy weighted), and ln(1 + cells hit) above the readout threshold and above 0.2 MeV (soft
+   counts, so that their gradient reaches the cells).
 2. :class:`FeatureStandardizer`: each feature's mean and standard deviation as cubic polynomials in
    ln(E / 100 GeV), fitted once on training showers; ``z = (feature - mean(E)) / std(E)``.
 3. :func:`spread_loss`: per feature the squared 1-d Wasserstein-2 distance between the generated z
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 #: the groups of :func:`shower_features`, each given the same weight in :func:`spread_loss`
-GROUPS = ("response", "longitudinal", "layer_energy", "layer_width", "hits")
+GROUPS = ("response", "longitudinal", "layer_energy", "lateral_profile", "layer_width", "hits")
 #: cell energies (GeV) above which cells count as hit: the readout threshold of the clic25 ECAL and the
 #: hit threshold of fastshower.validate's ``hits`` observable
 HIT_THRESHOLDS_GEV = (1e-6, 2e-4)
@@ -70,6 +71,7 @@ def shower_features(showers_gev: torch.Tensor, primary_energy_gev: torch.Tensor,
         "response": torch.log(total / e + 1e-9),
         "longitudinal": torch.cat([depth, depth_rms], dim=1),
         "layer_energy": torch.log(layer / e + 1e-7),
+        "lateral_profile": torch.log(torch.cat([s.sum(dim=(2, 3)), s.sum(dim=(1, 3))], dim=1) / e + 1e-7),
         "layer_width": torch.cat([widths(s.sum(dim=2), nx), widths(s.sum(dim=1), ny)], dim=1),
         "hits": torch.cat(hits, dim=1),
     }
