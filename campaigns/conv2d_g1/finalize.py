@@ -2,7 +2,10 @@
 generators (fastshower.models.registry.average_generators), its response calibrated on training
 showers (fastshower.train.calibration.calibrate_response; with ``--response by-energy``
 calibrate_response_by_energy, a ln E polynomial), and its metrics on the held-out
-validation showers beside those of each averaged checkpoint. The rule (last K, fixed before
+validation showers beside those of each averaged checkpoint: the quick profile and
+sampling-fraction metrics, and the spread distance (fastshower.train.spread.spread_loss of the
+generated against the validation showers at the same conditions, in 8 slices of energy, features
+standardised on the calibration showers; 0 for a generator that fluctuates like Geant4). The rule (last K, fixed before
 looking at any test sample) is what chooses the steps; the fixed-energy Geant4 test samples are
 only used afterwards by evaluate.sh.
 
@@ -26,14 +29,33 @@ from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy
+from fastshower.train.spread import FeatureStandardizer, shower_features, spread_loss
 from fastshower.validate.observables import apply_threshold
 
+#: energy slices of the validation spread distance
+SPREAD_ENERGY_GROUPS = 8
 
-def validation_metrics(generator, validation: ShowerSet, seed: int = 5) -> dict[str, float]:
+
+def spread_distance(standardizer: FeatureStandardizer, reference: ShowerSet, candidate: ShowerSet
+                    ) -> dict[str, float]:
+    """spread_loss of ``candidate`` against ``reference`` (total and per group of features)."""
+    def z(showers: ShowerSet):
+        e = torch.from_numpy(showers.primary_energy)
+        return standardizer.standardize(shower_features(torch.from_numpy(showers.showers), e), e), e
+    (zc, ec), (zr, er) = z(candidate), z(reference)
+    total, groups = spread_loss(zc, zr, ec, er, SPREAD_ENERGY_GROUPS)
+    return {"spread_distance": round(float(total), 4), **{f"spread_{g}": round(float(v), 4) for g, v in groups.items()}}
+
+
+def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureStandardizer, seed: int = 5
+                       ) -> dict[str, float]:
     generated = generate_like(generator, validation, seed, batch_size=len(validation))
     cells = apply_threshold(generated.showers, validation.geometry.readout_threshold_gev)
     cand = ShowerSet(cells, validation.primary_energy, validation.incident_angle, validation.geometry)
-    return {k: round(float(v), 6) for k, v in quick_metrics(validation, cand).items()}
+    out = {k: round(float(v), 6) for k, v in quick_metrics(validation, cand).items()}
+    with torch.no_grad():
+        out.update(spread_distance(standardizer, validation, cand))
+    return out
 
 
 def main() -> None:
@@ -55,11 +77,12 @@ def main() -> None:
     resolve = lambda pattern: sorted(glob.glob(str((args.folder / pattern).resolve())))  # noqa: E731
     validation = read_showers(resolve(cfg["data"]["validation"]), max_events=cfg["data"].get("max_validation_events"))
     train = read_showers(resolve(cfg["data"]["train"]), max_events=args.calibration_events)
+    standardizer = FeatureStandardizer.fit(train.showers, train.primary_energy)
     report = {"averaged_from": [s.name for s in stems], "checkpoints": {}}
     for stem in stems:
-        report["checkpoints"][stem.name] = validation_metrics(registry.load_generator(stem), validation)
+        report["checkpoints"][stem.name] = validation_metrics(registry.load_generator(stem), validation, standardizer)
     generator = registry.average_generators(stems)
-    report["average_before_calibration"] = validation_metrics(generator, validation)
+    report["average_before_calibration"] = validation_metrics(generator, validation, standardizer)
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
     calibration = {"ratio": report["response_ratio_applied"], "training_showers": len(train),
@@ -71,7 +94,7 @@ def main() -> None:
                            by_energy={k: by_energy[k] for k in ("coefficients", "degree", "bin_edges_gev",
                                                                  "ratio_before", "ratio_after")})
     report["calibration_events"] = len(train)
-    report["average"] = validation_metrics(generator, validation)
+    report["average"] = validation_metrics(generator, validation, standardizer)
     card = registry.read_card(stems[-1])
     meta = dict(card.get("metadata") or {})
     meta.update({"averaged_from": report["averaged_from"], "response_calibration": calibration})
