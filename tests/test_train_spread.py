@@ -12,7 +12,13 @@ from fastshower.data import write_showers
 from fastshower.geometry import PRESETS
 from fastshower.showers import ShowerSet
 from fastshower.train.config import build_config
-from fastshower.train.spread import GROUPS, FeatureStandardizer, shower_features, spread_loss
+from fastshower.train.spread import (
+    GROUPS,
+    FeatureStandardizer,
+    shower_features,
+    spread_loss,
+    spread_loss_against_bank,
+)
 from fastshower.train.trainer import Trainer
 
 SHAPE = (15, 15, 10)
@@ -113,8 +119,10 @@ def test_spread_term_teaches_a_collapsed_generator_its_fluctuations():
     assert abs(s.item()) == pytest.approx(0.4, abs=0.1)
 
 
-def _trainer(tmp_path, train, spread: float | None) -> Trainer:
-    recipe = {"batch_size": 4} if spread is None else {"batch_size": 4, "loss_weights": {"spread": spread}}
+def _trainer(tmp_path, train, spread: float | None, **recipe_fields) -> Trainer:
+    recipe = {"batch_size": 4, **recipe_fields}
+    if spread is not None:
+        recipe["loss_weights"] = {"spread": spread}
     raw = {"model": {"name": "conv2d_g1", "config": {"width": 0.125, "cell_power": 0.5}}, "recipe": recipe,
            "data": {"train": str(train)},
            "run": {"epochs": 1, "steps_per_epoch": 1, "output_dir": str(tmp_path), "progress": False,
@@ -135,6 +143,24 @@ def test_trainer_adds_the_spread_term_to_the_generator_loss_only_when_weighted(t
     out = on.train_step(next(iter(on.data_for_epoch(0).batches(0, 0, 0, 1, 4, 0, 1))))
     assert math.isfinite(out["g_spread"]) and out["g_spread"] > 0
     assert "d_real_spread" not in out and "d_fake_spread" not in out
+    calls = []
+    bank = _trainer(tmp_path / "bank", train, 1.0, spread_energies="log_uniform")
+    raw = bank.G.generate_raw
+
+    def spy(energy, *args):
+        calls.append(energy.clone())
+        return raw(energy, *args)
+
+    bank.G.generate_raw = spy  # type: ignore[method-assign]
+    bank.prepare()
+    calls.clear()  # the output-scale calibration's call
+    assert bank._spread_bank is not None
+    z_bank, e_bank = bank._spread_bank
+    assert len(e_bank) == n and z_bank["hits"].shape == (n, 2)
+    out = bank.train_step(next(iter(bank.data_for_epoch(0).batches(0, 0, 0, 1, 4, 0, 1))))
+    assert math.isfinite(out["g_spread"]) and out["g_spread"] > 0
+    assert len(calls) == 3  # the D step's fake batch, the G step's, the spread term's extra batch
+    assert bool((calls[2] >= e_bank.min() - 1e-3).all() and (calls[2] <= e_bank.max() + 1e-3).all())
     off = _trainer(tmp_path / "off", train, None)
     off.prepare()
     assert off._spread is None and off.recipe.loss_weights.spread == 0.0
@@ -158,3 +184,25 @@ def test_energy_slices_catch_a_bias_that_mimics_spread_in_the_mixture_of_energie
     assert sliced > 3 * mixed
     with pytest.raises(ValueError, match="primary energies"):
         spread_loss(z_b, z_a, energy_groups=4)
+
+
+def test_bank_slices_compare_each_energy_range_with_the_bank_showers_of_that_range():
+    """Generated showers at low energy collapsed, at high energy right: against a bank spread over
+    all energies, the distance comes from the low slice only (the bank showers of the other energies
+    do not dilute it), and the low slice takes at least the nearest bank showers when few lie inside."""
+    showers, energy, _ = real_sample(1500, seed=0)
+    st = FeatureStandardizer.fit(showers.numpy(), energy)
+    e_bank = torch.from_numpy(energy)
+    z_bank = st.standardize(shower_features(showers, e_bank), e_bank)
+    good, e_good, _ = real_sample(256, seed=4)
+    e_t = torch.from_numpy(e_good)
+    collapsed_low = blob_showers(e_good, 1.0 + 0.2 * np.log(e_good / 100), 3.0 + 0.8 * np.log(e_good / 100))
+    mixed = torch.where(torch.from_numpy(e_good < 30).view(-1, 1, 1, 1), collapsed_low, good)
+    z_good = st.standardize(shower_features(good, e_t), e_t)
+    z_mixed = st.standardize(shower_features(mixed, e_t), e_t)
+    floor = spread_loss_against_bank(z_good, e_t, z_bank, e_bank, 4)[1]["layer_width"].item()
+    bad = spread_loss_against_bank(z_mixed, e_t, z_bank, e_bank, 4)[1]["layer_width"].item()
+    assert floor < 0.1 and bad > 3 * floor
+    four = {g: v[:4] for g, v in z_good.items()}
+    few = spread_loss_against_bank(four, e_t[:4] * 0 + 600.0, z_bank, e_bank, 1, min_bank_showers=16)[0]
+    assert math.isfinite(few.item())  # no bank shower at 600 GeV: the 16 nearest are used

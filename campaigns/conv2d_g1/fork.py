@@ -1,10 +1,10 @@
 """Start a campaign folder from another one's checkpoint with the minibatch-std feature added to the
 discriminator (``--group``: ``minibatch_std_group``, fastshower.models.layers.minibatch_std) and/or
 the spread term added to the generator loss (``--spread``: ``recipe.loss_weights.spread``,
-fastshower.train.spread): the generator, the discriminator, both optimizers, RNG states and counters
-are carried over; a new input of the discriminator's Dense(10) starts with zero weight (and zero
-Adam moments), so that the forked run continues the source run exactly until the discriminator
-learns to use the new feature.
+fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``): the generator, the
+discriminator, both optimizers, RNG states and counters are carried over; a new input of the
+discriminator's Dense(10) starts with zero weight (and zero Adam moments), so that the forked run
+continues the source run exactly until the discriminator learns to use the new feature.
 
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_power/latest \\
         campaigns/conv2d_g1_mbstd --group 4
@@ -38,7 +38,8 @@ def widen_columns(tensor: torch.Tensor, columns: int) -> torch.Tensor:
     return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], columns)], dim=1)
 
 
-def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None) -> int:
+def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None,
+         spread_energies: str | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
@@ -56,6 +57,10 @@ def fork(source: Path, target: Path, group: int | None = None, spread: float | N
         config["recipe"].setdefault("loss_weights", {})["spread"] = spread
         run_config["recipe"]["loss_weights"]["spread"] = spread
         changes.append(f"loss_weights.spread {spread}")
+    if spread_energies is not None:
+        config["recipe"]["spread_energies"] = spread_energies
+        run_config["recipe"]["spread_energies"] = spread_energies
+        changes.append(f"spread_energies {spread_energies}")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
     names = [name for name, _ in discriminator.named_parameters()]
     added = discriminator.state_dict()[HIDDEN_WEIGHT].shape[1] - disc[HIDDEN_WEIGHT].shape[1]
@@ -90,10 +95,12 @@ def main() -> None:
     parser.add_argument("target", type=Path, help="the new campaign folder")
     parser.add_argument("--group", type=int, default=None, help="minibatch-std group size (showers)")
     parser.add_argument("--spread", type=float, default=None, help="weight of the generator's spread term")
+    parser.add_argument("--spread-energies", choices=["batch", "log_uniform"], default=None,
+                        help="energies of the spread term's fake showers")
     args = parser.parse_args()
-    if args.group is None and args.spread is None:
-        parser.error("nothing to change: give --group and/or --spread")
-    step = fork(args.source, args.target, args.group, args.spread)
+    if args.group is None and args.spread is None and args.spread_energies is None:
+        parser.error("nothing to change: give --group, --spread and/or --spread-energies")
+    step = fork(args.source, args.target, args.group, args.spread, args.spread_energies)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

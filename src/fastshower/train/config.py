@@ -91,6 +91,11 @@ class RecipeConfig(_Strict):
     - ``relu_epoch``: epoch index from which a generator with a LeakyReLU output head switches to
       ReLU (Conv2D generators); ignored by models without the switch.
     - ``collapse_after``: steps after which all-empty generated showers (fake ECAL MAPE = 100) abort.
+    - ``spread_energies`` (with ``loss_weights.spread`` > 0): ``batch`` = the spread term is taken
+      on the G step's fake batch against the step's real batch; ``log_uniform`` = on an extra fake
+      batch (same size) with energies uniform in ln E over the training range, against the bank of
+      real showers the term's standardizer was fitted on, in the same energy slices: the low
+      energies, few in a batch drawn uniform in E, get as much weight as the high ones.
     """
 
     preset: str
@@ -119,6 +124,7 @@ class RecipeConfig(_Strict):
     lr_decay_start: float = Field(default=0, ge=0)
     relu_epoch: int | None = Field(default=None, ge=0)
     collapse_after: int = Field(default=10, ge=0)
+    spread_energies: Literal["batch", "log_uniform"] = "batch"
 
     @property
     def lr_reference_batch(self) -> int:

@@ -128,6 +128,24 @@ def _polyval(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
     return powers @ coefficients
 
 
+def _distances(z_generated: dict[str, torch.Tensor], z_real: dict[str, torch.Tensor],
+               pairs: list[tuple[torch.Tensor | slice, torch.Tensor | slice]]
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean over the groups of the mean over ``pairs`` (generated rows, real rows) of the mean squared
+    1-d Wasserstein-2 distance per feature (real z taken at the generated rows' quantiles)."""
+    per_group = {}
+    for g in GROUPS:
+        distances = []
+        for ig, ir in pairs:
+            fake = torch.sort(z_generated[g][ig], dim=0).values
+            n = fake.shape[0]
+            q = (torch.arange(n, dtype=fake.dtype, device=fake.device) + 0.5) / n
+            real = torch.quantile(z_real[g][ir].detach().to(fake.dtype), q, dim=0)
+            distances.append(((fake - real) ** 2).mean())
+        per_group[g] = torch.stack(distances).mean()
+    return torch.stack(list(per_group.values())).mean(), per_group
+
+
 def spread_loss(z_generated: dict[str, torch.Tensor], z_real: dict[str, torch.Tensor],
                 energy_generated: torch.Tensor | None = None, energy_real: torch.Tensor | None = None,
                 energy_groups: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -143,18 +161,25 @@ def spread_loss(z_generated: dict[str, torch.Tensor], z_real: dict[str, torch.Te
     if energy_groups > 1:
         if energy_generated is None or energy_real is None:
             raise ValueError("energy_groups > 1 needs the primary energies of both batches")
-        slices_g = torch.tensor_split(torch.argsort(energy_generated), energy_groups)
-        slices_r = torch.tensor_split(torch.argsort(energy_real), energy_groups)
+        pairs = list(zip(torch.tensor_split(torch.argsort(energy_generated), energy_groups),
+                         torch.tensor_split(torch.argsort(energy_real), energy_groups), strict=True))
     else:
-        slices_g = slices_r = (slice(None),)  # type: ignore[assignment]
-    per_group = {}
-    for g in GROUPS:
-        distances = []
-        for ig, ir in zip(slices_g, slices_r, strict=True):
-            fake = torch.sort(z_generated[g][ig], dim=0).values
-            n = fake.shape[0]
-            q = (torch.arange(n, dtype=fake.dtype, device=fake.device) + 0.5) / n
-            real = torch.quantile(z_real[g][ir].detach().to(fake.dtype), q, dim=0)
-            distances.append(((fake - real) ** 2).mean())
-        per_group[g] = torch.stack(distances).mean()
-    return torch.stack(list(per_group.values())).mean(), per_group
+        pairs = [(slice(None), slice(None))]
+    return _distances(z_generated, z_real, pairs)
+
+
+def spread_loss_against_bank(z_generated: dict[str, torch.Tensor], energy_generated: torch.Tensor,
+                             z_bank: dict[str, torch.Tensor], energy_bank: torch.Tensor, energy_groups: int,
+                             min_bank_showers: int = 16) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`spread_loss` of generated showers at any energies against a bank of real showers: the
+    generated batch is cut by energy rank into ``energy_groups`` slices, each compared with the bank
+    showers inside its energy range (at least the ``min_bank_showers`` nearest in ln E)."""
+    log_bank = torch.log(energy_bank.double())
+    pairs = []
+    for ig in torch.tensor_split(torch.argsort(energy_generated), energy_groups):
+        log_e = torch.log(energy_generated[ig].double())
+        inside = torch.nonzero((log_bank >= log_e.min()) & (log_bank <= log_e.max())).flatten()
+        if len(inside) < min_bank_showers:
+            inside = torch.argsort((log_bank - log_e.median()).abs())[:min_bank_showers]
+        pairs.append((ig, inside))
+    return _distances(z_generated, z_bank, pairs)

@@ -14,7 +14,9 @@ One iteration (all recipes; 3DGAN reference notes, section 3):
    target ``generator_label`` (flipped with ``generator_label_flip``), fresh noise (and fresh
    energies for ``sampled``) for each; with ``loss_weights.spread`` > 0 the G loss also has the
    spread term of :mod:`fastshower.train.spread` against the real batch of the step (its
-   standardizer fitted once on up to ``SPREAD_FIT_EVENTS`` training showers).
+   standardizer fitted once on up to ``SPREAD_FIT_EVENTS`` training showers), or with
+   ``spread_energies: log_uniform`` on an extra fake batch at energies uniform in ln E against
+   those fitted showers (the bank).
 
 A generator with a calibrated output multiplier (the Conv2D models, ``output_scale: null``) gets it
 before the first step: mean deposited energy of up to 512 training showers over the mean summed
@@ -58,7 +60,13 @@ from fastshower.train import distributed as dist_utils
 from fastshower.train.config import TrainConfig, dump_config
 from fastshower.train.data import Batch, EcalFit, InMemoryData, StreamingData
 from fastshower.train.losses import gan_loss
-from fastshower.train.spread import ENERGY_GROUPS, FeatureStandardizer, shower_features, spread_loss
+from fastshower.train.spread import (
+    ENERGY_GROUPS,
+    FeatureStandardizer,
+    shower_features,
+    spread_loss,
+    spread_loss_against_bank,
+)
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -170,6 +178,7 @@ class Trainer:
         self._data: InMemoryData | StreamingData | None = None
         self._fit: EcalFit | None = None
         self._spread: FeatureStandardizer | None = None
+        self._spread_bank: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None  # (z, energy GeV)
         self._ranges: tuple[tuple[float, float], tuple[float, float]] | None = None
         self.validation_set: ShowerSet | None = None
         if cfg.data.validation is not None and self.info.is_main:  # validation runs on rank 0
@@ -280,7 +289,8 @@ class Trainer:
         self.output_scale_ready = True
 
     def _fit_spread(self, data: InMemoryData | StreamingData) -> FeatureStandardizer:
-        """The spread term's standardizer, fitted on the first training showers (thresholded)."""
+        """The spread term's standardizer, fitted on the first training showers (thresholded); their
+        z values become the bank of ``spread_energies: log_uniform``."""
         n = min(SPREAD_FIT_EVENTS, data.n_events)
         if isinstance(data, InMemoryData):
             showers, energy = data.showers[:n], data.primary_energy[:n]
@@ -288,7 +298,12 @@ class Trainer:
             batch = next(iter(data.batches(self.cfg.run.seed, 0, 0, 1, n, 0, 1)))
             showers, energy = batch.showers, batch.primary_energy
         showers = self._threshold(torch.from_numpy(np.ascontiguousarray(showers))).numpy()
-        return FeatureStandardizer.fit(showers, energy)
+        standardizer = FeatureStandardizer.fit(showers, energy)
+        e = torch.as_tensor(energy, dtype=torch.float32)
+        with torch.no_grad():
+            z = standardizer.standardize(shower_features(torch.from_numpy(showers), e), e)
+        self._spread_bank = ({g: v.to(self.device) for g, v in z.items()}, e.to(self.device))
+        return standardizer
 
     def data_for_epoch(self, epoch: int) -> InMemoryData | StreamingData:
         """The training data of the stage ``epoch`` belongs to (built once per stage)."""
@@ -359,6 +374,14 @@ class Trainer:
         assert self._ranges is not None
         return self._ranges[0]
 
+    def _log_uniform_conditions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (GeV) uniform in ln E over the training range and angles uniform over theirs."""
+        assert self._ranges is not None
+        (elo, ehi), (alo, ahi) = self._ranges
+        u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64))
+        energy = torch.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0])
+        return energy.float(), (alo + (ahi - alo) * u[:, 1]).float()
+
     def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fresh energies (uniform over the training range), angles and their ECAL-sum targets."""
         assert self._ranges is not None and self._fit is not None
@@ -419,6 +442,22 @@ class Trainer:
             group["lr"] = lrs["lr_discriminator"]
         return lrs
 
+    def _spread_term(self, x_fake: torch.Tensor, energy_fake: torch.Tensor, z_real: dict[str, torch.Tensor] | None,
+                     energy_real: torch.Tensor | None) -> torch.Tensor:
+        """The spread term of fake showers (model units) against the real batch's z, or with
+        ``spread_energies: log_uniform`` (``z_real`` None) against the bank."""
+        assert self._spread is not None
+        z_fake = self._spread.standardize(shower_features(self.G.postprocess(x_fake.float()), energy_fake),
+                                          energy_fake)
+        if z_real is None:
+            assert self._spread_bank is not None
+            z_bank, e_bank = self._spread_bank
+            groups = min(ENERGY_GROUPS, len(energy_fake))
+            return spread_loss_against_bank(z_fake, energy_fake, z_bank, e_bank, groups)[0]
+        assert energy_real is not None
+        return spread_loss(z_fake, z_real, energy_fake, energy_real,
+                           min(ENERGY_GROUPS, len(energy_fake), len(energy_real)))[0]
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One iteration on this rank's ``batch``; returns the (unweighted) loss terms and totals."""
         rc, w = self.recipe, self.recipe.loss_weights
@@ -433,7 +472,7 @@ class Trainer:
             x_real = self.G.preprocess(real_gev)
             ecal_real = self.D.ecal_sum_of(x_real).float()
             z_real = None
-            if self._spread is not None:
+            if self._spread is not None and rc.spread_energies == "batch":
                 z_real = self._spread.standardize(shower_features(real_gev, energy), energy)
         out: dict[str, float] = {}
 
@@ -479,6 +518,9 @@ class Trainer:
         for _ in range(rc.generator_steps):
             e_g, a_g, ecal_g, ang_g = self._fake_conditions(real_conditions)
             noise = self._noise()
+            if self._spread is not None and rc.spread_energies == "log_uniform":
+                e_s, a_s = self._log_uniform_conditions()
+                noise_s = self._noise()
             target = self._labels(rc.generator_label, rc.generator_label_flip)
 
             def g_step(part: slice):  # called within this iteration (by _update): the loop variables are current
@@ -486,12 +528,13 @@ class Trainer:
                     x_fake = self.g_train(e_g[part], a_g[part], noise[part])  # noqa: B023
                     g_out = self.D(x_fake)
                 loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)  # noqa: B023
-                if z_real is not None and self._spread is not None:
-                    e_part = e_g[part]  # noqa: B023
-                    z_fake = self._spread.standardize(shower_features(self.G.postprocess(x_fake.float()), e_part),
-                                                      e_part)
-                    groups = min(ENERGY_GROUPS, len(e_part), len(energy))
-                    terms["spread"], _ = spread_loss(z_fake, z_real, e_part, energy, groups)
+                if self._spread is not None:
+                    if rc.spread_energies == "log_uniform":
+                        with self._autocast():
+                            x_spread = self.g_train(e_s[part], a_s[part], noise_s[part])  # noqa: B023
+                        terms["spread"] = self._spread_term(x_spread, e_s[part], None, None)  # noqa: B023
+                    else:
+                        terms["spread"] = self._spread_term(x_fake, e_g[part], z_real, energy)  # noqa: B023
                     loss = loss + w.spread * terms["spread"]
                 return loss, terms, {"ecal_sum": g_out["ecal_sum"].detach()}
 
