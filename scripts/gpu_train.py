@@ -68,8 +68,11 @@ def train_one(name: str, train: str, validation: str, out: Path, work: Path, bud
     batch = args.batch_size
     if args.smoke:
         config["width"], batch = SMOKE["width"], SMOKE["batch_size"]
+    recipe = {**spec["recipe"], **({"batch_size": batch} if batch else {})}
+    if args.spread > 0:  # the generator's spread term (fastshower.train.spread), preset weights kept
+        recipe.update(loss_weights={"spread": args.spread}, spread_energies=args.spread_energies)
     raw = {"model": {"name": name, "config": config},
-           "recipe": {**spec["recipe"], **({"batch_size": batch} if batch else {})},
+           "recipe": recipe,
            "data": {"train": train, "validation": validation, "augment": "normal_incidence",
                     "max_validation_events": args.n_validation},
            "run": {"epochs": 100000, "steps_per_epoch": args.validate_every, "seed": args.seed,
@@ -130,6 +133,10 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-steps", type=int, default=None, help="stop each model after this many steps")
+    parser.add_argument("--spread", type=float, default=0.0,
+                        help="weight of the spread term (recipe.loss_weights.spread; 0 = the original recipe)")
+    parser.add_argument("--spread-energies", default="log_uniform", choices=["batch", "log_uniform"],
+                        help="recipe.spread_energies when --spread > 0")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data: a CPU check of this script")
     args = parser.parse_args()
     if args.smoke:

@@ -34,8 +34,10 @@ def test_gpu_job_smoke_runs_and_resumes(tmp_path):
     summary = json.loads((tmp_path / "a/summary.json").read_text())
     assert summary["smoke"] and summary["models"]["conv2d_g1"]["steps_this_call"] == 3
 
-    second = _run("--out", str(tmp_path / "b"), "--max-steps", "3", "--resume", str(tmp_path / "a"))
+    second = _run("--out", str(tmp_path / "b"), "--max-steps", "3", "--resume", str(tmp_path / "a"), "--spread", "3")
     assert second.returncode == 0, second.stderr[-3000:]
     run2 = json.loads((tmp_path / "b/conv2d_g1/run.json").read_text())
     assert run2["step"] == 6 and [r["step"] for r in run2["curve"]] == [3, 6]
+    assert run2["config"]["recipe"]["loss_weights"] == {"spread": 3.0}  # merged into the preset's weights
+    assert run2["config"]["recipe"]["spread_energies"] == "log_uniform"
     assert run2["output_scale"] == run["output_scale"]  # the scale travels with the weights
