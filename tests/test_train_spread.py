@@ -159,8 +159,10 @@ def test_trainer_adds_the_spread_term_to_the_generator_loss_only_when_weighted(t
     assert len(e_bank) == n and z_bank["hits"].shape == (n, 2)
     out = bank.train_step(next(iter(bank.data_for_epoch(0).batches(0, 0, 0, 1, 4, 0, 1))))
     assert math.isfinite(out["g_spread"]) and out["g_spread"] > 0
-    assert len(calls) == 3  # the D step's fake batch, the G step's, the spread term's extra batch
-    assert bool((calls[2] >= e_bank.min() - 1e-3).all() and (calls[2] <= e_bank.max() + 1e-3).all())
+    # the D step's fake batch, then the G step's batch and the spread term's extra batch in one call
+    assert [len(c) for c in calls] == [4, 8]
+    extra = calls[1][4:]
+    assert bool((extra >= e_bank.min() - 1e-3).all() and (extra <= e_bank.max() + 1e-3).all())
     off = _trainer(tmp_path / "off", train, None)
     off.prepare()
     assert off._spread is None and off.recipe.loss_weights.spread == 0.0

@@ -95,7 +95,9 @@ class RecipeConfig(_Strict):
       on the G step's fake batch against the step's real batch; ``log_uniform`` = on an extra fake
       batch (same size) with energies uniform in ln E over the training range, against the bank of
       real showers the term's standardizer was fitted on, in the same energy slices: the low
-      energies, few in a batch drawn uniform in E, get as much weight as the high ones.
+      energies, few in a batch drawn uniform in E, get as much weight as the high ones. The two
+      fake batches go through the generator together (one call): a generator with batch-statistics
+      BatchNorm sees their union (the Conv2D generators' fixed-statistics BatchNorm does not care).
     """
 
     preset: str

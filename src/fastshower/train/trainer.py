@@ -524,14 +524,19 @@ class Trainer:
             target = self._labels(rc.generator_label, rc.generator_label_flip)
 
             def g_step(part: slice):  # called within this iteration (by _update): the loop variables are current
+                extra = self._spread is not None and rc.spread_energies == "log_uniform"
                 with self._autocast():
-                    x_fake = self.g_train(e_g[part], a_g[part], noise[part])  # noqa: B023
+                    if extra:  # one generator call for both batches (DDP allows one forward per backward)
+                        n = len(e_g[part])  # noqa: B023
+                        x_all = self.g_train(torch.cat([e_g[part], e_s[part]]), torch.cat([a_g[part], a_s[part]]),  # noqa: B023
+                                             torch.cat([noise[part], noise_s[part]]))  # noqa: B023
+                        x_fake, x_spread = x_all[:n], x_all[n:]
+                    else:
+                        x_fake = self.g_train(e_g[part], a_g[part], noise[part])  # noqa: B023
                     g_out = self.D(x_fake)
                 loss, terms = gan_loss(g_out, target[part], e_g[part] / 100, ecal_g[part], ang_g[part], w)  # noqa: B023
                 if self._spread is not None:
-                    if rc.spread_energies == "log_uniform":
-                        with self._autocast():
-                            x_spread = self.g_train(e_s[part], a_s[part], noise_s[part])  # noqa: B023
+                    if extra:
                         terms["spread"] = self._spread_term(x_spread, e_s[part], None, None)  # noqa: B023
                     else:
                         terms["spread"] = self._spread_term(x_fake, e_g[part], z_real, energy)  # noqa: B023
