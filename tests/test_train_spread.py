@@ -69,7 +69,7 @@ def test_standardizer_removes_the_energy_dependence():
     showers, energy, _ = real_sample(1500, seed=0)
     st = FeatureStandardizer.fit(showers.numpy(), energy)
     test, e_test, _ = real_sample(600, seed=1)
-    z = st.standardize(shower_features(test, torch.from_numpy(e_test)), torch.from_numpy(e_test))
+    z = st.z_scores(test, torch.from_numpy(e_test))
     for group in ("longitudinal", "layer_width"):
         for low, high in ((5, 30), (100, 500)):  # the spread is 1 at low and at high energy
             sel = torch.from_numpy((e_test > low) & (e_test < high))
@@ -84,7 +84,7 @@ def test_spread_loss_separates_a_collapsed_generator_from_a_second_real_sample()
     st = FeatureStandardizer.fit(showers.numpy(), energy)
 
     def z_of(s, e):
-        return st.standardize(shower_features(s, torch.from_numpy(e)), torch.from_numpy(e))
+        return st.z_scores(s, torch.from_numpy(e))
 
     a, e_a, _ = real_sample(256, seed=2)
     b, e_b, _ = real_sample(256, seed=3)
@@ -111,8 +111,7 @@ def test_spread_term_teaches_a_collapsed_generator_its_fluctuations():
         width = 1.0 + 0.2 * torch.log(e_t / 100) + s * noise
         depth = 3.0 + 0.8 * torch.log(e_t / 100) + torch.randn(64, generator=g, dtype=torch.float64)
         fake = blob_showers(e_t, width, depth)
-        loss, _ = spread_loss(st.standardize(shower_features(fake, e_t), e_t),
-                              st.standardize(shower_features(real, e_t), e_t))
+        loss, _ = spread_loss(st.z_scores(fake, e_t), st.z_scores(real, e_t))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,8 +178,8 @@ def test_energy_slices_catch_a_bias_that_mimics_spread_in_the_mixture_of_energie
     sign = np.where(e_b > 50, 1.0, -1.0)
     biased = blob_showers(e_b, 1.0 + 0.2 * np.log(e_b / 100) + 0.4 * sign, 3.0 + 0.8 * np.log(e_b / 100) + sign)
     e_a_t, e_b_t = torch.from_numpy(e_a), torch.from_numpy(e_b)
-    z_a = st.standardize(shower_features(a, e_a_t), e_a_t)
-    z_b = st.standardize(shower_features(biased, e_b_t), e_b_t)
+    z_a = st.z_scores(a, e_a_t)
+    z_b = st.z_scores(biased, e_b_t)
     mixed = spread_loss(z_b, z_a)[1]["layer_width"].item()
     sliced = spread_loss(z_b, z_a, e_b_t, e_a_t, energy_groups=4)[1]["layer_width"].item()
     assert sliced > 3 * mixed
@@ -195,13 +194,13 @@ def test_bank_slices_compare_each_energy_range_with_the_bank_showers_of_that_ran
     showers, energy, _ = real_sample(1500, seed=0)
     st = FeatureStandardizer.fit(showers.numpy(), energy)
     e_bank = torch.from_numpy(energy)
-    z_bank = st.standardize(shower_features(showers, e_bank), e_bank)
+    z_bank = st.z_scores(showers, e_bank)
     good, e_good, _ = real_sample(256, seed=4)
     e_t = torch.from_numpy(e_good)
     collapsed_low = blob_showers(e_good, 1.0 + 0.2 * np.log(e_good / 100), 3.0 + 0.8 * np.log(e_good / 100))
     mixed = torch.where(torch.from_numpy(e_good < 30).view(-1, 1, 1, 1), collapsed_low, good)
-    z_good = st.standardize(shower_features(good, e_t), e_t)
-    z_mixed = st.standardize(shower_features(mixed, e_t), e_t)
+    z_good = st.z_scores(good, e_t)
+    z_mixed = st.z_scores(mixed, e_t)
     floor = spread_loss_against_bank(z_good, e_t, z_bank, e_bank, 4)[1]["layer_width"].item()
     bad = spread_loss_against_bank(z_mixed, e_t, z_bank, e_bank, 4)[1]["layer_width"].item()
     assert floor < 0.1 and bad > 3 * floor

@@ -29,7 +29,7 @@ from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy
-from fastshower.train.spread import FeatureStandardizer, shower_features, spread_loss
+from fastshower.train.spread import FeatureStandardizer, spread_loss
 from fastshower.validate.observables import apply_threshold
 
 #: energy slices of the validation spread distance
@@ -39,10 +39,9 @@ SPREAD_ENERGY_GROUPS = 8
 def spread_distance(standardizer: FeatureStandardizer, reference: ShowerSet, candidate: ShowerSet
                     ) -> dict[str, float]:
     """spread_loss of ``candidate`` against ``reference`` (total and per group of features)."""
-    def z(showers: ShowerSet):
-        e = torch.from_numpy(showers.primary_energy)
-        return standardizer.standardize(shower_features(torch.from_numpy(showers.showers), e), e), e
-    (zc, ec), (zr, er) = z(candidate), z(reference)
+    ec, er = torch.from_numpy(candidate.primary_energy), torch.from_numpy(reference.primary_energy)
+    zc = standardizer.z_scores(torch.from_numpy(candidate.showers), ec)
+    zr = standardizer.z_scores(torch.from_numpy(reference.showers), er)
     total, groups = spread_loss(zc, zr, ec, er, SPREAD_ENERGY_GROUPS)
     return {"spread_distance": round(float(total), 4), **{f"spread_{g}": round(float(v), 4) for g, v in groups.items()}}
 

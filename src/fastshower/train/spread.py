@@ -121,6 +121,10 @@ class FeatureStandardizer:
             out[g] = ((f - mu) / sd).clamp(-Z_CLIP, Z_CLIP)
         return out
 
+    def z_scores(self, showers_gev: torch.Tensor, primary_energy_gev: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{group: z}`` of showers ``(B, x, y, z)`` in GeV: :func:`shower_features`, standardised."""
+        return self.standardize(shower_features(showers_gev, primary_energy_gev), primary_energy_gev)
+
 
 def _polyval(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``(n, k)`` values of k polynomials (columns of ``coefficients``, highest power first) at x (n,)."""

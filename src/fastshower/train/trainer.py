@@ -60,13 +60,7 @@ from fastshower.train import distributed as dist_utils
 from fastshower.train.config import TrainConfig, dump_config
 from fastshower.train.data import Batch, EcalFit, InMemoryData, StreamingData
 from fastshower.train.losses import gan_loss
-from fastshower.train.spread import (
-    ENERGY_GROUPS,
-    FeatureStandardizer,
-    shower_features,
-    spread_loss,
-    spread_loss_against_bank,
-)
+from fastshower.train.spread import ENERGY_GROUPS, FeatureStandardizer, spread_loss, spread_loss_against_bank
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -301,7 +295,7 @@ class Trainer:
         standardizer = FeatureStandardizer.fit(showers, energy)
         e = torch.as_tensor(energy, dtype=torch.float32)
         with torch.no_grad():
-            z = standardizer.standardize(shower_features(torch.from_numpy(showers), e), e)
+            z = standardizer.z_scores(torch.from_numpy(showers), e)
         self._spread_bank = ({g: v.to(self.device) for g, v in z.items()}, e.to(self.device))
         return standardizer
 
@@ -447,8 +441,7 @@ class Trainer:
         """The spread term of fake showers (model units) against the real batch's z, or with
         ``spread_energies: log_uniform`` (``z_real`` None) against the bank."""
         assert self._spread is not None
-        z_fake = self._spread.standardize(shower_features(self.G.postprocess(x_fake.float()), energy_fake),
-                                          energy_fake)
+        z_fake = self._spread.z_scores(self.G.postprocess(x_fake.float()), energy_fake)
         if z_real is None:
             assert self._spread_bank is not None
             z_bank, e_bank = self._spread_bank
@@ -473,7 +466,7 @@ class Trainer:
             ecal_real = self.D.ecal_sum_of(x_real).float()
             z_real = None
             if self._spread is not None and rc.spread_energies == "batch":
-                z_real = self._spread.standardize(shower_features(real_gev, energy), energy)
+                z_real = self._spread.z_scores(real_gev, energy)
         out: dict[str, float] = {}
 
         # D on the real batch
