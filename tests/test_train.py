@@ -350,3 +350,20 @@ def test_cell_threshold_and_symmetry_augmentation(tmp_path, clic25_file):
     with pytest.raises(ValueError, match="normal incidence"):
         _trainer(tmp_path, tilted, {"name": "gan3d_clic51", "config": {"width": 0.125}},
                  data={"augment": "normal_incidence"}).prepare()
+
+
+def test_log_uniform_spectrum_reaches_the_real_and_the_fake_batches(tmp_path, clic25_file):
+    """``energy_spectrum: log_uniform``: fake energies uniform in ln E over the fake range (Conv2D:
+    the data's), real batches drawn weighted; the default keeps fake energies uniform in E."""
+    conv = {"name": "conv2d_g1", "config": {"width": 0.125}}
+    t = _trainer(tmp_path, clic25_file, conv, {"batch_size": 4096, "energy_spectrum": "log_uniform"})
+    t.prepare()
+    lo, hi = t.fake_energy_range()
+    e = t._sampled_conditions()[0].numpy()
+    mid = math.sqrt(lo * hi)  # the middle in ln E
+    assert np.mean(e < mid) == pytest.approx(0.5, abs=0.03)
+    assert e.min() >= lo * 0.999 and e.max() <= hi * 1.001
+    flat = _trainer(tmp_path / "flat", clic25_file, conv, {"batch_size": 4096})
+    flat.prepare()
+    assert np.mean(flat._sampled_conditions()[0].numpy() < mid) == pytest.approx((mid - lo) / (hi - lo), abs=0.03)
+    assert t.data_for_epoch(0)._draw_weights is not None and flat.data_for_epoch(0)._draw_weights is None

@@ -13,7 +13,7 @@ from fastshower.data import write_showers
 from fastshower.geometry import PRESETS, load_geometry
 from fastshower.showers import ShowerSet
 from fastshower.train.config import LossWeights, build_config, load_config
-from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum
+from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum, log_uniform_weights
 from fastshower.train.distributed import lr_factor, lr_scale
 from fastshower.train.losses import bce, gan_loss, mae, mape
 
@@ -84,6 +84,8 @@ def test_config_presets_and_overrides():
     (_raw(model={"name": "mystery"}), "model.name: unknown model 'mystery'"),
     (_raw(run={"precision": "fp8"}), "run.precision"),
     (_raw(recipe={"optimizer": {"name": "sgd"}}), "recipe.optimizer.name"),
+    (_raw(recipe={"energy_spectrum": "log_uniform"}, data={"train": "x.h5", "streaming": True}),
+     "energy_spectrum: log_uniform needs in-memory data"),
 ])
 def test_config_errors_are_one_line(raw, message):
     with pytest.raises(ValueError, match=message) as exc:
@@ -178,6 +180,34 @@ def test_in_memory_order_is_sharded_from_one_permutation(small_file):
     assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
     other_epoch = [b.primary_energy for b in data.batches(3, 2, 0, 1, 8, 0, 4)]
     assert not np.array_equal(one[0], other_epoch[0])
+
+
+def test_log_uniform_weights_flatten_a_uniform_spectrum_in_log_energy(rng):
+    energy = rng.uniform(2.0, 500.0, 200_000)
+    p = log_uniform_weights(energy)
+    assert p.sum() == pytest.approx(1.0) and (p > 0).all()
+    drawn = energy[rng.choice(len(energy), size=200_000, p=p)]
+    # uniform in ln E: a decade holds ln(10) / ln(250) = 41.7% of the draws, the data 3.6%
+    assert np.mean(drawn < 20.0) == pytest.approx(math.log(10) / math.log(250), abs=0.01)
+    assert np.mean(energy < 20.0) == pytest.approx(18 / 498, abs=0.002)
+    counts, _ = np.histogram(np.log(drawn), bins=10)
+    assert counts.min() > 0.9 * counts.max()
+
+
+def test_log_uniform_draws_are_sharded_and_resumable(small_file):
+    path, g = small_file
+    data = InMemoryData([path], g, None, 0.1, chunk_size=16, energy_spectrum="log_uniform")
+    one = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 0, 5)]
+    two = [np.concatenate([b0.primary_energy, b1.primary_energy]) for b0, b1 in
+           zip(data.batches(3, 1, 0, 2, 8, 0, 5), data.batches(3, 1, 1, 2, 8, 0, 5))]
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    resumed = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 2, 5)]
+    assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
+    drawn = np.concatenate(one)
+    assert len(np.unique(drawn)) < len(drawn)  # with replacement
+    # low energies drawn more often than in the data (linspace 10-400 GeV: 10% below 50 GeV)
+    many = np.concatenate([b.primary_energy for e in range(40) for b in data.batches(0, e, 0, 1, 8, 0, 5)])
+    assert np.mean(many < 50.0) > 0.25
 
 
 def test_streaming_shards_chunks_and_resumes(small_file):

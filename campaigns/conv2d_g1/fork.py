@@ -1,7 +1,8 @@
 """Start a campaign folder from another one's checkpoint with the minibatch-std feature added to the
 discriminator (``--group``: ``minibatch_std_group``, fastshower.models.layers.minibatch_std) and/or
 the spread term added to the generator loss (``--spread``: ``recipe.loss_weights.spread``,
-fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``): the generator, the
+fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``) and/or the training
+energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``): the generator, the
 discriminator, both optimizers, RNG states and counters are carried over; a new input of the
 discriminator's Dense(10) starts with zero weight (and zero Adam moments), so that the forked run
 continues the source run exactly until the discriminator learns to use the new feature.
@@ -10,6 +11,8 @@ continues the source run exactly until the discriminator learns to use the new f
         campaigns/conv2d_g1_mbstd --group 4
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_mbstd/latest \\
         campaigns/conv2d_g1_spread --spread 1
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_spread3_log/latest \\
+        campaigns/conv2d_g1_lowe --energy-spectrum log_uniform
 
 Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
 TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
@@ -39,7 +42,7 @@ def widen_columns(tensor: torch.Tensor, columns: int) -> torch.Tensor:
 
 
 def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None,
-         spread_energies: str | None = None) -> int:
+         recipe: dict[str, str] | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
@@ -57,10 +60,10 @@ def fork(source: Path, target: Path, group: int | None = None, spread: float | N
         config["recipe"].setdefault("loss_weights", {})["spread"] = spread
         run_config["recipe"]["loss_weights"]["spread"] = spread
         changes.append(f"loss_weights.spread {spread}")
-    if spread_energies is not None:
-        config["recipe"]["spread_energies"] = spread_energies
-        run_config["recipe"]["spread_energies"] = spread_energies
-        changes.append(f"spread_energies {spread_energies}")
+    for key, value in (recipe or {}).items():
+        config["recipe"][key] = value
+        run_config["recipe"][key] = value
+        changes.append(f"{key} {value}")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
     names = [name for name, _ in discriminator.named_parameters()]
     added = discriminator.state_dict()[HIDDEN_WEIGHT].shape[1] - disc[HIDDEN_WEIGHT].shape[1]
@@ -97,10 +100,14 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=None, help="weight of the generator's spread term")
     parser.add_argument("--spread-energies", choices=["batch", "log_uniform"], default=None,
                         help="energies of the spread term's fake showers")
+    parser.add_argument("--energy-spectrum", choices=["data", "log_uniform"], default=None,
+                        help="primary-energy spectrum of the real and fake training showers")
     args = parser.parse_args()
-    if args.group is None and args.spread is None and args.spread_energies is None:
-        parser.error("nothing to change: give --group, --spread and/or --spread-energies")
-    step = fork(args.source, args.target, args.group, args.spread, args.spread_energies)
+    recipe = {key: value for key, value in (("spread_energies", args.spread_energies),
+                                            ("energy_spectrum", args.energy_spectrum)) if value is not None}
+    if args.group is None and args.spread is None and not recipe:
+        parser.error("nothing to change: give --group, --spread, --spread-energies and/or --energy-spectrum")
+    step = fork(args.source, args.target, args.group, args.spread, recipe)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

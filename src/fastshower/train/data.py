@@ -6,7 +6,9 @@ resumed run is recomputed, not stored: a checkpoint only records the epoch and t
 - :class:`InMemoryData` keeps the filtered events in memory. Each epoch draws one permutation of
   all events (from ``(seed, epoch)``); global batch ``s`` is ``perm[s*GB:(s+1)*GB]`` and rank ``r``
   takes its ``r``-th slice of ``GB / world`` events. A run on W ranks therefore sees exactly the
-  events and the order of a one-rank run with the same global batch.
+  events and the order of a one-rank run with the same global batch. With
+  ``energy_spectrum="log_uniform"`` the epoch's order is instead as many draws with replacement,
+  weighted by :func:`log_uniform_weights`.
 - :class:`StreamingData` never holds more than ``chunks_in_memory`` chunks of ``chunk_size``
   events. One pass at start counts the events that pass the filters per chunk. Each epoch permutes
   the chunks; rank ``r`` reads chunks ``r, r + W, ...`` of that order, ``chunks_in_memory`` at a
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +31,8 @@ from fastshower.showers import ShowerSet
 
 #: Number of energy bins of the ECAL-sum fit (quantile bins of the training energies).
 FIT_BINS = 20
+#: Number of equal bins in ln E over which :func:`log_uniform_weights` flattens the spectrum.
+SPECTRUM_BINS = 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,20 @@ def event_mask(part: ShowerSet, energy_range_gev: tuple[float, float] | None, mi
     if energy_range_gev is not None:
         keep &= (part.primary_energy >= energy_range_gev[0]) & (part.primary_energy <= energy_range_gev[1])
     return keep
+
+
+def log_uniform_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS) -> np.ndarray:
+    """Probabilities (sum 1) for drawing events so that each of ``n_bins`` equal bins in ln E between
+    the lowest and the highest energy is drawn equally often (events share their bin's probability
+    equally; empty bins are left out). For data uniform in E this is close to a 1/E spectrum."""
+    log_e = np.log(np.asarray(primary_energy, dtype=np.float64))
+    lo, hi = log_e.min(), log_e.max()
+    if hi <= lo:
+        return np.full(len(log_e), 1.0 / len(log_e))
+    idx = np.minimum(((log_e - lo) / (hi - lo) * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    weights = 1.0 / counts[idx]
+    return weights / weights.sum()
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,8 @@ class InMemoryData(_Conditions):
     """All filtered training events in memory (see the module docstring for the order)."""
 
     def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
-                 min_deposit_gev: float, chunk_size: int = 1000) -> None:
+                 min_deposit_gev: float, chunk_size: int = 1000,
+                 energy_spectrum: Literal["data", "log_uniform"] = "data") -> None:
         parts = []
         for part in iter_showers(paths, chunk_size=chunk_size, geometry=geometry):
             parts.append(part[event_mask(part, energy_range_gev, min_deposit_gev)])
@@ -103,6 +123,7 @@ class InMemoryData(_Conditions):
         self.showers = data.showers
         self.primary_energy = data.primary_energy
         self.incident_angle = data.incident_angle
+        self._draw_weights = log_uniform_weights(self.primary_energy) if energy_spectrum == "log_uniform" else None
 
     def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
         sums = np.concatenate([ecal_sum_of(self.showers[i:i + chunk_size])
@@ -114,7 +135,11 @@ class InMemoryData(_Conditions):
 
     def batches(self, seed: int, epoch: int, rank: int, world: int, global_batch: int, start_step: int,
                 n_steps: int) -> Iterator[Batch]:
-        perm = np.random.default_rng([seed, epoch]).permutation(self.n_events)
+        rng = np.random.default_rng([seed, epoch])
+        if self._draw_weights is None:
+            perm = rng.permutation(self.n_events)
+        else:
+            perm = rng.choice(self.n_events, size=self.n_events, p=self._draw_weights)
         per_rank = global_batch // world
         for s in range(start_step, n_steps):
             idx = perm[s * global_batch + rank * per_rank: s * global_batch + (rank + 1) * per_rank]

@@ -311,7 +311,7 @@ class Trainer:
                                            self.ecal_sum_of_gev if need_fit else None)
             else:
                 self._data = InMemoryData(self.train_paths, self.geometry, energy_range, d.min_deposit_gev,
-                                          d.chunk_size)
+                                          d.chunk_size, self.recipe.energy_spectrum)
             self._fit = self._data.fit(self.ecal_sum_of_gev, d.chunk_size) if need_fit else None
             self._ranges = self._data.condition_ranges()
             self._data_stage = stage
@@ -377,11 +377,15 @@ class Trainer:
         return energy.float(), (alo + (ahi - alo) * u[:, 1]).float()
 
     def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fresh energies (uniform over the training range), angles and their ECAL-sum targets."""
+        """Fresh energies (uniform in E, or in ln E with ``energy_spectrum: log_uniform``, over the
+        fake-energy range), angles and their ECAL-sum targets."""
         assert self._ranges is not None and self._fit is not None
         (elo, ehi), (alo, ahi) = self.fake_energy_range(), self._ranges[1]
         u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64)).cpu().numpy()
-        energy = elo + (ehi - elo) * u[:, 0]
+        if self.recipe.energy_spectrum == "log_uniform":
+            energy = np.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0])
+        else:
+            energy = elo + (ehi - elo) * u[:, 0]
         angle = alo + (ahi - alo) * u[:, 1]
         ecal = self._fit(energy)
         def as_t(a):
