@@ -432,6 +432,22 @@ def test_conv2d_angle_condition_extends_the_latent():
     assert registry.build_generator("conv2d_g1", **SMALL).dense.in_features == 200
 
 
+def test_conv2d_scaled_and_raw_latent_keeps_the_noise_amplitude_at_low_energy():
+    """``latent: scaled_and_raw`` = [(E/100) n, theta, n, ln(E/100)]; with the original latent a 2 GeV
+    shower's Dense input is 1/50 of a 100 GeV one's, with the extra inputs the raw noise is kept."""
+    g = registry.build_generator("conv2d_g1", condition_on_angle=True, latent="scaled_and_raw", **SMALL)
+    assert g.dense.in_features == 402
+    noise = torch.randn(2, 200, generator=torch.Generator().manual_seed(0))
+    energy, angle = torch.tensor([2.0, 100.0]), torch.tensor([1.0, 1.5])
+    z = g.latent(energy, angle, noise)
+    torch.testing.assert_close(z[:, :200], noise * torch.tensor([[0.02], [1.0]]))
+    torch.testing.assert_close(z[:, 200], angle)
+    torch.testing.assert_close(z[:, 201:401], noise)
+    torch.testing.assert_close(z[:, 401], torch.log(energy / 100))
+    scaled = registry.build_generator("conv2d_g1", condition_on_angle=True, **SMALL).latent(energy, angle, noise)
+    torch.testing.assert_close(scaled, z[:, :201])
+
+
 def test_relu_switch_keeps_the_weights(tmp_path):
     torch.manual_seed(9)
     g = registry.build_generator("conv2d_g1", **SMALL).eval()

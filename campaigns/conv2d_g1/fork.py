@@ -2,10 +2,12 @@
 discriminator (``--group``: ``minibatch_std_group``, fastshower.models.layers.minibatch_std) and/or
 the spread term added to the generator loss (``--spread``: ``recipe.loss_weights.spread``,
 fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``) and/or the training
-energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``): the generator, the
+energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``) and/or the generator's
+latent widened (``--latent scaled_and_raw``, fastshower.models.conv2d): the generator, the
 discriminator, both optimizers, RNG states and counters are carried over; a new input of the
-discriminator's Dense(10) starts with zero weight (and zero Adam moments), so that the forked run
-continues the source run exactly until the discriminator learns to use the new feature.
+discriminator's Dense(10) or of the generator's first Dense starts with zero weight (and zero Adam
+moments), so that the forked run continues the source run exactly until the network learns to use
+the new input.
 
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_power/latest \\
         campaigns/conv2d_g1_mbstd --group 4
@@ -13,6 +15,8 @@ continues the source run exactly until the discriminator learns to use the new f
         campaigns/conv2d_g1_spread --spread 1
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_spread3_log/latest \\
         campaigns/conv2d_g1_lowe --energy-spectrum log_uniform
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_lowe/latest \\
+        campaigns/conv2d_g1_latent --latent scaled_and_raw
 
 Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
 TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
@@ -34,15 +38,37 @@ from fastshower.train.campaign import CURVE, read_curve
 
 #: the discriminator parameter that gains one input column
 HIDDEN_WEIGHT = "hidden.0.weight"
+#: the generator parameter that gains the latent's new input columns
+DENSE_WEIGHT = "dense.weight"
 
 
-def widen_columns(tensor: torch.Tensor, columns: int) -> torch.Tensor:
-    """``tensor`` (out, in) with ``columns`` zero columns appended."""
-    return torch.cat([tensor, tensor.new_zeros(tensor.shape[0], columns)], dim=1)
+def widen_columns(tensor: torch.Tensor, columns: int, fill_with_row_mean: bool = False) -> torch.Tensor:
+    """``tensor`` (out, in) with ``columns`` columns appended: zeros, or each row's mean."""
+    if fill_with_row_mean:
+        new = tensor.mean(dim=1, keepdim=True).expand(-1, columns)
+    else:
+        new = tensor.new_zeros(tensor.shape[0], columns)
+    return torch.cat([tensor, new], dim=1)
+
+
+def widen_input(weights: dict[str, torch.Tensor], module: torch.nn.Module, name: str,
+                optimizer_state: dict) -> dict[str, torch.Tensor]:
+    """``weights`` with parameter ``name`` widened by zero input columns to ``module``'s shape, and
+    its Adam moments in ``optimizer_state`` (in place): first moment 0, second moment the row's mean
+    over the old columns. (With a zero second moment, Adam's first updates of the new weights would be
+    about 3 lr each whatever their gradient, as the bias correction of a long run is ~1: 17 steps
+    of a 201-column fork doubled the validation profile MSE.)"""
+    added = module.state_dict()[name].shape[1] - weights[name].shape[1]
+    if not added:
+        return weights
+    moments = optimizer_state["state"][[n for n, _ in module.named_parameters()].index(name)]
+    moments["exp_avg"] = widen_columns(moments["exp_avg"], added)
+    moments["exp_avg_sq"] = widen_columns(moments["exp_avg_sq"], added, fill_with_row_mean=True)
+    return {**weights, name: widen_columns(weights[name], added)}
 
 
 def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None,
-         recipe: dict[str, str] | None = None) -> int:
+         recipe: dict[str, str] | None = None, latent: str | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
@@ -64,22 +90,24 @@ def fork(source: Path, target: Path, group: int | None = None, spread: float | N
         config["recipe"][key] = value
         run_config["recipe"][key] = value
         changes.append(f"{key} {value}")
+    if latent is not None:
+        model_config["latent"] = latent
+        config["model"]["config"]["latent"] = latent
+        run_config["model"]["config"]["latent"] = latent
+        changes.append(f"latent {latent}")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
-    names = [name for name, _ in discriminator.named_parameters()]
-    added = discriminator.state_dict()[HIDDEN_WEIGHT].shape[1] - disc[HIDDEN_WEIGHT].shape[1]
-    if added:
-        disc = {**disc, HIDDEN_WEIGHT: widen_columns(disc[HIDDEN_WEIGHT], added)}
-        moments = state["optimizer_discriminator"]["state"][names.index(HIDDEN_WEIGHT)]
-        for key in ("exp_avg", "exp_avg_sq"):
-            moments[key] = widen_columns(moments[key], added)
+    disc = widen_input(disc, discriminator, HIDDEN_WEIGHT, state["optimizer_discriminator"])
     discriminator.load_state_dict(disc)  # strict: everything else has the same shape
+    generator = registry.build_generator(meta["model"], **model_config)
+    gen = widen_input(gen, generator, DENSE_WEIGHT, state["optimizer_generator"])
+    generator.load_state_dict(gen)
     meta = {**meta, "model_config": model_config, "config": yaml.safe_dump(run_config, sort_keys=False)}
 
     latest = target / "latest"
     if latest.exists():
         raise FileExistsError(f"{latest} exists: the fork would replace a campaign")
     latest.mkdir(parents=True)
-    save_file({**{f"generator.{k}": v.contiguous() for k, v in gen.items()},
+    save_file({**{f"generator.{k}": v.contiguous() for k, v in generator.state_dict().items()},
                **{f"discriminator.{k}": v.contiguous() for k, v in discriminator.state_dict().items()}},
               str(latest / ckpt.MODELS_FILE))
     torch.save(state, latest / ckpt.STATE_FILE)
@@ -102,12 +130,14 @@ def main() -> None:
                         help="energies of the spread term's fake showers")
     parser.add_argument("--energy-spectrum", choices=["data", "log_uniform"], default=None,
                         help="primary-energy spectrum of the real and fake training showers")
+    parser.add_argument("--latent", choices=["scaled", "scaled_and_raw"], default=None,
+                        help="the generator's latent (model.config.latent)")
     args = parser.parse_args()
     recipe = {key: value for key, value in (("spread_energies", args.spread_energies),
                                             ("energy_spectrum", args.energy_spectrum)) if value is not None}
-    if args.group is None and args.spread is None and not recipe:
-        parser.error("nothing to change: give --group, --spread, --spread-energies and/or --energy-spectrum")
-    step = fork(args.source, args.target, args.group, args.spread, recipe)
+    if args.group is None and args.spread is None and not recipe and args.latent is None:
+        parser.error("nothing to change: give --group, --spread, --spread-energies, --energy-spectrum and/or --latent")
+    step = fork(args.source, args.target, args.group, args.spread, recipe, args.latent)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

@@ -2,9 +2,9 @@
 pre-selection before `fastshower validate`): per energy, the relative error of the mean sampling
 fraction, the profile MSE (fastshower.data.summaries.quick_metrics) and the 3DGAN profile term (mean
 relative difference of the event-averaged x, y, z profiles, as `fastshower validate` defines it) of N
-generated showers, cells below the readout threshold set to zero, and the diversity: the ratios
-(generated / Geant4) of the event-to-event spreads of the longitudinal centre and the x width and of
-the mean number of cells hit.
+generated showers, cells below the readout threshold set to zero, the ratio (generated / Geant4) of
+the mean x width, and the diversity: the ratios (generated / Geant4) of the event-to-event spreads
+of the longitudinal centre and the x width and of the mean number of cells hit.
 
     python campaigns/conv2d_g1/score.py runs/campaign_conv2d_g1/generators/step_*.json --n 100
 """
@@ -28,17 +28,20 @@ from fastshower.validate.observables import apply_threshold
 
 
 def spread_ratios(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Generated / Geant4: std of the longitudinal centre and of the x width (cells), mean cells hit."""
-    def stats(showers: np.ndarray) -> tuple[float, float, float]:
+    """Generated / Geant4: mean x width, std of the longitudinal centre and of the x width (cells),
+    mean cells hit."""
+    def stats(showers: np.ndarray) -> tuple[float, float, float, float]:
         cells = np.arange(showers.shape[1])
         px, pz = showers.sum(axis=(2, 3)), showers.sum(axis=(1, 2))
         total = px.sum(axis=1)
         mx = (px * cells).sum(axis=1) / total
         width = np.sqrt(np.maximum((px * cells**2).sum(axis=1) / total - mx**2, 0.0))
         depth = (pz * np.arange(showers.shape[3])).sum(axis=1) / total
-        return float(depth.std()), float(width.std()), float((showers > 0).sum(axis=(1, 2, 3)).mean())
+        return (float(width.mean()), float(depth.std()), float(width.std()),
+                float((showers > 0).sum(axis=(1, 2, 3)).mean()))
     r, c = stats(reference), stats(candidate)
-    return {"depth_spread_ratio": c[0] / r[0], "width_spread_ratio": c[1] / r[1], "hits_ratio": c[2] / r[2]}
+    return {"width_ratio": c[0] / r[0], "depth_spread_ratio": c[1] / r[1], "width_spread_ratio": c[2] / r[2],
+            "hits_ratio": c[3] / r[3]}
 
 
 def main() -> None:

@@ -35,7 +35,10 @@ start of training (``output_scale: null``; the untrained network deposits severa
 too much energy), a number fixes it, and a generator built outside training uses 1. Conditioning: latent = (E / 100
 GeV) * noise^200; with
 ``condition_on_angle`` the angle theta (rad) is appended to the latent (201 inputs), an extension
-of ours.
+of ours. ``latent: scaled_and_raw`` (ours too) appends the same noise unscaled and ln(E / 100 GeV):
+with the original latent the noise's share of the Dense's output falls in proportion to E, and so
+does the showers' diversity at low energies (a 10 GeV shower gets a tenth of a 100 GeV shower's
+noise amplitude); the extra inputs let the Dense set the noise amplitude and a bias per energy.
 
 ``output_activation``: the Keras ``generator_LeakyReLU`` (whose name refers to its hidden layers)
 ends in a *linear* Conv2D ("linear", the default); ``generator_ReLU`` adds a ReLU ("relu");
@@ -81,7 +84,10 @@ class Conv2dConfig(ModelConfig):
     :func:`fastshower.train.calibration.calibrate_response_by_energy`),
     ``minibatch_std_group``: when > 1 the discriminator also sees the spread of its features within
     groups of that many showers of similar energy (:func:`fastshower.models.layers.minibatch_std`;
-    an extension of ours against mode collapse, 0 = off as in the original)."""
+    an extension of ours against mode collapse, 0 = off as in the original),
+    ``latent``: ``scaled`` = (E / 100 GeV) x noise (the original), ``scaled_and_raw`` = that, then
+    theta when conditioned on the angle, then the noise unscaled and ln(E / 100 GeV) (401 or 402
+    Dense inputs)."""
 
     condition_on_angle: bool = False
     output_activation: OutputActivation = "linear"
@@ -91,6 +97,7 @@ class Conv2dConfig(ModelConfig):
     output_scale: float | None = Field(default=None, gt=0)
     response_correction: tuple[float, ...] | None = None
     minibatch_std_group: int = Field(default=0, ge=0)
+    latent: Literal["scaled", "scaled_and_raw"] = "scaled"
 
 
 def _block(c_in: int, c_out: int, kernel: int, padding: str, cfg: Conv2dConfig,
@@ -126,7 +133,8 @@ class Conv2dGenerator(ShowerGenerator):
         super().__init__(config)
         self.noise_dim = 200
         self.conditions_on_angle = config.condition_on_angle
-        self.dense = dense(self.noise_dim + int(config.condition_on_angle), 5 * 5 * 5)
+        extra = self.noise_dim + 1 if config.latent == "scaled_and_raw" else 0
+        self.dense = dense(self.noise_dim + int(config.condition_on_angle) + extra, 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
         self.register_buffer("output_scale", torch.tensor(config.output_scale or 1.0))
         # the coefficients live in the config (the card), not in the weights file
@@ -167,11 +175,15 @@ class Conv2dGenerator(ShowerGenerator):
         self.config = self.config.model_copy(update={"output_activation": "relu"})
 
     def latent(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """(E / 100 GeV) * noise, with theta (rad) appended when the model conditions on the angle."""
-        z = (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1) * noise
+        """(E / 100 GeV) * noise, with theta (rad) appended when the model conditions on the angle,
+        then the noise and ln(E / 100 GeV) with ``latent: scaled_and_raw``."""
+        e = (primary_energy.to(noise.dtype) / 100.0).unsqueeze(1)
+        parts = [e * noise]
         if self.conditions_on_angle:
-            z = torch.cat([z, incident_angle.to(noise.dtype).unsqueeze(1)], dim=1)
-        return z
+            parts.append(incident_angle.to(noise.dtype).unsqueeze(1))
+        if self.config.latent == "scaled_and_raw":
+            parts += [noise, torch.log(e)]
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
