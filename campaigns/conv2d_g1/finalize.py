@@ -5,7 +5,8 @@ calibrate_response_by_energy, a ln E polynomial), and its metrics on the held-ou
 validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, and the spread distance (fastshower.train.spread.spread_loss of the
 generated against the validation showers at the same conditions, in 8 slices of energy, features
-standardised on the calibration showers; 0 for a generator that fluctuates like Geant4). The rule (last K, fixed before
+standardised on the calibration showers; 0 for a generator that fluctuates like Geant4), for all
+validation showers and for those below LOW_ENERGY_GEV (in 2 slices). The rule (last K, fixed before
 looking at any test sample) is what chooses the steps; the fixed-energy Geant4 test samples are
 only used afterwards by evaluate.sh.
 
@@ -34,26 +35,39 @@ from fastshower.validate.observables import apply_threshold
 
 #: energy slices of the validation spread distance
 SPREAD_ENERGY_GROUPS = 8
+#: the low-energy view of the validation: showers below this (GeV; ~1/8 of the 2-500 GeV set), in 2 slices
+LOW_ENERGY_GEV = 65.0
+LOW_ENERGY_GROUPS = 2
 
 
-def spread_distance(standardizer: FeatureStandardizer, reference: ShowerSet, candidate: ShowerSet
-                    ) -> dict[str, float]:
+def spread_distance(standardizer: FeatureStandardizer, reference: ShowerSet, candidate: ShowerSet,
+                    energy_groups: int = SPREAD_ENERGY_GROUPS) -> dict[str, float]:
     """spread_loss of ``candidate`` against ``reference`` (total and per group of features)."""
     ec, er = torch.from_numpy(candidate.primary_energy), torch.from_numpy(reference.primary_energy)
     zc = standardizer.z_scores(torch.from_numpy(candidate.showers), ec)
     zr = standardizer.z_scores(torch.from_numpy(reference.showers), er)
-    total, groups = spread_loss(zc, zr, ec, er, SPREAD_ENERGY_GROUPS)
+    total, groups = spread_loss(zc, zr, ec, er, energy_groups)
     return {"spread_distance": round(float(total), 4), **{f"spread_{g}": round(float(v), 4) for g, v in groups.items()}}
 
 
 def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureStandardizer, seed: int = 5
-                       ) -> dict[str, float]:
+                       ) -> dict[str, float | dict[str, float]]:
+    """Quick metrics and spread distance on all validation showers, and (``low_energy``) on those
+    below LOW_ENERGY_GEV; the generated showers are made once, at the validation conditions."""
     generated = generate_like(generator, validation, seed, batch_size=len(validation))
     cells = apply_threshold(generated.showers, validation.geometry.readout_threshold_gev)
     cand = ShowerSet(cells, validation.primary_energy, validation.incident_angle, validation.geometry)
-    out = {k: round(float(v), 6) for k, v in quick_metrics(validation, cand).items()}
-    with torch.no_grad():
-        out.update(spread_distance(standardizer, validation, cand))
+    low = validation.primary_energy < LOW_ENERGY_GEV
+    out: dict[str, float | dict[str, float]] = {}
+    for name, ref, gen, groups in (("all", validation, cand, SPREAD_ENERGY_GROUPS),
+                                   ("low_energy", validation[low], cand[low], LOW_ENERGY_GROUPS)):
+        part: dict[str, float] = {k: round(float(v), 6) for k, v in quick_metrics(ref, gen).items()}
+        with torch.no_grad():
+            part.update(spread_distance(standardizer, ref, gen, groups))
+        if name == "all":
+            out.update(part)
+        else:
+            out[name] = {"events": int(low.sum()), **part}
     return out
 
 
