@@ -167,17 +167,24 @@ def small_file(tmp_path, rng):
     return path, g
 
 
+def _check_two_ranks_and_resume(data: InMemoryData, n_steps: int) -> list[np.ndarray]:
+    """Epoch 1 (seed 3, global batch 8): two ranks together see the one-rank batches, and a run
+    resumed at step 2 sees the rest; returns the one-rank batches' energies."""
+    one = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 0, n_steps)]
+    two = [np.concatenate([b0.primary_energy, b1.primary_energy]) for b0, b1 in
+           zip(data.batches(3, 1, 0, 2, 8, 0, n_steps), data.batches(3, 1, 1, 2, 8, 0, n_steps))]
+    assert all(np.array_equal(a, b) for a, b in zip(one, two))
+    resumed = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 2, n_steps)]
+    assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
+    return one
+
+
 def test_in_memory_order_is_sharded_from_one_permutation(small_file):
     path, g = small_file
     data = InMemoryData([path], g, (20.0, 390.0), 0.1, chunk_size=16)
     assert data.n_events == int(np.sum((np.linspace(10, 400, 50) >= 20) & (np.linspace(10, 400, 50) <= 390))) - 4
     assert data.steps_per_epoch(0, 0, 2, 8) == data.n_events // 8
-    one = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 0, 4)]
-    two = [np.concatenate([b0.primary_energy, b1.primary_energy]) for b0, b1 in
-           zip(data.batches(3, 1, 0, 2, 8, 0, 4), data.batches(3, 1, 1, 2, 8, 0, 4))]
-    assert all(np.array_equal(a, b) for a, b in zip(one, two))
-    resumed = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 2, 4)]
-    assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
+    one = _check_two_ranks_and_resume(data, 4)
     other_epoch = [b.primary_energy for b in data.batches(3, 2, 0, 1, 8, 0, 4)]
     assert not np.array_equal(one[0], other_epoch[0])
 
@@ -197,12 +204,7 @@ def test_log_uniform_weights_flatten_a_uniform_spectrum_in_log_energy(rng):
 def test_log_uniform_draws_are_sharded_and_resumable(small_file):
     path, g = small_file
     data = InMemoryData([path], g, None, 0.1, chunk_size=16, energy_spectrum="log_uniform")
-    one = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 0, 5)]
-    two = [np.concatenate([b0.primary_energy, b1.primary_energy]) for b0, b1 in
-           zip(data.batches(3, 1, 0, 2, 8, 0, 5), data.batches(3, 1, 1, 2, 8, 0, 5))]
-    assert all(np.array_equal(a, b) for a, b in zip(one, two))
-    resumed = [b.primary_energy for b in data.batches(3, 1, 0, 1, 8, 2, 5)]
-    assert all(np.array_equal(a, b) for a, b in zip(one[2:], resumed))
+    one = _check_two_ranks_and_resume(data, 5)
     drawn = np.concatenate(one)
     assert len(np.unique(drawn)) < len(drawn)  # with replacement
     # low energies drawn more often than in the data (linspace 10-400 GeV: 10% below 50 GeV)
