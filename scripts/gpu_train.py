@@ -71,6 +71,10 @@ def train_one(name: str, train: str, validation: str, out: Path, work: Path, bud
     recipe = {**spec["recipe"], **({"batch_size": batch} if batch else {})}
     if args.spread > 0:  # the generator's spread term (fastshower.train.spread), preset weights kept
         recipe.update(loss_weights={"spread": args.spread}, spread_energies=args.spread_energies)
+    recipe["energy_spectrum"] = args.energy_spectrum
+    latent = args.latent if name.startswith("conv2d_") else "scaled"  # the option of the Conv2D generators
+    if latent != "scaled":
+        config["latent"] = latent
     raw = {"model": {"name": name, "config": config},
            "recipe": recipe,
            "data": {"train": train, "validation": validation, "augment": "normal_incidence",
@@ -80,9 +84,14 @@ def train_one(name: str, train: str, validation: str, out: Path, work: Path, bud
                    "keep_checkpoints": 1, "output_dir": str(work / name), "progress": False, "tensorboard": "false"}}
     cfg = build_config(raw)
     previous: dict[str, Any] = {}
-    trainer = Trainer(cfg, warm_start=resume / name if resume else None)
     if resume is not None:
         previous = json.loads((resume / name / "run.json").read_text())
+        before = previous["config"]["model"]["config"].get("latent", "scaled")
+        if before != latent:
+            raise SystemExit(f"error: --latent {latent}, but the run resumed from {resume / name} has latent "
+                             f"{before} (the generator's input layer differs)")
+    trainer = Trainer(cfg, warm_start=resume / name if resume else None)
+    if resume is not None:
         trainer.step, trainer.epoch = previous["step"], previous["epoch"]
         trainer.wall_s, trainer.cpu_s = previous.get("wall_s", 0.0), previous.get("cpu_s", 0.0)
         trainer.best = previous.get("best")
@@ -137,6 +146,10 @@ def main() -> None:
                         help="weight of the spread term (recipe.loss_weights.spread; 0 = the original recipe)")
     parser.add_argument("--spread-energies", default="log_uniform", choices=["batch", "log_uniform"],
                         help="recipe.spread_energies when --spread > 0")
+    parser.add_argument("--energy-spectrum", default="data", choices=["data", "log_uniform"],
+                        help="recipe.energy_spectrum (log_uniform: showers drawn flat in ln E)")
+    parser.add_argument("--latent", default="scaled", choices=["scaled", "scaled_and_raw"],
+                        help="the Conv2D generator's latent (model.config.latent; a resumed run keeps its own)")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data: a CPU check of this script")
     args = parser.parse_args()
     if args.smoke:

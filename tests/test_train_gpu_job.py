@@ -41,3 +41,7 @@ def test_gpu_job_smoke_runs_and_resumes(tmp_path):
     assert run2["config"]["recipe"]["loss_weights"] == {"spread": 3.0}  # merged into the preset's weights
     assert run2["config"]["recipe"]["spread_energies"] == "log_uniform"
     assert run2["output_scale"] == run["output_scale"]  # the scale travels with the weights
+    assert run2["config"]["recipe"]["energy_spectrum"] == "data"
+    mismatch = _run("--out", str(tmp_path / "c"), "--max-steps", "1", "--resume", str(tmp_path / "a"),
+                    "--latent", "scaled_and_raw")
+    assert mismatch.returncode != 0 and "has latent scaled" in mismatch.stderr
