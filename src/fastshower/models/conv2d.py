@@ -197,6 +197,9 @@ class Conv2dGenerator(ShowerGenerator):
     def metadata(self) -> dict:
         card = super().metadata()
         card["preprocessing"]["output_scale"] = float(self.output_scale)
+        if self.config.latent == "scaled_and_raw":
+            card["preprocessing"]["energy_condition"] = ("latent [(primary_energy / 100) * noise, noise, "
+                                                         "ln(primary_energy / 100)] (GeV)")
         if self.config.response_correction:
             card["preprocessing"]["response_correction"] = {
                 "coefficients": list(self.config.response_correction),
