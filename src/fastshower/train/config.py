@@ -103,7 +103,7 @@ class RecipeConfig(_Strict):
       ``log_uniform``: real showers drawn with replacement, weighted so that every ln-E bin of the
       data is drawn equally often, and sampled fake energies uniform in ln E. On data uniform in
       2-500 GeV the showers below 20 GeV go from 4% to 42% of what the discriminator and the
-      generator see; the rarer high-energy showers are still all drawn (about 0.3 times each per
+      generator see; the high-energy showers are drawn less often (above 100 GeV about 0.36 times each per
       epoch above 100 GeV). Needs in-memory data (not ``data.streaming``).
     """
 
