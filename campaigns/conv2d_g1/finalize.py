@@ -58,17 +58,15 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
     cells = apply_threshold(generated.showers, validation.geometry.readout_threshold_gev)
     cand = ShowerSet(cells, validation.primary_energy, validation.incident_angle, validation.geometry)
     low = validation.primary_energy < LOW_ENERGY_GEV
-    out: dict[str, float | dict[str, float]] = {}
-    for name, ref, gen, groups in (("all", validation, cand, SPREAD_ENERGY_GROUPS),
-                                   ("low_energy", validation[low], cand[low], LOW_ENERGY_GROUPS)):
-        part: dict[str, float] = {k: round(float(v), 6) for k, v in quick_metrics(ref, gen).items()}
+
+    def metrics(ref: ShowerSet, gen: ShowerSet, energy_groups: int) -> dict[str, float]:
+        out = {k: round(float(v), 6) for k, v in quick_metrics(ref, gen).items()}
         with torch.no_grad():
-            part.update(spread_distance(standardizer, ref, gen, groups))
-        if name == "all":
-            out.update(part)
-        else:
-            out[name] = {"events": int(low.sum()), **part}
-    return out
+            out.update(spread_distance(standardizer, ref, gen, energy_groups))
+        return out
+
+    return {**metrics(validation, cand, SPREAD_ENERGY_GROUPS),
+            "low_energy": {"events": int(low.sum()), **metrics(validation[low], cand[low], LOW_ENERGY_GROUPS)}}
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``) and/
 energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``) and/or the generator's
 latent widened (``--latent scaled_and_raw``, fastshower.models.conv2d): the generator, the
 discriminator, both optimizers, RNG states and counters are carried over; a new input of the
-discriminator's Dense(10) or of the generator's first Dense starts with zero weight (and zero Adam
-moments), so that the forked run continues the source run exactly until the network learns to use
-the new input.
+discriminator's Dense(10) or of the generator's first Dense starts with zero weight (zero Adam first
+moment, second moment from its row's mean: ``widen_input``), so that the forked run continues the
+source run exactly until the network learns to use the new input.
 
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_power/latest \\
         campaigns/conv2d_g1_mbstd --group 4
