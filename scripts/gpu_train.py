@@ -146,8 +146,8 @@ def main() -> None:
                         help="weight of the spread term (recipe.loss_weights.spread; 0 = the original recipe)")
     parser.add_argument("--spread-energies", default="log_uniform", choices=["batch", "log_uniform"],
                         help="recipe.spread_energies when --spread > 0")
-    parser.add_argument("--energy-spectrum", default="data", choices=["data", "log_uniform"],
-                        help="recipe.energy_spectrum (log_uniform: showers drawn flat in ln E)")
+    parser.add_argument("--energy-spectrum", default="data", choices=["data", "log_uniform", "mixed"],
+                        help="recipe.energy_spectrum (log_uniform: showers drawn flat in ln E; mixed: half and half)")
     parser.add_argument("--latent", default="scaled", choices=["scaled", "scaled_and_raw"],
                         help="the Conv2D generator's latent (model.config.latent; a resumed run keeps its own)")
     parser.add_argument("--smoke", action="store_true", help="tiny models and data: a CPU check of this script")

@@ -367,3 +367,8 @@ def test_log_uniform_spectrum_reaches_the_real_and_the_fake_batches(tmp_path, cl
     flat.prepare()
     assert np.mean(flat._sampled_conditions()[0].numpy() < mid) == pytest.approx((mid - lo) / (hi - lo), abs=0.03)
     assert t.data_for_epoch(0)._draw_weights is not None and flat.data_for_epoch(0)._draw_weights is None
+    mixed = _trainer(tmp_path / "mixed", clic25_file, conv, {"batch_size": 4096, "energy_spectrum": "mixed"})
+    mixed.prepare()
+    e = mixed._sampled_conditions()[0].numpy()  # even positions uniform in E, odd ones in ln E
+    assert np.mean(e[0::2] < mid) == pytest.approx((mid - lo) / (hi - lo), abs=0.04)
+    assert np.mean(e[1::2] < mid) == pytest.approx(0.5, abs=0.04)

@@ -13,7 +13,7 @@ from fastshower.data import write_showers
 from fastshower.geometry import PRESETS, load_geometry
 from fastshower.showers import ShowerSet
 from fastshower.train.config import LossWeights, build_config, load_config
-from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum, log_uniform_weights
+from fastshower.train.data import InMemoryData, StreamingData, fit_ecal_sum, log_uniform_weights, spectrum_weights
 from fastshower.train.distributed import lr_factor, lr_scale
 from fastshower.train.losses import bce, gan_loss, mae, mape
 
@@ -199,6 +199,16 @@ def test_log_uniform_weights_flatten_a_uniform_spectrum_in_log_energy(rng):
     assert np.mean(energy < 20.0) == pytest.approx(18 / 498, abs=0.002)
     counts, _ = np.histogram(np.log(drawn), bins=10)
     assert counts.min() > 0.9 * counts.max()
+
+
+def test_mixed_spectrum_weights_are_half_data_half_log_uniform(rng):
+    energy = rng.uniform(2.0, 500.0, 200_000)
+    assert spectrum_weights(energy, "data") is None
+    p = spectrum_weights(energy, "mixed")
+    assert p.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(p, 0.5 * log_uniform_weights(energy) + 0.5 / len(energy))
+    drawn = energy[rng.choice(len(energy), size=200_000, p=p)]
+    assert np.mean(drawn < 20.0) == pytest.approx(0.5 * (math.log(10) / math.log(250) + 18 / 498), abs=0.01)
 
 
 def test_log_uniform_draws_are_sharded_and_resumable(small_file):

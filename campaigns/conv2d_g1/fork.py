@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=None, help="weight of the generator's spread term")
     parser.add_argument("--spread-energies", choices=["batch", "log_uniform"], default=None,
                         help="energies of the spread term's fake showers")
-    parser.add_argument("--energy-spectrum", choices=["data", "log_uniform"], default=None,
+    parser.add_argument("--energy-spectrum", choices=["data", "log_uniform", "mixed"], default=None,
                         help="primary-energy spectrum of the real and fake training showers")
     parser.add_argument("--latent", choices=["scaled", "scaled_and_raw"], default=None,
                         help="the generator's latent (model.config.latent)")

@@ -7,8 +7,8 @@ resumed run is recomputed, not stored: a checkpoint only records the epoch and t
   all events (from ``(seed, epoch)``); global batch ``s`` is ``perm[s*GB:(s+1)*GB]`` and rank ``r``
   takes its ``r``-th slice of ``GB / world`` events. A run on W ranks therefore sees exactly the
   events and the order of a one-rank run with the same global batch. With
-  ``energy_spectrum="log_uniform"`` the epoch's order is instead as many draws with replacement,
-  weighted by :func:`log_uniform_weights`.
+  ``energy_spectrum="log_uniform"`` (``"mixed"``) the epoch's order is instead as many draws with
+  replacement, weighted by :func:`log_uniform_weights` (by half those weights plus half uniform ones).
 - :class:`StreamingData` never holds more than ``chunks_in_memory`` chunks of ``chunk_size``
   events. One pass at start counts the events that pass the filters per chunk. Each epoch permutes
   the chunks; rank ``r`` reads chunks ``r, r + W, ...`` of that order, ``chunks_in_memory`` at a
@@ -66,6 +66,18 @@ def log_uniform_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS)
     return weights / weights.sum()
 
 
+def spectrum_weights(primary_energy: np.ndarray,
+                     energy_spectrum: Literal["data", "log_uniform", "mixed"]) -> np.ndarray | None:
+    """Draw probabilities of the events for ``recipe.energy_spectrum`` (None = the data's spectrum,
+    one permutation per epoch; ``mixed`` = half uniform over the events, half :func:`log_uniform_weights`)."""
+    if energy_spectrum == "data":
+        return None
+    weights = log_uniform_weights(primary_energy)
+    if energy_spectrum == "mixed":
+        weights = 0.5 * weights + 0.5 / len(weights)
+    return weights
+
+
 @dataclass(frozen=True)
 class EcalFit:
     """ECAL-sum target of fake showers: ``ecal_sum(E) = E * ratio(E)``, ``ratio`` linearly
@@ -112,7 +124,7 @@ class InMemoryData(_Conditions):
 
     def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
                  min_deposit_gev: float, chunk_size: int = 1000,
-                 energy_spectrum: Literal["data", "log_uniform"] = "data") -> None:
+                 energy_spectrum: Literal["data", "log_uniform", "mixed"] = "data") -> None:
         parts = []
         for part in iter_showers(paths, chunk_size=chunk_size, geometry=geometry):
             parts.append(part[event_mask(part, energy_range_gev, min_deposit_gev)])
@@ -123,7 +135,7 @@ class InMemoryData(_Conditions):
         self.showers = data.showers
         self.primary_energy = data.primary_energy
         self.incident_angle = data.incident_angle
-        self._draw_weights = log_uniform_weights(self.primary_energy) if energy_spectrum == "log_uniform" else None
+        self._draw_weights = spectrum_weights(self.primary_energy, energy_spectrum)
 
     def fit(self, ecal_sum_of: Callable[[np.ndarray], np.ndarray], chunk_size: int = 1000) -> EcalFit:
         sums = np.concatenate([ecal_sum_of(self.showers[i:i + chunk_size])

@@ -377,16 +377,22 @@ class Trainer:
         return energy.float(), (alo + (ahi - alo) * u[:, 1]).float()
 
     def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fresh energies (uniform in E, or in ln E with ``energy_spectrum: log_uniform``, over the
-        fake-energy range), angles and their ECAL-sum targets."""
+        """Fresh energies over the fake-energy range (uniform in E; in ln E with ``energy_spectrum:
+        log_uniform``; with ``mixed`` the even batch positions uniform in E, the odd ones in ln E),
+        angles and their ECAL-sum targets."""
         assert self._ranges is not None and self._fit is not None
         (elo, ehi), (alo, ahi) = self.fake_energy_range(), self._ranges[1]
-        u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64)).cpu().numpy()
-        if self.recipe.energy_spectrum == "log_uniform":
-            energy = np.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0])
-        else:
-            energy = elo + (ehi - elo) * u[:, 0]
-        angle = alo + (ahi - alo) * u[:, 1]
+        spectrum = self.recipe.energy_spectrum
+
+        def global_batch(n: int) -> torch.Tensor:  # positions of the global batch, before the rank's slice
+            u = torch.rand(n, 2, generator=self.rng, dtype=torch.float64)
+            log_uniform = torch.full((n,), spectrum == "log_uniform")
+            log_uniform[1::2] |= spectrum == "mixed"
+            energy = torch.where(log_uniform, torch.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0]),
+                                 elo + (ehi - elo) * u[:, 0])
+            return torch.stack([energy, alo + (ahi - alo) * u[:, 1]], dim=1)
+
+        energy, angle = self._draw(global_batch).cpu().numpy().T
         ecal = self._fit(energy)
         def as_t(a):
             return torch.as_tensor(a, dtype=torch.float32, device=self.device)
