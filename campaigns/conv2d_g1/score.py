@@ -4,7 +4,9 @@ fraction, the profile MSE (fastshower.data.summaries.quick_metrics) and the 3DGA
 relative difference of the event-averaged x, y, z profiles, as `fastshower validate` defines it) of N
 generated showers, cells below the readout threshold set to zero, the ratio (generated / Geant4) of
 the mean x width, and the diversity: the ratios (generated / Geant4) of the event-to-event spreads
-of the longitudinal centre and the x width and of the mean number of cells hit.
+of the longitudinal centre and the x width and of the mean number of cells hit; and the ratio of the
+roughness of the mean longitudinal profile (sum of |second differences| of the layer fractions: a
+layer-to-layer zigzag that Geant4's smooth profile does not have).
 
     python campaigns/conv2d_g1/score.py runs/campaign_conv2d_g1/generators/step_*.json --n 100
 """
@@ -29,7 +31,7 @@ from fastshower.validate.observables import apply_threshold
 
 def spread_ratios(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """Generated / Geant4: mean x width, std of the longitudinal centre and of the x width (cells),
-    mean cells hit."""
+    mean cells hit, roughness of the mean longitudinal profile."""
     def stats(showers: np.ndarray) -> tuple[float, float, float, float]:
         cells = np.arange(showers.shape[1])
         px, pz = showers.sum(axis=(2, 3)), showers.sum(axis=(1, 2))
@@ -39,9 +41,12 @@ def spread_ratios(reference: np.ndarray, candidate: np.ndarray) -> dict[str, flo
         depth = (pz * np.arange(showers.shape[3])).sum(axis=1) / total
         return (float(width.mean()), float(depth.std()), float(width.std()),
                 float((showers > 0).sum(axis=(1, 2, 3)).mean()))
+    def roughness(showers: np.ndarray) -> float:  # layer-to-layer zigzag of the mean longitudinal profile
+        profile = showers.sum(axis=(1, 2)).mean(axis=0)
+        return float(np.abs(np.diff(profile / profile.sum(), n=2)).sum())
     r, c = stats(reference), stats(candidate)
     return {"width_ratio": c[0] / r[0], "depth_spread_ratio": c[1] / r[1], "width_spread_ratio": c[2] / r[2],
-            "hits_ratio": c[3] / r[3]}
+            "hits_ratio": c[3] / r[3], "roughness_ratio": roughness(candidate) / roughness(reference)}
 
 
 def main() -> None:
