@@ -88,6 +88,11 @@ def _set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def _log_uniform(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Map uniform draws u in [0, 1) to values uniform in ln between ``low`` and ``high``."""
+    return torch.exp(math.log(low) + (math.log(high) - math.log(low)) * u)
+
+
 def _data_geometry(paths: list[Path] | str, geometry: Geometry | None) -> Geometry:
     return next(iter(iter_showers(paths, chunk_size=1, geometry=geometry))).geometry
 
@@ -373,8 +378,7 @@ class Trainer:
         assert self._ranges is not None
         (elo, ehi), (alo, ahi) = self._ranges
         u = self._draw(lambda n: torch.rand(n, 2, generator=self.rng, dtype=torch.float64))
-        energy = torch.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0])
-        return energy.float(), (alo + (ahi - alo) * u[:, 1]).float()
+        return _log_uniform(u[:, 0], elo, ehi).float(), (alo + (ahi - alo) * u[:, 1]).float()
 
     def _sampled_conditions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fresh energies over the fake-energy range (uniform in E; in ln E with ``energy_spectrum:
@@ -388,8 +392,7 @@ class Trainer:
             u = torch.rand(n, 2, generator=self.rng, dtype=torch.float64)
             log_uniform = torch.full((n,), spectrum == "log_uniform")
             log_uniform[1::2] |= spectrum == "mixed"
-            energy = torch.where(log_uniform, torch.exp(math.log(elo) + (math.log(ehi) - math.log(elo)) * u[:, 0]),
-                                 elo + (ehi - elo) * u[:, 0])
+            energy = torch.where(log_uniform, _log_uniform(u[:, 0], elo, ehi), elo + (ehi - elo) * u[:, 0])
             return torch.stack([energy, alo + (ahi - alo) * u[:, 1]], dim=1)
 
         energy, angle = self._draw(global_batch).cpu().numpy().T
