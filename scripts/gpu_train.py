@@ -28,14 +28,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from fastshower.data import write_showers
 from fastshower.fileio import write_text_atomic
 from fastshower.train import checkpoint as ckpt
-from fastshower.train.config import build_config
+from fastshower.train.config import EnergySpectrum, build_config
 from fastshower.train.trainer import Trainer
 
 #: What each shipped model trains with on the GPU (recipe preset defaults otherwise).
@@ -146,7 +146,7 @@ def main() -> None:
                         help="weight of the spread term (recipe.loss_weights.spread; 0 = the original recipe)")
     parser.add_argument("--spread-energies", default="log_uniform", choices=["batch", "log_uniform"],
                         help="recipe.spread_energies when --spread > 0")
-    parser.add_argument("--energy-spectrum", default="data", choices=["data", "log_uniform", "mixed"],
+    parser.add_argument("--energy-spectrum", default="data", choices=get_args(EnergySpectrum),
                         help="recipe.energy_spectrum (log_uniform: showers drawn flat in ln E; mixed: half and half)")
     parser.add_argument("--latent", default="scaled", choices=["scaled", "scaled_and_raw"],
                         help="the Conv2D generator's latent (model.config.latent; a resumed run keeps its own)")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import get_args
 
 import torch
 import yaml
@@ -35,6 +36,7 @@ from safetensors.torch import save_file
 from fastshower.models import registry
 from fastshower.train import checkpoint as ckpt
 from fastshower.train.campaign import CURVE, read_curve
+from fastshower.train.config import EnergySpectrum
 
 #: the discriminator parameter that gains one input column
 HIDDEN_WEIGHT = "hidden.0.weight"
@@ -128,7 +130,7 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=None, help="weight of the generator's spread term")
     parser.add_argument("--spread-energies", choices=["batch", "log_uniform"], default=None,
                         help="energies of the spread term's fake showers")
-    parser.add_argument("--energy-spectrum", choices=["data", "log_uniform", "mixed"], default=None,
+    parser.add_argument("--energy-spectrum", choices=get_args(EnergySpectrum), default=None,
                         help="primary-energy spectrum of the real and fake training showers")
     parser.add_argument("--latent", choices=["scaled", "scaled_and_raw"], default=None,
                         help="the generator's latent (model.config.latent)")

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fastshower.train.recipes import RECIPES, recipe_for_model
 
+#: ``recipe.energy_spectrum``: the primary-energy spectrum training works on (see :class:`RecipeConfig`)
+EnergySpectrum = Literal["data", "log_uniform", "mixed"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -137,7 +140,7 @@ class RecipeConfig(_Strict):
     relu_epoch: int | None = Field(default=None, ge=0)
     collapse_after: int = Field(default=10, ge=0)
     spread_energies: Literal["batch", "log_uniform"] = "batch"
-    energy_spectrum: Literal["data", "log_uniform", "mixed"] = "data"
+    energy_spectrum: EnergySpectrum = "data"
 
     @property
     def lr_reference_batch(self) -> int:

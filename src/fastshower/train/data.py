@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from fastshower.data import iter_showers, read_events, resolve_paths
 from fastshower.geometry import Geometry
 from fastshower.showers import ShowerSet
+from fastshower.train.config import EnergySpectrum
 
 #: Number of energy bins of the ECAL-sum fit (quantile bins of the training energies).
 FIT_BINS = 20
@@ -67,7 +67,7 @@ def log_uniform_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS)
 
 
 def spectrum_weights(primary_energy: np.ndarray,
-                     energy_spectrum: Literal["data", "log_uniform", "mixed"]) -> np.ndarray | None:
+                     energy_spectrum: EnergySpectrum) -> np.ndarray | None:
     """Draw probabilities of the events for ``recipe.energy_spectrum`` (None = the data's spectrum,
     one permutation per epoch; ``mixed`` = half uniform over the events, half :func:`log_uniform_weights`)."""
     if energy_spectrum == "data":
@@ -124,7 +124,7 @@ class InMemoryData(_Conditions):
 
     def __init__(self, paths: list[Path], geometry: Geometry, energy_range_gev: tuple[float, float] | None,
                  min_deposit_gev: float, chunk_size: int = 1000,
-                 energy_spectrum: Literal["data", "log_uniform", "mixed"] = "data") -> None:
+                 energy_spectrum: EnergySpectrum = "data") -> None:
         parts = []
         for part in iter_showers(paths, chunk_size=chunk_size, geometry=geometry):
             parts.append(part[event_mask(part, energy_range_gev, min_deposit_gev)])
