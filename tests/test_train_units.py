@@ -201,14 +201,21 @@ def test_log_uniform_weights_flatten_a_uniform_spectrum_in_log_energy(rng):
     assert counts.min() > 0.9 * counts.max()
 
 
-def test_mixed_spectrum_weights_are_half_data_half_log_uniform(rng):
-    energy = rng.uniform(2.0, 500.0, 200_000)
-    assert spectrum_weights(energy, "data") is None
-    p = spectrum_weights(energy, "mixed")
-    assert p.sum() == pytest.approx(1.0)
-    np.testing.assert_allclose(p, 0.5 * log_uniform_weights(energy) + 0.5 / len(energy))
-    drawn = energy[rng.choice(len(energy), size=200_000, p=p)]
-    assert np.mean(drawn < 20.0) == pytest.approx(0.5 * (math.log(10) / math.log(250) + 18 / 498), abs=0.01)
+def test_mixed_spectrum_draws_half_uniform_half_log_uniform_whatever_the_data(rng):
+    uniform = rng.uniform(2.0, 500.0, 200_000)
+    assert spectrum_weights(uniform, "data") is None
+    expected_below_20 = 0.5 * (math.log(10) / math.log(250) + 18 / 498)
+    expected_above_100 = 0.5 * (math.log(5) / math.log(250) + 400 / 498)
+    # uniform data, and the same with as many extra showers log-uniform in 2-100 GeV: same spectrum drawn
+    for energy in (uniform, np.concatenate([uniform, np.exp(rng.uniform(math.log(2), math.log(100), 200_000))])):
+        p = spectrum_weights(energy, "mixed")
+        assert p.sum() == pytest.approx(1.0)
+        drawn = energy[rng.choice(len(energy), size=200_000, p=p)]
+        assert np.mean(drawn < 20.0) == pytest.approx(expected_below_20, abs=0.01)
+        assert np.mean(drawn > 100.0) == pytest.approx(expected_above_100, abs=0.01)
+    # on uniform data: half uniform over the events, half log-uniform (to the binning)
+    np.testing.assert_allclose(spectrum_weights(uniform, "mixed"),
+                               0.5 * log_uniform_weights(uniform) + 0.5 / len(uniform), rtol=0.05)
 
 
 def test_log_uniform_draws_are_sharded_and_resumable(small_file):

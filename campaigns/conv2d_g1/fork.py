@@ -3,7 +3,9 @@ discriminator (``--group``: ``minibatch_std_group``, fastshower.models.layers.mi
 the spread term added to the generator loss (``--spread``: ``recipe.loss_weights.spread``,
 fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``) and/or the training
 energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``) and/or the generator's
-latent widened (``--latent scaled_and_raw``, fastshower.models.conv2d): the generator, the
+latent widened (``--latent scaled_and_raw``, fastshower.models.conv2d) and/or training files added
+(``--extra-train``, paths relative to the new folder, e.g. the low-energy Geant4 showers of
+scripts/make_g4_lowe.sh): the generator, the
 discriminator, both optimizers, RNG states and counters are carried over; a new input of the
 discriminator's Dense(10) or of the generator's first Dense starts with zero weight (zero Adam first
 moment, second moment from its row's mean: ``widen_input``), so that the forked run continues the
@@ -17,6 +19,9 @@ source run exactly until the network learns to use the new input.
         campaigns/conv2d_g1_lowe --energy-spectrum log_uniform
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_lowe/latest \\
         campaigns/conv2d_g1_latent --latent scaled_and_raw
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_mixed/latest \\
+        campaigns/conv2d_g1_g4lowe --energy-spectrum mixed \\
+        --extra-train '../../data/g4-clic25-lowe/train_lowe_*.h5'
 
 Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
 TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
@@ -70,7 +75,8 @@ def widen_input(weights: dict[str, torch.Tensor], module: torch.nn.Module, name:
 
 
 def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None,
-         recipe: dict[str, str] | None = None, latent: str | None = None) -> int:
+         recipe: dict[str, str] | None = None, latent: str | None = None,
+         extra_train: list[str] | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
@@ -97,6 +103,11 @@ def fork(source: Path, target: Path, group: int | None = None, spread: float | N
         config["model"]["config"]["latent"] = latent
         run_config["model"]["config"]["latent"] = latent
         changes.append(f"latent {latent}")
+    if extra_train:
+        for c, prefix in ((config, ""), (run_config, f"{target}/")):  # the run's config: paths from the cwd
+            train = c["data"]["train"]
+            c["data"]["train"] = (train if isinstance(train, list) else [train]) + [prefix + p for p in extra_train]
+        changes.append(f"training files {', '.join(extra_train)} added")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
     disc = widen_input(disc, discriminator, HIDDEN_WEIGHT, state["optimizer_discriminator"])
     discriminator.load_state_dict(disc)  # strict: everything else has the same shape
@@ -134,12 +145,15 @@ def main() -> None:
                         help="primary-energy spectrum of the real and fake training showers")
     parser.add_argument("--latent", choices=["scaled", "scaled_and_raw"], default=None,
                         help="the generator's latent (model.config.latent)")
+    parser.add_argument("--extra-train", nargs="+", default=None,
+                        help="training files or globs to add to data.train (relative to the target folder)")
     args = parser.parse_args()
     recipe = {key: value for key, value in (("spread_energies", args.spread_energies),
                                             ("energy_spectrum", args.energy_spectrum)) if value is not None}
-    if args.group is None and args.spread is None and not recipe and args.latent is None:
-        parser.error("nothing to change: give --group, --spread, --spread-energies, --energy-spectrum and/or --latent")
-    step = fork(args.source, args.target, args.group, args.spread, recipe, args.latent)
+    if args.group is None and args.spread is None and not recipe and args.latent is None and not args.extra_train:
+        parser.error("nothing to change: give --group, --spread, --spread-energies, --energy-spectrum, --latent "
+                     "and/or --extra-train")
+    step = fork(args.source, args.target, args.group, args.spread, recipe, args.latent, args.extra_train)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

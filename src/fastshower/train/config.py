@@ -107,10 +107,12 @@ class RecipeConfig(_Strict):
       data is drawn equally often, and sampled fake energies uniform in ln E. On data uniform in
       2-500 GeV the showers below 20 GeV go from 4% to 42% of what the discriminator and the
       generator see; a shower above 100 GeV is drawn about 0.36 times per epoch (0.29 of the draws
-      for 0.80 of the data). ``mixed``: the equal mixture of the two: draw probabilities half
-      the data's, half the log-uniform ones, and every other sampled fake energy uniform in E, the
-      others uniform in ln E (on data uniform in 2-500 GeV: 23% of the showers below 20 GeV, 55%
-      above 100 GeV). ``log_uniform`` and ``mixed`` need in-memory data (not ``data.streaming``).
+      for 0.80 of the data). ``mixed``: the equal mixture of the two: real showers drawn with
+      replacement so that their spectrum is half uniform in E, half uniform in ln E over the data's
+      energy range, whatever the data's own spectrum (e.g. uniform data plus extra low-energy
+      files), and every other sampled fake energy uniform in E, the others uniform in ln E (23% of
+      the showers below 20 GeV, 55% above 100 GeV over 2-500 GeV). ``log_uniform`` and ``mixed``
+      need in-memory data (not ``data.streaming``).
     """
 
     preset: str

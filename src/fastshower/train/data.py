@@ -8,7 +8,7 @@ resumed run is recomputed, not stored: a checkpoint only records the epoch and t
   takes its ``r``-th slice of ``GB / world`` events. A run on W ranks therefore sees exactly the
   events and the order of a one-rank run with the same global batch. With
   ``energy_spectrum="log_uniform"`` (``"mixed"``) the epoch's order is instead as many draws with
-  replacement, weighted by :func:`log_uniform_weights` (by half those weights plus half uniform ones).
+  replacement, weighted by :func:`log_uniform_weights` (:func:`mixed_spectrum_weights`).
 - :class:`StreamingData` never holds more than ``chunks_in_memory`` chunks of ``chunk_size``
   events. One pass at start counts the events that pass the filters per chunk. Each epoch permutes
   the chunks; rank ``r`` reads chunks ``r, r + W, ...`` of that order, ``chunks_in_memory`` at a
@@ -52,30 +52,57 @@ def event_mask(part: ShowerSet, energy_range_gev: tuple[float, float] | None, mi
     return keep
 
 
+def _log_energy_bins(primary_energy: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bin index of each event, ln-E bin edges) of ``n_bins`` equal bins in ln E between the lowest
+    and the highest energy; None when all energies are equal."""
+    log_e = np.log(np.asarray(primary_energy, dtype=np.float64))
+    lo, hi = log_e.min(), log_e.max()
+    if hi <= lo:
+        return None
+    idx = np.minimum(((log_e - lo) / (hi - lo) * n_bins).astype(int), n_bins - 1)
+    return idx, np.linspace(lo, hi, n_bins + 1)
+
+
+def _weights_for_bin_shares(idx: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Event probabilities (sum 1) that draw bin k with probability proportional to ``shares[k]``,
+    the events of a bin equally often (empty bins are left out)."""
+    counts = np.bincount(idx, minlength=len(shares))
+    weights = shares[idx] / counts[idx]
+    return weights / weights.sum()
+
+
 def log_uniform_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS) -> np.ndarray:
     """Probabilities (sum 1) for drawing events so that each of ``n_bins`` equal bins in ln E between
     the lowest and the highest energy is drawn equally often (events share their bin's probability
     equally; empty bins are left out). For data uniform in E this is close to a 1/E spectrum."""
-    log_e = np.log(np.asarray(primary_energy, dtype=np.float64))
-    lo, hi = log_e.min(), log_e.max()
-    if hi <= lo:
-        return np.full(len(log_e), 1.0 / len(log_e))
-    idx = np.minimum(((log_e - lo) / (hi - lo) * n_bins).astype(int), n_bins - 1)
-    counts = np.bincount(idx, minlength=n_bins)
-    weights = 1.0 / counts[idx]
-    return weights / weights.sum()
+    bins = _log_energy_bins(primary_energy, n_bins)
+    if bins is None:
+        return np.full(len(primary_energy), 1.0 / len(primary_energy))
+    return _weights_for_bin_shares(bins[0], np.ones(n_bins))
+
+
+def mixed_spectrum_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS) -> np.ndarray:
+    """Probabilities (sum 1) that draw the events' ln-E bins (as :func:`log_uniform_weights`) as the
+    equal mixture of a spectrum uniform in E and one uniform in ln E over the data's energy range,
+    whatever the data's own spectrum (data uniform in E, or with extra low-energy files)."""
+    bins = _log_energy_bins(primary_energy, n_bins)
+    if bins is None:
+        return np.full(len(primary_energy), 1.0 / len(primary_energy))
+    idx, edges = bins
+    e = np.exp(edges)
+    shares = 0.5 * np.diff(e) / (e[-1] - e[0]) + 0.5 / n_bins
+    return _weights_for_bin_shares(idx, shares)
 
 
 def spectrum_weights(primary_energy: np.ndarray,
                      energy_spectrum: EnergySpectrum) -> np.ndarray | None:
     """Draw probabilities of the events for ``recipe.energy_spectrum`` (None = the data's spectrum,
-    one permutation per epoch; ``mixed`` = half uniform over the events, half :func:`log_uniform_weights`)."""
+    one permutation per epoch; :func:`log_uniform_weights`; :func:`mixed_spectrum_weights`)."""
     if energy_spectrum == "data":
         return None
-    weights = log_uniform_weights(primary_energy)
     if energy_spectrum == "mixed":
-        weights = 0.5 * weights + 0.5 / len(weights)
-    return weights
+        return mixed_spectrum_weights(primary_energy)
+    return log_uniform_weights(primary_energy)
 
 
 @dataclass(frozen=True)
