@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--low-energy-validation", nargs="+", default=None,
                         help="held-out low-energy shower files for the low_energy view (instead of the "
                              f"validation showers below {LOW_ENERGY_GEV:g} GeV)")
+    parser.add_argument("--baseline", default=None,
+                        help="also measure this generator (name or path, e.g. the shipped conv2d_g1) the same way")
     parser.add_argument("--out", type=Path, required=True, help="output stem (.json + .safetensors)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -108,7 +110,10 @@ def main() -> None:
     train = read_showers(resolve(cfg["data"]["train"]), max_events=args.calibration_events)
     low_energy = read_showers(args.low_energy_validation) if args.low_energy_validation else None
     standardizer = FeatureStandardizer.fit(train.showers, train.primary_energy)
-    report = {"averaged_from": [s.name for s in stems], "checkpoints": {}}
+    report: dict = {"averaged_from": [s.name for s in stems], "checkpoints": {}}
+    if args.baseline:
+        report["baseline"] = {"generator": args.baseline, **validation_metrics(
+            registry.load_generator(args.baseline), validation, standardizer, low_energy)}
     for stem in stems:
         report["checkpoints"][stem.name] = validation_metrics(registry.load_generator(stem), validation, standardizer,
                                                                 low_energy)
