@@ -26,6 +26,11 @@ def _load_range(curve: list[dict[str, str]], step: int) -> tuple[float, float]:
     return min(loads), max(loads)
 
 
+#: the card's training_data unless --training-data says otherwise
+TRAINING_DATA = ("Geant4 clic25 e- 2-500 GeV at normal incidence, 8500 showers (shared/data/g4-clic25/train, "
+                 "17 files), x/y flips and x<->y transpose as augmentation")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generator", type=Path, help="stem of the chosen generator")
@@ -34,6 +39,8 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=HERE,
                         help="the campaign folder the generator comes from (config.yaml, learning_curve.csv)")
     parser.add_argument("--note", default=None, help="how the generator was chosen or made (card: selected_by)")
+    parser.add_argument("--training-data", default=TRAINING_DATA,
+                        help="what the generator was trained on (card: training_data)")
     args = parser.parse_args()
     g = registry.load_generator(args.generator)
     card = registry.read_card(args.generator)
@@ -48,8 +55,7 @@ def main() -> None:
         "trained_by": f"fastshower CPU campaign ({folder}, run with campaigns/conv2d_g1/run.py)",
         "quality": "CPU-trained quarter-width G1; see docs/training.md 'CPU campaign' for how it compares "
                    "with Geant4 and GFlash",
-        "training_data": "Geant4 clic25 e- 2-500 GeV at normal incidence, 8500 showers "
-                         "(shared/data/g4-clic25/train, 17 files), x/y flips and x<->y transpose as augmentation",
+        "training_data": args.training_data, "training_files": cfg["data"]["train"],
         "validation_data": "Geant4 clic25 held-out 1000 showers (shared/data/g4-clic25/validation)",
         "model_config": cfg["model"]["config"], "recipe": cfg["recipe"], "seed": cfg["run"]["seed"],
         "step": step, "samples": int(row["samples"]), "batch_size": cfg["recipe"]["batch_size"],
@@ -64,7 +70,8 @@ def main() -> None:
         "response_calibration": card["metadata"].get("response_calibration"),
         "validation_at_step": {k: float(row[k]) for k in ("val_profile_mse", "val_sampling_fraction_error",
                                                           "val_d_energy_mape")},
-        "commands": ["nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py "
+        "commands": ["bash scripts/make_g4_lowe.sh (only when training_files lists data/g4-clic25-lowe)",
+                     "nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py "
                      f"--folder {folder}",
                      f"python campaigns/conv2d_g1/finalize.py --folder {folder} --run-dir RUN_DIR --last 4 "
                      "(--response by-energy --calibration-events 4000 when response_calibration has by_energy)",
