@@ -74,11 +74,11 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
     cand = generated_like(validation)
     if low_energy is None:
         low = validation.primary_energy < LOW_ENERGY_GEV
-        low_view = metrics(validation[low], cand[low], LOW_ENERGY_GROUPS)
+        low_view = {"events": int(low.sum()), **metrics(validation[low], cand[low], LOW_ENERGY_GROUPS)}
     else:
-        low_view = metrics(low_energy, generated_like(low_energy), LOW_ENERGY_SAMPLE_GROUPS)
-    events = len(low_energy) if low_energy is not None else int(low.sum())
-    return {**metrics(validation, cand, SPREAD_ENERGY_GROUPS), "low_energy": {"events": events, **low_view}}
+        low_view = {"events": len(low_energy),
+                    **metrics(low_energy, generated_like(low_energy), LOW_ENERGY_SAMPLE_GROUPS)}
+    return {**metrics(validation, cand, SPREAD_ENERGY_GROUPS), "low_energy": low_view}
 
 
 def main() -> None:

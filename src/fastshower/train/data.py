@@ -52,22 +52,18 @@ def event_mask(part: ShowerSet, energy_range_gev: tuple[float, float] | None, mi
     return keep
 
 
-def _log_energy_bins(primary_energy: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bin index of each event, ln-E bin edges) of ``n_bins`` equal bins in ln E between the lowest
-    and the highest energy; None when all energies are equal."""
+def _weights_by_log_energy_bin(primary_energy: np.ndarray, n_bins: int,
+                               shares: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Event probabilities (sum 1) that draw each of ``n_bins`` equal bins in ln E between the lowest
+    and the highest energy in proportion to ``shares(ln-E bin edges)``, the events of a bin equally
+    often (empty bins are left out); uniform over the events when all energies are equal."""
     log_e = np.log(np.asarray(primary_energy, dtype=np.float64))
     lo, hi = log_e.min(), log_e.max()
     if hi <= lo:
-        return None
+        return np.full(len(log_e), 1.0 / len(log_e))
     idx = np.minimum(((log_e - lo) / (hi - lo) * n_bins).astype(int), n_bins - 1)
-    return idx, np.linspace(lo, hi, n_bins + 1)
-
-
-def _weights_for_bin_shares(idx: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Event probabilities (sum 1) that draw bin k with probability proportional to ``shares[k]``,
-    the events of a bin equally often (empty bins are left out)."""
-    counts = np.bincount(idx, minlength=len(shares))
-    weights = shares[idx] / counts[idx]
+    counts = np.bincount(idx, minlength=n_bins)
+    weights = shares(np.linspace(lo, hi, n_bins + 1))[idx] / counts[idx]
     return weights / weights.sum()
 
 
@@ -75,23 +71,19 @@ def log_uniform_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS)
     """Probabilities (sum 1) for drawing events so that each of ``n_bins`` equal bins in ln E between
     the lowest and the highest energy is drawn equally often (events share their bin's probability
     equally; empty bins are left out). For data uniform in E this is close to a 1/E spectrum."""
-    bins = _log_energy_bins(primary_energy, n_bins)
-    if bins is None:
-        return np.full(len(primary_energy), 1.0 / len(primary_energy))
-    return _weights_for_bin_shares(bins[0], np.ones(n_bins))
+    return _weights_by_log_energy_bin(primary_energy, n_bins, lambda edges: np.ones(n_bins))
 
 
 def mixed_spectrum_weights(primary_energy: np.ndarray, n_bins: int = SPECTRUM_BINS) -> np.ndarray:
     """Probabilities (sum 1) that draw the events' ln-E bins (as :func:`log_uniform_weights`) as the
     equal mixture of a spectrum uniform in E and one uniform in ln E over the data's energy range,
     whatever the data's own spectrum (data uniform in E, or with extra low-energy files)."""
-    bins = _log_energy_bins(primary_energy, n_bins)
-    if bins is None:
-        return np.full(len(primary_energy), 1.0 / len(primary_energy))
-    idx, edges = bins
-    e = np.exp(edges)
-    shares = 0.5 * np.diff(e) / (e[-1] - e[0]) + 0.5 / n_bins
-    return _weights_for_bin_shares(idx, shares)
+
+    def shares(log_edges: np.ndarray) -> np.ndarray:
+        e = np.exp(log_edges)
+        return 0.5 * np.diff(e) / (e[-1] - e[0]) + 0.5 / n_bins
+
+    return _weights_by_log_energy_bin(primary_energy, n_bins, shares)
 
 
 def spectrum_weights(primary_energy: np.ndarray,
