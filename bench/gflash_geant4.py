@@ -127,9 +127,9 @@ def render(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reference", default="/work/g4samples/clic25_e{energy}_a.h5",
+    p.add_argument("--reference", default="data/g4samples/clic25_e{energy}_a.h5",
                    help="Geant4 files (glob); a pattern with {energy} is formatted per energy (fixed-energy files)")
-    p.add_argument("--reference2", default="/work/g4samples/clic25_e{energy}_b.h5",
+    p.add_argument("--reference2", default="data/g4samples/clic25_e{energy}_b.h5",
                    help="Second Geant4 sample per energy for the floor ({energy}); 'none': split the reference")
     p.add_argument("--energies", default="50,300")
     p.add_argument("--window", type=float, default=0.2)

@@ -1,6 +1,6 @@
 """Spread of the held-out goal terms of the shipped GFlash set over GFlash seeds 1-8 (docs/gflash.md).
 
-Against the fixed-energy Geant4 samples /work/g4samples/clic25_e{50,300}_a.h5, GFlash at the same
+Against the fixed-energy Geant4 samples data/g4samples/clic25_e{50,300}_a.h5, GFlash at the same
 energies and as many showers; the terms of ``fastshower.gflash_tune.objective_residuals`` (3DGAN
 profile term, mean response, sigma90 relative errors, 5x5 core difference). Seed 1 is the seed of
 bench/gflash_geant4.py.
@@ -20,7 +20,7 @@ TERMS = ("profiles", "mean", "sigma90", "core_containment")
 def main(params: str = "clic25_geant4", seeds: range = range(1, 9)) -> None:
     p = load_parameters(params)
     for energy in (50, 300):
-        ref = read_showers(f"/work/g4samples/clic25_e{energy}_a.h5")
+        ref = read_showers(f"data/g4samples/clic25_e{energy}_a.h5")
         geometry = ref.geometry
         sample = reference_sample(ref, geometry, energy)
         values = []

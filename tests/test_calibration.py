@@ -11,7 +11,13 @@ import torch
 from fastshower.geometry import PRESETS
 from fastshower.models import registry
 from fastshower.showers import ShowerSet
-from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy, generated_energy_ratio
+from fastshower.train.calibration import (
+    calibrate_resolution_by_energy,
+    calibrate_response,
+    calibrate_response_by_energy,
+    generated_energy_ratio,
+    resolution_by_energy,
+)
 
 
 @pytest.mark.parametrize("cell_power", [1.0, 0.5])
@@ -95,3 +101,68 @@ def test_response_correction_survives_saving_folding_and_onnx(tmp_path):
     got = open_session(tmp_path / "g.onnx").run(["showers"], dict(zip(("primary_energy", "incident_angle", "noise"),
                                                                         [a.numpy() for a in args])))[0]
     assert np.abs(got - corrected.numpy()).max() <= 1e-5 * corrected.abs().max().item()
+
+
+def _generated(g, energy: np.ndarray, seed: int = 1) -> np.ndarray:
+    angle = torch.full((len(energy),), math.pi / 2)
+    with torch.no_grad():
+        return g(torch.as_tensor(energy, dtype=torch.float32), angle,
+                 g.sample_noise(len(energy), generator=torch.Generator().manual_seed(seed))).numpy()
+
+
+def test_resolution_correction_scales_the_response_around_its_centre_and_survives_saving_and_onnx(tmp_path):
+    from fastshower.infer.onnx_export import export_onnx, open_session
+
+    g = _relu_generator()
+    energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
+    plain = _generated(g, energy)
+    r = plain.sum(axis=(1, 2, 3), dtype=np.float64) / energy
+    u = np.log(energy / 100.0)
+    centre_coefficients = np.polynomial.polynomial.polyfit(u[:4], np.log(r.reshape(4, 4).mean(axis=0)), 3)
+    centre = np.exp(np.polynomial.polynomial.polyval(u, centre_coefficients))  # the mean at each energy
+    g.set_resolution_correction(centre_coefficients.tolist(), [math.log(1.3), 0.1])  # s = 1.3 (E / 100 GeV)^0.1
+    corrected = _generated(g, energy)
+    target = centre + 1.3 * (energy / 100.0) ** 0.1 * (r - centre)
+    assert (target / r > 0.25).all() and (target / r < 4).all()  # inside the factor's safety clamp
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2, 3), dtype=np.float64) / energy, target, rtol=2e-4)
+    # one factor per shower: the shape (cell fractions) is untouched
+    np.testing.assert_allclose(corrected / corrected.sum(axis=(1, 2, 3), keepdims=True),
+                               plain / plain.sum(axis=(1, 2, 3), keepdims=True), rtol=2e-3, atol=1e-9)
+    card = g.metadata()["preprocessing"]["resolution_correction"]
+    assert card["scale"] == [math.log(1.3), 0.1]
+    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
+    np.testing.assert_array_equal(_generated(loaded, energy), corrected)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    noise = g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1)).numpy()
+    got = open_session(tmp_path / "g.onnx").run(["showers"], {
+        "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
+        "noise": noise})[0]
+    assert np.abs(got - corrected).max() <= 1e-5 * np.abs(corrected).max()
+    with pytest.raises(ValueError, match="both"):
+        g.set_resolution_correction([0.0], None)
+    g.set_resolution_correction(None, None)
+    np.testing.assert_array_equal(_generated(g, energy), plain)
+
+
+def test_calibration_by_energy_gives_the_generator_the_data_resolution():
+    """Data whose response fluctuates 1.8x as much as the generator's at 5 GeV, falling to 1.0x at
+    300 GeV (a detector with a worse stochastic term): the calibrated generator has the data's
+    sigma90 / mu90 in every bin, its mean response and its shapes unchanged."""
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(4)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 600))
+    cells = _generated(g, energy, seed=7)
+    r = cells.sum(axis=(1, 2, 3), dtype=np.float64) / energy
+    widen = 1.0 + 0.8 * np.log(300 / energy) / np.log(60)
+    factor = (r.mean() + widen * (r - r.mean())) / r
+    data = ShowerSet((cells * factor[:, None, None, None]).astype(np.float32), energy, np.full(600, math.pi / 2),
+                     PRESETS["clic25"])
+    mean_before = generated_energy_ratio(g, data, seed=1)
+    result = calibrate_resolution_by_energy(g, data, degree=1, n_bins=3, seed=1, min_events=150)
+    before = np.array(result["data"]) / np.array(result["generator_before"])
+    assert before[0] > 1.4 and before[-1] < 1.25
+    np.testing.assert_allclose(result["generator_after"], result["data"], rtol=0.03)
+    edges = np.array(result["bin_edges_gev"])
+    check = resolution_by_energy(g, data, edges, seed=1, min_events=150)  # what the generator now does
+    np.testing.assert_allclose(check["generator"], result["generator_after"], rtol=0.01)
+    assert generated_energy_ratio(g, data, seed=1) == pytest.approx(mean_before, rel=5e-3)

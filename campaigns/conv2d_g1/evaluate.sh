@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Validate a generator (and untuned GFlash) against the fixed-energy Geant4 samples of /work/g4samples
+# Validate a generator (and untuned GFlash) against the fixed-energy Geant4 samples of data/g4samples
+# (made by scripts/make_g4_samples.sh; G4SAMPLES=DIR for another folder)
 # (sample "a" = reference, "b" = the floor sample), with `fastshower validate`.
 #   campaigns/conv2d_g1/evaluate.sh GENERATOR OUTDIR [ENERGIES...]
 #   e.g. campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 /tmp/eval 10 50 100 300
@@ -8,7 +9,7 @@
 set -euo pipefail
 gen=$1; out=$2; shift 2
 energies=${*:-10 50 100 300}
-samples=${G4SAMPLES:-/work/g4samples}
+samples=${G4SAMPLES:-data/g4samples}
 fs="python -m fastshower.cli"
 mkdir -p "$out"
 for e in $energies; do

@@ -1,9 +1,12 @@
 """Make the candidate generator of a campaign: the weight average of its last K validated
 generators (fastshower.models.registry.average_generators), its response calibrated on training
 showers (fastshower.train.calibration.calibrate_response; with ``--response by-energy``
-calibrate_response_by_energy, a ln E polynomial), and its metrics on the held-out
-validation showers beside those of each averaged checkpoint: the quick profile and
-sampling-fraction metrics, and the spread distance (fastshower.train.spread.spread_loss of the
+calibrate_response_by_energy, a ln E polynomial; with ``--resolution by-energy`` then its
+resolution, fastshower.train.calibration.calibrate_resolution_by_energy), and its metrics on the
+held-out validation showers beside those of each averaged checkpoint: the quick profile and
+sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
+each energy slice, fastshower.train.calibration.relative_width; ``resolution_worst`` the ratio
+furthest from 1, as max(r, 1 / r)), and the spread distance (fastshower.train.spread.spread_loss of the
 generated against the validation showers at the same conditions, in 8 slices of energy, features
 standardised on the calibration showers; 0 for a generator that fluctuates like Geant4), for all
 validation showers and for those below LOW_ENERGY_GEV (in 2 slices), or, with
@@ -23,6 +26,7 @@ import glob
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -31,7 +35,12 @@ from fastshower.data.summaries import quick_metrics
 from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
-from fastshower.train.calibration import calibrate_response, calibrate_response_by_energy
+from fastshower.train.calibration import (
+    calibrate_resolution_by_energy,
+    calibrate_response,
+    calibrate_response_by_energy,
+    relative_width,
+)
 from fastshower.train.spread import FeatureStandardizer, spread_loss
 from fastshower.validate.observables import apply_threshold
 
@@ -54,6 +63,19 @@ def spread_distance(standardizer: FeatureStandardizer, reference: ShowerSet, can
     return {"spread_distance": round(float(total), 4), **{f"spread_{g}": round(float(v), 4) for g, v in groups.items()}}
 
 
+def resolution_ratios(reference: ShowerSet, candidate: ShowerSet, energy_groups: int) -> dict[str, float | list[float]]:
+    """Generated / Geant4 relative width (sigma90 / mu90 of E_dep / E, energy trend removed) in
+    ``energy_groups`` slices of primary-energy rank (the two sets share their conditions), and the
+    worst slice as max(r, 1 / r)."""
+    ratios = []
+    fake, real = candidate.deposited_energy, reference.deposited_energy
+    for index in np.array_split(np.argsort(reference.primary_energy), energy_groups):
+        e = reference.primary_energy[index]
+        ratios.append(relative_width(fake[index] / e, e) / relative_width(real[index] / e, e))
+    return {"resolution_ratio": [round(r, 4) for r in ratios],
+            "resolution_worst": round(max(max(r, 1 / r) for r in ratios), 4)}
+
+
 def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureStandardizer,
                        low_energy: ShowerSet | None = None, seed: int = 5) -> dict[str, float | dict[str, float]]:
     """Quick metrics and spread distance on all validation showers, and (``low_energy``) on those
@@ -66,7 +88,8 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
         return ShowerSet(cells, reference.primary_energy, reference.incident_angle, reference.geometry)
 
     def metrics(ref: ShowerSet, gen: ShowerSet, energy_groups: int) -> dict[str, float]:
-        out = {k: round(float(v), 6) for k, v in quick_metrics(ref, gen).items()}
+        out = {k: float(f"{v:.4g}") for k, v in quick_metrics(ref, gen).items()}
+        out.update(resolution_ratios(ref, gen, energy_groups))
         with torch.no_grad():
             out.update(spread_distance(standardizer, ref, gen, energy_groups))
         return out
@@ -84,12 +107,22 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, required=True, help="campaign folder (config.yaml)")
-    parser.add_argument("--run-dir", type=Path, required=True, help="the campaign's run directory (generators/)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", type=Path, help="the campaign's run directory (generators/)")
+    source.add_argument("--generator", type=Path, default=None,
+                        help="re-calibrate this saved generator (stem, e.g. src/fastshower/weights/conv2d_g1) "
+                             "instead of averaging a run's last generators")
     parser.add_argument("--last", type=int, default=4, help="average the last K validated generators")
     parser.add_argument("--calibration-events", type=int, default=2000, help="training showers for the response")
     parser.add_argument("--response", choices=["global", "by-energy"], default="global",
                         help="one response factor, or a polynomial in ln E (degree --degree)")
     parser.add_argument("--degree", type=int, default=3, help="degree of the ln E polynomial (by-energy)")
+    parser.add_argument("--calibration-per-source", action="store_true",
+                        help="read --calibration-events showers from each entry of data.train (e.g. the 2-500 GeV "
+                             "files and the low-energy ones) instead of from the first files only")
+    parser.add_argument("--resolution", choices=["none", "by-energy"], default="none",
+                        help="also calibrate the resolution (sigma90 / mu90 of E_dep / E) against ln E, after the "
+                             "response")
     parser.add_argument("--low-energy-validation", nargs="+", default=None,
                         help="held-out low-energy shower files for the low_energy view (instead of the "
                              f"validation showers below {LOW_ENERGY_GEV:g} GeV)")
@@ -98,26 +131,34 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="output stem (.json + .safetensors)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    stems = sorted(p.with_suffix("") for p in (args.run_dir / "generators").glob("step_*.json"))[-args.last:]
-    if not stems:
-        raise SystemExit(f"no generators under {args.run_dir / 'generators'}")
+    if args.generator is not None:
+        stems = [args.generator]
+    else:
+        stems = sorted(p.with_suffix("") for p in (args.run_dir / "generators").glob("step_*.json"))[-args.last:]
+        if not stems:
+            raise SystemExit(f"no generators under {args.run_dir / 'generators'}")
     cfg = yaml.safe_load((args.folder / "config.yaml").read_text())
     def resolve(patterns: str | list[str]) -> list[str]:  # config paths are relative to the folder, in order
         patterns = [patterns] if isinstance(patterns, str) else patterns
         return [f for p in patterns for f in sorted(glob.glob(str((args.folder / p).resolve())))]
 
     validation = read_showers(resolve(cfg["data"]["validation"]), max_events=cfg["data"].get("max_validation_events"))
-    train = read_showers(resolve(cfg["data"]["train"]), max_events=args.calibration_events)
+    if args.calibration_per_source:
+        sources = cfg["data"]["train"] if isinstance(cfg["data"]["train"], list) else [cfg["data"]["train"]]
+        train = ShowerSet.concatenate([read_showers(resolve(p), max_events=args.calibration_events) for p in sources])
+    else:
+        train = read_showers(resolve(cfg["data"]["train"]), max_events=args.calibration_events)
     low_energy = read_showers(args.low_energy_validation) if args.low_energy_validation else None
     standardizer = FeatureStandardizer.fit(train.showers, train.primary_energy)
-    report: dict = {"averaged_from": [s.name for s in stems], "checkpoints": {}}
+    report: dict = {"averaged_from": [s.name for s in stems] if args.generator is None else [],
+                    "recalibrated_from": None if args.generator is None else str(args.generator), "checkpoints": {}}
     if args.baseline:
         report["baseline"] = {"generator": args.baseline, **validation_metrics(
             registry.load_generator(args.baseline), validation, standardizer, low_energy)}
-    for stem in stems:
+    for stem in stems if args.generator is None else []:
         report["checkpoints"][stem.name] = validation_metrics(registry.load_generator(stem), validation, standardizer,
                                                                 low_energy)
-    generator = registry.average_generators(stems)
+    generator = registry.average_generators(stems) if args.generator is None else registry.load_generator(stems[0])
     report["average_before_calibration"] = validation_metrics(generator, validation, standardizer, low_energy)
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
@@ -129,11 +170,22 @@ def main() -> None:
         calibration.update(method="calibrate_response, then calibrate_response_by_energy",
                            by_energy={k: by_energy[k] for k in ("coefficients", "degree", "bin_edges_gev",
                                                                  "ratio_before", "ratio_after")})
+    if args.resolution == "by-energy":
+        report["average_before_resolution"] = validation_metrics(generator, validation, standardizer, low_energy)
+        resolution = calibrate_resolution_by_energy(generator, train)
+        report["resolution_by_energy"] = resolution
+        calibration.update(method=calibration["method"] + ", then calibrate_resolution_by_energy",
+                           resolution=resolution)
     report["calibration_events"] = len(train)
     report["average"] = validation_metrics(generator, validation, standardizer, low_energy)
     card = registry.read_card(stems[-1])
     meta = dict(card.get("metadata") or {})
-    meta.update({"averaged_from": report["averaged_from"], "response_calibration": calibration})
+    if args.generator is None:
+        meta["averaged_from"] = report["averaged_from"]
+    else:
+        meta["recalibrated_from"] = str(args.generator)
+        calibration["before"] = meta.get("response_calibration")
+    meta["response_calibration"] = calibration
     registry.save_generator(generator, args.out, meta)
     args.out.with_suffix(".finalize.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

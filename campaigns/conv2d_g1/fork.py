@@ -5,7 +5,9 @@ fastshower.train.spread; ``--spread-energies``: ``recipe.spread_energies``) and/
 energy spectrum changed (``--energy-spectrum``: ``recipe.energy_spectrum``) and/or the generator's
 latent widened (``--latent scaled_and_raw``, fastshower.models.conv2d) and/or training files added
 (``--extra-train``, paths relative to the new folder, e.g. the low-energy Geant4 showers of
-scripts/make_g4_lowe.sh): the generator, the
+scripts/make_g4_lowe.sh) and/or both learning rates multiplied (``--lr-scale``: a cool-down of a
+run whose validation metrics have stopped improving; the recipe's decay schedule goes on from the
+scaled rates): the generator, the
 discriminator, both optimizers, RNG states and counters are carried over; a new input of the
 discriminator's Dense(10) or of the generator's first Dense starts with zero weight (zero Adam first
 moment, second moment from its row's mean: ``widen_input``), so that the forked run continues the
@@ -22,6 +24,8 @@ source run exactly until the network learns to use the new input.
     PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_mixed/latest \\
         campaigns/conv2d_g1_g4lowe --energy-spectrum mixed \\
         --extra-train '../../data/g4-clic25-lowe/train_lowe_*.h5'
+    PYTHONPATH=src python campaigns/conv2d_g1/fork.py campaigns/conv2d_g1_g4lowe_ld/latest \\
+        campaigns/conv2d_g1_g4lowe_ld_cool --lr-scale 0.2
 
 Writes TARGET/config.yaml (the source config with the option set), TARGET/latest/ and
 TARGET/learning_curve.csv (the source's rows up to the fork step); then resume TARGET with run.py.
@@ -76,7 +80,7 @@ def widen_input(weights: dict[str, torch.Tensor], module: torch.nn.Module, name:
 
 def fork(source: Path, target: Path, group: int | None = None, spread: float | None = None,
          recipe: dict[str, str] | None = None, latent: str | None = None,
-         extra_train: list[str] | None = None) -> int:
+         extra_train: list[str] | None = None, lr_scale: float | None = None) -> int:
     """Write ``target`` (see the module docstring); returns the step it starts from."""
     where, state, meta = ckpt.load_checkpoint(source)
     gen, disc = ckpt.load_weights(where)
@@ -108,6 +112,12 @@ def fork(source: Path, target: Path, group: int | None = None, spread: float | N
             train = c["data"]["train"]
             c["data"]["train"] = (train if isinstance(train, list) else [train]) + [prefix + p for p in extra_train]
         changes.append(f"training files {', '.join(extra_train)} added")
+    if lr_scale is not None:
+        rates = {k: run_config["recipe"]["optimizer"][k] * lr_scale for k in ("lr_generator", "lr_discriminator")}
+        config["recipe"]["optimizer"] = {**config["recipe"].get("optimizer", {}), **rates}
+        run_config["recipe"]["optimizer"].update(rates)
+        changes.append(f"learning rates x{lr_scale:g} (generator {rates['lr_generator']:.3g}, "
+                       f"discriminator {rates['lr_discriminator']:.3g})")
     discriminator = registry.build_discriminator(meta["model"], **model_config)
     disc = widen_input(disc, discriminator, HIDDEN_WEIGHT, state["optimizer_discriminator"])
     discriminator.load_state_dict(disc)  # strict: everything else has the same shape
@@ -147,13 +157,19 @@ def main() -> None:
                         help="the generator's latent (model.config.latent)")
     parser.add_argument("--extra-train", nargs="+", default=None,
                         help="training files or globs to add to data.train (relative to the target folder)")
+    parser.add_argument("--lr-scale", type=float, default=None,
+                        help="multiply both base learning rates (recipe.optimizer) by this factor")
     args = parser.parse_args()
     recipe = {key: value for key, value in (("spread_energies", args.spread_energies),
                                             ("energy_spectrum", args.energy_spectrum)) if value is not None}
-    if args.group is None and args.spread is None and not recipe and args.latent is None and not args.extra_train:
-        parser.error("nothing to change: give --group, --spread, --spread-energies, --energy-spectrum, --latent "
-                     "and/or --extra-train")
-    step = fork(args.source, args.target, args.group, args.spread, recipe, args.latent, args.extra_train)
+    if args.lr_scale is not None and not args.lr_scale > 0:
+        parser.error(f"--lr-scale must be positive, got {args.lr_scale}")
+    if args.group is None and args.spread is None and not recipe and args.latent is None and not args.extra_train \
+            and args.lr_scale is None:
+        parser.error("nothing to change: give --group, --spread, --spread-energies, --energy-spectrum, --latent, "
+                     "--extra-train and/or --lr-scale")
+    step = fork(args.source, args.target, args.group, args.spread, recipe, args.latent, args.extra_train,
+                args.lr_scale)
     print(f"{args.target}: forked at step {step}; resume with campaigns/conv2d_g1/run.py --folder {args.target}")
 
 

@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("generators", nargs="+", type=Path)
     parser.add_argument("--energies", default="10,50,100,300")
-    parser.add_argument("--samples", type=Path, default=Path("/work/g4samples"))
+    parser.add_argument("--samples", type=Path, default=Path("data/g4samples"))
     parser.add_argument("--n", type=int, default=100)
     args = parser.parse_args()
     torch.set_num_threads(1)

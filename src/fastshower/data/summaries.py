@@ -1,8 +1,9 @@
 """Binned summaries of shower sets and the two cheap distances built on them.
 
 Condition binning (primary energy x incident angle), the sampling fraction per bin, event-averaged
-energy profiles, and :func:`quick_metrics` = (profile MSE, sampling-fraction error) of a candidate
-shower set against a reference. They are functions of shower data alone, and three stages use the
+energy profiles, :func:`mu90_sigma90` (the response and resolution of a set of E_dep / E) and
+:func:`quick_metrics` = (profile MSE, sampling-fraction error) of a candidate shower set against a
+reference. They are functions of shower data alone, and three stages use the
 same definition: ``train`` picks epochs and scores HPO trials with it, ``validate`` reports it
 among its metrics, ``infer`` checks reduced-precision models with it. So it lives here, in the
 lowest stage all three may import (the pipeline layering simulate -> data -> models -> train ->
@@ -31,6 +32,25 @@ def axis_profiles(showers: np.ndarray) -> dict[str, np.ndarray]:
     """
     xy = showers.sum(axis=3, dtype=np.float64)
     return {"x": xy.sum(axis=2), "y": xy.sum(axis=1), "z": showers.sum(axis=(1, 2), dtype=np.float64)}
+
+
+# ------------------------------------------------------------------ mu90 / sigma90
+
+def mu90_sigma90(values: np.ndarray) -> tuple[float, float]:
+    """Mean and RMS of the values inside the smallest interval that holds 90 % of them.
+
+    The interval holds k = ceil(0.9 n) consecutive sorted values; among all such windows the
+    narrowest is taken. RMS is the population standard deviation inside it.
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    if n == 0:
+        raise ValueError("mu90/sigma90 of an empty sample")
+    k = max(1, math.ceil(0.9 * n))
+    widths = x[k - 1:] - x[:n - k + 1]
+    i = int(np.argmin(widths))
+    inside = x[i:i + k]
+    return float(inside.mean()), float(inside.std())
 
 
 # ------------------------------------------------------------------ binning

@@ -82,6 +82,11 @@ class Conv2dConfig(ModelConfig):
     ``response_correction``: coefficients c_k of the generator's energy-dependent response
     correction ln r(E) = sum_k c_k ln(E / 100 GeV)^k (None: none; set by
     :func:`fastshower.train.calibration.calibrate_response_by_energy`),
+    ``resolution_centre`` / ``resolution_scale``: the generator's resolution correction (None: none;
+    set by :func:`fastshower.train.calibration.calibrate_resolution_by_energy`): each shower's
+    deposited fraction r = E_dep / E is moved to c(E) + s(E) (r - c(E)) by a factor on all its
+    cells, with ln c(E) and ln s(E) polynomials in ln(E / 100 GeV) of these coefficients (c the
+    generator's mean fraction, so the mean response is kept and the width is scaled by s),
     ``minibatch_std_group``: when > 1 the discriminator also sees the spread of its features within
     groups of that many showers of similar energy (:func:`fastshower.models.layers.minibatch_std`;
     an extension of ours against mode collapse, 0 = off as in the original),
@@ -96,6 +101,8 @@ class Conv2dConfig(ModelConfig):
     batchnorm: BatchNormMode = "inference"
     output_scale: float | None = Field(default=None, gt=0)
     response_correction: tuple[float, ...] | None = None
+    resolution_centre: tuple[float, ...] | None = None
+    resolution_scale: tuple[float, ...] | None = None
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
 
@@ -137,9 +144,6 @@ class Conv2dGenerator(ShowerGenerator):
         self.dense = dense(self.noise_dim + int(config.condition_on_angle) + extra, 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
         self.register_buffer("output_scale", torch.tensor(config.output_scale or 1.0))
-        # the coefficients live in the config (the card), not in the weights file
-        self.register_buffer("response_correction", torch.tensor(config.response_correction or (), dtype=torch.float32),
-                             persistent=False)
         self._register_load_state_dict_pre_hook(_default_output_scale)
 
     @property
@@ -156,17 +160,31 @@ class Conv2dGenerator(ShowerGenerator):
         """Set the energy-dependent response correction (see :class:`Conv2dConfig`; the config
         follows, so a saved generator records it)."""
         values = tuple(float(c) for c in coefficients)
-        self.response_correction = torch.tensor(values, dtype=torch.float32, device=self.output_scale.device)
         self.config = self.config.model_copy(update={"response_correction": values or None})
 
     def response_factor(self, primary_energy: torch.Tensor) -> torch.Tensor:
         """``(B,)`` factor on the output in model units: the GeV response correction r(E) raised to
         ``cell_power`` (the ReLU output is positive-homogeneous: x r^p in model units is x r in GeV)."""
-        u = torch.log(primary_energy.to(self.response_correction.dtype) / 100.0)
-        log_r = torch.zeros_like(u)
-        for coefficient in self.response_correction.flip(0):  # Horner
-            log_r = log_r * u + coefficient
-        return torch.exp(self.transform.power * log_r)
+        return torch.exp(self.transform.power * _log_polynomial(self.config.response_correction or (), primary_energy))
+
+    def set_resolution_correction(self, centre: list[float] | tuple[float, ...] | None,
+                                  scale: list[float] | tuple[float, ...] | None) -> None:
+        """Set (or with None / empty, remove) the resolution correction (see :class:`Conv2dConfig`)."""
+        centre = tuple(float(c) for c in centre or ()) or None
+        scale = tuple(float(c) for c in scale or ()) or None
+        if (centre is None) != (scale is None):
+            raise ValueError("the resolution correction needs both its centre and its scale coefficients")
+        self.config = self.config.model_copy(update={"resolution_centre": centre, "resolution_scale": scale})
+
+    def resolution_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` factor on each shower (GeV) that moves its deposited fraction r to
+        c + s (r - c) (see :class:`Conv2dConfig`); 1 for an empty shower, within [1/4, 4]."""
+        e = primary_energy.float()
+        r = showers_gev.float().sum(dim=(1, 2, 3)) / e
+        centre = torch.exp(_log_polynomial(self.config.resolution_centre or (), e))
+        scale = torch.exp(_log_polynomial(self.config.resolution_scale or (), e))
+        target = centre + scale * (r - centre)
+        return torch.where(r > 0, (target / r.clamp_min(1e-30)).clamp(0.25, 4.0), torch.ones_like(r))
 
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
@@ -187,11 +205,15 @@ class Conv2dGenerator(ShowerGenerator):
 
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
-        """(B, 25, 25, 25) showers in GeV for energies (GeV), angles (rad) and noise (B, 200)."""
+        """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
+        (rad) and noise (B, 200), the response and resolution corrections applied."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise)).view(-1, 5, 5, 5)
         out = self.output_head(self.body(seed)) * self.output_scale
         if self.config.response_correction:
             out = out * self.response_factor(primary_energy).to(out.dtype).view(-1, 1, 1, 1)
+        if self.config.resolution_scale:
+            factor = self.resolution_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype).view(-1, 1, 1, 1)
         return out
 
     def metadata(self) -> dict:
@@ -204,11 +226,25 @@ class Conv2dGenerator(ShowerGenerator):
             card["preprocessing"]["response_correction"] = {
                 "coefficients": list(self.config.response_correction),
                 "meaning": "GeV output x exp(sum_k c_k ln(E / 100 GeV)^k)"}
+        if self.config.resolution_scale:
+            card["preprocessing"]["resolution_correction"] = {
+                "centre": list(self.config.resolution_centre or ()), "scale": list(self.config.resolution_scale),
+                "meaning": ("each shower x (c + s (r - c)) / r, r = E_dep / E, "
+                            "ln c and ln s = sum_k a_k ln(E / 100 GeV)^k")}
         return card
 
     def body(self, seed: torch.Tensor) -> torch.Tensor:
         """(B, 5, 5, 5) -> (B, 25, 25, 25) before the output head."""
         raise NotImplementedError
+
+
+def _log_polynomial(coefficients: tuple[float, ...], primary_energy: torch.Tensor) -> torch.Tensor:
+    """``sum_k c_k ln(E / 100 GeV)^k`` (float32, Horner), 0 for no coefficients."""
+    u = torch.log(primary_energy.float() / 100.0)
+    out = torch.zeros_like(u)
+    for coefficient in reversed(coefficients):
+        out = out * u + coefficient
+    return out
 
 
 def _default_output_scale(state_dict: dict, prefix: str, *args: object) -> None:

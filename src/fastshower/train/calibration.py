@@ -16,6 +16,16 @@ ln E with a low-order polynomial and stores it as the generator's ``response_cor
 (a per-shower factor exp(sum_k c_k ln(E / 100 GeV)^k) on the GeV output). It corrects the mean
 response only: the shapes, the spread and the hits stay what the network makes, and a report
 should give the response before the correction beside the one after it.
+
+:func:`calibrate_resolution_by_energy` does the same for the energy resolution, as a fast
+simulation's smearing is tuned to the full simulation: in bins of ln E it compares the relative
+width sigma90 / mu90 of the deposited fraction E_dep / E (its energy trend inside the bin removed)
+of the data and of the generator, fits ln(data / generator) with a low-order polynomial s(E) and
+stores it as the generator's resolution correction, which moves each shower's fraction r to
+c(E) + s(E) (r - c(E)) around the generator's own mean c(E) by one factor on all its cells: the mean
+response is kept, the width of the response is the data's, and the shapes, the layer fractions and
+the fluctuations of everything but the total stay what the network makes. It is a correction of
+the total only, and a report gives the resolution before it beside the one after it.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import polynomial
 
+from fastshower.data.summaries import mu90_sigma90
 from fastshower.models.base import ShowerGenerator, generate_like
 from fastshower.showers import ShowerSet
 
@@ -90,7 +101,7 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
 def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, degree: int = 3, n_bins: int = 10,
                                  seed: int = 0, tolerance: float = 2e-3, max_iterations: int = 6,
                                  min_events: int = 30) -> dict:
-    """Fit and set ``generator.response_correction`` (module docstring) so that the mean sampling
+    """Fit and set the generator's ``response_correction`` (module docstring) so that the mean sampling
     fraction matches ``data`` in ``n_bins`` bins equal in ln E, with a polynomial of ``degree`` in
     ln(E / 100 GeV), iterated (cells crossing the readout threshold) until every bin is within
     ``tolerance``; bins with fewer than ``min_events`` showers are left out. Returns the per-bin
@@ -103,7 +114,8 @@ def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, de
     e = data.primary_energy
     edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
     coefficients = np.zeros(degree + 1)
-    coefficients[: len(generator.response_correction)] = generator.response_correction.cpu().numpy()[: degree + 1]
+    current = getattr(generator.config, "response_correction", None) or ()
+    coefficients[: len(current)] = current[: degree + 1]
     u, before, count = response_by_energy(generator, data, edges, seed, min_events=min_events)
     if len(u) < degree + 1:
         raise ValueError(f"only {len(u)} energy bins hold {min_events} or more showers: too few for a polynomial "
@@ -118,3 +130,77 @@ def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, de
     return {"coefficients": coefficients.tolist(), "bin_edges_gev": edges.round(4).tolist(),
             "ratio_before": before.round(5).tolist(), "ratio_after": ratio.round(5).tolist(),
             "events": count.tolist(), "degree": degree}
+
+
+def relative_width(fraction: np.ndarray, primary_energy_gev: np.ndarray) -> float:
+    """sigma90 / mu90 of ``fraction`` divided by its linear fit in ln E (the energy trend of the
+    mean inside a bin removed, so that it does not count as width)."""
+    u = np.log(primary_energy_gev)
+    trend = polynomial.polyval(u, polynomial.polyfit(u, fraction, 1)) if np.ptp(u) > 0 else fraction.mean()
+    mu, sigma = mu90_sigma90(fraction / trend)
+    return sigma / mu
+
+
+def resolution_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: np.ndarray, seed: int = 0,
+                         batch_size: int = 256, min_events: int = 100) -> dict[str, np.ndarray]:
+    """Per bin of primary energy (``edges_gev``) holding ``min_events`` showers or more: ``u`` mean
+    ln(E / 100 GeV), ``data`` and ``generator`` relative widths sigma90 / mu90 of E_dep / E
+    (:func:`relative_width`), ``ratio`` = data / generator, ``centre`` the generator's mean E_dep / E
+    and ``events``. Cells below the readout threshold count as zero."""
+    threshold = data.geometry.readout_threshold_gev
+    generated = generate_like(generator, data, seed, batch_size).showers
+    e = data.primary_energy
+    real = _read_out_gev(data.showers, threshold) / e
+    fake = _read_out_gev(generated, threshold) / e
+    which = np.digitize(e, edges_gev) - 1
+    rows = []
+    for b in range(len(edges_gev) - 1):
+        mask = which == b
+        if mask.sum() < min_events:
+            continue
+        if not fake[mask].mean() > 0:
+            raise ValueError(f"the generator deposits no energy at {edges_gev[b]:.3g}-{edges_gev[b + 1]:.3g} GeV")
+        width_data, width_generator = relative_width(real[mask], e[mask]), relative_width(fake[mask], e[mask])
+        if not width_generator > 0:
+            raise ValueError(f"the generator's response does not fluctuate at {edges_gev[b]:.3g}-"
+                             f"{edges_gev[b + 1]:.3g} GeV: no resolution to scale")
+        rows.append((np.log(e[mask] / 100.0).mean(), width_data, width_generator, width_data / width_generator,
+                     fake[mask].mean(), mask.sum()))
+    names = ("u", "data", "generator", "ratio", "centre", "events")
+    return {name: np.asarray(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)} if rows \
+        else {name: np.zeros(0) for name in names}
+
+
+def calibrate_resolution_by_energy(generator: ShowerGenerator, data: ShowerSet, degree: int = 2, n_bins: int = 8,
+                                   seed: int = 0, tolerance: float = 0.02, max_iterations: int = 4,
+                                   min_events: int = 100) -> dict:
+    """Fit and set the generator's resolution correction (module docstring) so that sigma90 / mu90
+    of E_dep / E matches ``data`` in ``n_bins`` bins equal in ln E, with a polynomial of ``degree`` in
+    ln(E / 100 GeV) for ln s(E) (a cubic for the centre ln c(E)), iterated until every bin is within
+    ``tolerance`` (relative; the same generated sample each time); bins with fewer than
+    ``min_events`` showers are left out. Returns the per-bin widths before and after and the
+    coefficients. Any resolution correction the generator had is replaced."""
+    if not hasattr(generator, "set_resolution_correction"):
+        raise ValueError(f"{generator.name}: it has no resolution correction to calibrate")
+    e = data.primary_energy
+    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
+    generator.set_resolution_correction(None, None)
+    before = resolution_by_energy(generator, data, edges, seed, min_events=min_events)
+    u, count = before["u"], before["events"]
+    if len(u) < degree + 2:
+        raise ValueError(f"only {len(u)} energy bins hold {min_events} or more showers: too few for a polynomial "
+                         f"of degree {degree} (more showers, fewer bins or a lower degree)")
+    weight = np.sqrt(count)
+    centre = polynomial.polyfit(u, np.log(before["centre"]), min(3, len(u) - 1), w=weight)
+    scale = np.zeros(degree + 1)
+    after = before
+    for _ in range(max_iterations):
+        if np.abs(after["ratio"] - 1.0).max() <= tolerance:
+            break
+        scale = scale + polynomial.polyfit(after["u"], np.log(after["ratio"]), degree, w=np.sqrt(after["events"]))
+        generator.set_resolution_correction(centre.tolist(), scale.tolist())
+        after = resolution_by_energy(generator, data, edges, seed, min_events=min_events)
+    return {"centre": centre.tolist(), "scale": scale.tolist(), "degree": degree,
+            "bin_edges_gev": edges.round(4).tolist(), "data": before["data"].round(5).tolist(),
+            "generator_before": before["generator"].round(5).tolist(),
+            "generator_after": after["generator"].round(5).tolist(), "events": count.tolist()}

@@ -9,8 +9,6 @@ docstrings below.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import linalg
 
@@ -24,6 +22,7 @@ from fastshower.data.summaries import (  # noqa: F401
     default_angle_bins,
     default_energy_bins,
     mean_normalised_profiles,
+    mu90_sigma90,
     profile_mse,
     quick_metrics,
     sampling_fraction_error,
@@ -79,23 +78,6 @@ def gan_optimisation_metric(obs_ref: dict, obs_cand: dict, bins: list[ConditionB
 
 
 # ------------------------------------------------------------------ mu90 / sigma90
-
-def mu90_sigma90(values: np.ndarray) -> tuple[float, float]:
-    """Mean and RMS of the values inside the smallest interval that holds 90 % of them.
-
-    The interval holds k = ceil(0.9 n) consecutive sorted values; among all such windows the
-    narrowest is taken. RMS is the population standard deviation inside it.
-    """
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n = len(x)
-    if n == 0:
-        raise ValueError("mu90/sigma90 of an empty sample")
-    k = max(1, math.ceil(0.9 * n))
-    widths = x[k - 1:] - x[:n - k + 1]
-    i = int(np.argmin(widths))
-    inside = x[i:i + k]
-    return float(inside.mean()), float(inside.std())
-
 
 def mu90_sigma90_per_bin(energy_ratio: np.ndarray, bins: list[ConditionBin], which: str) -> np.ndarray:
     """(n_bins, 2) array of mu90, sigma90 of E_deposited / E_primary per bin."""
