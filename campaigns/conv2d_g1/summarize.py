@@ -11,7 +11,14 @@ import json
 from pathlib import Path
 
 KEYS = ["sampling_fraction_mre", "gan_metric_profiles", "chi2_layer_energy", "chi2_width_x", "chi2_width_y",
-        "chi2_width_r", "profile_mse"]
+        "chi2_width_r", "profile_mse", "sigma90_rel_error"]
+#: sigma90 / mu90 of E_dep / E (the resolution): of each candidate, and of the reference in the "floor" column
+RESOLUTION = "resolution_sigma90_over_mu90"
+
+
+def _resolution(mu90_sigma90: list[list[float]]) -> float:
+    (mu, sigma), = mu90_sigma90  # one energy bin: the samples are at one energy
+    return sigma / mu
 
 
 def main() -> None:
@@ -23,16 +30,20 @@ def main() -> None:
     for path in sorted(args.outdir.glob("v_*_e*/metrics.json")):
         who, energy = path.parent.name[2:].rsplit("_e", 1)
         # `fastshower validate` writes {"verdict", "comparisons": [{"label", "metrics", ...}]} (one candidate here)
-        metrics = json.loads(path.read_text())["comparisons"][0]["metrics"]
+        comparison = json.loads(path.read_text())["comparisons"][0]
+        metrics, details = comparison["metrics"], comparison["candidate_details"]
         row = table.setdefault(f"{int(energy)} GeV", {})
         row[who] = {k: metrics[k]["candidate"] for k in KEYS if k in metrics}
+        row[who][RESOLUTION] = _resolution(details["mu90_sigma90"])
         row["floor"] = {k: metrics[k]["floor"] for k in KEYS if k in metrics}
-    print(f"{'energy':>8} {'metric':<24} {'GAN':>10} {'GFlash':>10} {'floor':>10}  GAN better")
+        row["floor"][RESOLUTION] = _resolution(details["mu90_sigma90_reference"])
+    print(f"{'energy':>8} {'metric':<28} {'GAN':>10} {'GFlash':>10} {'floor':>10}  GAN better")
     for energy in sorted(table, key=lambda e: int(e.split()[0])):
         row = table[energy]
-        for k in KEYS:
+        for k in [*KEYS, RESOLUTION]:
             gan, gfl, flo = (row.get(w, {}).get(k, float("nan")) for w in ("gan", "gflash", "floor"))
-            print(f"{energy:>8} {k:<24} {gan:10.4g} {gfl:10.4g} {flo:10.4g}  {'yes' if gan < gfl else 'no'}")
+            better = "" if k == RESOLUTION else "yes" if gan < gfl else "no"  # its floor column: Geant4's value
+            print(f"{energy:>8} {k:<28} {gan:10.4g} {gfl:10.4g} {flo:10.4g}  {better}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 
