@@ -67,6 +67,7 @@ def main() -> None:
         "selected_by": args.note or "held-out Geant4 validation (profile MSE and sampling-fraction error, "
                                     "learning_curve.csv)",
         "averaged_from": card["metadata"].get("averaged_from"),
+        "recalibrated_from": card["metadata"].get("recalibrated_from"),
         "response_calibration": card["metadata"].get("response_calibration"),
         "validation_at_step": {k: float(row[k]) for k in ("val_profile_mse", "val_sampling_fraction_error",
                                                           "val_d_energy_mape")},
@@ -74,10 +75,14 @@ def main() -> None:
                      "nohup nice -n 15 env OMP_NUM_THREADS=1 PYTHONPATH=src python campaigns/conv2d_g1/run.py "
                      f"--folder {folder}",
                      f"python campaigns/conv2d_g1/finalize.py --folder {folder} --run-dir RUN_DIR --last 4 "
-                     "(--response by-energy --calibration-events 4000 when response_calibration has by_energy)",
+                     "(--response by-energy --calibration-events 4000 when response_calibration has by_energy; "
+                     "--resolution by-energy --calibration-per-source when it has resolution; with recalibrated_from: "
+                     "--generator that generator instead of --run-dir and --last)",
                      "campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 OUTDIR 10 50 100 300",
                      "python campaigns/conv2d_g1/summarize.py OUTDIR"],
     }
+    if meta["recalibrated_from"] is None:
+        del meta["recalibrated_from"]
     if args.evaluation is not None:
         meta["fastshower_validate_vs_geant4"] = json.loads(args.evaluation.read_text())
     registry.save_generator(g, args.out, meta)
