@@ -80,22 +80,33 @@ def response_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev: n
     """Per bin of primary energy (``edges_gev``): (mean ln(E / 100 GeV), data / generator ratio of
     the mean sampling fraction, events). Cells below the readout threshold count as zero; bins
     with fewer than ``min_events`` events are left out (their ratio is noise for the fit)."""
+    u, ratio, count = [], [], []
+    for mask, real, fake in _binned_fractions(generator, data, edges_gev, seed, batch_size, min_events):
+        u.append(np.log(data.primary_energy[mask] / 100.0).mean())
+        ratio.append(real.mean() / fake.mean())
+        count.append(int(mask.sum()))
+    return np.asarray(u), np.asarray(ratio), np.asarray(count)
+
+
+def _binned_fractions(generator: ShowerGenerator, data: ShowerSet, edges_gev: np.ndarray, seed: int, batch_size: int,
+                      min_events: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """For each bin of primary energy with ``min_events`` showers or more: (mask over ``data``, the
+    data's and the generator's E_dep / E in it), the generator run once at the data's conditions;
+    cells below the readout threshold count as zero. ValueError for a bin the generator leaves empty."""
     threshold = data.geometry.readout_threshold_gev
     generated = generate_like(generator, data, seed, batch_size).showers
     real = _read_out_gev(data.showers, threshold) / data.primary_energy
     fake = _read_out_gev(generated, threshold) / data.primary_energy
     which = np.digitize(data.primary_energy, edges_gev) - 1
-    u, ratio, count = [], [], []
+    out = []
     for b in range(len(edges_gev) - 1):
         mask = which == b
         if mask.sum() < min_events:
             continue
         if not fake[mask].mean() > 0:
             raise ValueError(f"the generator deposits no energy at {edges_gev[b]:.3g}-{edges_gev[b + 1]:.3g} GeV")
-        u.append(np.log(data.primary_energy[mask] / 100.0).mean())
-        ratio.append(real[mask].mean() / fake[mask].mean())
-        count.append(int(mask.sum()))
-    return np.asarray(u), np.asarray(ratio), np.asarray(count)
+        out.append((mask, real[mask], fake[mask]))
+    return out
 
 
 def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, degree: int = 3, n_bins: int = 10,
@@ -147,25 +158,15 @@ def resolution_by_energy(generator: ShowerGenerator, data: ShowerSet, edges_gev:
     ln(E / 100 GeV), ``data`` and ``generator`` relative widths sigma90 / mu90 of E_dep / E
     (:func:`relative_width`), ``ratio`` = data / generator, ``centre`` the generator's mean E_dep / E
     and ``events``. Cells below the readout threshold count as zero."""
-    threshold = data.geometry.readout_threshold_gev
-    generated = generate_like(generator, data, seed, batch_size).showers
     e = data.primary_energy
-    real = _read_out_gev(data.showers, threshold) / e
-    fake = _read_out_gev(generated, threshold) / e
-    which = np.digitize(e, edges_gev) - 1
     rows = []
-    for b in range(len(edges_gev) - 1):
-        mask = which == b
-        if mask.sum() < min_events:
-            continue
-        if not fake[mask].mean() > 0:
-            raise ValueError(f"the generator deposits no energy at {edges_gev[b]:.3g}-{edges_gev[b + 1]:.3g} GeV")
-        width_data, width_generator = relative_width(real[mask], e[mask]), relative_width(fake[mask], e[mask])
+    for mask, real, fake in _binned_fractions(generator, data, edges_gev, seed, batch_size, min_events):
+        width_data, width_generator = relative_width(real, e[mask]), relative_width(fake, e[mask])
         if not width_generator > 0:
-            raise ValueError(f"the generator's response does not fluctuate at {edges_gev[b]:.3g}-"
-                             f"{edges_gev[b + 1]:.3g} GeV: no resolution to scale")
+            raise ValueError(f"the generator's response does not fluctuate at {e[mask].min():.3g}-"
+                             f"{e[mask].max():.3g} GeV: no resolution to scale")
         rows.append((np.log(e[mask] / 100.0).mean(), width_data, width_generator, width_data / width_generator,
-                     fake[mask].mean(), mask.sum()))
+                     fake.mean(), mask.sum()))
     names = ("u", "data", "generator", "ratio", "centre", "events")
     return {name: np.asarray(column) for name, column in zip(names, zip(*rows, strict=True), strict=True)} if rows \
         else {name: np.zeros(0) for name in names}
