@@ -125,8 +125,8 @@ def calibrate_response_by_energy(generator: ShowerGenerator, data: ShowerSet, de
     e = data.primary_energy
     edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
     coefficients = np.zeros(degree + 1)
-    current = getattr(generator.config, "response_correction", None) or ()
-    coefficients[: len(current)] = current[: degree + 1]
+    current = (getattr(generator.config, "response_correction", None) or ())[: degree + 1]
+    coefficients[: len(current)] = current
     u, before, count = response_by_energy(generator, data, edges, seed, min_events=min_events)
     if len(u) < degree + 1:
         raise ValueError(f"only {len(u)} energy bins hold {min_events} or more showers: too few for a polynomial "
@@ -191,14 +191,14 @@ def calibrate_resolution_by_energy(generator: ShowerGenerator, data: ShowerSet, 
     if len(u) < degree + 2:
         raise ValueError(f"only {len(u)} energy bins hold {min_events} or more showers: too few for a polynomial "
                          f"of degree {degree} (more showers, fewer bins or a lower degree)")
-    weight = np.sqrt(count)
+    weight = np.sqrt(count)  # the same bins every time: same showers, edges and min_events
     centre = polynomial.polyfit(u, np.log(before["centre"]), min(3, len(u) - 1), w=weight)
     scale = np.zeros(degree + 1)
     after = before
     for _ in range(max_iterations):
         if np.abs(after["ratio"] - 1.0).max() <= tolerance:
             break
-        scale = scale + polynomial.polyfit(after["u"], np.log(after["ratio"]), degree, w=np.sqrt(after["events"]))
+        scale = scale + polynomial.polyfit(u, np.log(after["ratio"]), degree, w=weight)
         generator.set_resolution_correction(centre.tolist(), scale.tolist())
         after = resolution_by_energy(generator, data, edges, seed, min_events=min_events)
     return {"centre": centre.tolist(), "scale": scale.tolist(), "degree": degree,
