@@ -166,3 +166,79 @@ def test_calibration_by_energy_gives_the_generator_the_data_resolution():
     check = resolution_by_energy(g, data, edges, seed=1, min_events=150)  # what the generator now does
     np.testing.assert_allclose(check["generator"], result["generator_after"], rtol=0.01)
     assert generated_energy_ratio(g, data, seed=1) == pytest.approx(mean_before, rel=5e-3)
+
+
+def test_layer_correction_moves_log_layer_fractions_keeps_totals_and_survives_saving_and_onnx(tmp_path):
+    from fastshower.infer.onnx_export import export_onnx, open_session
+    from fastshower.models.conv2d import LAYER_FRACTION_FLOOR
+    from fastshower.train.calibration import log_layer_fractions
+
+    g = _relu_generator()
+    energy = np.array([5.0, 20.0, 80.0, 300.0] * 8)
+    plain = _generated(g, energy)
+    g_plain = np.log(plain.sum(axis=(1, 2), dtype=np.float64) / plain.sum(axis=(1, 2, 3), dtype=np.float64)[:, None]
+                     + LAYER_FRACTION_FLOOR)
+    knots = [math.log(0.1), math.log(2.0)]  # 10 and 200 GeV
+    centre = np.stack([g_plain.mean(axis=0)] * 2, axis=1)  # (layers, knots)
+    target = centre + np.linspace(-0.3, 0.3, 25)[:, None]
+    gain = np.full((25, 2), math.log(1.5))
+    g.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
+    corrected = _generated(g, energy)
+    # the total and the lateral shape of each layer are kept, one factor per layer
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2, 3), dtype=np.float64), plain.sum(axis=(1, 2, 3)), rtol=1e-5)
+    lateral = lambda x: x / np.maximum(x.sum(axis=(1, 2), keepdims=True), 1e-30)  # noqa: E731
+    np.testing.assert_allclose(lateral(corrected), lateral(plain), atol=1e-5)
+    # before the renormalisation the fractions are exp(target + 1.5 (g - centre)) - floor: up to one constant
+    # per shower (its log), the corrected log fractions are that
+    moved = np.log(np.clip(np.exp(np.minimum(target[:, 0] + 1.5 * (g_plain - centre[:, 0]), 0.0))
+                           - LAYER_FRACTION_FLOOR, 0, None))
+    got = np.log(corrected.sum(axis=(1, 2), dtype=np.float64) / corrected.sum(axis=(1, 2, 3))[:, None])
+    busy = np.exp(g_plain) > 1e-3  # layers away from the floor and the [1/16, 16] clamp
+    shift = got - moved
+    for row, mask in zip(shift, busy, strict=True):
+        assert np.ptp(row[mask]) < 2e-3
+    assert log_layer_fractions(corrected, 0.0).std(axis=0)[busy.all(axis=0)].mean() > \
+        1.3 * log_layer_fractions(plain, 0.0).std(axis=0)[busy.all(axis=0)].mean()
+    card = g.metadata()["preprocessing"]["layer_correction"]
+    assert card["knots"] == pytest.approx(knots) and len(card["gain"]) == 25
+    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
+    np.testing.assert_array_equal(_generated(loaded, energy), corrected)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    noise = g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1)).numpy()
+    onnx_out = open_session(tmp_path / "g.onnx").run(["showers"], {
+        "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
+        "noise": noise})[0]
+    assert np.abs(onnx_out - corrected).max() <= 1e-5 * np.abs(corrected).max()
+    with pytest.raises(ValueError, match="increasing"):
+        g.set_layer_correction([1.0, 0.0], centre.tolist(), target.tolist(), gain.tolist())
+    with pytest.raises(ValueError, match="25 layers"):
+        g.set_layer_correction(knots, centre[:3].tolist(), target.tolist(), gain.tolist())
+    g.set_layer_correction(None)
+    np.testing.assert_array_equal(_generated(g, energy), plain)
+
+
+def test_layer_calibration_gives_the_generator_the_data_layer_fluctuations():
+    """Data whose log layer fractions fluctuate 2.5x as much as the generator's around medians
+    shifted by up to +-0.3 (a collapsed GAN against Geant4): after calibration the generator's
+    per-layer spread and median match the data's in every energy bin, its totals unchanged."""
+    from fastshower.train.calibration import calibrate_layers_by_energy, log_layer_fractions
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(5)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 800))
+    cells = _generated(g, energy, seed=9)
+    lg = log_layer_fractions(cells, 0.0)
+    which = np.digitize(energy, np.geomspace(5, 300 * (1 + 1e-9), 4)) - 1
+    centre = np.stack([np.median(lg[which == b], axis=0) for b in range(3)])[which]
+    wanted = centre + np.linspace(-0.3, 0.3, 25) + 2.5 * (lg - centre)
+    layer = np.exp(wanted)
+    factor = layer / np.exp(lg)
+    factor *= cells.sum(axis=(1, 2, 3))[:, None] / (cells.sum(axis=(1, 2)) * factor).sum(axis=1, keepdims=True)
+    data = ShowerSet((cells * factor[:, None, None, :]).astype(np.float32), energy, np.full(800, math.pi / 2),
+                     PRESETS["clic25"])
+    total_before = generated_energy_ratio(g, data, seed=1)
+    result = calibrate_layers_by_energy(g, data, n_bins=3, seed=1, min_events=200)
+    assert max(result["before"]["spread_ratio_median"]) < 0.5
+    np.testing.assert_allclose(result["after"]["spread_ratio_median"], 1.0, atol=0.08)
+    assert max(result["after"]["median_offset_median"]) < 0.05 < min(result["before"]["median_offset_median"])
+    assert generated_energy_ratio(g, data, seed=1) == pytest.approx(total_before, rel=1e-4)

@@ -2,7 +2,8 @@
 generators (fastshower.models.registry.average_generators), its response calibrated on training
 showers (fastshower.train.calibration.calibrate_response; with ``--response by-energy``
 calibrate_response_by_energy, a ln E polynomial; with ``--resolution by-energy`` then its
-resolution, fastshower.train.calibration.calibrate_resolution_by_energy), and its metrics on the
+resolution, fastshower.train.calibration.calibrate_resolution_by_energy; with ``--layers by-energy``
+first its longitudinal fluctuations, fastshower.train.calibration.calibrate_layers_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
 each energy slice, fastshower.train.calibration.relative_width; ``resolution_worst`` the ratio
@@ -36,6 +37,7 @@ from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import (
+    calibrate_layers_by_energy,
     calibrate_resolution_by_energy,
     calibrate_response,
     calibrate_response_by_energy,
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--resolution", choices=["none", "by-energy"], default="none",
                         help="also calibrate the resolution (sigma90 / mu90 of E_dep / E) against ln E, after the "
                              "response")
+    parser.add_argument("--layers", choices=["none", "by-energy"], default="none",
+                        help="first calibrate each layer's energy fraction (median and spread of its log, in bins of "
+                             "ln E) to the training showers; it keeps each shower's total")
     parser.add_argument("--low-energy-validation", nargs="+", default=None,
                         help="held-out low-energy shower files for the low_energy view (instead of the "
                              f"validation showers below {LOW_ENERGY_GEV:g} GeV)")
@@ -160,14 +165,23 @@ def main() -> None:
                                                                 low_energy)
     generator = registry.average_generators(stems) if args.generator is None else registry.load_generator(stems[0])
     report["average_before_calibration"] = validation_metrics(generator, validation, standardizer, low_energy)
+    method = []
+    if args.layers == "by-energy":
+        layers = calibrate_layers_by_energy(generator, train)
+        report["layers_by_energy"] = layers
+        report["average_after_layers"] = validation_metrics(generator, validation, standardizer, low_energy)
+        method.append("calibrate_layers_by_energy")
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
+    method.append("calibrate_response")
     calibration = {"ratio": report["response_ratio_applied"], "training_showers": len(train),
-                   "method": "fastshower.train.calibration.calibrate_response"}
+                   "method": "fastshower.train.calibration." + ", then ".join(method)}
+    if args.layers == "by-energy":
+        calibration["layers"] = {k: layers[k] for k in ("bins_gev", "events", "before", "after")}
     if args.response == "by-energy":
         by_energy = calibrate_response_by_energy(generator, train, degree=args.degree)
         report["response_by_energy"] = by_energy
-        calibration.update(method="calibrate_response, then calibrate_response_by_energy",
+        calibration.update(method=calibration["method"] + ", then calibrate_response_by_energy",
                            by_energy={k: by_energy[k] for k in ("coefficients", "degree", "bin_edges_gev",
                                                                  "ratio_before", "ratio_after")})
     if args.resolution == "by-energy":

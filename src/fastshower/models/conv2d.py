@@ -72,6 +72,9 @@ from fastshower.models.layers import (
 OutputActivation = Literal["linear", "leaky_relu", "relu"]
 #: The grid edge (cells); also the channel count of the 2D view.
 N = 25
+#: floor of the layer fractions in the log of the longitudinal correction (layers that hold less
+#: than about a millionth of the shower are left where they are)
+LAYER_FRACTION_FLOOR = 1e-6
 
 
 class Conv2dConfig(ModelConfig):
@@ -87,6 +90,15 @@ class Conv2dConfig(ModelConfig):
     deposited fraction r = E_dep / E is moved to c(E) + s(E) (r - c(E)) by a factor on all its
     cells, with ln c(E) and ln s(E) polynomials in ln(E / 100 GeV) of these coefficients (c the
     generator's mean fraction, so the mean response is kept and the width is scaled by s),
+    ``layer_knots`` and ``layer_centre`` / ``layer_target`` / ``layer_gain``: the generator's
+    longitudinal correction (None: none; set by
+    :func:`fastshower.train.calibration.calibrate_layers_by_energy`): each shower's log layer fraction
+    g = ln(E_layer / E_dep + LAYER_FRACTION_FLOOR) is moved to target(E) + exp(gain(E)) (g - centre(E))
+    (centre the generator's median of g, target the data's, exp(gain) the ratio of their spreads,
+    within [1/4, 4]), each layer's cells scaled by one factor and the shower renormalised to its
+    deposited energy (the total, the response and resolution, and the lateral shapes are kept);
+    centre, target and gain are ``(n_layers, n_knots)`` values at ``layer_knots`` = ln(E / 100 GeV),
+    linearly interpolated in ln E and constant beyond the end knots,
     ``minibatch_std_group``: when > 1 the discriminator also sees the spread of its features within
     groups of that many showers of similar energy (:func:`fastshower.models.layers.minibatch_std`;
     an extension of ours against mode collapse, 0 = off as in the original),
@@ -103,6 +115,10 @@ class Conv2dConfig(ModelConfig):
     response_correction: tuple[float, ...] | None = None
     resolution_centre: tuple[float, ...] | None = None
     resolution_scale: tuple[float, ...] | None = None
+    layer_knots: tuple[float, ...] | None = None
+    layer_centre: tuple[tuple[float, ...], ...] | None = None
+    layer_target: tuple[tuple[float, ...], ...] | None = None
+    layer_gain: tuple[tuple[float, ...], ...] | None = None
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
 
@@ -186,6 +202,46 @@ class Conv2dGenerator(ShowerGenerator):
         target = centre + scale * (r - centre)
         return torch.where(r > 0, (target / r.clamp_min(1e-30)).clamp(0.25, 4.0), torch.ones_like(r))
 
+    def set_layer_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
+                             target: list | tuple | None = None, gain: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the longitudinal correction (see :class:`Conv2dConfig`):
+        increasing ``knots`` (ln(E / 100 GeV)) and three ``(n_layers, n_knots)`` tables of values."""
+        if knots is None:
+            if any(t is not None for t in (centre, target, gain)):
+                raise ValueError("the layer correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(
+                ("layer_knots", "layer_centre", "layer_target", "layer_gain")))
+            return
+        knots = tuple(float(k) for k in knots)
+        if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"the layer correction needs two or more increasing knots, got {knots}")
+        if any(t is None for t in (centre, target, gain)):
+            raise ValueError("the layer correction needs its centre, target and gain values")
+        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
+        if not all(len(t) == self.geometry.n_layers and all(len(row) == len(knots) for row in t) for t in tables):
+            raise ValueError(f"the layer correction needs ({self.geometry.n_layers} layers, {len(knots)} knots) tables")
+        self.config = self.config.model_copy(update=dict(zip(
+            ("layer_knots", "layer_centre", "layer_target", "layer_gain"), (knots, *tables))))
+
+    def layer_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, n_layers)`` factor on each layer's cells (GeV) of the longitudinal correction (see
+        :class:`Conv2dConfig`); each within [1/16, 16] before the renormalisation to the shower's
+        deposited energy; 1 for empty layers and showers."""
+        s = showers_gev.float()
+        layer = s.sum(dim=(1, 2))
+        total = layer.sum(dim=1, keepdim=True)
+        fraction = layer / total.clamp_min(1e-30)
+        u = torch.log(primary_energy.float() / 100.0)
+        knots = self.config.layer_knots or ()
+        centre, target, gain = (_interpolate_layers(knots, t or (), u) for t in (
+            self.config.layer_centre, self.config.layer_target, self.config.layer_gain))
+        moved = target + torch.exp(gain).clamp(0.25, 4.0) * (torch.log(fraction + LAYER_FRACTION_FLOOR) - centre)
+        new_fraction = (torch.exp(moved.clamp(max=0.0)) - LAYER_FRACTION_FLOOR).clamp_min(0.0)
+        one = torch.ones_like(layer)
+        ratio = torch.where(layer > 0, new_fraction / fraction.clamp_min(1e-30), one).clamp(1 / 16, 16.0)
+        ratio = ratio * total / (layer * ratio).sum(dim=1, keepdim=True).clamp_min(1e-30)
+        return torch.where(total > 0, ratio, one)
+
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
         generator reloads with the ReLU head)."""
@@ -206,9 +262,12 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, 200), the response and resolution corrections applied."""
+        (rad) and noise (B, 200), the longitudinal, response and resolution corrections applied."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise)).view(-1, 5, 5, 5)
         out = self.output_head(self.body(seed)) * self.output_scale
+        if self.config.layer_gain:
+            factor = self.layer_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype).unsqueeze(1).unsqueeze(1)
         if self.config.response_correction:
             out = out * self.response_factor(primary_energy).to(out.dtype).view(-1, 1, 1, 1)
         if self.config.resolution_scale:
@@ -231,6 +290,16 @@ class Conv2dGenerator(ShowerGenerator):
                 "centre": list(self.config.resolution_centre or ()), "scale": list(self.config.resolution_scale),
                 "meaning": ("each shower x (c + s (r - c)) / r, r = E_dep / E, "
                             "ln c and ln s = sum_k a_k ln(E / 100 GeV)^k")}
+        if self.config.layer_gain:
+            card["preprocessing"]["layer_correction"] = {
+                "knots": list(self.config.layer_knots or ()),
+                "centre": [list(r) for r in self.config.layer_centre or ()],
+                "target": [list(r) for r in self.config.layer_target or ()],
+                "gain": [list(r) for r in self.config.layer_gain],
+                "fraction_floor": LAYER_FRACTION_FLOOR,
+                "meaning": ("per layer g = ln(E_layer / E_dep + floor) -> target + exp(gain) (g - centre), each "
+                            "given at the knots ln(E / 100 GeV), linear between them; the layer's cells scaled, "
+                            "the shower renormalised to E_dep")}
         return card
 
     def body(self, seed: torch.Tensor) -> torch.Tensor:
@@ -244,6 +313,18 @@ def _log_polynomial(coefficients: tuple[float, ...], primary_energy: torch.Tenso
     out = torch.zeros_like(u)
     for coefficient in reversed(coefficients):
         out = out * u + coefficient
+    return out
+
+
+def _interpolate_layers(knots: tuple[float, ...], table: tuple[tuple[float, ...], ...], u: torch.Tensor
+                        ) -> torch.Tensor:
+    """``(B, n_layers)`` values at u = ln(E / 100 GeV) ``(B,)`` of ``table`` ``(n_layers, n_knots)``
+    given at ``knots``: linear between knots, constant beyond the end ones (float32, ONNX-safe)."""
+    values = torch.tensor(table, dtype=torch.float32, device=u.device)
+    out = values[:, 0].unsqueeze(0).expand(u.shape[0], -1)
+    for j in range(1, len(knots)):
+        weight = ((u - knots[j - 1]) / (knots[j] - knots[j - 1])).clamp(0.0, 1.0).unsqueeze(1)
+        out = out + weight * (values[:, j] - values[:, j - 1])
     return out
 
 

@@ -26,6 +26,18 @@ c(E) + s(E) (r - c(E)) around the generator's own mean c(E) by one factor on all
 response is kept, the width of the response is the data's, and the shapes, the layer fractions and
 the fluctuations of everything but the total stay what the network makes. It is a correction of
 the total only, and a report gives the resolution before it beside the one after it.
+
+:func:`calibrate_layers_by_energy` is the longitudinal counterpart, for a network whose showers of
+one energy fluctuate too little from layer to layer (a GAN's partial mode collapse): per layer, the
+median and the spread (inter-quartile range) of the log layer fraction g = ln(E_layer / E_dep +
+floor) of the data and of the generator are measured in bins of ln E (interpolated linearly between
+them), and each generated shower's g is moved to the data's median plus its deviation from the
+generator's median scaled by the ratio of the spreads (the
+generator's own correlations between layers are kept, only their size and the mean change). Each
+layer's cells are scaled by one factor and the shower renormalised to its deposited energy: the
+response, the resolution and the lateral shapes stay what they were. It matches the first two
+moments of each layer's marginal, not the shape of the distributions nor the correlations between
+layers, and a report gives the per-layer spreads and means before it beside those after it.
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from numpy.polynomial import polynomial
 
 from fastshower.data.summaries import mu90_sigma90
 from fastshower.models.base import ShowerGenerator, generate_like
+from fastshower.models.conv2d import LAYER_FRACTION_FLOOR
 from fastshower.showers import ShowerSet
 
 
@@ -205,3 +218,81 @@ def calibrate_resolution_by_energy(generator: ShowerGenerator, data: ShowerSet, 
             "bin_edges_gev": edges.round(4).tolist(), "data": before["data"].round(5).tolist(),
             "generator_before": before["generator"].round(5).tolist(),
             "generator_after": after["generator"].round(5).tolist(), "events": count.tolist()}
+
+
+def log_layer_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
+    """``(B, n_layers)`` ln(E_layer / E_dep + LAYER_FRACTION_FLOOR) of showers ``(B, x, y, z)`` (GeV),
+    cells below the readout threshold counted as zero (float64 sums)."""
+    layer = np.where(showers < threshold_gev, 0.0, showers).sum(axis=(1, 2), dtype=np.float64)
+    total = layer.sum(axis=1, keepdims=True)
+    return np.log(layer / np.where(total > 0, total, 1.0) + LAYER_FRACTION_FLOOR)
+
+
+#: the layer correction's spread factor is clamped to [1/4, 4] where it is applied (Conv2dGenerator.layer_factor)
+MAX_LN_GAIN = float(np.log(4.0))
+
+
+def _binned_quantiles(g: np.ndarray, which: np.ndarray, bins: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(len(bins), k)`` median and half inter-quartile range / 0.6745 (the standard deviation of a
+    normal distribution with that IQR) of the columns of ``g`` in each energy bin."""
+    q = np.stack([np.percentile(g[which == b], [25, 50, 75], axis=0) for b in bins])  # (bins, 3, k)
+    return q[:, 1], (q[:, 2] - q[:, 0]) / (2 * 0.6745)
+
+
+def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10,
+                               seed: int = 0, iterations: int = 4, min_events: int = 100,
+                               min_layer_fraction: float = 1e-3) -> dict:
+    """Fit and set the generator's longitudinal correction (module docstring). In ``n_bins`` bins
+    equal in ln E holding ``min_events`` showers or more, per layer: the median and the spread
+    (IQR, robust against the few showers whose layer is nearly empty) of g = ln(E_layer / E_dep +
+    floor) of ``data`` and of the generator at the data's conditions, placed at the bin's mean
+    ln(E / 100 GeV) (the knots): centre = the generator's median, target = the data's, gain =
+    ln(data / generator spread); then ``iterations - 1`` updates of target and gain from the
+    corrected showers (the renormalisation, the clamps and the interpolation move them).
+    Any layer correction the generator had is replaced. The report gives per bin the generator /
+    data spread ratio and |median difference| of g over the layers holding ``min_layer_fraction`` of
+    the data's showers on average (median over those layers and worst), before and after."""
+    if not hasattr(generator, "set_layer_correction"):
+        raise ValueError(f"{generator.name}: it has no layer correction to calibrate")
+    threshold = data.geometry.readout_threshold_gev
+    e = data.primary_energy
+    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
+    which = np.digitize(e, edges) - 1
+    bins = [b for b in range(n_bins) if (which == b).sum() >= min_events]
+    if len(bins) < 2:
+        raise ValueError(f"only {len(bins)} energy bins hold {min_events} or more showers: two are needed "
+                         f"(more showers or fewer bins)")
+    knots = [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
+
+    generator.set_layer_correction(None)
+    g_data = log_layer_fractions(data.showers, threshold)
+    median_data, spread_data = _binned_quantiles(g_data, which, bins)
+    kept = np.stack([np.exp(g_data[which == b]).mean(axis=0) >= min_layer_fraction for b in bins])
+
+    def measured() -> tuple[np.ndarray, np.ndarray]:
+        g = log_layer_fractions(generate_like(generator, data, seed).showers, threshold)
+        return _binned_quantiles(g, which, bins)
+
+    def summary(median: np.ndarray, spread: np.ndarray) -> dict[str, list[float]]:
+        ratio = [(spread[i] / np.maximum(spread_data[i], 1e-9))[kept[i]] for i in range(len(bins))]
+        offset = [np.abs(median[i] - median_data[i])[kept[i]] for i in range(len(bins))]
+        return {"spread_ratio_median": [round(float(np.median(r)), 4) for r in ratio],
+                "spread_ratio_worst": [round(float(max(r.max(), 1 / max(r.min(), 1e-9))), 4) for r in ratio],
+                "median_offset_median": [round(float(np.median(o)), 4) for o in offset],
+                "median_offset_worst": [round(float(o.max()), 4) for o in offset]}
+
+    median_before, spread_before = measured()
+    centre, target = median_before.T, median_data.T  # (layers, knots)
+    gain = np.clip(np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_before, 1e-6)).T, -MAX_LN_GAIN, MAX_LN_GAIN)
+    for _ in range(iterations):
+        generator.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
+        median_after, spread_after = measured()
+        if _ == iterations - 1:
+            break
+        target = target + (median_data - median_after).T
+        gain = np.clip(gain + np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_after, 1e-6)).T,
+                       -MAX_LN_GAIN, MAX_LN_GAIN)
+    return {"knots": knots, "centre": centre.tolist(), "target": target.tolist(), "gain": gain.tolist(),
+            "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
+            "events": [int((which == b).sum()) for b in bins], "layers_kept": [int(k.sum()) for k in kept],
+            "before": summary(median_before, spread_before), "after": summary(median_after, spread_after)}
