@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,20 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
     return {**metrics(validation, cand, SPREAD_ENERGY_GROUPS), "low_energy": low_view}
 
 
+def _as_of_commit(stem: Path) -> str:
+    """``stem`` with the last commit that changed its card (the file is replaced when a re-calibrated
+    generator ships over it), or the bare path outside git or with uncommitted changes."""
+    card = stem.with_suffix(".json")
+    try:
+        commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(card)], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", str(card), str(stem.with_suffix(".safetensors"))],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return str(stem)
+    return f"{stem} as of commit {commit}" if commit and not dirty else str(stem)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, required=True, help="campaign folder (config.yaml)")
@@ -156,7 +171,8 @@ def main() -> None:
     low_energy = read_showers(args.low_energy_validation) if args.low_energy_validation else None
     standardizer = FeatureStandardizer.fit(train.showers, train.primary_energy)
     report: dict = {"averaged_from": [s.name for s in stems] if args.generator is None else [],
-                    "recalibrated_from": None if args.generator is None else str(args.generator), "checkpoints": {}}
+                    "recalibrated_from": None if args.generator is None else _as_of_commit(args.generator),
+                    "checkpoints": {}}
     if args.baseline:
         report["baseline"] = {"generator": args.baseline, **validation_metrics(
             registry.load_generator(args.baseline), validation, standardizer, low_energy)}
@@ -197,7 +213,7 @@ def main() -> None:
     if args.generator is None:
         meta["averaged_from"] = report["averaged_from"]
     else:
-        meta["recalibrated_from"] = str(args.generator)
+        meta["recalibrated_from"] = report["recalibrated_from"]
         calibration["before"] = meta.get("response_calibration")
     meta["response_calibration"] = calibration
     registry.save_generator(generator, args.out, meta)
