@@ -215,7 +215,7 @@ class Conv2dGenerator(ShowerGenerator):
         knots = tuple(float(k) for k in knots)
         if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
             raise ValueError(f"the layer correction needs two or more increasing knots, got {knots}")
-        if any(t is None for t in (centre, target, gain)):
+        if centre is None or target is None or gain is None:
             raise ValueError("the layer correction needs its centre, target and gain values")
         tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
         if not all(len(t) == self.geometry.n_layers and all(len(row) == len(knots) for row in t) for t in tables):
