@@ -110,9 +110,21 @@ def _generated(g, energy: np.ndarray, seed: int = 1) -> np.ndarray:
                  g.sample_noise(len(energy), generator=torch.Generator().manual_seed(seed))).numpy()
 
 
-def test_resolution_correction_scales_the_response_around_its_centre_and_survives_saving_and_onnx(tmp_path):
+def _assert_saved_and_exported_alike(g, energy: np.ndarray, expected: np.ndarray, tmp_path) -> None:
+    """The saved and reloaded generator makes ``expected`` exactly, its ONNX export to 1e-5."""
     from fastshower.infer.onnx_export import export_onnx, open_session
 
+    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
+    np.testing.assert_array_equal(_generated(loaded, energy), expected)
+    export_onnx(loaded, tmp_path / "g.onnx")
+    noise = g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1)).numpy()
+    got = open_session(tmp_path / "g.onnx").run(["showers"], {
+        "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
+        "noise": noise})[0]
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_resolution_correction_scales_the_response_around_its_centre_and_survives_saving_and_onnx(tmp_path):
     g = _relu_generator()
     energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
     plain = _generated(g, energy)
@@ -130,14 +142,7 @@ def test_resolution_correction_scales_the_response_around_its_centre_and_survive
                                plain / plain.sum(axis=(1, 2, 3), keepdims=True), rtol=2e-3, atol=1e-9)
     card = g.metadata()["preprocessing"]["resolution_correction"]
     assert card["scale"] == [math.log(1.3), 0.1]
-    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
-    np.testing.assert_array_equal(_generated(loaded, energy), corrected)
-    export_onnx(loaded, tmp_path / "g.onnx")
-    noise = g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1)).numpy()
-    got = open_session(tmp_path / "g.onnx").run(["showers"], {
-        "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
-        "noise": noise})[0]
-    assert np.abs(got - corrected).max() <= 1e-5 * np.abs(corrected).max()
+    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path)
     with pytest.raises(ValueError, match="both"):
         g.set_resolution_correction([0.0], None)
     g.set_resolution_correction(None, None)
@@ -169,7 +174,6 @@ def test_calibration_by_energy_gives_the_generator_the_data_resolution():
 
 
 def test_layer_correction_moves_log_layer_fractions_keeps_totals_and_survives_saving_and_onnx(tmp_path):
-    from fastshower.infer.onnx_export import export_onnx, open_session
     from fastshower.models.conv2d import LAYER_FRACTION_FLOOR
     from fastshower.train.calibration import log_layer_fractions
 
@@ -201,14 +205,7 @@ def test_layer_correction_moves_log_layer_fractions_keeps_totals_and_survives_sa
         1.3 * log_layer_fractions(plain, 0.0).std(axis=0)[busy.all(axis=0)].mean()
     card = g.metadata()["preprocessing"]["layer_correction"]
     assert card["knots"] == pytest.approx(knots) and len(card["gain"]) == 25
-    loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
-    np.testing.assert_array_equal(_generated(loaded, energy), corrected)
-    export_onnx(loaded, tmp_path / "g.onnx")
-    noise = g.sample_noise(len(energy), generator=torch.Generator().manual_seed(1)).numpy()
-    onnx_out = open_session(tmp_path / "g.onnx").run(["showers"], {
-        "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
-        "noise": noise})[0]
-    assert np.abs(onnx_out - corrected).max() <= 1e-5 * np.abs(corrected).max()
+    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path)
     with pytest.raises(ValueError, match="increasing"):
         g.set_layer_correction([1.0, 0.0], centre.tolist(), target.tolist(), gain.tolist())
     with pytest.raises(ValueError, match="25 layers"):
