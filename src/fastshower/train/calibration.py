@@ -32,12 +32,13 @@ one energy fluctuate too little from layer to layer (a GAN's partial mode collap
 median and the spread (inter-quartile range) of the log layer fraction g = ln(E_layer / E_dep +
 floor) of the data and of the generator are measured in bins of ln E (interpolated linearly between
 them), and each generated shower's g is moved to the data's median plus its deviation from the
-generator's median scaled by the ratio of the spreads (the
-generator's own correlations between layers are kept, only their size and the mean change). Each
-layer's cells are scaled by one factor and the shower renormalised to its deposited energy: the
-response, the resolution and the lateral shapes stay what they were. It matches the first two
-moments of each layer's marginal, not the shape of the distributions nor the correlations between
-layers, and a report gives the per-layer spreads and means before it beside those after it.
+generator's median scaled by the ratio of the spreads (the generator's own correlations between
+layers are kept, only their size and the location change). Each layer's cells are scaled by one
+factor and the shower renormalised to its deposited energy: the response, the resolution and the
+lateral shapes stay what they were. It matches the median and the spread of each layer's marginal,
+not the tails of the distributions nor the correlations between layers, and it cannot fill a layer
+the network leaves empty; a report gives the per-layer spreads and medians before it beside those
+after it.
 """
 
 from __future__ import annotations
@@ -284,10 +285,10 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
     median_before, spread_before = measured()
     centre, target = median_before.T, median_data.T  # (layers, knots)
     gain = np.clip(np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_before, 1e-6)).T, -MAX_LN_GAIN, MAX_LN_GAIN)
-    for _ in range(iterations):
+    for i in range(iterations):
         generator.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
         median_after, spread_after = measured()
-        if _ == iterations - 1:
+        if i == iterations - 1:
             break
         target = target + (median_data - median_after).T
         gain = np.clip(gain + np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_after, 1e-6)).T,
