@@ -75,6 +75,8 @@ N = 25
 #: floor of the layer fractions in the log of the longitudinal correction (layers that hold less
 #: than about a millionth of the shower are left where they are)
 LAYER_FRACTION_FLOOR = 1e-6
+#: the longitudinal correction's spread factor exp(gain) is clamped to [1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX]
+LAYER_GAIN_MAX = 4.0
 
 
 class Conv2dConfig(ModelConfig):
@@ -235,7 +237,8 @@ class Conv2dGenerator(ShowerGenerator):
         knots = self.config.layer_knots or ()
         centre, target, gain = (_interpolate_layers(knots, t or (), u) for t in (
             self.config.layer_centre, self.config.layer_target, self.config.layer_gain))
-        moved = target + torch.exp(gain).clamp(0.25, 4.0) * (torch.log(fraction + LAYER_FRACTION_FLOOR) - centre)
+        gain = torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX)
+        moved = target + gain * (torch.log(fraction + LAYER_FRACTION_FLOOR) - centre)
         new_fraction = (torch.exp(moved.clamp(max=0.0)) - LAYER_FRACTION_FLOOR).clamp_min(0.0)
         one = torch.ones_like(layer)
         ratio = torch.where(layer > 0, new_fraction / fraction.clamp_min(1e-30), one).clamp(1 / 16, 16.0)

@@ -48,7 +48,7 @@ from numpy.polynomial import polynomial
 
 from fastshower.data.summaries import mu90_sigma90
 from fastshower.models.base import ShowerGenerator, generate_like
-from fastshower.models.conv2d import LAYER_FRACTION_FLOOR
+from fastshower.models.conv2d import LAYER_FRACTION_FLOOR, LAYER_GAIN_MAX
 from fastshower.showers import ShowerSet
 
 
@@ -229,8 +229,8 @@ def log_layer_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray
     return np.log(layer / np.where(total > 0, total, 1.0) + LAYER_FRACTION_FLOOR)
 
 
-#: the layer correction's spread factor is clamped to [1/4, 4] where it is applied (Conv2dGenerator.layer_factor)
-MAX_LN_GAIN = float(np.log(4.0))
+#: bound of |gain| of the layer correction, where Conv2dGenerator.layer_factor clamps its factor
+MAX_LN_GAIN = float(np.log(LAYER_GAIN_MAX))
 
 
 def _binned_quantiles(g: np.ndarray, which: np.ndarray, bins: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -282,17 +282,19 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
                 "median_offset_median": [round(float(np.median(o)), 4) for o in offset],
                 "median_offset_worst": [round(float(o.max()), 4) for o in offset]}
 
+    def ln_spread_ratio(spread: np.ndarray) -> np.ndarray:  # (bins, layers) -> ln(data / generator), (layers, knots)
+        return np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6)).T
+
     median_before, spread_before = measured()
     centre, target = median_before.T, median_data.T  # (layers, knots)
-    gain = np.clip(np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_before, 1e-6)).T, -MAX_LN_GAIN, MAX_LN_GAIN)
+    gain = np.clip(ln_spread_ratio(spread_before), -MAX_LN_GAIN, MAX_LN_GAIN)
     for i in range(iterations):
         generator.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
         median_after, spread_after = measured()
         if i == iterations - 1:
             break
         target = target + (median_data - median_after).T
-        gain = np.clip(gain + np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_after, 1e-6)).T,
-                       -MAX_LN_GAIN, MAX_LN_GAIN)
+        gain = np.clip(gain + ln_spread_ratio(spread_after), -MAX_LN_GAIN, MAX_LN_GAIN)
     return {"knots": knots, "centre": centre.tolist(), "target": target.tolist(), "gain": gain.tolist(),
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins], "layers_kept": [int(k.sum()) for k in kept],
