@@ -251,20 +251,21 @@ def _reweighted(cells: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def test_lateral_reweight_reaches_the_wanted_width_and_keeps_layer_energies_hits_and_order():
-    from fastshower.models.conv2d import layer_widths_mm, lateral_reweight
+    from fastshower.models.conv2d import lateral_plane, lateral_reweight, layer_widths_mm
 
     rng = np.random.default_rng(3)
     x = torch.arange(-12.0, 13.0).view(1, -1, 1, 1) * 5.1
     y = torch.arange(-12.0, 13.0).view(1, 1, -1, 1) * 5.1
+    plane = lateral_plane(PRESETS["clic25"])
     sigma = torch.as_tensor(rng.uniform(4, 12, (6, 1, 1, 4)), dtype=torch.float32)
     blob = torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) * torch.as_tensor(rng.uniform(0.5, 2, (6, 25, 25, 4)),
                                                                             dtype=torch.float32)
     showers = torch.where(blob > 1e-3, blob, torch.where(blob > 1e-5, torch.full_like(blob, 1e-7), 0 * blob))
     live = showers >= 1e-6
-    width = layer_widths_mm(torch.where(live, showers, 0 * showers), x, y)
+    width = layer_widths_mm(torch.where(live, showers, 0 * showers), plane)
     wanted = width * torch.as_tensor(rng.uniform(0.6, 1.4, width.shape), dtype=torch.float32)
-    out = lateral_reweight(showers, live, wanted, x, y)
-    np.testing.assert_allclose(layer_widths_mm(torch.where(live, out, 0 * out), x, y), wanted, rtol=2e-3)
+    out = lateral_reweight(showers, live, wanted, plane)
+    np.testing.assert_allclose(layer_widths_mm(torch.where(live, out, 0 * out), plane), wanted, rtol=2e-3)
     np.testing.assert_allclose(out.sum(dim=(1, 2)), showers.sum(dim=(1, 2)), rtol=1e-5)
     assert torch.equal(out[~live], showers[~live])  # cells below the threshold and empty ones untouched
     assert (out[live] > 0).all()
@@ -273,8 +274,8 @@ def test_lateral_reweight_reaches_the_wanted_width_and_keeps_layer_energies_hits
         assert torch.equal(torch.argsort(before, stable=True), torch.argsort(after, stable=True)) or \
             (torch.diff(after[torch.argsort(before)]) >= -1e-7).all()
     # unchanged where the wanted width is the layer's own; at the end of the range where it cannot be reached
-    np.testing.assert_allclose(lateral_reweight(showers, live, width, x, y), showers, rtol=1e-6, atol=0)
-    widest = lateral_reweight(showers, live, 100 * width, x, y)
+    np.testing.assert_allclose(lateral_reweight(showers, live, width, plane), showers, rtol=1e-6, atol=0)
+    widest = lateral_reweight(showers, live, 100 * width, plane)
     np.testing.assert_allclose(widest, torch.as_tensor(_reweighted(showers.numpy() * live.numpy(), np.full(
         (6, 4), 0.125)), dtype=torch.float32).where(live, showers), rtol=1e-4)
 

@@ -321,12 +321,11 @@ class Conv2dGenerator(ShowerGenerator):
         :class:`Conv2dConfig` and :func:`lateral_reweight`)."""
         s = showers_gev.float()
         live = s >= max(self.geometry.readout_threshold_gev, 1e-30)
-        x, y = (torch.tensor(c, dtype=torch.float32, device=s.device) for c in self.geometry.cell_centres_mm())
-        x, y = x.view(1, -1, 1, 1), y.view(1, 1, -1, 1)
-        width = layer_widths_mm(torch.where(live, s, torch.zeros_like(s)), x, y)
+        plane = lateral_plane(self.geometry, s.device)
+        width = layer_widths_mm(torch.where(live, s, torch.zeros_like(s)), plane)
         moved = self._moved("lateral", torch.log(width + LATERAL_WIDTH_FLOOR_MM), primary_energy)
         wanted = (torch.exp(moved) - LATERAL_WIDTH_FLOOR_MM).clamp_min(0.0)
-        return lateral_reweight(s, live, wanted, x, y).to(showers_gev.dtype)
+        return lateral_reweight(s, live, wanted, plane).to(showers_gev.dtype)
 
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
@@ -434,19 +433,26 @@ def _interpolate_layers(knots: tuple[float, ...], table: tuple[tuple[float, ...]
     return out
 
 
-def layer_widths_mm(showers: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def lateral_plane(geometry: Geometry, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(4, nx * ny)`` float32 rows 1, x, y and x^2 + y^2 (mm) of the cell centres of a cartesian
+    ``geometry``, x-major as ``(B, x, y, z)`` showers are stored."""
+    a, b = geometry.cell_centres_mm()
+    x, y = (torch.tensor(v, dtype=torch.float64).view(*shape).expand(len(a), len(b)).reshape(-1)
+            for v, shape in ((a, (-1, 1)), (b, (1, -1))))
+    return torch.stack([torch.ones_like(x), x, y, x * x + y * y]).to(device=device, dtype=torch.float32)
+
+
+def layer_widths_mm(showers: torch.Tensor, plane: torch.Tensor) -> torch.Tensor:
     """``(B, n_layers)`` width sqrt(var_x + var_y) (mm) of each layer's energy in ``showers``
-    ``(B, x, y, z)``, cell centres ``x`` ``(1, nx, 1, 1)`` and ``y`` ``(1, 1, ny, 1)`` in mm; 0 for
-    empty layers."""
-    total = showers.sum(dim=(1, 2)).clamp_min(1e-30)
-    mean_x = (showers * x).sum(dim=(1, 2)) / total
-    mean_y = (showers * y).sum(dim=(1, 2)) / total
-    second = (showers * (x * x + y * y)).sum(dim=(1, 2)) / total
+    ``(B, x, y, z)``, cell coordinates :func:`lateral_plane`; 0 for empty layers (one matrix product)."""
+    moments = torch.matmul(plane, showers.reshape(showers.shape[0], -1, showers.shape[-1]))  # (B, 4, z)
+    total = moments[:, 0].clamp_min(1e-30)
+    mean_x, mean_y, second = moments[:, 1] / total, moments[:, 2] / total, moments[:, 3] / total
     return (second - mean_x * mean_x - mean_y * mean_y).clamp_min(0.0).sqrt()
 
 
 def lateral_reweight(showers: torch.Tensor, live: torch.Tensor, wanted_mm: torch.Tensor,
-                     x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                     plane: torch.Tensor) -> torch.Tensor:
     """Each layer's ``live`` cells of ``showers`` ``(B, x, y, z)`` given the weights E_cell^q and
     scaled back to their energy, q per shower and layer chosen by bisection in ln q within
     LATERAL_POWER_RANGE so that the layer's width (:func:`layer_widths_mm`) is ``wanted_mm``
@@ -455,27 +461,28 @@ def lateral_reweight(showers: torch.Tensor, live: torch.Tensor, wanted_mm: torch
     change asks for; at the range's end where the width cannot be reached).
     Cells that are not live stay as they are; so do layers without live cells (float32, ONNX-safe:
     a fixed number of steps)."""
-    zero = torch.zeros_like(showers)
-    kept = torch.where(live, showers, zero)
+    kept = torch.where(live, showers, torch.zeros_like(showers))
     energy = kept.sum(dim=(1, 2), keepdim=True)
     log_cell = torch.log(torch.where(live, showers, torch.ones_like(showers)))
     hottest = torch.where(live, log_cell, torch.full_like(showers, -1e30)).amax(dim=(1, 2), keepdim=True)
-    relative = torch.where(live, log_cell - hottest, zero)  # <= 0 on live cells
+    relative = torch.where(live, log_cell - hottest, torch.full_like(showers, -1e4))  # <= 0
 
     def weighted(log_q: torch.Tensor) -> torch.Tensor:
-        return torch.where(live, torch.exp(torch.exp(log_q).unsqueeze(1).unsqueeze(1) * relative), zero)
+        # exp(-80) = 2e-35 for every cell below that, and for the cells that are not live (no weight
+        # that matters, and no float32 underflow, which costs exp several times its usual time)
+        return torch.exp((torch.exp(log_q).unsqueeze(1).unsqueeze(1) * relative).clamp_min(-80.0))
 
-    width = layer_widths_mm(kept, x, y)
+    width = layer_widths_mm(kept, plane)
     narrower = width > wanted_mm  # than the network's (q = 1)
     zero_q = torch.zeros_like(wanted_mm)
     low = torch.where(narrower, zero_q, torch.full_like(wanted_mm, math.log(LATERAL_POWER_RANGE[0])))
     high = torch.where(narrower, torch.full_like(wanted_mm, math.log(LATERAL_POWER_RANGE[1])), zero_q)
     for _ in range(LATERAL_BISECTIONS):
         middle = 0.5 * (low + high)
-        too_wide = layer_widths_mm(weighted(middle), x, y) > wanted_mm
+        too_wide = layer_widths_mm(weighted(middle), plane) > wanted_mm
         low, high = torch.where(too_wide, middle, low), torch.where(too_wide, high, middle)
     unchanged = (width - wanted_mm).abs() <= 1e-4 * (width + 1.0)  # q = 1 exactly
-    weights = weighted(torch.where(unchanged, zero_q, 0.5 * (low + high)))
+    weights = torch.where(live, weighted(torch.where(unchanged, zero_q, 0.5 * (low + high))), torch.zeros_like(showers))
     moved = weights * energy / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-30)
     return torch.where(live, moved, showers)
 
