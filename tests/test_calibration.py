@@ -110,10 +110,8 @@ def _generated(g, energy: np.ndarray, seed: int = 1) -> np.ndarray:
                  g.sample_noise(len(energy), generator=torch.Generator().manual_seed(seed))).numpy()
 
 
-def _assert_saved_and_exported_alike(g, energy: np.ndarray, expected: np.ndarray, tmp_path,
-                                     onnx_rtol: float = 1e-5) -> None:
-    """The saved and reloaded generator makes ``expected`` exactly, its ONNX export to ``onnx_rtol`` of
-    the largest cell."""
+def _assert_saved_and_exported_alike(g, energy: np.ndarray, expected: np.ndarray, tmp_path) -> None:
+    """The saved and reloaded generator makes ``expected`` exactly, its ONNX export to 1e-5."""
     from fastshower.infer.onnx_export import export_onnx, open_session
 
     loaded = registry.load_generator(registry.save_generator(g, tmp_path / "g").with_suffix(""))
@@ -123,7 +121,7 @@ def _assert_saved_and_exported_alike(g, energy: np.ndarray, expected: np.ndarray
     got = open_session(tmp_path / "g.onnx").run(["showers"], {
         "primary_energy": energy.astype(np.float32), "incident_angle": np.full(len(energy), math.pi / 2, np.float32),
         "noise": noise})[0]
-    assert np.abs(got - expected).max() <= onnx_rtol * np.abs(expected).max()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 def test_resolution_correction_scales_the_response_around_its_centre_and_survives_saving_and_onnx(tmp_path):
@@ -241,96 +239,6 @@ def test_layer_calibration_gives_the_generator_the_data_layer_fluctuations():
     np.testing.assert_allclose(result["after"]["spread_ratio_median"], 1.0, atol=0.08)
     assert max(result["after"]["median_offset_median"]) < 0.05 < min(result["before"]["median_offset_median"])
     assert generated_energy_ratio(g, data, seed=1) == pytest.approx(total_before, rel=1e-4)
-
-
-def _reweighted(cells: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Each layer's cells (B, x, y, z) as E_cell^q (q (B, z)), scaled back to the layer's energy (numpy)."""
-    powered = np.where(cells > 0, np.maximum(cells, 1e-30) ** q[:, None, None, :], 0.0)
-    energy = cells.sum(axis=(1, 2), keepdims=True, dtype=np.float64)
-    return powered * energy / np.maximum(powered.sum(axis=(1, 2), keepdims=True), 1e-300)
-
-
-def test_lateral_reweight_reaches_the_wanted_width_and_keeps_layer_energies_hits_and_order():
-    from fastshower.models.conv2d import lateral_plane, lateral_reweight, layer_widths_mm
-
-    rng = np.random.default_rng(3)
-    x = torch.arange(-12.0, 13.0).view(1, -1, 1, 1) * 5.1
-    y = torch.arange(-12.0, 13.0).view(1, 1, -1, 1) * 5.1
-    plane = lateral_plane(PRESETS["clic25"])
-    sigma = torch.as_tensor(rng.uniform(4, 12, (6, 1, 1, 4)), dtype=torch.float32)
-    blob = torch.exp(-(x ** 2 + y ** 2) / (2 * sigma ** 2)) * torch.as_tensor(rng.uniform(0.5, 2, (6, 25, 25, 4)),
-                                                                            dtype=torch.float32)
-    showers = torch.where(blob > 1e-3, blob, torch.where(blob > 1e-5, torch.full_like(blob, 1e-7), 0 * blob))
-    live = showers >= 1e-6
-    width = layer_widths_mm(torch.where(live, showers, 0 * showers), plane)
-    wanted = width * torch.as_tensor(rng.uniform(0.6, 1.4, width.shape), dtype=torch.float32)
-    out = lateral_reweight(showers, live, wanted, plane)
-    np.testing.assert_allclose(layer_widths_mm(torch.where(live, out, 0 * out), plane), wanted, rtol=2e-3)
-    np.testing.assert_allclose(out.sum(dim=(1, 2)), showers.sum(dim=(1, 2)), rtol=1e-5)
-    assert torch.equal(out[~live], showers[~live])  # cells below the threshold and empty ones untouched
-    assert (out[live] > 0).all()
-    for b, layer in [(0, 0), (3, 2), (5, 3)]:  # the order of the cells is kept
-        before, after = showers[b, :, :, layer][live[b, :, :, layer]], out[b, :, :, layer][live[b, :, :, layer]]
-        assert torch.equal(torch.argsort(before, stable=True), torch.argsort(after, stable=True)) or \
-            (torch.diff(after[torch.argsort(before)]) >= -1e-7).all()
-    # unchanged where the wanted width is the layer's own; at the end of the range where it cannot be reached
-    np.testing.assert_allclose(lateral_reweight(showers, live, width, plane), showers, rtol=1e-6, atol=0)
-    widest = lateral_reweight(showers, live, 100 * width, plane)
-    np.testing.assert_allclose(widest, torch.as_tensor(_reweighted(showers.numpy() * live.numpy(), np.full(
-        (6, 4), 0.125)), dtype=torch.float32).where(live, showers), rtol=1e-4)
-
-
-def test_lateral_correction_moves_log_widths_and_survives_saving_and_onnx(tmp_path):
-    from fastshower.train.calibration import log_layer_widths
-
-    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
-    energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
-    plain = _generated(g, energy)
-    h_plain = log_layer_widths(plain, PRESETS["clic25"])
-    knots = [math.log(0.1), math.log(2.0)]
-    centre = np.stack([np.median(h_plain, axis=0)] * 2, axis=1)  # (layers, knots)
-    target = centre - 0.2
-    gain = np.full((25, 2), math.log(2.0))
-    g.set_lateral_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
-    corrected = _generated(g, energy)
-    np.testing.assert_allclose(corrected.sum(axis=(1, 2), dtype=np.float64), plain.sum(axis=(1, 2)), rtol=1e-5)
-    live = plain >= 1e-6
-    assert not (corrected >= 1e-6)[~live].any() and (corrected[~live] == plain[~live]).all()  # no new hits
-    # the width of the cells that were hits (some sink below the threshold when a layer narrows)
-    no_threshold = PRESETS["clic25"].model_copy(update={"readout_threshold_gev": 0.0})
-    got = log_layer_widths(np.where(live, corrected, 0.0), no_threshold)
-    wanted = target[:, 0] + 2.0 * (h_plain - centre[:, 0])
-    reached = np.abs(got - wanted) < 2e-3
-    assert reached.mean() > 0.95
-    card = g.metadata()["preprocessing"]["lateral_correction"]
-    assert card["knots"] == pytest.approx(knots) and len(card["gain"]) == 25
-    # float32 rounding can flip a bisection step (ln q by 4e-4): cells differ by up to ~1e-4 of the largest
-    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path, onnx_rtol=3e-4)
-    g.set_lateral_correction(None)
-    np.testing.assert_array_equal(_generated(g, energy), plain)
-
-
-def test_lateral_calibration_gives_the_generator_the_data_width_fluctuations():
-    """Data whose layers' cells are the generator's raised to a random power per shower and layer
-    (widths that fluctuate more, and narrower on average): after calibration the generator's
-    per-layer spread and median of ln(width + 1 mm) match the data's in every energy bin, its layer
-    energies unchanged."""
-    from fastshower.train.calibration import calibrate_lateral_by_energy
-
-    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
-    rng = np.random.default_rng(5)
-    energy = np.exp(rng.uniform(np.log(5), np.log(300), 800))
-    cells = _generated(g, energy, seed=9)
-    q = np.exp(rng.normal(0.3, 0.5, (800, 25)))
-    data = ShowerSet(_reweighted(cells, q).astype(np.float32), energy, np.full(800, math.pi / 2), PRESETS["clic25"])
-    layers_before = _generated(g, energy, seed=1).sum(axis=(1, 2), dtype=np.float64)
-    result = calibrate_lateral_by_energy(g, data, n_bins=3, seed=1, min_events=200)
-    assert min(result["layers_kept"]) == 25
-    assert max(result["before"]["spread_ratio_median"]) < 0.5
-    np.testing.assert_allclose(result["after"]["spread_ratio_median"], 1.0, atol=0.05)
-    assert max(result["after"]["median_offset_median"]) < 0.005 < min(result["before"]["median_offset_median"])
-    np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2), dtype=np.float64), layers_before,
-                               rtol=1e-4)
 
 
 def test_symmetry_applies_the_grid_symmetries_chosen_by_the_extra_noise_and_survives_saving_and_onnx(tmp_path):

@@ -1,5 +1,5 @@
-"""Table of the goal metrics from campaigns/conv2d_g1/evaluate.sh outputs: GAN and untuned GFlash
-against Geant4, beside the floor (Geant4 sample b vs a).
+"""Table of the goal metrics from campaigns/conv2d_g1/evaluate.sh outputs: GAN, untuned GFlash and
+(where evaluated) GFlash tuned to Geant4 against Geant4, beside the floor (Geant4 sample b vs a).
 
     python campaigns/conv2d_g1/summarize.py OUTDIR [--json OUT.json]
 """
@@ -37,13 +37,14 @@ def main() -> None:
         row[who][RESOLUTION] = _resolution(details["mu90_sigma90"])
         row["floor"] = {k: metrics[k]["floor"] for k in KEYS if k in metrics}
         row["floor"][RESOLUTION] = _resolution(details["mu90_sigma90_reference"])
-    print(f"{'energy':>8} {'metric':<28} {'GAN':>10} {'GFlash':>10} {'floor':>10}  GAN better")
+    print(f"{'energy':>8} {'metric':<28} {'GAN':>10} {'GFlash':>10} {'tuned':>10} {'floor':>10}  GAN better (tuned)")
     for energy in sorted(table, key=lambda e: int(e.split()[0])):
         row = table[energy]
         for k in [*KEYS, RESOLUTION]:
-            gan, gfl, flo = (row.get(w, {}).get(k, float("nan")) for w in ("gan", "gflash", "floor"))
-            better = "" if k == RESOLUTION else "yes" if gan < gfl else "no"  # its floor column: Geant4's value
-            print(f"{energy:>8} {k:<28} {gan:10.4g} {gfl:10.4g} {flo:10.4g}  {better}")
+            gan, gfl, tun, flo = (row.get(w, {}).get(k, float("nan")) for w in ("gan", "gflash", "gflash_tuned", "floor"))
+            better = "" if k == RESOLUTION else ("yes" if gan < gfl else "no") + (
+                "" if tun != tun else " (yes)" if gan < tun else " (no)")  # floor column of RESOLUTION: Geant4's
+            print(f"{energy:>8} {k:<28} {gan:10.4g} {gfl:10.4g} {tun:10.4g} {flo:10.4g}  {better}")
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
 

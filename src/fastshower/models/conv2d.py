@@ -48,7 +48,6 @@ in place, keeping the weights (the Keras trainer's rebuild at ``ReLU_epoch``).
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
 import torch
@@ -78,13 +77,6 @@ N = 25
 LAYER_FRACTION_FLOOR = 1e-6
 #: the longitudinal correction's spread factor exp(gain) is clamped to [1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX]
 LAYER_GAIN_MAX = 4.0
-#: floor (mm) of the layer widths in the log of the lateral correction, h = ln(width + floor): a
-#: layer of one hit (width 0) is at h = 0, and widths well above a millimetre are compared in ratio
-LATERAL_WIDTH_FLOOR_MM = 1.0
-#: the exponent q of the lateral correction's cell weights E_cell^q is searched in ln q within
-#: ln(1/8)..ln(64) by LATERAL_BISECTIONS bisections (q = 64 leaves little but the hottest cell)
-LATERAL_POWER_RANGE = (0.125, 64.0)
-LATERAL_BISECTIONS = 14
 #: noise components of a generator with ``symmetry: normal_incidence`` beyond the network's, whose
 #: signs choose the symmetry of the grid (x flip, y flip, x <-> y transpose)
 SYMMETRY_NOISE = 3
@@ -112,15 +104,6 @@ class Conv2dConfig(ModelConfig):
     deposited energy (the total, the response and resolution, and the lateral shapes are kept);
     centre, target and gain are ``(n_layers, n_knots)`` values at ``layer_knots`` = ln(E / 100 GeV),
     linearly interpolated in ln E and constant beyond the end knots,
-    ``lateral_knots`` and ``lateral_centre`` / ``lateral_target`` / ``lateral_gain``: the generator's
-    lateral correction (None: none; set by
-    :func:`fastshower.train.calibration.calibrate_lateral_by_energy`), the same for each layer's
-    width w = sqrt(var_x + var_y) (mm, the RMS distance of its energy from its centre) through
-    h = ln(w + LATERAL_WIDTH_FLOOR_MM): the layer's cells at or above the readout threshold are
-    given the weights E_cell^q, q chosen per shower and layer (:func:`lateral_reweight`) so that the
-    width reaches its moved value, and scaled back to the layer's energy (the layer energies, the
-    hits at the threshold and the order of the cells are kept; one q per layer cannot make a layer
-    of one hit wider),
     ``symmetry``: ``normal_incidence`` applies to each shower one of the 8 symmetries of the square
     grid (x flip, y flip, x <-> y transpose and their products, about the central cell) chosen by
     the signs of SYMMETRY_NOISE extra noise components (noise_dim 203), so that the generated
@@ -146,10 +129,6 @@ class Conv2dConfig(ModelConfig):
     layer_centre: tuple[tuple[float, ...], ...] | None = None
     layer_target: tuple[tuple[float, ...], ...] | None = None
     layer_gain: tuple[tuple[float, ...], ...] | None = None
-    lateral_knots: tuple[float, ...] | None = None
-    lateral_centre: tuple[tuple[float, ...], ...] | None = None
-    lateral_target: tuple[tuple[float, ...], ...] | None = None
-    lateral_gain: tuple[tuple[float, ...], ...] | None = None
     symmetry: Literal["none", "normal_incidence"] = "none"
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
@@ -236,48 +215,46 @@ class Conv2dGenerator(ShowerGenerator):
         target = centre + scale * (r - centre)
         return torch.where(r > 0, (target / r.clamp_min(1e-30)).clamp(0.25, 4.0), torch.ones_like(r))
 
-    def _set_correction_tables(self, prefix: str, knots: list | tuple | None, centre: list | tuple | None,
-                               target: list | tuple | None, gain: list | tuple | None) -> None:
-        """Set (or with None, remove) the ``{prefix}_knots`` / ``_centre`` / ``_target`` / ``_gain``
-        of a per-layer correction: increasing ``knots`` (ln(E / 100 GeV)) and three
-        ``(n_layers, n_knots)`` tables of values (the config follows, so a saved generator records it)."""
-        names = tuple(f"{prefix}_{n}" for n in ("knots", "centre", "target", "gain"))
-        if knots is None:
-            if any(t is not None for t in (centre, target, gain)):
-                raise ValueError(f"the {prefix} correction's tables need its knots")
-            self.config = self.config.model_copy(update=dict.fromkeys(names))
-            return
-        knots = tuple(float(k) for k in knots)
-        if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
-            raise ValueError(f"the {prefix} correction needs two or more increasing knots, got {knots}")
-        if centre is None or target is None or gain is None:
-            raise ValueError(f"the {prefix} correction needs its centre, target and gain values")
-        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
-        if not all(len(t) == self.geometry.n_layers and all(len(row) == len(knots) for row in t) for t in tables):
-            raise ValueError(f"the {prefix} correction needs ({self.geometry.n_layers} layers, {len(knots)} knots) "
-                             "tables")
-        self.config = self.config.model_copy(update=dict(zip(names, (knots, *tables))))
-
-    def _moved(self, prefix: str, value: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
-        """``(B, n_layers)`` target + exp(gain) (value - centre) of a per-layer correction, its tables
-        interpolated at ln(E / 100 GeV), exp(gain) within [1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX]."""
-        u = torch.log(primary_energy.float() / 100.0)
-        knots = getattr(self.config, f"{prefix}_knots") or ()
-        centre, target, gain = (_interpolate_layers(knots, getattr(self.config, f"{prefix}_{n}") or (), u)
-                                for n in ("centre", "target", "gain"))
-        return target + torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX) * (value - centre)
-
     def set_layer_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
                              target: list | tuple | None = None, gain: list | tuple | None = None) -> None:
         """Set (or with None, remove) the longitudinal correction (see :class:`Conv2dConfig`):
         increasing ``knots`` (ln(E / 100 GeV)) and three ``(n_layers, n_knots)`` tables of values."""
-        self._set_correction_tables("layer", knots, centre, target, gain)
+        if knots is None:
+            if any(t is not None for t in (centre, target, gain)):
+                raise ValueError("the layer correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(
+                ("layer_knots", "layer_centre", "layer_target", "layer_gain")))
+            return
+        knots = tuple(float(k) for k in knots)
+        if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
+            raise ValueError(f"the layer correction needs two or more increasing knots, got {knots}")
+        if centre is None or target is None or gain is None:
+            raise ValueError("the layer correction needs its centre, target and gain values")
+        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
+        if not all(len(t) == self.geometry.n_layers and all(len(row) == len(knots) for row in t) for t in tables):
+            raise ValueError(f"the layer correction needs ({self.geometry.n_layers} layers, {len(knots)} knots) tables")
+        self.config = self.config.model_copy(update=dict(zip(
+            ("layer_knots", "layer_centre", "layer_target", "layer_gain"), (knots, *tables))))
 
-    def set_lateral_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
-                               target: list | tuple | None = None, gain: list | tuple | None = None) -> None:
-        """Set (or with None, remove) the lateral correction (see :class:`Conv2dConfig`), tables as
-        :meth:`set_layer_correction`'s."""
-        self._set_correction_tables("lateral", knots, centre, target, gain)
+    def layer_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, n_layers)`` factor on each layer's cells (GeV) of the longitudinal correction (see
+        :class:`Conv2dConfig`); each within [1/16, 16] before the renormalisation to the shower's
+        deposited energy; 1 for empty layers and showers."""
+        s = showers_gev.float()
+        layer = s.sum(dim=(1, 2))
+        total = layer.sum(dim=1, keepdim=True)
+        fraction = layer / total.clamp_min(1e-30)
+        u = torch.log(primary_energy.float() / 100.0)
+        knots = self.config.layer_knots or ()
+        centre, target, gain = (_interpolate_layers(knots, t or (), u) for t in (
+            self.config.layer_centre, self.config.layer_target, self.config.layer_gain))
+        gain = torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX)
+        moved = target + gain * (torch.log(fraction + LAYER_FRACTION_FLOOR) - centre)
+        new_fraction = (torch.exp(moved.clamp(max=0.0)) - LAYER_FRACTION_FLOOR).clamp_min(0.0)
+        one = torch.ones_like(layer)
+        ratio = torch.where(layer > 0, new_fraction / fraction.clamp_min(1e-30), one).clamp(1 / 16, 16.0)
+        ratio = ratio * total / (layer * ratio).sum(dim=1, keepdim=True).clamp_min(1e-30)
+        return torch.where(total > 0, ratio, one)
 
     def _check_symmetry(self, kind: str) -> None:
         if kind != "none" and self.conditions_on_angle:
@@ -301,32 +278,6 @@ class Conv2dGenerator(ShowerGenerator):
             showers = torch.where(chosen[:, k].view(-1, 1, 1, 1), move(showers), showers)
         return showers
 
-    def layer_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
-        """``(B, n_layers)`` factor on each layer's cells (GeV) of the longitudinal correction (see
-        :class:`Conv2dConfig`); each within [1/16, 16] before the renormalisation to the shower's
-        deposited energy; 1 for empty layers and showers."""
-        s = showers_gev.float()
-        layer = s.sum(dim=(1, 2))
-        total = layer.sum(dim=1, keepdim=True)
-        fraction = layer / total.clamp_min(1e-30)
-        moved = self._moved("layer", torch.log(fraction + LAYER_FRACTION_FLOOR), primary_energy)
-        new_fraction = (torch.exp(moved.clamp(max=0.0)) - LAYER_FRACTION_FLOOR).clamp_min(0.0)
-        one = torch.ones_like(layer)
-        ratio = torch.where(layer > 0, new_fraction / fraction.clamp_min(1e-30), one).clamp(1 / 16, 16.0)
-        ratio = ratio * total / (layer * ratio).sum(dim=1, keepdim=True).clamp_min(1e-30)
-        return torch.where(total > 0, ratio, one)
-
-    def lateral_reweight(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
-        """Showers ``(B, x, y, z)`` (GeV) with the lateral correction applied (see
-        :class:`Conv2dConfig` and :func:`lateral_reweight`)."""
-        s = showers_gev.float()
-        live = s >= max(self.geometry.readout_threshold_gev, 1e-30)
-        plane = lateral_plane(self.geometry, s.device)
-        width = layer_widths_mm(torch.where(live, s, torch.zeros_like(s)), plane)
-        moved = self._moved("lateral", torch.log(width + LATERAL_WIDTH_FLOOR_MM), primary_energy)
-        wanted = (torch.exp(moved) - LATERAL_WIDTH_FLOOR_MM).clamp_min(0.0)
-        return lateral_reweight(s, live, wanted, plane).to(showers_gev.dtype)
-
     def use_relu_output(self) -> None:
         """Switch the output head to ReLU in place (weights kept; the config follows, so a saved
         generator reloads with the ReLU head)."""
@@ -347,15 +298,13 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, lateral, response and resolution corrections
-        and the symmetrisation applied, in that order."""
+        (rad) and noise (B, noise_dim), the longitudinal, response and resolution corrections and the
+        symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
         if self.config.layer_gain:
             factor = self.layer_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype).unsqueeze(1).unsqueeze(1)
-        if self.config.lateral_gain:
-            out = self.transform.to_model_units(self.lateral_reweight(self.transform.to_gev(out), primary_energy))
         if self.config.response_correction:
             out = out * self.response_factor(primary_energy).to(out.dtype).view(-1, 1, 1, 1)
         if self.config.resolution_scale:
@@ -390,17 +339,6 @@ class Conv2dGenerator(ShowerGenerator):
                 "meaning": ("per layer g = ln(E_layer / E_dep + floor) -> target + exp(gain) (g - centre), each "
                             "given at the knots ln(E / 100 GeV), linear between them; the layer's cells scaled, "
                             "the shower renormalised to E_dep")}
-        if self.config.lateral_gain:
-            card["preprocessing"]["lateral_correction"] = {
-                "knots": list(self.config.lateral_knots or ()),
-                "centre": [list(r) for r in self.config.lateral_centre or ()],
-                "target": [list(r) for r in self.config.lateral_target or ()],
-                "gain": [list(r) for r in self.config.lateral_gain],
-                "width_floor_mm": LATERAL_WIDTH_FLOOR_MM,
-                "meaning": ("per layer h = ln(width_mm + floor), width = sqrt(var_x + var_y) of the cells at or above "
-                            "the readout threshold -> target + exp(gain) (h - centre), each given at the knots "
-                            "ln(E / 100 GeV), linear between them; those cells reweighted as E_cell^q to that "
-                            "width, the layer's energy kept")}
         if self.config.symmetry != "none":
             card["preprocessing"]["symmetry"] = ("each shower flipped in x, in y and transposed x <-> y where noise "
                                                  f"components {self.network_noise_dim}..{self.noise_dim - 1} are "
@@ -431,60 +369,6 @@ def _interpolate_layers(knots: tuple[float, ...], table: tuple[tuple[float, ...]
         weight = ((u - knots[j - 1]) / (knots[j] - knots[j - 1])).clamp(0.0, 1.0).unsqueeze(1)
         out = out + weight * (values[:, j] - values[:, j - 1])
     return out
-
-
-def lateral_plane(geometry: Geometry, device: torch.device | str | None = None) -> torch.Tensor:
-    """``(4, nx * ny)`` float32 rows 1, x, y and x^2 + y^2 (mm) of the cell centres of a cartesian
-    ``geometry``, x-major as ``(B, x, y, z)`` showers are stored."""
-    a, b = geometry.cell_centres_mm()
-    x, y = (torch.tensor(v, dtype=torch.float64).view(*shape).expand(len(a), len(b)).reshape(-1)
-            for v, shape in ((a, (-1, 1)), (b, (1, -1))))
-    return torch.stack([torch.ones_like(x), x, y, x * x + y * y]).to(device=device, dtype=torch.float32)
-
-
-def layer_widths_mm(showers: torch.Tensor, plane: torch.Tensor) -> torch.Tensor:
-    """``(B, n_layers)`` width sqrt(var_x + var_y) (mm) of each layer's energy in ``showers``
-    ``(B, x, y, z)``, cell coordinates :func:`lateral_plane`; 0 for empty layers (one matrix product)."""
-    moments = torch.matmul(plane, showers.reshape(showers.shape[0], -1, showers.shape[-1]))  # (B, 4, z)
-    total = moments[:, 0].clamp_min(1e-30)
-    mean_x, mean_y, second = moments[:, 1] / total, moments[:, 2] / total, moments[:, 3] / total
-    return (second - mean_x * mean_x - mean_y * mean_y).clamp_min(0.0).sqrt()
-
-
-def lateral_reweight(showers: torch.Tensor, live: torch.Tensor, wanted_mm: torch.Tensor,
-                     plane: torch.Tensor) -> torch.Tensor:
-    """Each layer's ``live`` cells of ``showers`` ``(B, x, y, z)`` given the weights E_cell^q and
-    scaled back to their energy, q per shower and layer chosen by bisection in ln q within
-    LATERAL_POWER_RANGE so that the layer's width (:func:`layer_widths_mm`) is ``wanted_mm``
-    ``(B, n_layers)``: in ln q > 0 where the layer is to be narrower than it is (q = 1), else in
-    ln q < 0 (the width need not be monotonic in q: the search stays on the side of q = 1 that the
-    change asks for; at the range's end where the width cannot be reached).
-    Cells that are not live stay as they are; so do layers without live cells (float32, ONNX-safe:
-    a fixed number of steps)."""
-    kept = torch.where(live, showers, torch.zeros_like(showers))
-    energy = kept.sum(dim=(1, 2), keepdim=True)
-    log_cell = torch.log(torch.where(live, showers, torch.ones_like(showers)))
-    hottest = torch.where(live, log_cell, torch.full_like(showers, -1e30)).amax(dim=(1, 2), keepdim=True)
-    relative = torch.where(live, log_cell - hottest, torch.full_like(showers, -1e4))  # <= 0
-
-    def weighted(log_q: torch.Tensor) -> torch.Tensor:
-        # exp(-80) = 2e-35 for every cell below that, and for the cells that are not live (no weight
-        # that matters, and no float32 underflow, which costs exp several times its usual time)
-        return torch.exp((torch.exp(log_q).unsqueeze(1).unsqueeze(1) * relative).clamp_min(-80.0))
-
-    width = layer_widths_mm(kept, plane)
-    narrower = width > wanted_mm  # than the network's (q = 1)
-    zero_q = torch.zeros_like(wanted_mm)
-    low = torch.where(narrower, zero_q, torch.full_like(wanted_mm, math.log(LATERAL_POWER_RANGE[0])))
-    high = torch.where(narrower, torch.full_like(wanted_mm, math.log(LATERAL_POWER_RANGE[1])), zero_q)
-    for _ in range(LATERAL_BISECTIONS):
-        middle = 0.5 * (low + high)
-        too_wide = layer_widths_mm(weighted(middle), plane) > wanted_mm
-        low, high = torch.where(too_wide, middle, low), torch.where(too_wide, high, middle)
-    unchanged = (width - wanted_mm).abs() <= 1e-4 * (width + 1.0)  # q = 1 exactly
-    weights = torch.where(live, weighted(torch.where(unchanged, zero_q, 0.5 * (low + high))), torch.zeros_like(showers))
-    moved = weights * energy / weights.sum(dim=(1, 2), keepdim=True).clamp_min(1e-30)
-    return torch.where(live, moved, showers)
 
 
 def _default_output_scale(state_dict: dict, prefix: str, *args: object) -> None:

@@ -39,27 +39,16 @@ lateral shapes stay what they were. It matches the median and the spread of each
 not the tails of the distributions nor the correlations between layers, and it cannot fill a layer
 the network leaves empty; a report gives the per-layer spreads and medians before it beside those
 after it.
-
-:func:`calibrate_lateral_by_energy` is its lateral counterpart, for a network whose layers are too
-alike in width from shower to shower: the same fit for each layer's log width h = ln(width +
-floor) (width = sqrt(var_x + var_y) of the layer's energy, mm), applied by reweighting the layer's
-cells as E_cell^q (q per shower and layer): the layer energies, the hits and the order of the cells
-stay what the network makes, only how the layer's energy is shared among its hits changes. It
-cannot widen a layer of one hit, and it matches the median and spread of each layer's width, not
-the separate x and y widths nor the correlations.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import numpy as np
 from numpy.polynomial import polynomial
 
 from fastshower.data.summaries import mu90_sigma90
-from fastshower.geometry import Geometry
 from fastshower.models.base import ShowerGenerator, generate_like
-from fastshower.models.conv2d import LATERAL_WIDTH_FLOOR_MM, LAYER_FRACTION_FLOOR, LAYER_GAIN_MAX
+from fastshower.models.conv2d import LAYER_FRACTION_FLOOR, LAYER_GAIN_MAX
 from fastshower.showers import ShowerSet
 
 
@@ -240,7 +229,7 @@ def log_layer_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray
     return np.log(layer / np.where(total > 0, total, 1.0) + LAYER_FRACTION_FLOOR)
 
 
-#: bound of |gain| of the layer and lateral corrections, where Conv2dGenerator clamps their factor
+#: bound of |gain| of the layer correction, where Conv2dGenerator.layer_factor clamps its factor
 MAX_LN_GAIN = float(np.log(LAYER_GAIN_MAX))
 
 
@@ -267,51 +256,6 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
     if not hasattr(generator, "set_layer_correction"):
         raise ValueError(f"{generator.name}: it has no layer correction to calibrate")
     threshold = data.geometry.readout_threshold_gev
-    return _calibrate_layer_marginals(
-        generator, data, lambda showers: log_layer_fractions(showers, threshold), generator.set_layer_correction,
-        lambda g: np.exp(g).mean(axis=0) >= min_layer_fraction, n_bins, seed, iterations, min_events)
-
-
-def log_layer_widths(showers: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """``(B, n_layers)`` ln(width + LATERAL_WIDTH_FLOOR_MM) of each layer of showers ``(B, x, y, z)``
-    (GeV), width = sqrt(var_x + var_y) (mm) of the energy of its cells at or above the readout
-    threshold (0 for a layer of one hit or none; float64 sums)."""
-    x, y = geometry.cell_centres_mm()
-    s = np.where(showers < geometry.readout_threshold_gev, 0.0, showers)
-    total = np.maximum(s.sum(axis=(1, 2), dtype=np.float64), 1e-300)
-    mean_x = np.einsum("nijl,i->nl", s, x, dtype=np.float64) / total
-    mean_y = np.einsum("nijl,j->nl", s, y, dtype=np.float64) / total
-    second = (np.einsum("nijl,i->nl", s, x * x, dtype=np.float64)
-              + np.einsum("nijl,j->nl", s, y * y, dtype=np.float64)) / total
-    return np.log(np.sqrt(np.clip(second - mean_x ** 2 - mean_y ** 2, 0.0, None)) + LATERAL_WIDTH_FLOOR_MM)
-
-
-def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10,
-                                seed: int = 0, iterations: int = 4, min_events: int = 100,
-                                min_multi_hit: float = 0.5) -> dict:
-    """Fit and set the generator's lateral correction (module docstring), as
-    :func:`calibrate_layers_by_energy` does for the layer fractions, for each layer's log width
-    h = ln(width_mm + floor) (:func:`log_layer_widths`). Cartesian geometries only. Any lateral
-    correction the generator had is replaced. The report's layers are those of more than one hit
-    in ``min_multi_hit`` of the data's showers of the bin."""
-    if not hasattr(generator, "set_lateral_correction"):
-        raise ValueError(f"{generator.name}: it has no lateral correction to calibrate")
-    if data.geometry.kind != "cartesian":
-        raise ValueError(f"the lateral correction needs a cartesian geometry, not {data.geometry.kind}")
-    return _calibrate_layer_marginals(
-        generator, data, lambda showers: log_layer_widths(showers, data.geometry), generator.set_lateral_correction,
-        lambda h: (h > 0).mean(axis=0) >= min_multi_hit, n_bins, seed, iterations, min_events)
-
-
-def _calibrate_layer_marginals(generator: ShowerGenerator, data: ShowerSet,
-                               observable: Callable[[np.ndarray], np.ndarray], set_correction: Callable[..., None],
-                               reported: Callable[[np.ndarray], np.ndarray], n_bins: int, seed: int,
-                               iterations: int, min_events: int) -> dict:
-    """The fit of a per-layer correction value -> target + exp(gain) (value - centre) given at knots
-    in ln E (:func:`calibrate_layers_by_energy`): ``observable`` maps showers ``(B, x, y, z)`` (GeV)
-    to ``(B, n_layers)`` values, ``set_correction(knots, centre, target, gain)`` sets the tables
-    (None removes them), ``reported`` maps the data's values of one bin to the ``(n_layers,)`` mask
-    of the layers the report summarises."""
     e = data.primary_energy
     edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
     which = np.digitize(e, edges) - 1
@@ -321,13 +265,14 @@ def _calibrate_layer_marginals(generator: ShowerGenerator, data: ShowerSet,
                          f"(more showers or fewer bins)")
     knots = [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
 
-    set_correction(None)
-    value_data = observable(data.showers)
-    median_data, spread_data = _binned_quantiles(value_data, which, bins)
-    kept = np.stack([reported(value_data[which == b]) for b in bins])
+    generator.set_layer_correction(None)
+    g_data = log_layer_fractions(data.showers, threshold)
+    median_data, spread_data = _binned_quantiles(g_data, which, bins)
+    kept = np.stack([np.exp(g_data[which == b]).mean(axis=0) >= min_layer_fraction for b in bins])
 
     def measured() -> tuple[np.ndarray, np.ndarray]:
-        return _binned_quantiles(observable(generate_like(generator, data, seed).showers), which, bins)
+        g = log_layer_fractions(generate_like(generator, data, seed).showers, threshold)
+        return _binned_quantiles(g, which, bins)
 
     def summary(median: np.ndarray, spread: np.ndarray) -> dict[str, list[float]]:
         ratio = [(spread[i] / np.maximum(spread_data[i], 1e-9))[kept[i]] for i in range(len(bins))]
@@ -344,7 +289,7 @@ def _calibrate_layer_marginals(generator: ShowerGenerator, data: ShowerSet,
     centre, target = median_before.T, median_data.T  # (layers, knots)
     gain = np.clip(ln_spread_ratio(spread_before), -MAX_LN_GAIN, MAX_LN_GAIN)
     for i in range(iterations):
-        set_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
+        generator.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
         median_after, spread_after = measured()
         if i == iterations - 1:
             break
