@@ -270,6 +270,18 @@ class Conv2dGenerator(ShowerGenerator):
         self.noise_dim = self.network_noise_dim + (SYMMETRY_NOISE if kind != "none" else 0)
         self.config = self.config.model_copy(update={"symmetry": kind})
 
+    def sample_noise(self, n: int, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> torch.Tensor:
+        """``(n, noise_dim)`` standard-normal noise as :meth:`ShowerGenerator.sample_noise`, the
+        network's 200 components drawn first and the symmetry's after them: from one seed the
+        network makes the same showers with and without the symmetry (which then only moves them)."""
+        where = generator.device if generator is not None else (device or "cpu")
+        noise = torch.randn(n, self.network_noise_dim, generator=generator, device=where)
+        if self.noise_dim > self.network_noise_dim:
+            extra = torch.randn(n, self.noise_dim - self.network_noise_dim, generator=generator, device=where)
+            noise = torch.cat([noise, extra], dim=1)
+        return noise.to(device) if device is not None else noise
+
     def symmetrise(self, showers: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Each shower ``(B, x, y, z)`` flipped in x, in y and transposed x <-> y where the matching
         one of the noise components after the network's is negative (ONNX-safe)."""
