@@ -15,17 +15,35 @@
 # 0.833; finalize_s11_symmetry_unpaired_noise.json): the 3 extra noise components had changed which showers the
 # network made for a seed (another draw of 250 showers: the baseline's slice was 0.914). The noise is now drawn
 # network part first, so that the symmetry only moves the showers the network makes, and this is the re-run.
+#
+# Usage: rule_session11.sh [symmetry|spread6|spread6b]. The same checks judge two more candidates:
+#   spread6: the spread-6 campaign (conv2d_g1_g4lowe_ld_spread6, forked at 26353 with twice the spread weight, run
+#     to 31077 at the end of session 9 and not evaluated since) finalized the way the shipped generator now is made
+#     (weight average of its last 4 generators, symmetrised, layers, then response and resolution by energy on the
+#     same training showers) against the generator shipped in session 11 (baseline);
+#   spread6b: the same campaign continued from 31077 for 85 minutes in session 11, the same way (this line was
+#     written before that run had ended).
 cd "$(dirname "$0")/../.."
 mkdir -p runs/final
-[ -f runs/final/s11_symmetry.finalize.json ] || PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python \
-  campaigns/conv2d_g1/finalize.py --folder campaigns/conv2d_g1_g4lowe_ld --generator src/fastshower/weights/conv2d_g1 \
-  --out runs/final/s11_symmetry --symmetry normal_incidence --layers by-energy \
+variant=${1:-symmetry}
+case $variant in
+  symmetry) out=runs/final/s11_symmetry
+            source=(--folder campaigns/conv2d_g1_g4lowe_ld --generator src/fastshower/weights/conv2d_g1) ;;
+  spread6) out=runs/final/s11_spread6
+           source=(--folder campaigns/conv2d_g1_g4lowe_ld_spread6 --run-dir runs/campaign_conv2d_g1_g4lowe_ld_spread6 --last 4) ;;
+  spread6b) out=runs/final/s11b_spread6
+            source=(--folder campaigns/conv2d_g1_g4lowe_ld_spread6 --run-dir runs/campaign_conv2d_g1_g4lowe_ld_spread6 --last 4) ;;
+  *) echo "unknown variant $variant: symmetry, spread6 or spread6b" >&2; exit 2 ;;
+esac
+[ -f $out.finalize.json ] || PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python campaigns/conv2d_g1/finalize.py \
+  "${source[@]}" --out $out --symmetry normal_incidence --layers by-energy \
   --response by-energy --resolution by-energy --calibration-events 4000 \
   --calibration-per-source --low-energy-validation data/g4-clic25-lowe/validation/validation_lowe.h5 \
-  --baseline conv2d_g1 > runs/final/s11_symmetry.log 2>&1
-python3 - <<'PY'
+  --baseline conv2d_g1 > $out.log 2>&1
+OUT=$out VARIANT=$variant python3 - <<'PY'
 import json
-d = json.load(open("runs/final/s11_symmetry.finalize.json"))
+import os
+d = json.load(open(os.environ["OUT"] + ".finalize.json"))
 a, b = d["average"], d["baseline"]
 lo, blo = a["low_energy"], b["low_energy"]
 worst = max(max(r, 1 / r) for r in a["resolution_ratio"][:-1] + lo["resolution_ratio"])
@@ -35,7 +53,7 @@ checks = {"a_lowE_spread": lo["spread_distance"] < blo["spread_distance"],
           "b_profile": a["profile_mse"] <= 1.1 * b["profile_mse"], "b_sf": a["sampling_fraction_error"] <= 0.02,
           "b_spread": a["spread_distance"] <= b["spread_distance"],
           "b_width": a["spread_layer_width"] <= b["spread_layer_width"], "c_resolution": worst <= 1.2}
-for name, v in (("baseline", b), ("symmetry", a)):
+for name, v in (("baseline", b), (os.environ["VARIANT"], a)):
     print(name, "| profile", v["profile_mse"], "sf", v["sampling_fraction_error"], "spread", v["spread_distance"],
           "width", v["spread_layer_width"], "lateral", v["spread_lateral_profile"], "resolution", v["resolution_ratio"],
           "| lowE profile", v["low_energy"]["profile_mse"], "spread", v["low_energy"]["spread_distance"], "width",
