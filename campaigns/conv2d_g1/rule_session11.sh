@@ -29,10 +29,9 @@ variant=${1:-symmetry}
 case $variant in
   symmetry) out=runs/final/s11_symmetry
             source=(--folder campaigns/conv2d_g1_g4lowe_ld --generator src/fastshower/weights/conv2d_g1) ;;
-  spread6) out=runs/final/s11_spread6
-           source=(--folder campaigns/conv2d_g1_g4lowe_ld_spread6 --run-dir runs/campaign_conv2d_g1_g4lowe_ld_spread6 --last 4) ;;
-  spread6b) out=runs/final/s11b_spread6
-            source=(--folder campaigns/conv2d_g1_g4lowe_ld_spread6 --run-dir runs/campaign_conv2d_g1_g4lowe_ld_spread6 --last 4) ;;
+  spread6 | spread6b)
+    out=runs/final/s11_spread6; [ "$variant" = spread6b ] && out=runs/final/s11b_spread6
+    source=(--folder campaigns/conv2d_g1_g4lowe_ld_spread6 --run-dir runs/campaign_conv2d_g1_g4lowe_ld_spread6 --last 4) ;;
   *) echo "unknown variant $variant: symmetry, spread6 or spread6b" >&2; exit 2 ;;
 esac
 [ -f $out.finalize.json ] || PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python campaigns/conv2d_g1/finalize.py \

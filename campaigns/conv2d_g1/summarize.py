@@ -41,7 +41,8 @@ def main() -> None:
     for energy in sorted(table, key=lambda e: int(e.split()[0])):
         row = table[energy]
         for k in [*KEYS, RESOLUTION]:
-            gan, gfl, tun, flo = (row.get(w, {}).get(k, float("nan")) for w in ("gan", "gflash", "gflash_tuned", "floor"))
+            gan, gfl, tun, flo = (row.get(w, {}).get(k, float("nan"))
+                                  for w in ("gan", "gflash", "gflash_tuned", "floor"))
             better = "" if k == RESOLUTION else ("yes" if gan < gfl else "no") + (
                 "" if tun != tun else " (yes)" if gan < tun else " (no)")  # floor column of RESOLUTION: Geant4's
             print(f"{energy:>8} {k:<28} {gan:10.4g} {gfl:10.4g} {tun:10.4g} {flo:10.4g}  {better}")
