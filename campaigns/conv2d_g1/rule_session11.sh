@@ -21,8 +21,8 @@
 #     to 31077 at the end of session 9 and not evaluated since) finalized the way the shipped generator now is made
 #     (weight average of its last 4 generators, symmetrised, layers, then response and resolution by energy on the
 #     same training showers) against the generator shipped in session 11 (baseline);
-#   spread6b: the same campaign continued from 31077 for 85 minutes in session 11, the same way (this line was
-#     written before that run had ended).
+#   spread6b: the same campaign continued from 31077 in session 11 (stopped at 16:45 UTC by the clock, for the time
+#     the session had left), the same way (this line was written before that run had ended).
 cd "$(dirname "$0")/../.."
 mkdir -p runs/final
 variant=${1:-symmetry}
