@@ -265,3 +265,41 @@ def test_symmetry_applies_the_grid_symmetries_chosen_by_the_extra_noise_and_surv
     np.testing.assert_array_equal(_generated(g, energy), plain)
     with pytest.raises(ValueError, match="normal incidence"):
         registry.build_generator("conv2d_g1", width=0.125, condition_on_angle=True, symmetry="normal_incidence")
+
+
+def test_hits_correction_keeps_the_largest_cells_and_calibration_matches_the_data_hit_counts(tmp_path):
+    """Data made of the generator's showers with a random share (33-37%) of their smallest hits
+    removed: after calibration the generator's median and spread of ln(hits) match the data's in
+    every energy bin, it only ever zeroes its smallest hits, and the correction survives saving and
+    ONNX."""
+    from fastshower.train.calibration import calibrate_hits_by_energy, log_hit_counts
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(2)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 600))
+    cells = np.where(_generated(g, energy, seed=9) < 1e-6, 0.0, _generated(g, energy, seed=9))
+    flat = cells.reshape(600, -1).copy()
+    for row, share in zip(flat, rng.uniform(0.33, 0.37, 600), strict=True):
+        hits = np.flatnonzero(row)
+        row[hits[np.argsort(row[hits])][: int(share * len(hits))]] = 0.0
+    data = ShowerSet(flat.reshape(cells.shape).astype(np.float32), energy, np.full(600, math.pi / 2),
+                     PRESETS["clic25"])
+    plain = _generated(g, energy[:16], seed=1)
+    result = calibrate_hits_by_energy(g, data, n_bins=3, seed=1, min_events=150)
+    np.testing.assert_allclose(result["after"]["median"], result["median_data"], atol=0.01)
+    np.testing.assert_allclose(result["after"]["spread"], result["spread_data"], rtol=0.1)
+    assert min(np.subtract(result["before"]["median"], result["median_data"])) > 0.2
+    corrected = _generated(g, energy[:16], seed=1)
+    kept = corrected >= 1e-6
+    np.testing.assert_array_equal(corrected[kept], plain[kept])  # kept hits untouched
+    assert (corrected[~kept & (plain >= 1e-6)] == 0).all()
+    for before, after in zip(plain, corrected, strict=True):  # every removed hit is smaller than every kept one
+        removed = before[(before >= 1e-6) & (after == 0)]
+        assert removed.size and removed.max() <= after[after >= 1e-6].min()
+    assert (log_hit_counts(corrected, 1e-6) < log_hit_counts(plain, 1e-6)).all()
+    assert g.metadata()["preprocessing"]["hits_correction"]["knots"] == pytest.approx(result["knots"])
+    _assert_saved_and_exported_alike(g, energy[:16], corrected, tmp_path)
+    with pytest.raises(ValueError, match="increasing"):
+        g.set_hits_correction([1.0, 0.0], [1, 1], [1, 1], [0, 0])
+    g.set_hits_correction(None)
+    np.testing.assert_array_equal(_generated(g, energy[:16], seed=1), plain)

@@ -4,8 +4,8 @@ showers (fastshower.train.calibration.calibrate_response; with ``--response by-e
 calibrate_response_by_energy, a ln E polynomial; with ``--resolution by-energy`` then its
 resolution, fastshower.train.calibration.calibrate_resolution_by_energy; with ``--layers by-energy``
 first its longitudinal fluctuations, fastshower.train.calibration.calibrate_layers_by_energy; with ``--symmetry
-normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid), and its
-metrics on the
+normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid; with
+``--hits by-energy`` after the layers its number of hits, calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
 each energy slice, fastshower.train.calibration.relative_width; ``resolution_worst`` the ratio
@@ -40,6 +40,7 @@ from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import (
+    calibrate_hits_by_energy,
     calibrate_layers_by_energy,
     calibrate_resolution_by_energy,
     calibrate_response,
@@ -145,6 +146,9 @@ def main() -> None:
     parser.add_argument("--layers", choices=["none", "by-energy"], default="none",
                         help="first calibrate each layer's energy fraction (median and spread of its log, in bins of "
                              "ln E) to the training showers; it keeps each shower's total")
+    parser.add_argument("--hits", choices=["none", "by-energy"], default="none",
+                        help="after the layers, calibrate each shower's number of hits (median and spread of its log, "
+                             "in bins of ln E) to the training showers by zeroing the smallest hits")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -196,6 +200,11 @@ def main() -> None:
         report["layers_by_energy"] = layers
         report["average_after_layers"] = validation_metrics(generator, validation, standardizer, low_energy)
         method.append("calibrate_layers_by_energy")
+    if args.hits == "by-energy":
+        hits = calibrate_hits_by_energy(generator, train)
+        report["hits_by_energy"] = hits
+        report["average_after_hits"] = validation_metrics(generator, validation, standardizer, low_energy)
+        method.append("calibrate_hits_by_energy")
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
     method.append("calibrate_response")
@@ -203,6 +212,9 @@ def main() -> None:
                    "method": "fastshower.train.calibration." + ", then ".join(method)}
     if args.layers == "by-energy":
         calibration["layers"] = {k: layers[k] for k in ("bins_gev", "events", "before", "after")}
+    if args.hits == "by-energy":
+        calibration["hits"] = {k: hits[k] for k in ("bins_gev", "events", "median_data", "spread_data", "before",
+                                                    "after")}
     if args.symmetry != "keep":
         calibration["symmetry"] = args.symmetry
     if args.response == "by-energy":

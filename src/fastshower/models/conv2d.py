@@ -104,6 +104,12 @@ class Conv2dConfig(ModelConfig):
     deposited energy (the total, the response and resolution, and the lateral shapes are kept);
     centre, target and gain are ``(n_layers, n_knots)`` values at ``layer_knots`` = ln(E / 100 GeV),
     linearly interpolated in ln E and constant beyond the end knots,
+    ``hits_knots`` and ``hits_centre`` / ``hits_target`` / ``hits_gain``: the generator's hit-count
+    correction (None: none; set by :func:`fastshower.train.calibration.calibrate_hits_by_energy`):
+    each shower's number n of cells at or above the readout threshold is moved in ln n to
+    target(E) + exp(gain(E)) (ln n - centre(E)) (values at the knots ln(E / 100 GeV), linear between
+    them, exp(gain) within [1/4, 4]); where that asks for fewer hits, only the largest cells are kept
+    (the smallest hits zeroed, the rest untouched; it never adds hits),
     ``symmetry``: ``normal_incidence`` applies to each shower one of the 8 symmetries of the square
     grid (x flip, y flip, x <-> y transpose and their products, about the central cell) chosen by
     the signs of SYMMETRY_NOISE extra noise components (noise_dim 203), so that the generated
@@ -129,6 +135,10 @@ class Conv2dConfig(ModelConfig):
     layer_centre: tuple[tuple[float, ...], ...] | None = None
     layer_target: tuple[tuple[float, ...], ...] | None = None
     layer_gain: tuple[tuple[float, ...], ...] | None = None
+    hits_knots: tuple[float, ...] | None = None
+    hits_centre: tuple[float, ...] | None = None
+    hits_target: tuple[float, ...] | None = None
+    hits_gain: tuple[float, ...] | None = None
     symmetry: Literal["none", "normal_incidence"] = "none"
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
@@ -256,6 +266,39 @@ class Conv2dGenerator(ShowerGenerator):
         ratio = ratio * total / (layer * ratio).sum(dim=1, keepdim=True).clamp_min(1e-30)
         return torch.where(total > 0, ratio, one)
 
+    def set_hits_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
+                            target: list | tuple | None = None, gain: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the hit-count correction (see :class:`Conv2dConfig`): increasing
+        ``knots`` (ln(E / 100 GeV)) and the values of centre, target and gain (ln of hit counts) at them."""
+        names = ("hits_knots", "hits_centre", "hits_target", "hits_gain")
+        if knots is None:
+            self.config = self.config.model_copy(update=dict.fromkeys(names))
+            return
+        values = [tuple(float(v) for v in t) for t in (knots, centre or (), target or (), gain or ())]
+        if len(values[0]) < 2 or any(b <= a for a, b in zip(values[0], values[0][1:])):
+            raise ValueError(f"the hits correction needs two or more increasing knots, got {values[0]}")
+        if any(len(v) != len(values[0]) for v in values[1:]):
+            raise ValueError(f"the hits correction needs centre, target and gain at its {len(values[0])} knots")
+        self.config = self.config.model_copy(update=dict(zip(names, values)))
+
+    def hits_kept(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, x, y, z)`` bool: the cells the hit-count correction keeps (see :class:`Conv2dConfig`):
+        all but the smallest hits of showers asked to have fewer; cells below the threshold are kept
+        (they are not hits and stay as they are)."""
+        s = showers_gev.float()
+        hit = s >= max(self.geometry.readout_threshold_gev, 1e-30)
+        n = hit.flatten(1).sum(dim=1).float()
+        u = torch.log(primary_energy.float() / 100.0)
+        knots = self.config.hits_knots or ()
+        centre, target, gain = (_interpolate_layers(knots, (getattr(self.config, f"hits_{k}") or (),), u)[:, 0]
+                                for k in ("centre", "target", "gain"))
+        spread = torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX)
+        moved = target + spread * (torch.log(n.clamp_min(1.0)) - centre)
+        wanted = torch.minimum(torch.round(torch.exp(moved)), n).clamp_min(1.0)
+        ordered = torch.sort(s.flatten(1), dim=1, descending=True).values
+        smallest_kept = torch.gather(ordered, 1, (wanted.long() - 1).unsqueeze(1))
+        return ~hit | (s >= smallest_kept.view(-1, 1, 1, 1))
+
     def _check_symmetry(self, kind: str) -> None:
         if kind != "none" and self.conditions_on_angle:
             raise ValueError("symmetry: normal_incidence needs a generator of normal incidence only "
@@ -310,13 +353,15 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, response and resolution corrections and the
-        symmetrisation applied, in that order."""
+        (rad) and noise (B, noise_dim), the longitudinal, hit-count, response and resolution
+        corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
         if self.config.layer_gain:
             factor = self.layer_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype).unsqueeze(1).unsqueeze(1)
+        if self.config.hits_gain:
+            out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))
         if self.config.response_correction:
             out = out * self.response_factor(primary_energy).to(out.dtype).view(-1, 1, 1, 1)
         if self.config.resolution_scale:
@@ -351,6 +396,13 @@ class Conv2dGenerator(ShowerGenerator):
                 "meaning": ("per layer g = ln(E_layer / E_dep + floor) -> target + exp(gain) (g - centre), each "
                             "given at the knots ln(E / 100 GeV), linear between them; the layer's cells scaled, "
                             "the shower renormalised to E_dep")}
+        if self.config.hits_gain:
+            card["preprocessing"]["hits_correction"] = {
+                "knots": list(self.config.hits_knots or ()), "centre": list(self.config.hits_centre or ()),
+                "target": list(self.config.hits_target or ()), "gain": list(self.config.hits_gain),
+                "meaning": ("ln n (n = cells at or above the readout threshold) -> target + exp(gain) (ln n - centre), "
+                            "given at the knots ln(E / 100 GeV), linear between them; only the largest cells kept "
+                            "where that asks for fewer")}
         if self.config.symmetry != "none":
             card["preprocessing"]["symmetry"] = ("each shower flipped in x, in y and transposed x <-> y where noise "
                                                  f"components {self.network_noise_dim}..{self.noise_dim - 1} are "

@@ -39,6 +39,12 @@ lateral shapes stay what they were. It matches the median and the spread of each
 not the tails of the distributions nor the correlations between layers, and it cannot fill a layer
 the network leaves empty; a report gives the per-layer spreads and medians before it beside those
 after it.
+
+:func:`calibrate_hits_by_energy` does the same for each shower's number of hits (cells at or above the
+readout threshold), for a network that makes too many small cells: the median and spread of ln(hit
+count) in bins of ln E are matched by keeping only the largest cells of the showers asked to have
+fewer hits (the smallest hits are zeroed, nothing else is touched; it cannot add hits). The energy
+it removes is that of the smallest cells; the response calibration after it puts the mean back.
 """
 
 from __future__ import annotations
@@ -299,3 +305,59 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins], "layers_kept": [int(k.sum()) for k in kept],
             "before": summary(median_before, spread_before), "after": summary(median_after, spread_after)}
+
+
+def log_hit_counts(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
+    """``(B,)`` ln of the number of cells at or above the readout threshold (ln 1 = 0 for none)."""
+    count = (showers >= max(threshold_gev, 1e-30)).reshape(len(showers), -1).sum(axis=1)
+    return np.log(np.maximum(count, 1).astype(np.float64))
+
+
+def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, seed: int = 0,
+                             iterations: int = 3, min_events: int = 100) -> dict:
+    """Fit and set the generator's hit-count correction (module docstring): in ``n_bins`` bins equal
+    in ln E holding ``min_events`` showers or more, the median and spread (IQR) of ln(hit count) of
+    ``data`` and of the generator at the data's conditions, at the bins' mean ln(E / 100 GeV):
+    centre = the generator's median, target = the data's, gain = ln(data / generator spread) within
+    +-ln 4; then ``iterations - 1`` updates of target and gain from the corrected showers (it can
+    only remove hits, so where the generator has too few it stays short). The report gives per bin
+    the medians and spreads of the data and of the generator before and after."""
+    if not hasattr(generator, "set_hits_correction"):
+        raise ValueError(f"{generator.name}: it has no hit-count correction to calibrate")
+    threshold = data.geometry.readout_threshold_gev
+    e = data.primary_energy
+    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
+    which = np.digitize(e, edges) - 1
+    bins = [b for b in range(n_bins) if (which == b).sum() >= min_events]
+    if len(bins) < 2:
+        raise ValueError(f"only {len(bins)} energy bins hold {min_events} or more showers: two are needed "
+                         f"(more showers or fewer bins)")
+    knots = [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
+    generator.set_hits_correction(None)
+    median_data, spread_data = (v[:, 0] for v in _binned_quantiles(log_hit_counts(data.showers, threshold)[:, None],
+                                                                     which, bins))
+
+    def measured() -> tuple[np.ndarray, np.ndarray]:
+        g = log_hit_counts(generate_like(generator, data, seed).showers, threshold)[:, None]
+        return tuple(v[:, 0] for v in _binned_quantiles(g, which, bins))  # type: ignore[return-value]
+
+    def ln_ratio(spread: np.ndarray) -> np.ndarray:
+        return np.clip(np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6)), -MAX_LN_GAIN, MAX_LN_GAIN)
+
+    median_before, spread_before = measured()
+    centre, target, gain = median_before, median_data.copy(), ln_ratio(spread_before)
+    for i in range(iterations):
+        generator.set_hits_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
+        median_after, spread_after = measured()
+        if i == iterations - 1:
+            break
+        target = target + (median_data - median_after)
+        gain = np.clip(gain + np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_after, 1e-6)),
+                       -MAX_LN_GAIN, MAX_LN_GAIN)
+    r = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
+    return {"knots": knots, "centre": r(centre), "target": r(target), "gain": r(gain),
+            "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
+            "events": [int((which == b).sum()) for b in bins],
+            "median_data": r(median_data), "spread_data": r(spread_data),
+            "before": {"median": r(median_before), "spread": r(spread_before)},
+            "after": {"median": r(median_after), "spread": r(spread_after)}}
