@@ -246,6 +246,20 @@ def _binned_quantiles(g: np.ndarray, which: np.ndarray, bins: list[int]) -> tupl
     return q[:, 1], (q[:, 2] - q[:, 0]) / (2 * 0.6745)
 
 
+def _energy_bins(primary_energy: np.ndarray, n_bins: int, min_events: int
+                 ) -> tuple[np.ndarray, np.ndarray, list[int], list[float]]:
+    """``n_bins`` bins equal in ln E over the showers' range: (edges GeV, each shower's bin, the bins
+    holding ``min_events`` showers or more, their mean ln(E / 100 GeV), the knots); two such bins are needed."""
+    e = primary_energy
+    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
+    which = np.digitize(e, edges) - 1
+    bins = [b for b in range(n_bins) if (which == b).sum() >= min_events]
+    if len(bins) < 2:
+        raise ValueError(f"only {len(bins)} energy bins hold {min_events} or more showers: two are needed "
+                         f"(more showers or fewer bins)")
+    return edges, which, bins, [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
+
+
 def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10,
                                seed: int = 0, iterations: int = 4, min_events: int = 100,
                                min_layer_fraction: float = 1e-3) -> dict:
@@ -262,14 +276,7 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
     if not hasattr(generator, "set_layer_correction"):
         raise ValueError(f"{generator.name}: it has no layer correction to calibrate")
     threshold = data.geometry.readout_threshold_gev
-    e = data.primary_energy
-    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
-    which = np.digitize(e, edges) - 1
-    bins = [b for b in range(n_bins) if (which == b).sum() >= min_events]
-    if len(bins) < 2:
-        raise ValueError(f"only {len(bins)} energy bins hold {min_events} or more showers: two are needed "
-                         f"(more showers or fewer bins)")
-    knots = [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
+    edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
 
     generator.set_layer_correction(None)
     g_data = log_layer_fractions(data.showers, threshold)
@@ -325,14 +332,7 @@ def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins
     if not hasattr(generator, "set_hits_correction"):
         raise ValueError(f"{generator.name}: it has no hit-count correction to calibrate")
     threshold = data.geometry.readout_threshold_gev
-    e = data.primary_energy
-    edges = np.geomspace(e.min(), e.max() * (1 + 1e-9), n_bins + 1)
-    which = np.digitize(e, edges) - 1
-    bins = [b for b in range(n_bins) if (which == b).sum() >= min_events]
-    if len(bins) < 2:
-        raise ValueError(f"only {len(bins)} energy bins hold {min_events} or more showers: two are needed "
-                         f"(more showers or fewer bins)")
-    knots = [float(np.log(e[which == b] / 100.0).mean()) for b in bins]
+    edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
     generator.set_hits_correction(None)
     median_data, spread_data = (v[:, 0] for v in _binned_quantiles(log_hit_counts(data.showers, threshold)[:, None],
                                                                      which, bins))
