@@ -341,19 +341,19 @@ def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins
         g = log_hit_counts(generate_like(generator, data, seed).showers, threshold)[:, None]
         return tuple(v[:, 0] for v in _binned_quantiles(g, which, bins))  # type: ignore[return-value]
 
-    def ln_ratio(spread: np.ndarray) -> np.ndarray:
-        return np.clip(np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6)), -MAX_LN_GAIN, MAX_LN_GAIN)
+    def ln_ratio(spread: np.ndarray) -> np.ndarray:  # ln(data / generator spread)
+        return np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6))
 
     median_before, spread_before = measured()
-    centre, target, gain = median_before, median_data.copy(), ln_ratio(spread_before)
+    centre, target = median_before, median_data.copy()
+    gain = np.clip(ln_ratio(spread_before), -MAX_LN_GAIN, MAX_LN_GAIN)
     for i in range(iterations):
         generator.set_hits_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
         median_after, spread_after = measured()
         if i == iterations - 1:
             break
         target = target + (median_data - median_after)
-        gain = np.clip(gain + np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread_after, 1e-6)),
-                       -MAX_LN_GAIN, MAX_LN_GAIN)
+        gain = np.clip(gain + ln_ratio(spread_after), -MAX_LN_GAIN, MAX_LN_GAIN)
     r = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
     return {"knots": knots, "centre": r(centre), "target": r(target), "gain": r(gain),
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
