@@ -235,9 +235,7 @@ class Conv2dGenerator(ShowerGenerator):
             self.config = self.config.model_copy(update=dict.fromkeys(
                 ("layer_knots", "layer_centre", "layer_target", "layer_gain")))
             return
-        knots = tuple(float(k) for k in knots)
-        if len(knots) < 2 or any(b <= a for a, b in zip(knots, knots[1:])):
-            raise ValueError(f"the layer correction needs two or more increasing knots, got {knots}")
+        knots = _checked_knots(knots, "layer")
         if centre is None or target is None or gain is None:
             raise ValueError("the layer correction needs its centre, target and gain values")
         tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
@@ -254,12 +252,9 @@ class Conv2dGenerator(ShowerGenerator):
         layer = s.sum(dim=(1, 2))
         total = layer.sum(dim=1, keepdim=True)
         fraction = layer / total.clamp_min(1e-30)
-        u = torch.log(primary_energy.float() / 100.0)
-        knots = self.config.layer_knots or ()
-        centre, target, gain = (_interpolate_layers(knots, t or (), u) for t in (
-            self.config.layer_centre, self.config.layer_target, self.config.layer_gain))
-        gain = torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX)
-        moved = target + gain * (torch.log(fraction + LAYER_FRACTION_FLOOR) - centre)
+        c = self.config
+        moved = _moved(c.layer_knots or (), (c.layer_centre or (), c.layer_target or (), c.layer_gain or ()),
+                       torch.log(fraction + LAYER_FRACTION_FLOOR), primary_energy)
         new_fraction = (torch.exp(moved.clamp(max=0.0)) - LAYER_FRACTION_FLOOR).clamp_min(0.0)
         one = torch.ones_like(layer)
         ratio = torch.where(layer > 0, new_fraction / fraction.clamp_min(1e-30), one).clamp(1 / 16, 16.0)
@@ -274,12 +269,11 @@ class Conv2dGenerator(ShowerGenerator):
         if knots is None:
             self.config = self.config.model_copy(update=dict.fromkeys(names))
             return
-        values = [tuple(float(v) for v in t) for t in (knots, centre or (), target or (), gain or ())]
-        if len(values[0]) < 2 or any(b <= a for a, b in zip(values[0], values[0][1:])):
-            raise ValueError(f"the hits correction needs two or more increasing knots, got {values[0]}")
-        if any(len(v) != len(values[0]) for v in values[1:]):
-            raise ValueError(f"the hits correction needs centre, target and gain at its {len(values[0])} knots")
-        self.config = self.config.model_copy(update=dict(zip(names, values)))
+        knots = _checked_knots(knots, "hits")
+        values = [tuple(float(v) for v in t) for t in (centre or (), target or (), gain or ())]
+        if any(len(v) != len(knots) for v in values):
+            raise ValueError(f"the hits correction needs centre, target and gain at its {len(knots)} knots")
+        self.config = self.config.model_copy(update=dict(zip(names, (knots, *values))))
 
     def hits_kept(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
         """``(B, x, y, z)`` bool: the cells the hit-count correction keeps (see :class:`Conv2dConfig`):
@@ -288,12 +282,9 @@ class Conv2dGenerator(ShowerGenerator):
         s = showers_gev.float()
         hit = s >= max(self.geometry.readout_threshold_gev, 1e-30)
         n = hit.flatten(1).sum(dim=1).float()
-        u = torch.log(primary_energy.float() / 100.0)
-        knots = self.config.hits_knots or ()
-        centre, target, gain = (_interpolate_layers(knots, (getattr(self.config, f"hits_{k}") or (),), u)[:, 0]
-                                for k in ("centre", "target", "gain"))
-        spread = torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX)
-        moved = target + spread * (torch.log(n.clamp_min(1.0)) - centre)
+        c = self.config
+        moved = _moved(c.hits_knots or (), ((c.hits_centre or (),), (c.hits_target or (),), (c.hits_gain or (),)),
+                       torch.log(n.clamp_min(1.0)).unsqueeze(1), primary_energy)[:, 0]
         wanted = torch.minimum(torch.round(torch.exp(moved)), n).clamp_min(1.0)
         ordered = torch.sort(s.flatten(1), dim=1, descending=True).values
         smallest_kept = torch.gather(ordered, 1, (wanted.long() - 1).unsqueeze(1))
@@ -421,6 +412,24 @@ def _log_polynomial(coefficients: tuple[float, ...], primary_energy: torch.Tenso
     for coefficient in reversed(coefficients):
         out = out * u + coefficient
     return out
+
+
+def _checked_knots(knots: list | tuple, what: str) -> tuple[float, ...]:
+    """``knots`` (ln(E / 100 GeV)) as floats, refused unless two or more and increasing."""
+    checked = tuple(float(k) for k in knots)
+    if len(checked) < 2 or any(b <= a for a, b in zip(checked, checked[1:])):
+        raise ValueError(f"the {what} correction needs two or more increasing knots, got {checked}")
+    return checked
+
+
+def _moved(knots: tuple[float, ...], tables: tuple, value: torch.Tensor, primary_energy: torch.Tensor
+           ) -> torch.Tensor:
+    """``target + exp(gain) (value - centre)`` of a correction given as (centre, target, gain) tables
+    ``(k, n_knots)`` at ``knots``, interpolated at ln(E / 100 GeV) (:func:`_interpolate_layers`), for
+    ``value`` ``(B, k)``; exp(gain) within [1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX]."""
+    u = torch.log(primary_energy.float() / 100.0)
+    centre, target, gain = (_interpolate_layers(knots, table, u) for table in tables)
+    return target + torch.exp(gain).clamp(1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX) * (value - centre)
 
 
 def _interpolate_layers(knots: tuple[float, ...], table: tuple[tuple[float, ...], ...], u: torch.Tensor
