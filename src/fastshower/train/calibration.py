@@ -49,6 +49,8 @@ it removes is that of the smallest cells; the response calibration after it puts
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.polynomial import polynomial
 
@@ -280,12 +282,12 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
 
     generator.set_layer_correction(None)
     g_data = log_layer_fractions(data.showers, threshold)
-    median_data, spread_data = _binned_quantiles(g_data, which, bins)
     kept = np.stack([np.exp(g_data[which == b]).mean(axis=0) >= min_layer_fraction for b in bins])
-
-    def measured() -> tuple[np.ndarray, np.ndarray]:
-        g = log_layer_fractions(generate_like(generator, data, seed).showers, threshold)
-        return _binned_quantiles(g, which, bins)
+    fit = _fit_median_and_spread(
+        g_data, lambda: log_layer_fractions(generate_like(generator, data, seed).showers, threshold),
+        lambda c, t, g: generator.set_layer_correction(knots, c.tolist(), t.tolist(), g.tolist()),
+        which, bins, iterations)
+    median_data, spread_data = fit["median_data"], fit["spread_data"]
 
     def summary(median: np.ndarray, spread: np.ndarray) -> dict[str, list[float]]:
         ratio = [(spread[i] / np.maximum(spread_data[i], 1e-9))[kept[i]] for i in range(len(bins))]
@@ -295,23 +297,42 @@ def calibrate_layers_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bi
                 "median_offset_median": [round(float(np.median(o)), 4) for o in offset],
                 "median_offset_worst": [round(float(o.max()), 4) for o in offset]}
 
-    def ln_spread_ratio(spread: np.ndarray) -> np.ndarray:  # (bins, layers) -> ln(data / generator), (layers, knots)
-        return np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6)).T
-
-    median_before, spread_before = measured()
-    centre, target = median_before.T, median_data.T  # (layers, knots)
-    gain = np.clip(ln_spread_ratio(spread_before), -MAX_LN_GAIN, MAX_LN_GAIN)
-    for i in range(iterations):
-        generator.set_layer_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
-        median_after, spread_after = measured()
-        if i == iterations - 1:
-            break
-        target = target + (median_data - median_after).T
-        gain = np.clip(gain + ln_spread_ratio(spread_after), -MAX_LN_GAIN, MAX_LN_GAIN)
-    return {"knots": knots, "centre": centre.tolist(), "target": target.tolist(), "gain": gain.tolist(),
+    return {"knots": knots, **{k: fit[k].tolist() for k in ("centre", "target", "gain")},
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins], "layers_kept": [int(k.sum()) for k in kept],
-            "before": summary(median_before, spread_before), "after": summary(median_after, spread_after)}
+            "before": summary(*fit["before"]), "after": summary(*fit["after"])}
+
+
+def _fit_median_and_spread(data_values: np.ndarray, generated_values: Callable[[], np.ndarray],
+                           set_correction: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+                           which: np.ndarray, bins: list[int], iterations: int) -> dict:
+    """The fit shared by the layer and hit calibrations: values ``(B, k)`` of the data and of the
+    generator (``generated_values()``, made anew with the correction in force) are summarised per
+    energy bin by their median and spread (:func:`_binned_quantiles`); the correction's tables
+    ``(k, n_bins)`` are centre = the generator's median, target = the data's, gain = ln(data /
+    generator spread) within +-MAX_LN_GAIN, set by ``set_correction(centre, target, gain)``; then
+    ``iterations - 1`` updates of target and gain from the corrected showers. Returns the tables,
+    the data's median and spread and the generator's (median, spread) before and after, ``(n_bins, k)``."""
+    median_data, spread_data = _binned_quantiles(data_values, which, bins)
+
+    def measured() -> tuple[np.ndarray, np.ndarray]:
+        return _binned_quantiles(generated_values(), which, bins)
+
+    def ln_spread_ratio(spread: np.ndarray) -> np.ndarray:  # (bins, k) -> ln(data / generator), (k, bins)
+        return np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6)).T
+
+    before = measured()
+    centre, target = before[0].T, median_data.T
+    gain = np.clip(ln_spread_ratio(before[1]), -MAX_LN_GAIN, MAX_LN_GAIN)
+    for i in range(iterations):
+        set_correction(centre, target, gain)
+        after = measured()
+        if i == iterations - 1:
+            break
+        target = target + (median_data - after[0]).T
+        gain = np.clip(gain + ln_spread_ratio(after[1]), -MAX_LN_GAIN, MAX_LN_GAIN)
+    return {"centre": centre, "target": target, "gain": gain, "median_data": median_data,
+            "spread_data": spread_data, "before": before, "after": after}
 
 
 def log_hit_counts(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
@@ -334,30 +355,13 @@ def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins
     threshold = data.geometry.readout_threshold_gev
     edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
     generator.set_hits_correction(None)
-    median_data, spread_data = (v[:, 0] for v in _binned_quantiles(log_hit_counts(data.showers, threshold)[:, None],
-                                                                     which, bins))
-
-    def measured() -> tuple[np.ndarray, np.ndarray]:
-        g = log_hit_counts(generate_like(generator, data, seed).showers, threshold)[:, None]
-        return tuple(v[:, 0] for v in _binned_quantiles(g, which, bins))  # type: ignore[return-value]
-
-    def ln_ratio(spread: np.ndarray) -> np.ndarray:  # ln(data / generator spread)
-        return np.log(np.maximum(spread_data, 1e-6) / np.maximum(spread, 1e-6))
-
-    median_before, spread_before = measured()
-    centre, target = median_before, median_data.copy()
-    gain = np.clip(ln_ratio(spread_before), -MAX_LN_GAIN, MAX_LN_GAIN)
-    for i in range(iterations):
-        generator.set_hits_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
-        median_after, spread_after = measured()
-        if i == iterations - 1:
-            break
-        target = target + (median_data - median_after)
-        gain = np.clip(gain + ln_ratio(spread_after), -MAX_LN_GAIN, MAX_LN_GAIN)
-    r = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
-    return {"knots": knots, "centre": r(centre), "target": r(target), "gain": r(gain),
+    fit = _fit_median_and_spread(
+        log_hit_counts(data.showers, threshold)[:, None],
+        lambda: log_hit_counts(generate_like(generator, data, seed).showers, threshold)[:, None],
+        lambda c, t, g: generator.set_hits_correction(knots, c[0].tolist(), t[0].tolist(), g[0].tolist()),
+        which, bins, iterations)
+    r = lambda v: [round(float(x), 4) for x in np.ravel(v)]  # noqa: E731
+    return {"knots": knots, **{k: r(fit[k]) for k in ("centre", "target", "gain", "median_data", "spread_data")},
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins],
-            "median_data": r(median_data), "spread_data": r(spread_data),
-            "before": {"median": r(median_before), "spread": r(spread_before)},
-            "after": {"median": r(median_after), "spread": r(spread_after)}}
+            **{when: {"median": r(fit[when][0]), "spread": r(fit[when][1])} for when in ("before", "after")}}
