@@ -277,7 +277,8 @@ def test_hits_correction_keeps_the_largest_cells_and_calibration_matches_the_dat
     g = _relu_generator(cell_power=1.0, output_scale=3e-3)
     rng = np.random.default_rng(2)
     energy = np.exp(rng.uniform(np.log(5), np.log(300), 600))
-    cells = np.where(_generated(g, energy, seed=9) < 1e-6, 0.0, _generated(g, energy, seed=9))
+    cells = _generated(g, energy, seed=9)
+    cells = np.where(cells < 1e-6, 0.0, cells)
     flat = cells.reshape(600, -1).copy()
     for row, share in zip(flat, rng.uniform(0.33, 0.37, 600), strict=True):
         hits = np.flatnonzero(row)
