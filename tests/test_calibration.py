@@ -304,3 +304,88 @@ def test_hits_correction_keeps_the_largest_cells_and_calibration_matches_the_dat
         g.set_hits_correction([1.0, 0.0], [1, 1], [1, 1], [0, 0])
     g.set_hits_correction(None)
     np.testing.assert_array_equal(_generated(g, energy[:16], seed=1), plain)
+
+
+def _halo_and_rings(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(layer energies, logit of the halo fractions, ring of each cell) of showers (B, 25, 25, 25)."""
+    from fastshower.models.conv2d import lateral_rings
+    from fastshower.train.calibration import logit_halo_fractions
+
+    return cells.sum(axis=(1, 2), dtype=np.float64), logit_halo_fractions(cells, 0.0), lateral_rings(25, 25)
+
+
+def test_lateral_correction_moves_halo_fractions_then_scales_rings_keeps_layers_and_survives_saving_and_onnx(
+        tmp_path):
+    from fastshower.models.conv2d import lateral_halo
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
+    plain = _generated(g, energy)
+    layer, logit, rings = _halo_and_rings(plain)
+    knots = [math.log(0.1), math.log(2.0)]
+    centre = np.stack([np.median(logit, axis=0)] * 2, axis=1)  # (layers, knots)
+    target = centre + np.linspace(-0.5, 0.5, 25)[:, None]
+    gain = np.full((25, 2), math.log(2.0))
+    g.set_lateral_correction(knots, centre.tolist(), target.tolist(), gain.tolist())
+    halo_only = _generated(g, energy)
+    np.testing.assert_allclose(halo_only.sum(axis=(1, 2)), layer, rtol=1e-5)  # each layer keeps its energy
+    busy = (np.abs(logit) < 6) & (np.abs(target[:, 0] + 2 * (logit - centre[:, 0])) < 6)
+    np.testing.assert_allclose(_halo_and_rings(halo_only)[1][busy],
+                               (target[:, 0] + 2.0 * (logit - centre[:, 0]))[busy], atol=2e-3)
+    assert busy.mean() > 0.5
+    # inside the halo (and inside the core) the cells keep their proportions
+    halo = lateral_halo(25, 25).astype(bool)
+    ratio = halo_only / np.where(plain > 0, plain, 1.0)
+    for i, k in zip(*np.nonzero(busy), strict=True):
+        for part in (halo, ~halo):
+            values = ratio[i][part, k][plain[i][part, k] > 0]
+            assert np.ptp(values) <= 1e-4 * values.max()
+    # then the ring factors: one per (layer, ring), the layer renormalised to its energy
+    n_rings = int(rings.max()) + 1
+    ln_ring = np.random.default_rng(3).uniform(-0.5, 0.5, (25, n_rings))
+    g.set_lateral_correction(knots, centre.tolist(), target.tolist(), gain.tolist(),
+                             np.repeat(ln_ring.reshape(-1, 1), 2, axis=1).tolist())
+    corrected = _generated(g, energy)
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2)), layer, rtol=1e-5)
+    relative = corrected / np.where(halo_only > 0, halo_only, 1.0) / np.exp(ln_ring.T[rings])[None]
+    for i, k in zip(*np.nonzero(busy), strict=True):
+        values = relative[i][..., k][halo_only[i][..., k] > 0]
+        assert np.ptp(values) <= 1e-4 * values.max()  # up to the layer's renormalisation
+    card = g.metadata()["preprocessing"]["lateral_correction"]
+    assert card["knots"] == pytest.approx(knots) and len(card["ring_log_factor"]) == 25 * n_rings
+    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path)
+    with pytest.raises(ValueError, match="increasing"):
+        g.set_lateral_correction([1.0, 0.0], centre.tolist(), target.tolist(), gain.tolist())
+    with pytest.raises(ValueError, match="rings"):
+        g.set_lateral_correction(knots, centre.tolist(), target.tolist(), gain.tolist(), [[0.0, 0.0]] * 25)
+    g.set_lateral_correction(None)
+    np.testing.assert_array_equal(_generated(g, energy), plain)
+
+
+def test_lateral_calibration_gives_the_generator_the_data_halo_fluctuations_and_radial_profile():
+    """Data made by the generator with a known lateral correction (halo medians shifted by up to
+    +-0.5 in logit, their spread doubled, ring factors up to x/1.5): after calibration on it the
+    generator's halo spreads and medians and its mean radial profile are the data's in every energy
+    bin, and its layer energies are what they were."""
+    from fastshower.train.calibration import calibrate_lateral_by_energy
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(4)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 600))
+    plain = _generated(g, energy, seed=1)
+    _, logit, rings = _halo_and_rings(plain)
+    knots = [math.log(0.05), math.log(3.0)]
+    centre = np.stack([np.median(logit, axis=0)] * 2, axis=1)
+    target = centre + np.linspace(-0.5, 0.5, 25)[:, None]
+    ln_ring = rng.uniform(-0.4, 0.4, (25 * (int(rings.max()) + 1), 1)).repeat(2, axis=1)
+    g.set_lateral_correction(knots, centre.tolist(), target.tolist(), np.full((25, 2), math.log(2.0)).tolist(),
+                             ln_ring.tolist())
+    data = ShowerSet(_generated(g, energy, seed=9), energy, np.full(600, math.pi / 2), PRESETS["clic25"])
+    g.set_lateral_correction(None)
+    result = calibrate_lateral_by_energy(g, data, n_bins=3, seed=1, min_events=150)
+    before, after = result["before"], result["after"]
+    assert max(before["halo_spread_ratio_median"]) < 0.7
+    np.testing.assert_allclose(after["halo_spread_ratio_median"], 1.0, atol=0.1)
+    assert max(after["halo_median_offset_median"]) < 0.1 < min(before["halo_median_offset_median"])
+    assert max(np.divide(after["ring_profile_distance"], before["ring_profile_distance"])) < 0.25
+    np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)

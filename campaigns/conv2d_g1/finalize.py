@@ -5,13 +5,17 @@ calibrate_response_by_energy, a ln E polynomial; with ``--resolution by-energy``
 resolution, fastshower.train.calibration.calibrate_resolution_by_energy; with ``--layers by-energy``
 first its longitudinal fluctuations, fastshower.train.calibration.calibrate_layers_by_energy; with ``--symmetry
 normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid; with
-``--hits by-energy`` after the layers its number of hits, calibrate_hits_by_energy), and its metrics on the
+``--lateral by-energy`` after the layers its halo fluctuations and radial profile,
+calibrate_lateral_by_energy; with ``--hits by-energy`` after those its number of hits,
+calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
 each energy slice, fastshower.train.calibration.relative_width; ``resolution_worst`` the ratio
 furthest from 1, as max(r, 1 / r)), and the spread distance (fastshower.train.spread.spread_loss of the
 generated against the validation showers at the same conditions, in 8 slices of energy, features
-standardised on the calibration showers; 0 for a generator that fluctuates like Geant4), for all
+standardised on the calibration showers; 0 for a generator that fluctuates like Geant4) and the
+width separation (fastshower.validate's per-layer separation power of the x widths, mean over the
+layers, the ``chi2_width_x`` of ``fastshower validate``), for all
 validation showers and for those below LOW_ENERGY_GEV (in 2 slices), or, with
 ``--low-energy-validation``, for a held-out low-energy sample (in 4 slices; scripts/make_g4_lowe.sh
 makes one, 1000 showers in 2-100 GeV, against ~120 below 65 GeV in the 2-500 GeV set). The rule (last K, fixed before
@@ -41,6 +45,7 @@ from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import (
     calibrate_hits_by_energy,
+    calibrate_lateral_by_energy,
     calibrate_layers_by_energy,
     calibrate_resolution_by_energy,
     calibrate_response,
@@ -48,7 +53,8 @@ from fastshower.train.calibration import (
     relative_width,
 )
 from fastshower.train.spread import FeatureStandardizer, spread_loss
-from fastshower.validate.observables import apply_threshold
+from fastshower.validate.metrics import separation_power
+from fastshower.validate.observables import apply_threshold, layer_centres_and_widths
 
 #: energy slices of the validation spread distance
 SPREAD_ENERGY_GROUPS = 8
@@ -82,6 +88,16 @@ def resolution_ratios(reference: ShowerSet, candidate: ShowerSet, energy_groups:
             "resolution_worst": round(max(max(r, 1 / r) for r in ratios), 4)}
 
 
+def width_separation(reference: ShowerSet, candidate: ShowerSet) -> float:
+    """Mean over the layers of the separation power of the per-layer x widths (100 bins from 0 to
+    half the grid, as ``fastshower validate``'s chi2_width_x) of two sets at the same conditions."""
+    geometry = reference.geometry
+    edges = np.linspace(0, 0.5 * geometry.shape[0] * (geometry.cell_size_mm or (1.0, 1.0))[0], 101)
+    ref, cand = (layer_centres_and_widths(s.showers, geometry)["width_x"] for s in (reference, candidate))
+    return float(np.mean([separation_power(np.histogram(ref[:, k], edges)[0], np.histogram(cand[:, k], edges)[0])
+                          for k in range(ref.shape[1])]))
+
+
 def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureStandardizer,
                        low_energy: ShowerSet | None = None, seed: int = 5) -> dict[str, float | dict[str, float]]:
     """Quick metrics and spread distance on all validation showers, and (``low_energy``) on those
@@ -96,6 +112,7 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
     def metrics(ref: ShowerSet, gen: ShowerSet, energy_groups: int) -> dict[str, float]:
         out = {k: float(f"{v:.4g}") for k, v in quick_metrics(ref, gen).items()}
         out.update(resolution_ratios(ref, gen, energy_groups))
+        out["width_separation"] = round(width_separation(ref, gen), 4)
         with torch.no_grad():
             out.update(spread_distance(standardizer, ref, gen, energy_groups))
         return out
@@ -149,6 +166,9 @@ def main() -> None:
     parser.add_argument("--hits", choices=["none", "by-energy"], default="none",
                         help="after the layers, calibrate each shower's number of hits (median and spread of its log, "
                              "in bins of ln E) to the training showers by zeroing the smallest hits")
+    parser.add_argument("--lateral", choices=["none", "by-energy"], default="none",
+                        help="after the layers, calibrate each layer's halo fraction (median and spread of its logit) "
+                             "and mean radial profile (ring factors), in bins of ln E, to the training showers")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -195,11 +215,18 @@ def main() -> None:
         generator.set_symmetry(args.symmetry)
         report["symmetry"] = args.symmetry
         report["average_after_symmetry"] = validation_metrics(generator, validation, standardizer, low_energy)
+    if args.hits == "by-energy" and hasattr(generator, "set_hits_correction"):
+        generator.set_hits_correction(None)  # a re-calibrated generator's old one would act on the fits before it
     if args.layers == "by-energy":
         layers = calibrate_layers_by_energy(generator, train)
         report["layers_by_energy"] = layers
         report["average_after_layers"] = validation_metrics(generator, validation, standardizer, low_energy)
         method.append("calibrate_layers_by_energy")
+    if args.lateral == "by-energy":
+        lateral = calibrate_lateral_by_energy(generator, train)
+        report["lateral_by_energy"] = lateral
+        report["average_after_lateral"] = validation_metrics(generator, validation, standardizer, low_energy)
+        method.append("calibrate_lateral_by_energy")
     if args.hits == "by-energy":
         hits = calibrate_hits_by_energy(generator, train)
         report["hits_by_energy"] = hits
@@ -212,6 +239,8 @@ def main() -> None:
                    "method": "fastshower.train.calibration." + ", then ".join(method)}
     if args.layers == "by-energy":
         calibration["layers"] = {k: layers[k] for k in ("bins_gev", "events", "before", "after")}
+    if args.lateral == "by-energy":
+        calibration["lateral"] = {k: lateral[k] for k in ("bins_gev", "events", "before", "after")}
     if args.hits == "by-energy":
         calibration["hits"] = {k: hits[k] for k in ("bins_gev", "events", "median_data", "spread_data", "before",
                                                     "after")}

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -77,6 +78,13 @@ N = 25
 LAYER_FRACTION_FLOOR = 1e-6
 #: the longitudinal correction's spread factor exp(gain) is clamped to [1 / LAYER_GAIN_MAX, LAYER_GAIN_MAX]
 LAYER_GAIN_MAX = 4.0
+#: the lateral correction: cells whose centre lies further than this from the central cell's centre
+#: (in cell widths) are the layer's halo, the others its core
+LATERAL_CORE_RADIUS_CELLS = 1.5
+#: halo fractions h are kept within [HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR] in logit(h)
+HALO_FRACTION_FLOOR = 1e-4
+#: the lateral correction's ring factors are clamped to [1 / RING_FACTOR_MAX, RING_FACTOR_MAX]
+RING_FACTOR_MAX = 5.0
 #: noise components of a generator with ``symmetry: normal_incidence`` beyond the network's, whose
 #: signs choose the symmetry of the grid (x flip, y flip, x <-> y transpose)
 SYMMETRY_NOISE = 3
@@ -110,6 +118,20 @@ class Conv2dConfig(ModelConfig):
     target(E) + exp(gain(E)) (ln n - centre(E)) (values at the knots ln(E / 100 GeV), linear between
     them, exp(gain) within [1/4, 4]); where that asks for fewer hits, only the largest cells are kept
     (the smallest hits zeroed, the rest untouched; it never adds hits),
+    ``lateral_knots`` and ``halo_centre`` / ``halo_target`` / ``halo_gain`` / ``ring_log_factor``:
+    the generator's lateral correction (None: none; set by
+    :func:`fastshower.train.calibration.calibrate_lateral_by_energy`), applied after the longitudinal
+    one: in each layer of each shower, the halo fraction h (energy of the cells further than
+    LATERAL_CORE_RADIUS_CELLS from the grid's central cell / the layer's) is moved in logit(h) to
+    target(E) + exp(gain(E)) (logit(h) - centre(E)) by one factor on the halo's cells and one on the
+    core's (the layer's energy kept; nothing moves where either part is empty), then each cell is
+    scaled by the factor of its ring (its distance to the central cell in cell widths, rounded; one
+    ln factor per layer and ring, within ln RING_FACTOR_MAX) and the layer renormalised to its energy
+    before it: the halo's fluctuations are the data's and the mean radial profile of each layer is
+    the data's where the network leaves energy; it cannot put energy where the network leaves none;
+    the halo tables are ``(n_layers, n_knots)``, the ring table ``(n_layers * n_rings, n_knots)``
+    (layer-major), all given at ``lateral_knots`` = ln(E / 100 GeV) and interpolated as the layer
+    correction's,
     ``symmetry``: ``normal_incidence`` applies to each shower one of the 8 symmetries of the square
     grid (x flip, y flip, x <-> y transpose and their products, about the central cell) chosen by
     the signs of SYMMETRY_NOISE extra noise components (noise_dim 203), so that the generated
@@ -139,6 +161,11 @@ class Conv2dConfig(ModelConfig):
     hits_centre: tuple[float, ...] | None = None
     hits_target: tuple[float, ...] | None = None
     hits_gain: tuple[float, ...] | None = None
+    lateral_knots: tuple[float, ...] | None = None
+    halo_centre: tuple[tuple[float, ...], ...] | None = None
+    halo_target: tuple[tuple[float, ...], ...] | None = None
+    halo_gain: tuple[tuple[float, ...], ...] | None = None
+    ring_log_factor: tuple[tuple[float, ...], ...] | None = None
     symmetry: Literal["none", "normal_incidence"] = "none"
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
@@ -290,6 +317,63 @@ class Conv2dGenerator(ShowerGenerator):
         smallest_kept = torch.gather(ordered, 1, (wanted.long() - 1).unsqueeze(1))
         return ~hit | (s >= smallest_kept.view(-1, 1, 1, 1))
 
+    def set_lateral_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
+                               target: list | tuple | None = None, gain: list | tuple | None = None,
+                               ring_log_factor: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the lateral correction (see :class:`Conv2dConfig`): increasing
+        ``knots`` (ln(E / 100 GeV)), three ``(n_layers, n_knots)`` halo tables and the ``(n_layers *
+        n_rings, n_knots)`` ring table (None: ln factor 0, halo only)."""
+        names = ("lateral_knots", "halo_centre", "halo_target", "halo_gain", "ring_log_factor")
+        if knots is None:
+            if any(t is not None for t in (centre, target, gain, ring_log_factor)):
+                raise ValueError("the lateral correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(names))
+            return
+        knots = _checked_knots(knots, "lateral")
+        if centre is None or target is None or gain is None:
+            raise ValueError("the lateral correction needs its halo centre, target and gain values")
+        n_rings = int(lateral_rings(*self.geometry.shape[:2]).max()) + 1
+        if ring_log_factor is None:
+            ring_log_factor = np.zeros((self.geometry.n_layers * n_rings, len(knots)))
+        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain, ring_log_factor)]
+        rows = (self.geometry.n_layers,) * 3 + (self.geometry.n_layers * n_rings,)
+        if not all(len(t) == n and all(len(row) == len(knots) for row in t) for t, n in zip(tables, rows)):
+            raise ValueError(f"the lateral correction needs ({self.geometry.n_layers} layers, {len(knots)} knots) "
+                             f"halo tables and a ({self.geometry.n_layers} x {n_rings} rings, {len(knots)} knots) "
+                             "ring table")
+        self.config = self.config.model_copy(update=dict(zip(names, (knots, *tables))))
+
+    def lateral_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, x, y, z)`` factor on each cell (GeV) of the lateral correction (see
+        :class:`Conv2dConfig`): the halo's and the core's factors times the ring's, each layer
+        renormalised to its energy; 1 in empty layers."""
+        s = showers_gev.float()
+        nx, ny, nz = self.geometry.shape  # static sizes (an ONNX trace makes s.shape tensors)
+        halo = torch.from_numpy(lateral_halo(nx, ny)).to(s.device).view(1, nx, ny, 1)
+        layer = s.sum(dim=(1, 2))  # (B, nz)
+        halo_energy = (s * halo).sum(dim=(1, 2))
+        h = halo_energy / layer.clamp_min(1e-30)
+        logit = torch.log(h.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
+            (1 - h).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
+        c = self.config
+        moved = _moved(c.lateral_knots or (), (c.halo_centre or (), c.halo_target or (), c.halo_gain or ()),
+                       logit, primary_energy)
+        new_h = torch.sigmoid(moved)
+        both = (halo_energy > 0) & (layer - halo_energy > 0)
+        one = torch.ones_like(layer)
+        halo_factor = torch.where(both, new_h / h.clamp_min(1e-30), one)
+        core_factor = torch.where(both, (1 - new_h) / (1 - h).clamp_min(1e-30), one)
+        factor = halo * halo_factor.view(-1, 1, 1, nz) + (1 - halo) * core_factor.view(-1, 1, 1, nz)
+        # ring factors: (B, nz * n_rings) -> per cell through the one-hot ring map (ONNX-safe matmul)
+        rings = lateral_rings(nx, ny)
+        one_hot = torch.from_numpy(np.eye(int(rings.max()) + 1, dtype=np.float32)[rings.ravel()]).to(s.device)
+        u = torch.log(primary_energy.float() / 100.0)
+        ln_ring = _interpolate_layers(c.lateral_knots or (), c.ring_log_factor or (), u).view(-1, nz, one_hot.shape[1])
+        ln_cell = torch.matmul(ln_ring, one_hot.T).view(-1, nz, nx, ny).permute(0, 2, 3, 1)
+        factor = factor * torch.exp(ln_cell.clamp(-float(np.log(RING_FACTOR_MAX)), float(np.log(RING_FACTOR_MAX))))
+        after = (s * factor).sum(dim=(1, 2))
+        return factor * torch.where(after > 0, layer / after.clamp_min(1e-30), one).view(-1, 1, 1, nz)
+
     def _check_symmetry(self, kind: str) -> None:
         if kind != "none" and self.conditions_on_angle:
             raise ValueError("symmetry: normal_incidence needs a generator of normal incidence only "
@@ -344,13 +428,16 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, hit-count, response and resolution
-        corrections and the symmetrisation applied, in that order."""
+        (rad) and noise (B, noise_dim), the longitudinal, lateral, hit-count, response and
+        resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
         if self.config.layer_gain:
             factor = self.layer_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype).unsqueeze(1).unsqueeze(1)
+        if self.config.halo_gain:
+            factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype)
         if self.config.hits_gain:
             out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))
         if self.config.response_correction:
@@ -394,6 +481,18 @@ class Conv2dGenerator(ShowerGenerator):
                 "meaning": ("ln n (n = cells at or above the readout threshold) -> target + exp(gain) (ln n - centre), "
                             "given at the knots ln(E / 100 GeV), linear between them; only the largest cells kept "
                             "where that asks for fewer")}
+        if self.config.halo_gain:
+            card["preprocessing"]["lateral_correction"] = {
+                "knots": list(self.config.lateral_knots or ()),
+                **{name: [list(r) for r in getattr(self.config, name) or ()]
+                   for name in ("halo_centre", "halo_target", "halo_gain", "ring_log_factor")},
+                "core_radius_cells": LATERAL_CORE_RADIUS_CELLS, "halo_fraction_floor": HALO_FRACTION_FLOOR,
+                "ring_factor_max": RING_FACTOR_MAX,
+                "meaning": ("per layer h = halo energy (cells further than core_radius_cells from the central cell) "
+                            "/ layer energy: logit(h) -> halo_target + exp(halo_gain) (logit(h) - halo_centre) by "
+                            "factors on the halo's and the core's cells; then each cell x exp(ring_log_factor[layer "
+                            "* n_rings + ring]) (ring = rounded distance to the central cell, cells) and the layer "
+                            "renormalised; tables at the knots ln(E / 100 GeV), linear between them")}
         if self.config.symmetry != "none":
             card["preprocessing"]["symmetry"] = ("each shower flipped in x, in y and transposed x <-> y where noise "
                                                  f"components {self.network_noise_dim}..{self.noise_dim - 1} are "
@@ -412,6 +511,20 @@ def _log_polynomial(coefficients: tuple[float, ...], primary_energy: torch.Tenso
     for coefficient in reversed(coefficients):
         out = out * u + coefficient
     return out
+
+
+def lateral_rings(nx: int, ny: int) -> np.ndarray:
+    """``(nx, ny)`` int ring of each cell: its distance to the grid's central cell (cell widths),
+    rounded (0 = the central cell)."""
+    dx, dy = np.arange(nx) - (nx - 1) / 2, np.arange(ny) - (ny - 1) / 2
+    return np.rint(np.hypot(dx[:, None], dy[None, :])).astype(np.int64)
+
+
+def lateral_halo(nx: int, ny: int) -> np.ndarray:
+    """``(nx, ny)`` float32 1 for the halo's cells (centre further than LATERAL_CORE_RADIUS_CELLS
+    from the central cell's), 0 for the core's."""
+    dx, dy = np.arange(nx) - (nx - 1) / 2, np.arange(ny) - (ny - 1) / 2
+    return (np.hypot(dx[:, None], dy[None, :]) > LATERAL_CORE_RADIUS_CELLS).astype(np.float32)
 
 
 def _checked_knots(knots: list | tuple, what: str) -> tuple[float, ...]:

@@ -45,6 +45,18 @@ readout threshold), for a network that makes too many small cells: the median an
 count) in bins of ln E are matched by keeping only the largest cells of the showers asked to have
 fewer hits (the smallest hits are zeroed, nothing else is touched; it cannot add hits). The energy
 it removes is that of the smallest cells; the response calibration after it puts the mean back.
+
+:func:`calibrate_lateral_by_energy` is the lateral counterpart of the layer calibration, for a network
+whose layers are too alike from shower to shower in their lateral spread and whose mean radial
+profile has rings of too much or too little energy (a transposed-convolution generator's pattern):
+per layer, the median and spread of logit(halo fraction) (the energy beyond 1.5 cell widths of the
+central cell over the layer's) are matched in bins of ln E by one factor on the halo's cells and one
+on the core's, then the mean fraction of each layer's energy in each ring (rounded distance to the
+central cell) is matched by one factor per ring, layer and energy bin, each layer renormalised to
+its energy. The layer energies, the total and the response stay what they were; it moves energy
+only between cells the network fills (it cannot add a hit far from the core where the network
+leaves none), and a report gives the halo spreads and medians and the ring-profile distance before
+it beside those after it.
 """
 
 from __future__ import annotations
@@ -56,7 +68,14 @@ from numpy.polynomial import polynomial
 
 from fastshower.data.summaries import mu90_sigma90
 from fastshower.models.base import ShowerGenerator, generate_like
-from fastshower.models.conv2d import LAYER_FRACTION_FLOOR, LAYER_GAIN_MAX
+from fastshower.models.conv2d import (
+    HALO_FRACTION_FLOOR,
+    LAYER_FRACTION_FLOOR,
+    LAYER_GAIN_MAX,
+    RING_FACTOR_MAX,
+    lateral_halo,
+    lateral_rings,
+)
 from fastshower.showers import ShowerSet
 
 
@@ -333,6 +352,94 @@ def _fit_median_and_spread(data_values: np.ndarray, generated_values: Callable[[
         gain = np.clip(gain + ln_spread_ratio(after[1]), -MAX_LN_GAIN, MAX_LN_GAIN)
     return {"centre": centre, "target": target, "gain": gain, "median_data": median_data,
             "spread_data": spread_data, "before": before, "after": after}
+
+
+#: ring fractions (of the layer's energy) are compared as ln((data + floor) / (generator + floor))
+RING_FRACTION_FLOOR = 1e-6
+
+
+def logit_halo_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
+    """``(B, n_layers)`` logit of each layer's halo fraction (energy of the cells further than
+    LATERAL_CORE_RADIUS_CELLS from the central cell / the layer's; within [HALO_FRACTION_FLOOR, 1 -
+    HALO_FRACTION_FLOOR]) of showers ``(B, x, y, z)`` (GeV), cells below the readout threshold as zero."""
+    s = np.where(showers < threshold_gev, 0.0, showers)
+    halo = lateral_halo(*s.shape[1:3]).astype(bool)
+    layer = s.sum(axis=(1, 2), dtype=np.float64)
+    h = s[:, halo].sum(axis=1, dtype=np.float64) / np.where(layer > 0, layer, 1.0)
+    h = np.clip(h, HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)
+    return np.log(h / (1 - h))
+
+
+def ring_fractions(showers: np.ndarray, threshold_gev: float, which: np.ndarray, bins: list[int]) -> np.ndarray:
+    """``(len(bins), n_layers, n_rings)`` fraction of each layer's energy in each ring
+    (:func:`fastshower.models.conv2d.lateral_rings`), summed over the showers of each energy bin
+    (energy-weighted, as a mean profile), cells below the readout threshold as zero."""
+    rings = lateral_rings(*showers.shape[1:3])
+    out = []
+    for b in bins:
+        s = np.where(showers[which == b] < threshold_gev, 0.0, showers[which == b]).sum(axis=0, dtype=np.float64)
+        per_ring = np.stack([s[rings == k].sum(axis=0) for k in range(int(rings.max()) + 1)], axis=1)  # (z, rings)
+        out.append(per_ring / np.maximum(per_ring.sum(axis=1, keepdims=True), 1e-300))
+    return np.stack(out)
+
+
+def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, seed: int = 0,
+                                iterations: int = 3, ring_iterations: int = 3, min_events: int = 100) -> dict:
+    """Fit and set the generator's lateral correction (module docstring). In ``n_bins`` bins equal in
+    ln E holding ``min_events`` showers or more: first the halo, as :func:`calibrate_layers_by_energy`
+    does the layers, with g = logit(halo fraction) of each layer (``iterations`` passes); then the
+    ring factors, ``ring_iterations`` updates ln f += ln((data + floor) / (generator + floor)) of
+    the ring fractions (:func:`ring_fractions`) made with the correction in force, each ln f within
+    +-ln RING_FACTOR_MAX. Any lateral correction the generator had is replaced. The report gives
+    per bin the generator / data spread ratio and |median difference| of logit(h) (median over the
+    layers and worst) and the ring-profile distance (sum over rings of |data - generator| fraction,
+    mean over the layers) before and after."""
+    if not hasattr(generator, "set_lateral_correction"):
+        raise ValueError(f"{generator.name}: it has no lateral correction to calibrate")
+    threshold = data.geometry.readout_threshold_gev
+    edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
+    generator.set_lateral_correction(None)
+    generated: list[np.ndarray] = []
+
+    def generate() -> np.ndarray:
+        generated[:] = [generate_like(generator, data, seed).showers]
+        return generated[0]
+
+    ring_data = ring_fractions(data.showers, threshold, which, bins)
+    ring_before = ring_fractions(generate(), threshold, which, bins)
+    fit = _fit_median_and_spread(
+        logit_halo_fractions(data.showers, threshold), lambda: logit_halo_fractions(generate(), threshold),
+        lambda c, t, g: generator.set_lateral_correction(knots, c.tolist(), t.tolist(), g.tolist()),
+        which, bins, iterations)
+    bound = float(np.log(RING_FACTOR_MAX))
+    ln_factor = np.zeros_like(ring_data)  # (bins, layers, rings)
+
+    def set_rings() -> None:
+        table = ln_factor.reshape(len(bins), -1).T.tolist()
+        generator.set_lateral_correction(knots, fit["centre"].tolist(), fit["target"].tolist(), fit["gain"].tolist(),
+                                         table)
+
+    ring_after = ring_fractions(generated[0], threshold, which, bins)
+    for _ in range(ring_iterations):
+        ln_factor = np.clip(ln_factor + np.log((ring_data + RING_FRACTION_FLOOR) / (ring_after + RING_FRACTION_FLOOR)),
+                            -bound, bound)
+        set_rings()
+        ring_after = ring_fractions(generate(), threshold, which, bins)
+    halo_after = _binned_quantiles(logit_halo_fractions(generated[0], threshold), which, bins)
+    r = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
+
+    def summary(median: np.ndarray, spread: np.ndarray, rings: np.ndarray) -> dict[str, list[float]]:
+        ratio = spread / np.maximum(fit["spread_data"], 1e-9)
+        return {"halo_spread_ratio_median": r(np.median(ratio, axis=1)),
+                "halo_median_offset_median": r(np.median(np.abs(median - fit["median_data"]), axis=1)),
+                "halo_median_offset_worst": r(np.abs(median - fit["median_data"]).max(axis=1)),
+                "ring_profile_distance": r(np.abs(rings - ring_data).sum(axis=2).mean(axis=1))}
+
+    return {"knots": knots, **{k: fit[k].tolist() for k in ("centre", "target", "gain")},
+            "ring_log_factor": ln_factor.reshape(len(bins), -1).T.tolist(),
+            "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
+            "events": [int((which == b).sum()) for b in bins],
+            "before": summary(*fit["before"], ring_before), "after": summary(*halo_after, ring_after)}
 
 
 def log_hit_counts(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
