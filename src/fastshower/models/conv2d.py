@@ -333,9 +333,8 @@ class Conv2dGenerator(ShowerGenerator):
         if centre is None or target is None or gain is None:
             raise ValueError("the lateral correction needs its halo centre, target and gain values")
         n_rings = int(lateral_rings(*self.geometry.shape[:2]).max()) + 1
-        if ring_log_factor is None:
-            ring_log_factor = np.zeros((self.geometry.n_layers * n_rings, len(knots)))
-        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain, ring_log_factor)]
+        rings = np.zeros((self.geometry.n_layers * n_rings, len(knots))) if ring_log_factor is None else ring_log_factor
+        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain, rings)]
         rows = (self.geometry.n_layers,) * 3 + (self.geometry.n_layers * n_rings,)
         if not all(len(t) == n and all(len(row) == len(knots) for row in t) for t, n in zip(tables, rows)):
             raise ValueError(f"the lateral correction needs ({self.geometry.n_layers} layers, {len(knots)} knots) "

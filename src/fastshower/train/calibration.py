@@ -439,7 +439,8 @@ def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_b
             "ring_log_factor": ln_factor.reshape(len(bins), -1).T.tolist(),
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins],
-            "before": summary(*fit["before"], ring_before), "after": summary(*halo_after, ring_after)}
+            "before": summary(fit["before"][0], fit["before"][1], ring_before),
+            "after": summary(halo_after[0], halo_after[1], ring_after)}
 
 
 def log_hit_counts(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
