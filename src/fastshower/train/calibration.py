@@ -413,17 +413,12 @@ def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_b
         which, bins, iterations)
     bound = float(np.log(RING_FACTOR_MAX))
     ln_factor = np.zeros_like(ring_data)  # (bins, layers, rings)
-
-    def set_rings() -> None:
-        table = ln_factor.reshape(len(bins), -1).T.tolist()
-        generator.set_lateral_correction(knots, fit["centre"].tolist(), fit["target"].tolist(), fit["gain"].tolist(),
-                                         table)
-
     ring_after = ring_fractions(generated[0], threshold, which, bins)
     for _ in range(ring_iterations):
         ln_factor = np.clip(ln_factor + np.log((ring_data + RING_FRACTION_FLOOR) / (ring_after + RING_FRACTION_FLOOR)),
                             -bound, bound)
-        set_rings()
+        generator.set_lateral_correction(knots, fit["centre"].tolist(), fit["target"].tolist(), fit["gain"].tolist(),
+                                         ln_factor.reshape(len(bins), -1).T.tolist())
         ring_after = ring_fractions(generate(), threshold, which, bins)
     halo_after = _binned_quantiles(logit_halo_fractions(generated[0], threshold), which, bins)
     r = lambda v: [round(float(x), 4) for x in v]  # noqa: E731
