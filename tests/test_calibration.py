@@ -389,3 +389,59 @@ def test_lateral_calibration_gives_the_generator_the_data_halo_fluctuations_and_
     assert max(after["halo_median_offset_median"]) < 0.1 < min(before["halo_median_offset_median"])
     assert max(np.divide(after["ring_profile_distance"], before["ring_profile_distance"])) < 0.25
     np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_cell_correction_maps_ln_cell_energies_keeps_layers_and_empty_cells_and_survives_saving_and_onnx(tmp_path):
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
+    plain = _generated(g, energy)
+    knots = [math.log(0.1), math.log(2.0)]
+    q_from = np.tile(np.linspace(-20.0, 0.0, 11), 25)  # (25 layers x 11 quantiles,)
+    q_to = 1.5 * q_from - 2.0  # the map ln E -> 1.5 ln E - 2 (slope 1.5 inside, slope 1 beyond the ends)
+    g.set_cell_correction(knots, np.stack([q_from] * 2, axis=1).tolist(), np.stack([q_to] * 2, axis=1).tolist())
+    corrected = _generated(g, energy)
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)  # layers kept
+    np.testing.assert_array_equal(corrected > 0, plain > 0)  # no cell filled or emptied
+    inside = (plain > math.exp(-20.0)) & (plain < 1.0)
+    assert inside.mean() > 0.3
+    # up to one factor per (shower, layer) (the renormalisation), ln E_cell became 1.5 ln E_cell - 2
+    expected = np.where(inside, 1.5 * np.log(np.where(inside, plain, 1.0)) - 2.0, 0.0)
+    shift = np.log(np.where(inside, corrected, 1.0)) - expected
+    for i in range(len(energy)):
+        for k in range(25):
+            values = shift[i][..., k][inside[i][..., k]]
+            if values.size:
+                assert np.ptp(values) < 1e-3
+    assert g.metadata()["preprocessing"]["cell_correction"]["knots"] == pytest.approx(knots)
+    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path)
+    with pytest.raises(ValueError, match="increase"):
+        g.set_cell_correction(knots, np.stack([q_from[::-1]] * 2, axis=1).tolist(), np.stack([q_to] * 2, 1).tolist())
+    with pytest.raises(ValueError, match="same shape"):
+        g.set_cell_correction(knots, np.stack([q_from] * 2, axis=1).tolist(), np.stack([q_to[:-25]] * 2, 1).tolist())
+    g.set_cell_correction(None)
+    np.testing.assert_array_equal(_generated(g, energy), plain)
+
+
+def test_cell_calibration_gives_the_generator_the_data_cell_spectrum():
+    """Data made of the generator's showers with every cell's ln E stretched by 1.4 about its layer's
+    median and the layer renormalised (a wider spectrum, the same cells): after calibration the
+    generator's quantiles of ln E_cell are the data's within a tenth of the offset before, in every
+    energy bin, its layer energies and hits unchanged."""
+    from fastshower.train.calibration import calibrate_cells_by_energy
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(6)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 300))
+    plain = np.where((cells := _generated(g, energy, seed=9)) < 1e-6, 0.0, cells)
+    logs = np.log(np.where(plain > 0, plain, 1.0))
+    median = np.array([np.median(logs[..., k][plain[..., k] > 0]) for k in range(25)])
+    stretched = np.where(plain > 0, np.exp(median + 1.4 * (logs - median)), 0.0)
+    stretched *= plain.sum(axis=(1, 2), keepdims=True) / np.maximum(stretched.sum(axis=(1, 2), keepdims=True), 1e-30)
+    data = ShowerSet(stretched.astype(np.float32), energy, np.full(300, math.pi / 2), PRESETS["clic25"])
+    before_layers = _generated(g, energy, seed=1).sum(axis=(1, 2))
+    result = calibrate_cells_by_energy(g, data, n_bins=3, seed=1, min_cells=100)
+    assert min(result["layers_mapped"]) >= 20
+    assert min(result["before"]["quantile_offset"]) > 0.2
+    assert max(np.divide(result["after"]["quantile_offset"], result["before"]["quantile_offset"])) < 0.15
+    after = _generated(g, energy, seed=1)
+    np.testing.assert_allclose(after.sum(axis=(1, 2)), before_layers, rtol=1e-5)

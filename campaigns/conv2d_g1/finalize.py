@@ -5,7 +5,8 @@ calibrate_response_by_energy, a ln E polynomial; with ``--resolution by-energy``
 resolution, fastshower.train.calibration.calibrate_resolution_by_energy; with ``--layers by-energy``
 first its longitudinal fluctuations, fastshower.train.calibration.calibrate_layers_by_energy; with ``--symmetry
 normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid; with
-``--lateral by-energy`` after the layers its halo fluctuations and radial profile,
+``--cells by-energy`` after the layers the spectrum of its cell energies, calibrate_cells_by_energy; with
+``--lateral by-energy`` after those its halo fluctuations and radial profile,
 calibrate_lateral_by_energy; with ``--hits by-energy`` after those its number of hits,
 calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
@@ -15,7 +16,9 @@ furthest from 1, as max(r, 1 / r)), and the spread distance (fastshower.train.sp
 generated against the validation showers at the same conditions, in 8 slices of energy, features
 standardised on the calibration showers; 0 for a generator that fluctuates like Geant4) and the
 width separation (fastshower.validate's per-layer separation power of the x widths, mean over the
-layers, the ``chi2_width_x`` of ``fastshower validate``), for all
+layers, the ``chi2_width_x`` of ``fastshower validate``) and the separation powers of the number of
+cells above 0.2 MeV per shower (``chi2_hits``) and of the pooled cell-energy spectrum
+(``chi2_cell_energy``), for all
 validation showers and for those below LOW_ENERGY_GEV (in 2 slices), or, with
 ``--low-energy-validation``, for a held-out low-energy sample (in 4 slices; scripts/make_g4_lowe.sh
 makes one, 1000 showers in 2-100 GeV, against ~120 below 65 GeV in the 2-500 GeV set). The rule (last K, fixed before
@@ -44,6 +47,7 @@ from fastshower.models import registry
 from fastshower.models.base import generate_like
 from fastshower.showers import ShowerSet
 from fastshower.train.calibration import (
+    calibrate_cells_by_energy,
     calibrate_hits_by_energy,
     calibrate_lateral_by_energy,
     calibrate_layers_by_energy,
@@ -53,8 +57,8 @@ from fastshower.train.calibration import (
     relative_width,
 )
 from fastshower.train.spread import FeatureStandardizer, spread_loss
-from fastshower.validate.metrics import separation_power
-from fastshower.validate.observables import apply_threshold, layer_centres_and_widths
+from fastshower.validate.metrics import cell_energy_histogram, separation_power
+from fastshower.validate.observables import HIT_THRESHOLD_GEV, apply_threshold, layer_centres_and_widths
 
 #: energy slices of the validation spread distance
 SPREAD_ENERGY_GROUPS = 8
@@ -98,6 +102,21 @@ def width_separation(reference: ShowerSet, candidate: ShowerSet) -> float:
                           for k in range(ref.shape[1])]))
 
 
+def spectrum_separations(reference: ShowerSet, candidate: ShowerSet) -> dict[str, float]:
+    """Separation powers of the number of cells at or above HIT_THRESHOLD_GEV per shower (50 bins over
+    the reference's 0.1-99.9% quantiles, under- and overflow in the end bins) and of the cell energies
+    at or above the readout threshold (49 log bins to the reference's largest cell), as ``fastshower
+    validate``'s chi2_hits and chi2_cell_energy."""
+    hits = [(s.showers >= HIT_THRESHOLD_GEV).reshape(len(s), -1).sum(axis=1) for s in (reference, candidate)]
+    lo, hi = np.quantile(hits[0], [0.001, 0.999])
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, 51)
+    counts = [np.histogram(np.clip(h, edges[0], edges[-1]), edges)[0] for h in hits]
+    cell_edges = np.geomspace(max(reference.geometry.readout_threshold_gev, 1e-9), float(reference.showers.max()), 50)
+    cells = [cell_energy_histogram(s.showers, cell_edges) for s in (reference, candidate)]
+    return {"hits_separation": round(separation_power(*counts), 4),
+            "cell_energy_separation": round(separation_power(*cells), 4)}
+
+
 def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureStandardizer,
                        low_energy: ShowerSet | None = None, seed: int = 5) -> dict[str, float | dict[str, float]]:
     """Quick metrics and spread distance on all validation showers, and (``low_energy``) on those
@@ -113,6 +132,7 @@ def validation_metrics(generator, validation: ShowerSet, standardizer: FeatureSt
         out = {k: float(f"{v:.4g}") for k, v in quick_metrics(ref, gen).items()}
         out.update(resolution_ratios(ref, gen, energy_groups))
         out["width_separation"] = round(width_separation(ref, gen), 4)
+        out.update(spectrum_separations(ref, gen))
         with torch.no_grad():
             out.update(spread_distance(standardizer, ref, gen, energy_groups))
         return out
@@ -166,6 +186,9 @@ def main() -> None:
     parser.add_argument("--hits", choices=["none", "by-energy"], default="none",
                         help="after the layers, calibrate each shower's number of hits (median and spread of its log, "
                              "in bins of ln E) to the training showers by zeroing the smallest hits")
+    parser.add_argument("--cells", choices=["none", "by-energy"], default="none",
+                        help="after the layers, calibrate the spectrum of cell energies of each layer (quantile map of "
+                             "ln E_cell, in bins of ln E) to the training showers")
     parser.add_argument("--lateral", choices=["none", "by-energy"], default="none",
                         help="after the layers, calibrate each layer's halo fraction (median and spread of its logit) "
                              "and mean radial profile (ring factors), in bins of ln E, to the training showers")
@@ -215,13 +238,20 @@ def main() -> None:
         generator.set_symmetry(args.symmetry)
         report["symmetry"] = args.symmetry
         report["average_after_symmetry"] = validation_metrics(generator, validation, standardizer, low_energy)
-    if args.hits == "by-energy" and hasattr(generator, "set_hits_correction"):
-        generator.set_hits_correction(None)  # a re-calibrated generator's old one would act on the fits before it
+    for option, remove in ((args.cells, "set_cell_correction"), (args.lateral, "set_lateral_correction"),
+                           (args.hits, "set_hits_correction")):
+        if option == "by-energy" and hasattr(generator, remove):
+            getattr(generator, remove)(None)  # a re-calibrated generator's old one would act on the fits before it
     if args.layers == "by-energy":
         layers = calibrate_layers_by_energy(generator, train)
         report["layers_by_energy"] = layers
         report["average_after_layers"] = validation_metrics(generator, validation, standardizer, low_energy)
         method.append("calibrate_layers_by_energy")
+    if args.cells == "by-energy":
+        cells = calibrate_cells_by_energy(generator, train)
+        report["cells_by_energy"] = cells
+        report["average_after_cells"] = validation_metrics(generator, validation, standardizer, low_energy)
+        method.append("calibrate_cells_by_energy")
     if args.lateral == "by-energy":
         lateral = calibrate_lateral_by_energy(generator, train)
         report["lateral_by_energy"] = lateral
@@ -239,6 +269,9 @@ def main() -> None:
                    "method": "fastshower.train.calibration." + ", then ".join(method)}
     if args.layers == "by-energy":
         calibration["layers"] = {k: layers[k] for k in ("bins_gev", "events", "before", "after")}
+    if args.cells == "by-energy":
+        calibration["cells"] = {k: cells[k] for k in ("bins_gev", "events", "cell_count_ratio_median", "before",
+                                                      "after")}
     if args.lateral == "by-energy":
         calibration["lateral"] = {k: lateral[k] for k in ("bins_gev", "events", "before", "after")}
     if args.hits == "by-energy":

@@ -118,6 +118,16 @@ class Conv2dConfig(ModelConfig):
     target(E) + exp(gain(E)) (ln n - centre(E)) (values at the knots ln(E / 100 GeV), linear between
     them, exp(gain) within [1/4, 4]); where that asks for fewer hits, only the largest cells are kept
     (the smallest hits zeroed, the rest untouched; it never adds hits),
+    ``cell_knots`` and ``cell_quantiles_generator`` / ``cell_quantiles_data``: the generator's
+    cell-energy correction (None: none; set by
+    :func:`fastshower.train.calibration.calibrate_cells_by_energy`), applied after the longitudinal
+    one: in each layer every cell with energy is moved in ln(E_cell / GeV) by the piecewise-linear
+    map that takes the generator's quantiles of ln E_cell (cells at or above the readout threshold)
+    to the data's (slope 1 beyond the end quantiles), then the layer renormalised to its energy: the
+    spectrum of cell energies in each layer is the data's, the layer energies and the cells that
+    have energy are kept; the tables are ``(n_layers * n_quantiles, n_knots)`` (layer-major, each
+    layer's quantiles increasing) at ``cell_knots`` = ln(E / 100 GeV), interpolated as the layer
+    correction's,
     ``lateral_knots`` and ``halo_centre`` / ``halo_target`` / ``halo_gain`` / ``ring_log_factor``:
     the generator's lateral correction (None: none; set by
     :func:`fastshower.train.calibration.calibrate_lateral_by_energy`), applied after the longitudinal
@@ -161,6 +171,9 @@ class Conv2dConfig(ModelConfig):
     hits_centre: tuple[float, ...] | None = None
     hits_target: tuple[float, ...] | None = None
     hits_gain: tuple[float, ...] | None = None
+    cell_knots: tuple[float, ...] | None = None
+    cell_quantiles_generator: tuple[tuple[float, ...], ...] | None = None
+    cell_quantiles_data: tuple[tuple[float, ...], ...] | None = None
     lateral_knots: tuple[float, ...] | None = None
     halo_centre: tuple[tuple[float, ...], ...] | None = None
     halo_target: tuple[tuple[float, ...], ...] | None = None
@@ -317,6 +330,53 @@ class Conv2dGenerator(ShowerGenerator):
         smallest_kept = torch.gather(ordered, 1, (wanted.long() - 1).unsqueeze(1))
         return ~hit | (s >= smallest_kept.view(-1, 1, 1, 1))
 
+    def set_cell_correction(self, knots: list | tuple | None, generator_quantiles: list | tuple | None = None,
+                            data_quantiles: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the cell-energy correction (see :class:`Conv2dConfig`):
+        increasing ``knots`` (ln(E / 100 GeV)) and two ``(n_layers * n_quantiles, n_knots)`` tables of
+        ln(E_cell / GeV) quantiles, each layer's increasing at every knot."""
+        names = ("cell_knots", "cell_quantiles_generator", "cell_quantiles_data")
+        if knots is None:
+            if generator_quantiles is not None or data_quantiles is not None:
+                raise ValueError("the cell correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(names))
+            return
+        knots = _checked_knots(knots, "cell")
+        if generator_quantiles is None or data_quantiles is None:
+            raise ValueError("the cell correction needs the generator's and the data's quantiles")
+        tables = [np.asarray(t, dtype=np.float64) for t in (generator_quantiles, data_quantiles)]
+        n_layers = self.geometry.n_layers
+        if any(t.ndim != 2 or t.shape[1] != len(knots) or t.shape[0] % n_layers or t.shape[0] < 2 * n_layers
+               for t in tables) or tables[0].shape != tables[1].shape:
+            raise ValueError(f"the cell correction needs two ({n_layers} layers x n_quantiles >= 2, "
+                             f"{len(knots)} knots) tables of the same shape")
+        if any((np.diff(t.reshape(n_layers, -1, len(knots)), axis=1) < 0).any() for t in tables):
+            raise ValueError("the cell correction's quantiles must increase within each layer")
+        self.config = self.config.model_copy(update=dict(zip(
+            names, (knots, *(tuple(tuple(float(v) for v in row) for row in t) for t in tables)))))
+
+    def cell_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, x, y, z)`` factor on each cell (GeV) of the cell-energy correction (see
+        :class:`Conv2dConfig`), each layer renormalised to its energy; 1 for empty cells."""
+        s = showers_gev.float()
+        nz = self.geometry.n_layers
+        c = self.config
+        u = torch.log(primary_energy.float() / 100.0)
+        tables = (c.cell_quantiles_generator or (), c.cell_quantiles_data or ())
+        q_gen, q_data = (_interpolate_layers(c.cell_knots or (), t, u).view(-1, nz, len(t) // nz).unsqueeze(1)
+                         .unsqueeze(1) for t in tables)  # (B, 1, 1, z, n_quantiles)
+        v = torch.log(s.clamp_min(1e-30))
+        # the map, segment after segment (a (B, x, y, z, n_quantiles) tensor would not fit in memory at batch 256)
+        mapped = q_data[..., 0] + (v - q_gen[..., 0]).clamp_max(0.0) + (v - q_gen[..., -1]).clamp_min(0.0)
+        for j in range(q_gen.shape[-1] - 1):
+            width = (q_gen[..., j + 1] - q_gen[..., j]).clamp_min(1e-6)
+            step = torch.minimum((v - q_gen[..., j]).clamp_min(0.0), width)
+            mapped = mapped + (q_data[..., j + 1] - q_data[..., j]) / width * step
+        factor = torch.where(s > 0, torch.exp(mapped - v), torch.ones_like(s))
+        layer, after = s.sum(dim=(1, 2)), (s * factor).sum(dim=(1, 2))
+        scale = torch.where(after > 0, layer / after.clamp_min(1e-30), torch.ones_like(layer))
+        return factor * scale.view(-1, 1, 1, nz)
+
     def set_lateral_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
                                target: list | tuple | None = None, gain: list | tuple | None = None,
                                ring_log_factor: list | tuple | None = None) -> None:
@@ -427,13 +487,16 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, lateral, hit-count, response and
-        resolution corrections and the symmetrisation applied, in that order."""
+        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, lateral, hit-count, response
+        and resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
         if self.config.layer_gain:
             factor = self.layer_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype).unsqueeze(1).unsqueeze(1)
+        if self.config.cell_knots:
+            factor = self.cell_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype)
         if self.config.halo_gain:
             factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
@@ -480,6 +543,15 @@ class Conv2dGenerator(ShowerGenerator):
                 "meaning": ("ln n (n = cells at or above the readout threshold) -> target + exp(gain) (ln n - centre), "
                             "given at the knots ln(E / 100 GeV), linear between them; only the largest cells kept "
                             "where that asks for fewer")}
+        if self.config.cell_knots:
+            card["preprocessing"]["cell_correction"] = {
+                "knots": list(self.config.cell_knots),
+                "quantiles_generator": [list(r) for r in self.config.cell_quantiles_generator or ()],
+                "quantiles_data": [list(r) for r in self.config.cell_quantiles_data or ()],
+                "meaning": ("per layer, ln(E_cell / GeV) of every cell with energy mapped piecewise-linearly "
+                            "from quantiles_generator[layer * n_q + k] to quantiles_data[...] (slope 1 beyond the "
+                            "ends), the layer renormalised to its energy; tables at the knots ln(E / 100 GeV), "
+                            "linear between them")}
         if self.config.halo_gain:
             card["preprocessing"]["lateral_correction"] = {
                 "knots": list(self.config.lateral_knots or ()),
