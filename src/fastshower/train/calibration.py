@@ -480,14 +480,15 @@ def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_b
     threshold = data.geometry.readout_threshold_gev
     edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
     generator.set_lateral_correction(None)
+    uncorrected = [generate_like(generator, data, seed).showers]  # the fit's first pass reuses these
     generated: list[np.ndarray] = []
 
     def generate() -> np.ndarray:
-        generated[:] = [generate_like(generator, data, seed).showers]
+        generated[:] = [uncorrected.pop() if uncorrected else generate_like(generator, data, seed).showers]
         return generated[0]
 
     ring_data = ring_fractions(data.showers, threshold, which, bins)
-    ring_before = ring_fractions(generate(), threshold, which, bins)
+    ring_before = ring_fractions(uncorrected[0], threshold, which, bins)
     fit = _fit_median_and_spread(
         logit_halo_fractions(data.showers, threshold), lambda: logit_halo_fractions(generate(), threshold),
         lambda c, t, g: generator.set_lateral_correction(knots, c.tolist(), t.tolist(), g.tolist()),
