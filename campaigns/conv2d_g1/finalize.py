@@ -242,41 +242,27 @@ def main() -> None:
                            (args.hits, "set_hits_correction")):
         if option == "by-energy" and hasattr(generator, remove):
             getattr(generator, remove)(None)  # a re-calibrated generator's old one would act on the fits before it
-    if args.layers == "by-energy":
-        layers = calibrate_layers_by_energy(generator, train)
-        report["layers_by_energy"] = layers
-        report["average_after_layers"] = validation_metrics(generator, validation, standardizer, low_energy)
-        method.append("calibrate_layers_by_energy")
-    if args.cells == "by-energy":
-        cells = calibrate_cells_by_energy(generator, train)
-        report["cells_by_energy"] = cells
-        report["average_after_cells"] = validation_metrics(generator, validation, standardizer, low_energy)
-        method.append("calibrate_cells_by_energy")
-    if args.lateral == "by-energy":
-        lateral = calibrate_lateral_by_energy(generator, train)
-        report["lateral_by_energy"] = lateral
-        report["average_after_lateral"] = validation_metrics(generator, validation, standardizer, low_energy)
-        method.append("calibrate_lateral_by_energy")
-    if args.hits == "by-energy":
-        hits = calibrate_hits_by_energy(generator, train)
-        report["hits_by_energy"] = hits
-        report["average_after_hits"] = validation_metrics(generator, validation, standardizer, low_energy)
-        method.append("calibrate_hits_by_energy")
+    # distribution fits, in the order generate_raw applies them; each card entry keeps the fit's bins and before/after
+    fits = {"layers": (args.layers, calibrate_layers_by_energy, ("bins_gev", "events", "before", "after")),
+            "cells": (args.cells, calibrate_cells_by_energy, ("bins_gev", "events", "cell_count_ratio_median",
+                                                             "before", "after")),
+            "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
+            "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
+                                                          "before", "after"))}
+    card_fits = {}
+    for name, (option, fit, keys) in fits.items():
+        if option != "by-energy":
+            continue
+        result = fit(generator, train)
+        report[f"{name}_by_energy"] = result
+        report[f"average_after_{name}"] = validation_metrics(generator, validation, standardizer, low_energy)
+        method.append(fit.__name__)
+        card_fits[name] = {k: result[k] for k in keys}
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)
     method.append("calibrate_response")
     calibration = {"ratio": report["response_ratio_applied"], "training_showers": len(train),
-                   "method": "fastshower.train.calibration." + ", then ".join(method)}
-    if args.layers == "by-energy":
-        calibration["layers"] = {k: layers[k] for k in ("bins_gev", "events", "before", "after")}
-    if args.cells == "by-energy":
-        calibration["cells"] = {k: cells[k] for k in ("bins_gev", "events", "cell_count_ratio_median", "before",
-                                                      "after")}
-    if args.lateral == "by-energy":
-        calibration["lateral"] = {k: lateral[k] for k in ("bins_gev", "events", "before", "after")}
-    if args.hits == "by-energy":
-        calibration["hits"] = {k: hits[k] for k in ("bins_gev", "events", "median_data", "spread_data", "before",
-                                                    "after")}
+                   "method": "fastshower.train.calibration." + ", then ".join(method), **card_fits}
     if args.symmetry != "keep":
         calibration["symmetry"] = args.symmetry
     if args.response == "by-energy":
