@@ -391,6 +391,77 @@ def test_lateral_calibration_gives_the_generator_the_data_halo_fluctuations_and_
     np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)
 
 
+def test_peak_correction_moves_rest_fractions_keeps_layers_and_the_largest_cell_and_survives_saving_and_onnx(
+        tmp_path):
+    from fastshower.train.calibration import logit_rest_fractions
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)
+    plain = _generated(g, energy)
+    layer, logit = plain.sum(axis=(1, 2), dtype=np.float64), logit_rest_fractions(plain, 0.0)
+    assert np.isfinite(logit).mean() > 0.9
+    knots = [math.log(0.1), math.log(2.0)]
+    centre = np.stack([np.nanmedian(logit, axis=0)] * 2, axis=1)  # (layers, knots)
+    target = centre + np.linspace(-0.5, 0.5, 25)[:, None]
+    g.set_peak_correction(knots, centre.tolist(), target.tolist(), np.full((25, 2), math.log(2.0)).tolist())
+    corrected = _generated(g, energy)
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2)), layer, rtol=1e-5)  # each layer keeps its energy
+    flat, flat_plain = (a.reshape(len(a), -1, 25) for a in (corrected, plain))
+    at_peak = np.take_along_axis(flat, flat_plain.argmax(axis=1)[:, None], axis=1)[:, 0]
+    np.testing.assert_allclose(at_peak, flat.max(axis=1), rtol=1e-5)  # the peak stays the largest (or ties)
+    wanted = target[:, 0] + 2.0 * (logit - centre[:, 0])
+    top = np.sort(flat_plain, axis=1)
+    rest = layer - top[:, -1]
+    cap = np.log(rest / top[:, -2])  # logit of rest / (rest + second)
+    free = np.isfinite(logit) & (np.abs(logit) < 6) & (np.abs(wanted) < 6) & (wanted < cap - 1e-3)
+    assert free.mean() > 0.3 and (np.isfinite(logit) & (wanted > cap + 1e-3)).any()
+    moved = logit_rest_fractions(corrected, 0.0)
+    np.testing.assert_allclose(moved[free], wanted[free], atol=2e-3)
+    capped = np.isfinite(logit) & (wanted > cap + 1e-3) & (np.abs(cap) < 6)
+    np.testing.assert_allclose(moved[capped], cap[capped], atol=2e-3)  # at most up to the second cell
+    ratio = corrected / np.where(plain > 0, plain, 1.0)  # the cells other than the peak keep their proportions
+    for i, k in zip(*np.nonzero(free), strict=True):
+        others = flat_plain[i, :, k] < top[i, -1, k]
+        values = ratio.reshape(len(ratio), -1, 25)[i, others, k][flat_plain[i, others, k] > 0]
+        assert np.ptp(values) <= 1e-4 * values.max()
+    card = g.metadata()["preprocessing"]["peak_correction"]
+    assert card["knots"] == pytest.approx(knots) and len(card["peak_gain"]) == 25
+    _assert_saved_and_exported_alike(g, energy, corrected, tmp_path)
+    with pytest.raises(ValueError, match="increasing"):
+        g.set_peak_correction([1.0, 0.0], centre.tolist(), target.tolist(), centre.tolist())
+    with pytest.raises(ValueError, match="finite"):
+        g.set_peak_correction(knots, np.full((25, 2), np.nan).tolist(), target.tolist(), centre.tolist())
+    g.set_peak_correction(None)
+    np.testing.assert_array_equal(_generated(g, energy), plain)
+
+
+def test_peak_calibration_gives_the_generator_the_data_peak_sharing_fluctuations():
+    """Data made by the generator with a known peak-sharing correction (medians shifted by up to
+    +-0.5 in logit, spreads x0.6): after calibration on it the generator's medians and spreads of
+    logit(energy outside the largest cell / layer energy) are the data's in every energy bin, and its
+    layer energies are what they were."""
+    from fastshower.train.calibration import calibrate_peak_by_energy, logit_rest_fractions
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(5)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 600))
+    plain = _generated(g, energy, seed=1)
+    logit = logit_rest_fractions(plain, 0.0)
+    knots = [math.log(0.05), math.log(3.0)]
+    centre = np.stack([np.nanmedian(logit, axis=0)] * 2, axis=1)
+    target = centre + np.linspace(-0.5, 0.5, 25)[:, None]
+    g.set_peak_correction(knots, centre.tolist(), target.tolist(), np.full((25, 2), math.log(0.6)).tolist())
+    data = ShowerSet(_generated(g, energy, seed=9), energy, np.full(600, math.pi / 2), PRESETS["clic25"])
+    g.set_peak_correction(None)
+    result = calibrate_peak_by_energy(g, data, n_bins=3, seed=1, min_events=150)
+    before, after = result["before"], result["after"]
+    assert min(before["spread_ratio_median"]) > 1.4
+    np.testing.assert_allclose(after["spread_ratio_median"], 1.0, atol=0.1)
+    assert max(after["median_offset_median"]) < 0.1 < min(before["median_offset_median"])
+    assert result["layers_left_as_they_are"] == [0, 0, 0]
+    np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)
+
+
 def test_cell_correction_maps_ln_cell_energies_keeps_layers_and_empty_cells_and_survives_saving_and_onnx(tmp_path):
     g = _relu_generator(cell_power=1.0, output_scale=3e-3)
     energy = np.array([5.0, 20.0, 80.0, 300.0] * 4)

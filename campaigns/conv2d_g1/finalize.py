@@ -7,7 +7,8 @@ first its longitudinal fluctuations, fastshower.train.calibration.calibrate_laye
 normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid; with
 ``--cells by-energy`` after the layers the spectrum of its cell energies, calibrate_cells_by_energy; with
 ``--lateral by-energy`` after those its halo fluctuations and radial profile,
-calibrate_lateral_by_energy; with ``--hits by-energy`` after those its number of hits,
+calibrate_lateral_by_energy; with ``--peak by-energy`` after those how each layer shares its energy between its
+largest cell and the others, calibrate_peak_by_energy; with ``--hits by-energy`` after those its number of hits,
 calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
@@ -51,6 +52,7 @@ from fastshower.train.calibration import (
     calibrate_hits_by_energy,
     calibrate_lateral_by_energy,
     calibrate_layers_by_energy,
+    calibrate_peak_by_energy,
     calibrate_resolution_by_energy,
     calibrate_response,
     calibrate_response_by_energy,
@@ -192,6 +194,9 @@ def main() -> None:
     parser.add_argument("--lateral", choices=["none", "by-energy"], default="none",
                         help="after the layers, calibrate each layer's halo fraction (median and spread of its logit) "
                              "and mean radial profile (ring factors), in bins of ln E, to the training showers")
+    parser.add_argument("--peak", choices=["none", "by-energy"], default="none",
+                        help="after the lateral one, calibrate each layer's fraction of energy outside its largest "
+                             "cell (median and spread of its logit, layers of two cells or more), in bins of ln E")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -239,6 +244,7 @@ def main() -> None:
         report["symmetry"] = args.symmetry
         report["average_after_symmetry"] = validation_metrics(generator, validation, standardizer, low_energy)
     for option, remove in ((args.cells, "set_cell_correction"), (args.lateral, "set_lateral_correction"),
+                           (args.peak, "set_peak_correction"),
                            (args.hits, "set_hits_correction")):
         if option == "by-energy" and hasattr(generator, remove):
             getattr(generator, remove)(None)  # a re-calibrated generator's old one would act on the fits before it
@@ -247,6 +253,8 @@ def main() -> None:
             "cells": (args.cells, calibrate_cells_by_energy, ("bins_gev", "events", "cell_count_ratio_median",
                                                              "before", "after")),
             "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
+            "peak": (args.peak, calibrate_peak_by_energy, ("bins_gev", "events", "layers_left_as_they_are",
+                                                          "before", "after")),
             "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
                                                           "before", "after"))}
     card_fits = {}

@@ -142,6 +142,16 @@ class Conv2dConfig(ModelConfig):
     the halo tables are ``(n_layers, n_knots)``, the ring table ``(n_layers * n_rings, n_knots)``
     (layer-major), all given at ``lateral_knots`` = ln(E / 100 GeV) and interpolated as the layer
     correction's,
+    ``peak_knots`` and ``peak_centre`` / ``peak_target`` / ``peak_gain``: the generator's peak-sharing
+    correction (None: none; set by :func:`fastshower.train.calibration.calibrate_peak_by_energy`),
+    applied after the lateral one: in each layer of each shower with two cells or more, the fraction
+    r of the layer's energy outside its largest cell is moved in logit(r) (within
+    [HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR]) to target(E) + exp(gain(E)) (logit(r) -
+    centre(E)), by one factor on the largest cell and one on the others (the layer's energy kept; r
+    never beyond the value at which the second cell would become the largest): how the energy of
+    the layer is shared between its peak and the rest fluctuates from shower to shower as in the
+    data, which sets the spread of the layers' widths; the tables are ``(n_layers, n_knots)`` at
+    ``peak_knots`` = ln(E / 100 GeV), interpolated as the layer correction's,
     ``symmetry``: ``normal_incidence`` applies to each shower one of the 8 symmetries of the square
     grid (x flip, y flip, x <-> y transpose and their products, about the central cell) chosen by
     the signs of SYMMETRY_NOISE extra noise components (noise_dim 203), so that the generated
@@ -179,6 +189,10 @@ class Conv2dConfig(ModelConfig):
     halo_target: tuple[tuple[float, ...], ...] | None = None
     halo_gain: tuple[tuple[float, ...], ...] | None = None
     ring_log_factor: tuple[tuple[float, ...], ...] | None = None
+    peak_knots: tuple[float, ...] | None = None
+    peak_centre: tuple[tuple[float, ...], ...] | None = None
+    peak_target: tuple[tuple[float, ...], ...] | None = None
+    peak_gain: tuple[tuple[float, ...], ...] | None = None
     symmetry: Literal["none", "normal_incidence"] = "none"
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
@@ -433,6 +447,54 @@ class Conv2dGenerator(ShowerGenerator):
         after = (s * factor).sum(dim=(1, 2))
         return factor * torch.where(after > 0, layer / after.clamp_min(1e-30), one).view(-1, 1, 1, nz)
 
+    def set_peak_correction(self, knots: list | tuple | None, centre: list | tuple | None = None,
+                            target: list | tuple | None = None, gain: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the peak-sharing correction (see :class:`Conv2dConfig`):
+        increasing ``knots`` (ln(E / 100 GeV)) and three ``(n_layers, n_knots)`` tables."""
+        names = ("peak_knots", "peak_centre", "peak_target", "peak_gain")
+        if knots is None:
+            if any(t is not None for t in (centre, target, gain)):
+                raise ValueError("the peak correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(names))
+            return
+        knots = _checked_knots(knots, "peak")
+        if centre is None or target is None or gain is None:
+            raise ValueError("the peak correction needs its centre, target and gain values")
+        tables = [tuple(tuple(float(c) for c in row) for row in t) for t in (centre, target, gain)]
+        if not all(len(t) == self.geometry.n_layers and all(len(row) == len(knots) for row in t) for t in tables):
+            raise ValueError(f"the peak correction needs three ({self.geometry.n_layers} layers, {len(knots)} knots) "
+                             "tables")
+        if not np.isfinite(np.asarray(tables)).all():
+            raise ValueError("the peak correction's tables must be finite")
+        self.config = self.config.model_copy(update=dict(zip(names, (knots, *tables))))
+
+    def peak_factor(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor) -> torch.Tensor:
+        """``(B, x, y, z)`` factor on each cell (GeV) of the peak-sharing correction (see
+        :class:`Conv2dConfig`): one on each layer's largest cell, one on its other cells, the layer
+        renormalised to its energy; 1 in layers of one cell or none."""
+        s = showers_gev.float()
+        nx, ny, nz = self.geometry.shape  # static sizes (an ONNX trace makes s.shape tensors)
+        layer = s.sum(dim=(1, 2))  # (B, nz)
+        top = torch.topk(s.permute(0, 3, 1, 2).reshape(-1, nz, nx * ny), 2, dim=2).values  # (B, nz, 2)
+        peak, second = top[..., 0], top[..., 1]
+        rest = layer - peak
+        r = rest / layer.clamp_min(1e-30)
+        logit = torch.log(r.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
+            (1 - r).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
+        c = self.config
+        moved = _moved(c.peak_knots or (), (c.peak_centre or (), c.peak_target or (), c.peak_gain or ()),
+                       logit, primary_energy)
+        # the largest cell stays the largest: r' <= rest / (rest + second)
+        new_r = torch.minimum(torch.sigmoid(moved), rest / (rest + second).clamp_min(1e-30))
+        both = (second > 0) & (rest > 0)
+        one = torch.ones_like(layer)
+        peak_factor = torch.where(both, (1 - new_r) / (1 - r).clamp_min(1e-30), one)
+        rest_factor = torch.where(both, new_r / r.clamp_min(1e-30), one)
+        is_peak = s >= peak.view(-1, 1, 1, nz)
+        factor = torch.where(is_peak, peak_factor.view(-1, 1, 1, nz), rest_factor.view(-1, 1, 1, nz))
+        after = (s * factor).sum(dim=(1, 2))
+        return factor * torch.where(after > 0, layer / after.clamp_min(1e-30), one).view(-1, 1, 1, nz)
+
     def _check_symmetry(self, kind: str) -> None:
         if kind != "none" and self.conditions_on_angle:
             raise ValueError("symmetry: normal_incidence needs a generator of normal incidence only "
@@ -487,7 +549,7 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, lateral, hit-count, response
+        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, lateral, peak-sharing, hit-count, response
         and resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
@@ -499,6 +561,9 @@ class Conv2dGenerator(ShowerGenerator):
             out = out * factor.to(out.dtype)
         if self.config.halo_gain:
             factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype)
+        if self.config.peak_gain:
+            factor = self.peak_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
         if self.config.hits_gain:
             out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))
@@ -564,6 +629,16 @@ class Conv2dGenerator(ShowerGenerator):
                             "factors on the halo's and the core's cells; then each cell x exp(ring_log_factor[layer "
                             "* n_rings + ring]) (ring = rounded distance to the central cell, cells) and the layer "
                             "renormalised; tables at the knots ln(E / 100 GeV), linear between them")}
+        if self.config.peak_gain:
+            card["preprocessing"]["peak_correction"] = {
+                "knots": list(self.config.peak_knots or ()),
+                **{name: [list(r) for r in getattr(self.config, name) or ()]
+                   for name in ("peak_centre", "peak_target", "peak_gain")},
+                "fraction_floor": HALO_FRACTION_FLOOR,
+                "meaning": ("per layer with two cells or more r = energy outside the largest cell / layer energy: "
+                            "logit(r) -> peak_target + exp(peak_gain) (logit(r) - peak_centre), at most up to the r "
+                            "at which the second cell would be the largest, by one factor on the largest cell and one "
+                            "on the others; tables at the knots ln(E / 100 GeV), linear between them")}
         if self.config.symmetry != "none":
             card["preprocessing"]["symmetry"] = ("each shower flipped in x, in y and transposed x <-> y where noise "
                                                  f"components {self.network_noise_dim}..{self.noise_dim - 1} are "

@@ -64,10 +64,18 @@ its energy. The layer energies, the total and the response stay what they were; 
 only between cells the network fills (it cannot add a hit far from the core where the network
 leaves none), and a report gives the halo spreads and medians and the ring-profile distance before
 it beside those after it.
+
+:func:`calibrate_peak_by_energy` comes after the lateral one, for a network whose layers share their
+energy between the largest cell and the others too alike from shower to shower (at low energy, where
+a layer holds a few cells, that sets the spread of the layers' widths): per layer, the median and
+spread of logit(fraction of the layer's energy outside its largest cell), over the layers of two
+cells or more, are matched in bins of ln E by one factor on the largest cell and one on the others,
+the layer's energy kept. It moves no energy into empty cells and never makes another cell the largest.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -265,12 +273,23 @@ def log_layer_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray
 
 #: bound of |gain| of the layer correction, where Conv2dGenerator.layer_factor clamps its factor
 MAX_LN_GAIN = float(np.log(LAYER_GAIN_MAX))
+#: an energy bin's median and spread of a value defined only in some showers (e.g. the peak-sharing
+#: fraction of layers of two cells or more) need this many showers where it is defined
+MIN_QUANTILE_VALUES = 20
 
 
 def _binned_quantiles(g: np.ndarray, which: np.ndarray, bins: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """``(len(bins), k)`` median and half inter-quartile range / 0.6745 (the standard deviation of a
-    normal distribution with that IQR) of the columns of ``g`` in each energy bin."""
-    q = np.stack([np.percentile(g[which == b], [25, 50, 75], axis=0) for b in bins])  # (bins, 3, k)
+    normal distribution with that IQR) of the columns of ``g`` in each energy bin; NaN entries of
+    ``g`` are left out, and a column with fewer than MIN_QUANTILE_VALUES others in a bin gives NaN."""
+    out = []
+    for b in bins:
+        v = g[which == b]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, replaced below
+            q = np.nanpercentile(v, [25, 50, 75], axis=0)  # (3, k)
+        out.append(np.where(np.isfinite(v).sum(axis=0) >= MIN_QUANTILE_VALUES, q, np.nan))
+    q = np.stack(out)  # (bins, 3, k)
     return q[:, 1], (q[:, 2] - q[:, 0]) / (2 * 0.6745)
 
 
@@ -518,6 +537,63 @@ def calibrate_lateral_by_energy(generator: ShowerGenerator, data: ShowerSet, n_b
             "events": [int((which == b).sum()) for b in bins],
             "before": summary(fit["before"][0], fit["before"][1], ring_before),
             "after": summary(halo_after[0], halo_after[1], ring_after)}
+
+
+def logit_rest_fractions(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
+    """``(B, n_layers)`` logit of the fraction of each layer's energy outside its largest cell (within
+    [HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR]) of showers ``(B, x, y, z)`` (GeV), cells below the
+    readout threshold as zero; NaN for layers of fewer than two cells."""
+    s = np.where(showers < threshold_gev, 0.0, showers).reshape(len(showers), -1, showers.shape[3])
+    layer = s.sum(axis=1, dtype=np.float64)
+    rest = layer - s.max(axis=1)
+    r = np.clip(rest / np.where(layer > 0, layer, 1.0), HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)
+    return np.where((s > 0).sum(axis=1) >= 2, np.log(r / (1 - r)), np.nan)
+
+
+def calibrate_peak_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, seed: int = 0,
+                             iterations: int = 3, min_events: int = 100) -> dict:
+    """Fit and set the generator's peak-sharing correction (module docstring), as
+    :func:`calibrate_layers_by_energy` does the layers, with g = logit(fraction of the layer's energy
+    outside its largest cell) of the layers of two cells or more (``iterations`` passes, in ``n_bins``
+    bins equal in ln E holding ``min_events`` showers or more). Where a layer has fewer than
+    MIN_QUANTILE_VALUES such showers in a bin, in the data or the generator, its correction there is
+    the identity (centre = target = 0, gain = 0). Any peak correction the generator had is replaced.
+    The report gives per bin the generator / data spread ratio and |median difference| of g (median
+    over the layers and worst) before and after, and the number of layers left as they are."""
+    if not hasattr(generator, "set_peak_correction"):
+        raise ValueError(f"{generator.name}: it has no peak correction to calibrate")
+    threshold = data.geometry.readout_threshold_gev
+    edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
+    generator.set_peak_correction(None)
+    identity = np.zeros((data.geometry.n_layers, len(bins)), dtype=bool)
+
+    def set_correction(centre: np.ndarray, target: np.ndarray, gain: np.ndarray) -> None:
+        identity[:] = ~(np.isfinite(centre) & np.isfinite(target) & np.isfinite(gain))
+        c, t, g = (np.where(identity, 0.0, v) for v in (centre, target, gain))
+        generator.set_peak_correction(knots, c.tolist(), t.tolist(), g.tolist())
+
+    fit = _fit_median_and_spread(
+        logit_rest_fractions(data.showers, threshold),
+        lambda: logit_rest_fractions(generate_like(generator, data, seed).showers, threshold),
+        set_correction, which, bins, iterations)
+    r = lambda v: [round(float(x), 4) if np.isfinite(x) else None for x in v]  # noqa: E731
+
+    def summary(median: np.ndarray, spread: np.ndarray) -> dict[str, list[float | None]]:
+        ratio = np.where(identity.T, np.nan, spread / np.maximum(fit["spread_data"], 1e-9))
+        offset = np.where(identity.T, np.nan, np.abs(median - fit["median_data"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a bin with every layer left as it is: None
+            return {"spread_ratio_median": r(np.nanmedian(ratio, axis=1)),
+                    "median_offset_median": r(np.nanmedian(offset, axis=1)),
+                    "median_offset_worst": r(np.nanmax(offset, axis=1))}
+
+    config = generator.config  # type: ignore[attr-defined]
+    return {"knots": knots, **{k: [list(row) for row in getattr(config, f"peak_{k}")]
+                               for k in ("centre", "target", "gain")},
+            "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
+            "events": [int((which == b).sum()) for b in bins],
+            "layers_left_as_they_are": [int(n) for n in identity.sum(axis=0)],
+            "before": summary(*fit["before"]), "after": summary(*fit["after"])}
 
 
 def log_hit_counts(showers: np.ndarray, threshold_gev: float) -> np.ndarray:
