@@ -7,7 +7,7 @@ first its longitudinal fluctuations, fastshower.train.calibration.calibrate_laye
 normal_incidence`` before all of them the symmetrisation of its output over the 8 symmetries of the grid; with
 ``--cells by-energy`` after the layers the spectrum of its cell energies, calibrate_cells_by_energy; with
 ``--lateral by-energy`` after those its halo fluctuations and radial profile,
-calibrate_lateral_by_energy; with ``--peak by-energy`` after those how each layer shares its energy between its
+calibrate_lateral_by_energy, and with ``--peak by-energy`` before that how each layer shares its energy between its
 largest cell and the others, calibrate_peak_by_energy; with ``--hits by-energy`` after those its number of hits,
 calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
@@ -195,8 +195,9 @@ def main() -> None:
                         help="after the layers, calibrate each layer's halo fraction (median and spread of its logit) "
                              "and mean radial profile (ring factors), in bins of ln E, to the training showers")
     parser.add_argument("--peak", choices=["none", "by-energy"], default="none",
-                        help="after the lateral one, calibrate each layer's fraction of energy outside its largest "
-                             "cell (median and spread of its logit, layers of two cells or more), in bins of ln E")
+                        help="after the cells and before the lateral one, calibrate each layer's fraction of energy "
+                             "outside its largest cell (median and spread of its logit, layers of two cells or more), "
+                             "in bins of ln E")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -243,8 +244,8 @@ def main() -> None:
         generator.set_symmetry(args.symmetry)
         report["symmetry"] = args.symmetry
         report["average_after_symmetry"] = validation_metrics(generator, validation, standardizer, low_energy)
-    for option, remove in ((args.cells, "set_cell_correction"), (args.lateral, "set_lateral_correction"),
-                           (args.peak, "set_peak_correction"),
+    for option, remove in ((args.cells, "set_cell_correction"), (args.peak, "set_peak_correction"),
+                           (args.lateral, "set_lateral_correction"),
                            (args.hits, "set_hits_correction")):
         if option == "by-energy" and hasattr(generator, remove):
             getattr(generator, remove)(None)  # a re-calibrated generator's old one would act on the fits before it
@@ -252,9 +253,9 @@ def main() -> None:
     fits = {"layers": (args.layers, calibrate_layers_by_energy, ("bins_gev", "events", "before", "after")),
             "cells": (args.cells, calibrate_cells_by_energy, ("bins_gev", "events", "cell_count_ratio_median",
                                                              "before", "after")),
-            "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
             "peak": (args.peak, calibrate_peak_by_energy, ("bins_gev", "events", "layers_left_as_they_are",
                                                           "before", "after")),
+            "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
             "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
                                                           "before", "after"))}
     card_fits = {}

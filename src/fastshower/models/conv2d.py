@@ -144,7 +144,8 @@ class Conv2dConfig(ModelConfig):
     correction's,
     ``peak_knots`` and ``peak_centre`` / ``peak_target`` / ``peak_gain``: the generator's peak-sharing
     correction (None: none; set by :func:`fastshower.train.calibration.calibrate_peak_by_energy`),
-    applied after the lateral one: in each layer of each shower with two cells or more, the fraction
+    applied after the cell-energy one and before the lateral one (whose ring factors then put the
+    mean radial profile back to the data's): in each layer of each shower with two cells or more, the fraction
     r of the layer's energy outside its largest cell is moved in logit(r) (within
     [HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR]) to target(E) + exp(gain(E)) (logit(r) -
     centre(E)), by one factor on the largest cell and one on the others (the layer's energy kept; r
@@ -549,7 +550,7 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, lateral, peak-sharing, hit-count, response
+        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, peak-sharing, lateral, hit-count, response
         and resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
@@ -559,11 +560,11 @@ class Conv2dGenerator(ShowerGenerator):
         if self.config.cell_knots:
             factor = self.cell_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
-        if self.config.halo_gain:
-            factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
-            out = out * factor.to(out.dtype)
         if self.config.peak_gain:
             factor = self.peak_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype)
+        if self.config.halo_gain:
+            factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
         if self.config.hits_gain:
             out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))

@@ -65,7 +65,8 @@ only between cells the network fills (it cannot add a hit far from the core wher
 leaves none), and a report gives the halo spreads and medians and the ring-profile distance before
 it beside those after it.
 
-:func:`calibrate_peak_by_energy` comes after the lateral one, for a network whose layers share their
+:func:`calibrate_peak_by_energy` comes before the lateral one (whose ring factors then put the mean
+radial profile back), for a network whose layers share their
 energy between the largest cell and the others too alike from shower to shower (at low energy, where
 a layer holds a few cells, that sets the spread of the layers' widths): per layer, the median and
 spread of logit(fraction of the layer's energy outside its largest cell), over the layers of two

@@ -1,0 +1,54 @@
+#!/bin/bash
+# Session 13, second check (docs/training.md "Session 13"), written before the candidate was finalized or evaluated on the
+# fixed-energy test samples. The only goal of issue 15 still missed is the width chi2 at 10 GeV (0.132 against untuned
+# GFlash's 0.109). Looked at on low-energy training showers only (train_lowe_1, 8-12.5 GeV): the shipped generator's
+# early layers share their energy between the largest cell and the others too alike from shower to shower (layer 5:
+# IQR of logit(energy outside the largest cell / layer) 0.26 against Geant4's 0.73; layer 0: generated widths 0.7-1.9 mm
+# where Geant4's are 0 or 5-11 mm). The new step is finalize.py --peak by-energy (calibrate_peak_by_energy: per layer
+# the median and spread of that logit over layers of two cells or more, in bins of ln E, on the training showers), after
+# the lateral calibration. The library version, fitted on train_lowe_1 and measured on train_lowe_2 (not used in the
+# fit): mean width separation over the layers 0.158 -> 0.146 (2-5 GeV), 0.147 -> 0.136 (8-12.5), 0.046 -> 0.044 (30-100).
+# The first candidate (rule_session13.sh, the peak step after the lateral one) failed checks a and b: the held-out profile
+# MSE rose from 1.72e-6 to 4.23e-6 (low-energy) and from 1.18e-6 to 1.65e-6 (2-500 GeV) at the peak step, which moves
+# energy from each layer's largest cell (mostly the central one) to the others after the lateral ring factors had matched
+# the mean radial profile; width 0.0775 -> 0.0738 and hits 0.043 -> 0.038 separations improved
+# (campaigns/conv2d_g1_g4lowe_ld/evaluation/finalize_s13_peak_after_lateral_rejected.json).
+# Second candidate `peakfirst`: the peak step moved before the lateral one (generate_raw: layers, cells, peak, lateral,
+# hits), so that the ring factors fitted after it put the mean radial profile back: the shipped generator (session 12)
+# re-calibrated on the same 4000 + 4000 training showers: layers, peak, lateral, hits, then response and resolution by
+# energy. The checks are the first rule's, unchanged; it replaces the shipped generator (baseline) when:
+#   a. low-energy sample (1000, 2-100 GeV): width separation below the baseline's; profile MSE and hits separation at
+#      most 1.1 x the baseline's; spread distance at most 1.05 x the baseline's
+#   b. 2-500 GeV validation: profile MSE at most 1.1 x the baseline's, sampling-fraction error <= 0.02, width
+#      separation at most the baseline's
+#   c. resolution: within x/1.2 of Geant4's in the 4 low-energy slices and the 7 lower validation slices
+cd "$(dirname "$0")/../.."
+mkdir -p runs/final
+out=runs/final/s13_peakfirst
+[ -f $out.finalize.json ] || PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python campaigns/conv2d_g1/finalize.py \
+  --folder campaigns/conv2d_g1_g4lowe_ld --generator src/fastshower/weights/conv2d_g1 --symmetry keep \
+  --out $out --layers by-energy --lateral by-energy --peak by-energy --hits by-energy \
+  --response by-energy --resolution by-energy --calibration-events 4000 \
+  --calibration-per-source --low-energy-validation data/g4-clic25-lowe/validation/validation_lowe.h5 \
+  --baseline conv2d_g1 > $out.log 2>&1
+OUT=$out python3 - <<'PY'
+import json
+import os
+d = json.load(open(os.environ["OUT"] + ".finalize.json"))
+a, b = d["average"], d["baseline"]
+lo, blo = a["low_energy"], b["low_energy"]
+worst = max(max(r, 1 / r) for r in a["resolution_ratio"][:-1] + lo["resolution_ratio"])
+checks = {"a_lowE_width": lo["width_separation"] < blo["width_separation"],
+          "a_lowE_profile": lo["profile_mse"] <= 1.1 * blo["profile_mse"],
+          "a_lowE_hits": lo["hits_separation"] <= 1.1 * blo["hits_separation"],
+          "a_lowE_spread": lo["spread_distance"] <= 1.05 * blo["spread_distance"],
+          "b_profile": a["profile_mse"] <= 1.1 * b["profile_mse"], "b_sf": a["sampling_fraction_error"] <= 0.02,
+          "b_width": a["width_separation"] <= b["width_separation"], "c_resolution": worst <= 1.2}
+for name, v in (("baseline", b), ("peakfirst", a)):
+    print(name, "| profile", v["profile_mse"], "sf", v["sampling_fraction_error"], "width", v["width_separation"],
+          "spread", v["spread_distance"], "resolution", v["resolution_ratio"], "| lowE profile",
+          v["low_energy"]["profile_mse"], "width", v["low_energy"]["width_separation"], "hits",
+          v["low_energy"]["hits_separation"], "spread", v["low_energy"]["spread_distance"], "resolution",
+          v["low_energy"]["resolution_ratio"])
+print("PASS" if all(checks.values()) else "fail " + ",".join(k for k, v in checks.items() if not v))
+PY
