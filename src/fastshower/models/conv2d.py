@@ -427,8 +427,7 @@ class Conv2dGenerator(ShowerGenerator):
         layer = s.sum(dim=(1, 2))  # (B, nz)
         halo_energy = (s * halo).sum(dim=(1, 2))
         h = halo_energy / layer.clamp_min(1e-30)
-        logit = torch.log(h.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
-            (1 - h).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
+        logit = _clamped_logit(h)
         c = self.config
         moved = _moved(c.lateral_knots or (), (c.halo_centre or (), c.halo_target or (), c.halo_gain or ()),
                        logit, primary_energy)
@@ -480,8 +479,7 @@ class Conv2dGenerator(ShowerGenerator):
         peak, second = top[..., 0], top[..., 1]
         rest = layer - peak
         r = rest / layer.clamp_min(1e-30)
-        logit = torch.log(r.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
-            (1 - r).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
+        logit = _clamped_logit(r)
         c = self.config
         moved = _moved(c.peak_knots or (), (c.peak_centre or (), c.peak_target or (), c.peak_gain or ()),
                        logit, primary_energy)
@@ -672,6 +670,13 @@ def lateral_halo(nx: int, ny: int) -> np.ndarray:
     from the central cell's), 0 for the core's."""
     dx, dy = np.arange(nx) - (nx - 1) / 2, np.arange(ny) - (ny - 1) / 2
     return (np.hypot(dx[:, None], dy[None, :]) > LATERAL_CORE_RADIUS_CELLS).astype(np.float32)
+
+
+def _clamped_logit(fraction: torch.Tensor) -> torch.Tensor:
+    """logit of ``fraction`` and of ``1 - fraction`` each kept within [HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR]
+    (the halo and peak-sharing corrections' variable)."""
+    return torch.log(fraction.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
+        (1 - fraction).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
 
 
 def _checked_knots(knots: list | tuple, what: str) -> tuple[float, ...]:
