@@ -8,7 +8,8 @@ normal_incidence`` before all of them the symmetrisation of its output over the 
 ``--cells by-energy`` after the layers the spectrum of its cell energies, calibrate_cells_by_energy; with
 ``--lateral by-energy`` after those its halo fluctuations and radial profile,
 calibrate_lateral_by_energy, and with ``--peak by-energy`` before that how each layer shares its energy between its
-largest cell and the others, calibrate_peak_by_energy; with ``--hits by-energy`` after those its number of hits,
+largest cell and the others, calibrate_peak_by_energy; with ``--width by-energy`` after the lateral one the
+widths of its sparse layers, calibrate_width_by_energy; with ``--hits by-energy`` after those its number of hits,
 calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
@@ -56,6 +57,7 @@ from fastshower.train.calibration import (
     calibrate_resolution_by_energy,
     calibrate_response,
     calibrate_response_by_energy,
+    calibrate_width_by_energy,
     relative_width,
 )
 from fastshower.train.spread import FeatureStandardizer, spread_loss
@@ -198,6 +200,9 @@ def main() -> None:
                         help="after the cells and before the lateral one, calibrate each layer's fraction of energy "
                              "outside its largest cell (median and spread of its logit, layers of two cells or more), "
                              "in bins of ln E")
+    parser.add_argument("--width", choices=["none", "by-energy"], default="none",
+                        help="after the lateral one, map the radial width of each sparse layer (less than 5%% of the "
+                             "shower) onto the data's distribution, in bins of ln E, with far deposits drawn from noise")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -245,7 +250,7 @@ def main() -> None:
         report["symmetry"] = args.symmetry
         report["average_after_symmetry"] = validation_metrics(generator, validation, standardizer, low_energy)
     for option, remove in ((args.cells, "set_cell_correction"), (args.peak, "set_peak_correction"),
-                           (args.lateral, "set_lateral_correction"),
+                           (args.lateral, "set_lateral_correction"), (args.width, "set_width_correction"),
                            (args.hits, "set_hits_correction")):
         if option == "by-energy" and hasattr(generator, remove):
             getattr(generator, remove)(None)  # a re-calibrated generator's old one would act on the fits before it
@@ -256,6 +261,8 @@ def main() -> None:
             "peak": (args.peak, calibrate_peak_by_energy, ("bins_gev", "events", "layers_left_as_they_are",
                                                           "before", "after")),
             "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
+            "width": (args.width, calibrate_width_by_energy, ("bins_gev", "events", "max_layer_share", "layers_mapped",
+                                                             "before", "after")),
             "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
                                                           "before", "after"))}
     card_fits = {}

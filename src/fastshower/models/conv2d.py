@@ -48,6 +48,8 @@ in place, keeping the weights (the Keras trainer's rebuild at ``ReLU_epoch``).
 
 from __future__ import annotations
 
+import math
+
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -88,6 +90,14 @@ RING_FACTOR_MAX = 5.0
 #: noise components of a generator with ``symmetry: normal_incidence`` beyond the network's, whose
 #: signs choose the symmetry of the grid (x flip, y flip, x <-> y transpose)
 SYMMETRY_NOISE = 3
+#: noise components per layer of a generator with the width correction (after the network's and the
+#: symmetry's): two for the direction of the far deposit, one for the rank of a one-cell layer
+WIDTH_NOISE_PER_LAYER = 3
+#: the width correction's far deposit lies at D^2 = V + WIDTH_SPOT_REACH (V' - V) from the layer's centre
+#: (V, V' the layer's radial variance before and after, mm^2) and carries about 1 / WIDTH_SPOT_REACH of the
+#: layer's energy where the layer had one cell: a small deposit far out (measured on Geant4 showers of 7-14 GeV:
+#: 16 keeps the mean lateral profile where 4, two equal deposits, spoils it)
+WIDTH_SPOT_REACH = 16.0
 
 
 class Conv2dConfig(ModelConfig):
@@ -153,6 +163,22 @@ class Conv2dConfig(ModelConfig):
     the layer is shared between its peak and the rest fluctuates from shower to shower as in the
     data, which sets the spread of the layers' widths; the tables are ``(n_layers, n_knots)`` at
     ``peak_knots`` = ln(E / 100 GeV), interpolated as the layer correction's,
+    ``width_knots`` and ``width_single_generator`` / ``width_single_data`` / ``width_quantiles_generator`` /
+    ``width_quantiles_data``: the generator's width correction (None: none; set by
+    :func:`fastshower.train.calibration.calibrate_width_by_energy`), applied after the lateral one and
+    before the hit count: in each layer of each shower the radial width w = sqrt(var x + var y) (mm,
+    cells at or above the readout threshold) is mapped to the data's by its rank: one-cell layers (w =
+    0, fraction ``single`` of the layers with energy) get a rank drawn uniformly within that fraction
+    from the layer's own noise, the others the generator's quantile of w among layers of two cells or
+    more; the rank gives the data's width w' (0 below the data's one-cell fraction). A narrower layer
+    moves a fraction of its energy to its largest cell, a wider one to one cell (the far deposit) at
+    D^2 = V + WIDTH_SPOT_REACH (V' - V) from the layer's centre (V = w^2, V' = w'^2) in a direction
+    drawn from two noise components; both fractions solve (1 - a) V + a (1 - a) d^2 = V' for the
+    chosen cell (d its distance to the centre); the layer's energy is kept. The noise grows by
+    WIDTH_NOISE_PER_LAYER components a layer, after the network's and the symmetry's. Layers the
+    calibration leaves alone have equal generator and data tables (the identity); the single tables
+    are ``(n_layers, n_knots)``, the quantile tables ``(n_layers * n_quantiles, n_knots)`` (layer-major,
+    increasing), all at ``width_knots`` = ln(E / 100 GeV), interpolated as the layer correction's,
     ``symmetry``: ``normal_incidence`` applies to each shower one of the 8 symmetries of the square
     grid (x flip, y flip, x <-> y transpose and their products, about the central cell) chosen by
     the signs of SYMMETRY_NOISE extra noise components (noise_dim 203), so that the generated
@@ -194,6 +220,11 @@ class Conv2dConfig(ModelConfig):
     peak_centre: tuple[tuple[float, ...], ...] | None = None
     peak_target: tuple[tuple[float, ...], ...] | None = None
     peak_gain: tuple[tuple[float, ...], ...] | None = None
+    width_knots: tuple[float, ...] | None = None
+    width_single_generator: tuple[tuple[float, ...], ...] | None = None
+    width_single_data: tuple[tuple[float, ...], ...] | None = None
+    width_quantiles_generator: tuple[tuple[float, ...], ...] | None = None
+    width_quantiles_data: tuple[tuple[float, ...], ...] | None = None
     symmetry: Literal["none", "normal_incidence"] = "none"
     minibatch_std_group: int = Field(default=0, ge=0)
     latent: Literal["scaled", "scaled_and_raw"] = "scaled"
@@ -233,7 +264,7 @@ class Conv2dGenerator(ShowerGenerator):
         self.network_noise_dim = 200
         self.conditions_on_angle = config.condition_on_angle
         self._check_symmetry(config.symmetry)
-        self.noise_dim = self.network_noise_dim + (SYMMETRY_NOISE if config.symmetry != "none" else 0)
+        self._set_noise_dim()
         extra = self.network_noise_dim + 1 if config.latent == "scaled_and_raw" else 0
         self.dense = dense(self.network_noise_dim + int(config.condition_on_angle) + extra, 5 * 5 * 5)
         self.output_head = _output_head(config.output_activation)
@@ -494,6 +525,104 @@ class Conv2dGenerator(ShowerGenerator):
         after = (s * factor).sum(dim=(1, 2))
         return factor * torch.where(after > 0, layer / after.clamp_min(1e-30), one).view(-1, 1, 1, nz)
 
+    def set_width_correction(self, knots: list | tuple | None, single_generator: list | tuple | None = None,
+                             single_data: list | tuple | None = None, quantiles_generator: list | tuple | None = None,
+                             quantiles_data: list | tuple | None = None) -> None:
+        """Set (or with None, remove) the width correction (see :class:`Conv2dConfig`): increasing
+        ``knots`` (ln(E / 100 GeV)), two ``(n_layers, n_knots)`` one-cell fractions in [0, 1] and two
+        ``(n_layers * n_quantiles, n_knots)`` tables of widths (mm), each layer's increasing at every
+        knot. The noise dimension follows (WIDTH_NOISE_PER_LAYER a layer more with it)."""
+        names = ("width_knots", "width_single_generator", "width_single_data", "width_quantiles_generator",
+                 "width_quantiles_data")
+        tables_in = (single_generator, single_data, quantiles_generator, quantiles_data)
+        if knots is None:
+            if any(t is not None for t in tables_in):
+                raise ValueError("the width correction's tables need its knots")
+            self.config = self.config.model_copy(update=dict.fromkeys(names))
+            self._set_noise_dim()
+            return
+        knots = _checked_knots(knots, "width")
+        if any(t is None for t in tables_in):
+            raise ValueError("the width correction needs the generator's and the data's one-cell fractions and "
+                             "width quantiles")
+        tables = [np.asarray(t, dtype=np.float64) for t in tables_in]
+        n_layers = self.geometry.n_layers
+        if any(t.shape != (n_layers, len(knots)) for t in tables[:2]) or not all(
+                ((t >= 0) & (t <= 1)).all() for t in tables[:2]):
+            raise ValueError(f"the width correction needs two ({n_layers} layers, {len(knots)} knots) one-cell "
+                             "fractions in [0, 1]")
+        q = tables[2:]
+        if any(t.ndim != 2 or t.shape[1] != len(knots) or t.shape[0] % n_layers or t.shape[0] < 2 * n_layers
+               for t in q) or q[0].shape != q[1].shape:
+            raise ValueError(f"the width correction needs two ({n_layers} layers x n_quantiles >= 2, "
+                             f"{len(knots)} knots) width tables of the same shape")
+        if any((np.diff(t.reshape(n_layers, -1, len(knots)), axis=1) < 0).any() or (t < 0).any() for t in q):
+            raise ValueError("the width correction's quantiles must be >= 0 and increase within each layer")
+        if not all(np.isfinite(t).all() for t in tables):
+            raise ValueError("the width correction's tables must be finite")
+        self.config = self.config.model_copy(update=dict(zip(
+            names, (knots, *(tuple(tuple(float(v) for v in row) for row in t) for t in tables)))))
+        self._set_noise_dim()
+
+    def width_moved(self, showers_gev: torch.Tensor, primary_energy: torch.Tensor, noise: torch.Tensor
+                    ) -> torch.Tensor:
+        """``(B, x, y, z)`` showers (GeV) after the width correction (see :class:`Conv2dConfig`); its
+        noise is the last WIDTH_NOISE_PER_LAYER * n_layers components of ``noise``."""
+        s = showers_gev.float()
+        nx, ny, nz = self.geometry.shape  # static sizes (an ONNX trace makes s.shape tensors)
+        dx, dy = self.geometry.cell_size_mm or (1.0, 1.0)
+        c = self.config
+        x = ((torch.arange(nx, device=s.device, dtype=torch.float32) - (nx - 1) / 2) * dx).view(1, nx, 1, 1)
+        y = ((torch.arange(ny, device=s.device, dtype=torch.float32) - (ny - 1) / 2) * dy).view(1, 1, ny, 1)
+        seen = torch.where(s >= max(self.geometry.readout_threshold_gev, 1e-30), s, torch.zeros_like(s))
+        energy = seen.sum(dim=(1, 2))  # (B, nz)
+        total = energy.clamp_min(1e-30)
+        cx, cy = (seen * x).sum(dim=(1, 2)) / total, (seen * y).sum(dim=(1, 2)) / total
+        variance = ((seen * (x * x + y * y)).sum(dim=(1, 2)) / total - cx * cx - cy * cy).clamp_min(0.0)
+        cells = (seen > 0).float().sum(dim=(1, 2))
+        z = noise[:, noise.shape[1] - WIDTH_NOISE_PER_LAYER * nz:].view(-1, nz, WIDTH_NOISE_PER_LAYER)
+        u = torch.log(primary_energy.float() / 100.0)
+        single_gen, single_data = (_interpolate_layers(c.width_knots or (), t or (), u)
+                                   for t in (c.width_single_generator, c.width_single_data))
+        n_q = len(c.width_quantiles_generator or ()) // nz
+        q_gen, q_data = (_interpolate_layers(c.width_knots or (), t or (), u).view(-1, nz, n_q)
+                         for t in (c.width_quantiles_generator, c.width_quantiles_data))
+        width = variance.sqrt()
+        uniform = 0.5 * (1.0 + torch.erf(z[..., 2] / math.sqrt(2.0)))
+        rank = torch.where(cells < 1.5, uniform * single_gen, single_gen + (1 - single_gen) * _table_cdf(width, q_gen))
+        above = ((rank - single_data) / (1 - single_data).clamp_min(1e-6)).clamp(0.0, 1.0)
+        beyond = (width - q_gen[..., -1]).clamp_min(0.0)  # slope 1 beyond the generator's widest
+        new_width = torch.where(rank < single_data, torch.zeros_like(rank), _table_quantile(above, q_data) + beyond)
+        new_variance = new_width * new_width
+        # wider: a far deposit in the direction of the noise, at the cell nearest D from the centre
+        gap = new_variance - variance
+        direction = z[..., :2] / z[..., :2].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        reach = (variance + WIDTH_SPOT_REACH * gap.clamp_min(0.0)).sqrt()
+        ix = torch.round((cx + reach * direction[..., 0]) / dx + (nx - 1) / 2).clamp(0, nx - 1)
+        iy = torch.round((cy + reach * direction[..., 1]) / dy + (ny - 1) / 2).clamp(0, ny - 1)
+        d2 = ((ix - (nx - 1) / 2) * dx - cx) ** 2 + ((iy - (ny - 1) / 2) * dy - cy) ** 2
+        b = d2 - variance
+        disc = b * b - 4 * d2 * gap
+        wide = torch.where(disc >= 0, (b - disc.clamp_min(0.0).sqrt()) / (2 * d2).clamp_min(1e-12),
+                           b.clamp_min(0.0) / (2 * d2).clamp_min(1e-12)).clamp(0.0, 0.5)
+        # narrower: towards the largest cell
+        flat = seen.permute(0, 3, 1, 2).reshape(-1, nz, nx * ny)
+        peak = flat.argmax(dim=2)
+        px, py = torch.div(peak, ny, rounding_mode="floor").float(), (peak % ny).float()
+        d2p = ((px - (nx - 1) / 2) * dx - cx) ** 2 + ((py - (ny - 1) / 2) * dy - cy) ** 2
+        bp = d2p - variance
+        narrow = (2 * (-gap).clamp_min(0.0) / (torch.sqrt(bp * bp - 4 * d2p * gap.clamp_max(0.0)) - bp)
+                  .clamp_min(1e-12)).clamp(0.0, 1.0)
+        act = energy > 0
+        tolerance = 1e-4 * (variance + dx * dy)  # the identity map's rounding moves nothing
+        widen, shrink = act & (gap > tolerance) & (d2 > 0), act & (gap < -tolerance)
+        fraction = torch.where(widen, wide, torch.where(shrink, narrow, torch.zeros_like(wide)))
+        target = torch.where(widen, ix * ny + iy, px * ny + py).long()
+        index = torch.arange(nx * ny, device=s.device).view(1, 1, -1)
+        spot = (index == target.unsqueeze(2)).float().view(-1, nz, nx, ny).permute(0, 2, 3, 1)
+        layer = s.sum(dim=(1, 2))
+        return s * (1 - fraction).view(-1, 1, 1, nz) + spot * (fraction * layer).view(-1, 1, 1, nz)
+
     def _check_symmetry(self, kind: str) -> None:
         if kind != "none" and self.conditions_on_angle:
             raise ValueError("symmetry: normal_incidence needs a generator of normal incidence only "
@@ -501,12 +630,18 @@ class Conv2dGenerator(ShowerGenerator):
 
     def set_symmetry(self, kind: Literal["none", "normal_incidence"]) -> None:
         """Switch the symmetrisation of the output (see :class:`Conv2dConfig`); the noise dimension
-        follows (200 + SYMMETRY_NOISE with it), and so does the config."""
+        follows (SYMMETRY_NOISE more with it), and so does the config."""
         if kind not in ("none", "normal_incidence"):
             raise ValueError(f"unknown symmetry {kind!r}: none or normal_incidence")
         self._check_symmetry(kind)
-        self.noise_dim = self.network_noise_dim + (SYMMETRY_NOISE if kind != "none" else 0)
         self.config = self.config.model_copy(update={"symmetry": kind})
+        self._set_noise_dim()
+
+    def _set_noise_dim(self) -> None:
+        """The network's 200 components, then SYMMETRY_NOISE with the symmetry, then
+        WIDTH_NOISE_PER_LAYER a layer with the width correction."""
+        self.noise_dim = (self.network_noise_dim + (SYMMETRY_NOISE if self.config.symmetry != "none" else 0)
+                          + (WIDTH_NOISE_PER_LAYER * self.geometry.n_layers if self.config.width_knots else 0))
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None) -> torch.Tensor:
@@ -548,8 +683,8 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, peak-sharing, lateral, hit-count, response
-        and resolution corrections and the symmetrisation applied, in that order."""
+        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, peak-sharing, lateral, width, hit-count,
+        response and resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
         if self.config.layer_gain:
@@ -564,6 +699,9 @@ class Conv2dGenerator(ShowerGenerator):
         if self.config.halo_gain:
             factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
+        if self.config.width_knots:
+            out = self.transform.to_model_units(self.width_moved(self.transform.to_gev(out), primary_energy,
+                                                                 noise)).to(out.dtype)
         if self.config.hits_gain:
             out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))
         if self.config.response_correction:
@@ -638,9 +776,25 @@ class Conv2dGenerator(ShowerGenerator):
                             "logit(r) -> peak_target + exp(peak_gain) (logit(r) - peak_centre), at most up to the r "
                             "at which the second cell would be the largest, by one factor on the largest cell and one "
                             "on the others; tables at the knots ln(E / 100 GeV), linear between them")}
+        if self.config.width_knots:
+            card["preprocessing"]["width_correction"] = {
+                "knots": list(self.config.width_knots),
+                **{name.removeprefix("width_"): [list(r) for r in getattr(self.config, name) or ()]
+                   for name in ("width_single_generator", "width_single_data", "width_quantiles_generator",
+                                "width_quantiles_data")},
+                "spot_reach": WIDTH_SPOT_REACH,
+                "noise_components": [self.noise_dim - WIDTH_NOISE_PER_LAYER * self.geometry.n_layers,
+                                     self.noise_dim - 1],
+                "meaning": ("per layer w = radial width (mm, cells at or above the readout threshold); its rank "
+                            "(one-cell layers: uniform within single_generator from noise component 3 * layer + 2 "
+                            "of the range) mapped to the data's width; narrower: energy moved to the largest cell, "
+                            "wider: to one cell at D^2 = w^2 + spot_reach (w'^2 - w^2) from the layer's centre "
+                            "in the direction of noise components 3 * layer, 3 * layer + 1; tables at the knots "
+                            "ln(E / 100 GeV), linear between them")}
         if self.config.symmetry != "none":
             card["preprocessing"]["symmetry"] = ("each shower flipped in x, in y and transposed x <-> y where noise "
-                                                 f"components {self.network_noise_dim}..{self.noise_dim - 1} are "
+                                                 f"components {self.network_noise_dim}.."
+                                                 f"{self.network_noise_dim + SYMMETRY_NOISE - 1} are "
                                                  "negative (normal incidence)")
         return card
 
@@ -677,6 +831,26 @@ def _clamped_logit(fraction: torch.Tensor) -> torch.Tensor:
     (the halo and peak-sharing corrections' variable)."""
     return torch.log(fraction.clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR)) - torch.log(
         (1 - fraction).clamp(HALO_FRACTION_FLOOR, 1 - HALO_FRACTION_FLOOR))
+
+
+def _table_cdf(value: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Level in [0, 1] of ``value`` ``(B, k)`` in the increasing quantile tables ``(B, k, n_q)`` taken at
+    equally spaced levels: piecewise linear between them, 0 and 1 beyond the ends."""
+    n_q = quantiles.shape[-1]
+    level = torch.zeros_like(value)
+    for j in range(n_q - 1):
+        step = (quantiles[..., j + 1] - quantiles[..., j]).clamp_min(1e-6)
+        level = level + ((value - quantiles[..., j]) / step).clamp(0.0, 1.0)
+    return level / (n_q - 1)
+
+
+def _table_quantile(level: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_table_cdf`: the value at ``level`` ``(B, k)`` in [0, 1]."""
+    n_q = quantiles.shape[-1]
+    out = quantiles[..., 0]
+    for j in range(n_q - 1):
+        out = out + (quantiles[..., j + 1] - quantiles[..., j]) * (level * (n_q - 1) - j).clamp(0.0, 1.0)
+    return out
 
 
 def _checked_knots(knots: list | tuple, what: str) -> tuple[float, ...]:

@@ -72,6 +72,15 @@ a layer holds a few cells, that sets the spread of the layers' widths): per laye
 spread of logit(fraction of the layer's energy outside its largest cell), over the layers of two
 cells or more, are matched in bins of ln E by one factor on the largest cell and one on the others,
 the layer's energy kept. It moves no energy into empty cells and never makes another cell the largest.
+
+:func:`calibrate_width_by_energy` comes after the lateral one, for a network whose sparse layers (the
+shower's first layers at low energy, where Geant4's layer is either one cell or a few cells far apart)
+are too alike in their lateral width: per layer and bin of ln E, each layer's radial width is mapped
+by its rank onto the data's distribution (the fraction of one-cell layers and the quantiles of the
+others), a narrower layer by moving energy into its largest cell, a wider one by moving a small
+fraction into one far cell in a direction drawn from the generator's noise. Only layers that hold
+a small share of the shower are mapped; the layer energies are kept. A report gives the quantile
+offsets before and after, per bin.
 """
 
 from __future__ import annotations
@@ -83,6 +92,7 @@ import numpy as np
 from numpy.polynomial import polynomial
 
 from fastshower.data.summaries import mu90_sigma90
+from fastshower.geometry import Geometry
 from fastshower.models.base import ShowerGenerator, generate_like
 from fastshower.models.conv2d import (
     HALO_FRACTION_FLOOR,
@@ -627,3 +637,100 @@ def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins],
             **{when: {"median": r(fit[when][0]), "spread": r(fit[when][1])} for when in ("before", "after")}}
+
+
+def layer_radial_widths(showers: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """``(B, n_layers)`` radial width sqrt(var x + var y) (mm) of each layer of showers ``(B, x, y, z)``
+    (GeV) over its cells at or above the readout threshold, about the grid's centred cell positions,
+    and the number of those cells (0 and 0 for an empty layer)."""
+    nx, ny, _ = geometry.shape
+    dx, dy = geometry.cell_size_mm or (1.0, 1.0)
+    s = np.where(showers >= max(geometry.readout_threshold_gev, 1e-30), showers, 0.0).astype(np.float64)
+    x = ((np.arange(nx) - (nx - 1) / 2) * dx)[None, :, None, None]
+    y = ((np.arange(ny) - (ny - 1) / 2) * dy)[None, None, :, None]
+    energy = s.sum(axis=(1, 2))
+    total = np.where(energy > 0, energy, 1.0)
+    cx, cy = (s * x).sum(axis=(1, 2)) / total, (s * y).sum(axis=(1, 2)) / total
+    variance = (s * (x * x + y * y)).sum(axis=(1, 2)) / total - cx * cx - cy * cy
+    return np.sqrt(np.clip(variance, 0.0, None)), (s > 0).sum(axis=(1, 2))
+
+
+def _width_tables(widths: np.ndarray, cells: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray, np.ndarray]:
+    """Per layer of one group of showers: the fraction of one-cell layers among those with energy, the
+    quantiles (``levels``) of the widths of the layers of two cells or more, and the counts of both."""
+    filled, spread = (cells > 0).sum(axis=0), (cells > 1).sum(axis=0)
+    single = np.where(filled > 0, (cells == 1).sum(axis=0) / np.maximum(filled, 1), 0.0)
+    q = np.array([np.quantile(widths[cells[:, k] > 1, k], levels) if spread[k] else np.zeros(len(levels))
+                  for k in range(widths.shape[1])])
+    return single, q, filled, spread
+
+
+def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, n_quantiles: int = 41,
+                              seed: int = 0, max_layer_share: float = 0.05, min_layers: int = 50,
+                              min_events: int = 100) -> dict:
+    """Fit and set the generator's width correction (module docstring): in ``n_bins`` bins equal in
+    ln E (``min_events`` showers or more each) and per layer, the fraction of one-cell layers and
+    ``n_quantiles`` quantiles of the radial width of the others, the generator's (without the
+    correction) and the data's. A layer is mapped in a bin where it holds on average less than
+    ``max_layer_share`` of the data's deposited energy (the sparse layers: the shower's start and
+    its tail, where a far deposit is what makes a layer wide; near the maximum a layer is wide by
+    many cells, which one far deposit would not reproduce) and both sides have ``min_layers`` layers
+    of two cells or more; elsewhere the data side is the generator's own (the identity). Any width
+    correction the generator had is replaced. The report gives per bin the layers mapped and the
+    mean |data - generator| of the width quantiles (mm) and of the one-cell fraction over them,
+    before and after."""
+    if not hasattr(generator, "set_width_correction"):
+        raise ValueError(f"{generator.name}: it has no width correction to calibrate")
+    if not 0 < max_layer_share <= 1:
+        raise ValueError(f"max_layer_share must be in (0, 1], got {max_layer_share}")
+    geometry = data.geometry
+    edges, which, bins, knots = _energy_bins(data.primary_energy, n_bins, min_events)
+    levels = np.linspace(0.0, 1.0, n_quantiles)
+    generator.set_width_correction(None)
+    w_data, n_data = layer_radial_widths(data.showers, geometry)
+    w_gen, n_gen = layer_radial_widths(generate_like(generator, data, seed).showers, geometry)
+    deposited = data.showers.sum(axis=(1, 2), dtype=np.float64)
+    share = deposited / np.maximum(deposited.sum(axis=1, keepdims=True), 1e-30)
+    # identity tables for a layer with too few spread layers in a bin: its quantiles over all bins
+    _, pooled, _, pooled_count = _width_tables(w_gen, n_gen, levels)
+    half = 0.5 * min(geometry.shape[0] * (geometry.cell_size_mm or (1.0, 1.0))[0],
+                     geometry.shape[1] * (geometry.cell_size_mm or (1.0, 1.0))[1])
+    pooled = np.where((pooled_count >= 2)[:, None], pooled, np.linspace(0.0, half, n_quantiles)[None, :])
+    tables: dict[str, list[np.ndarray]] = {"single_gen": [], "single_data": [], "q_gen": [], "q_data": []}
+    mapped = []
+    for b in bins:
+        sel = which == b
+        sg, qg, _, spread_g = _width_tables(w_gen[sel], n_gen[sel], levels)
+        sd, qd, _, spread_d = _width_tables(w_data[sel], n_data[sel], levels)
+        qg = np.where((spread_g >= 2)[:, None], qg, pooled)
+        use = (share[sel].mean(axis=0) < max_layer_share) & (spread_g >= min_layers) & (spread_d >= min_layers)
+        mapped.append(use)
+        tables["single_gen"].append(sg)
+        tables["single_data"].append(np.where(use, sd, sg))
+        tables["q_gen"].append(qg)
+        tables["q_data"].append(np.where(use[:, None], qd, qg))
+    single_gen, single_data = (np.stack(tables[k], axis=1) for k in ("single_gen", "single_data"))  # (layers, bins)
+    q_gen, q_data = (np.stack(tables[k], axis=-1).reshape(-1, len(bins)) for k in ("q_gen", "q_data"))
+    generator.set_width_correction(knots, single_gen.tolist(), single_data.tolist(), q_gen.tolist(),
+                                   q_data.tolist())
+    w_after, n_after = layer_radial_widths(generate_like(generator, data, seed).showers, geometry)
+
+    def offsets(w: np.ndarray, n: np.ndarray) -> dict[str, list[float]]:
+        quantile, single = [], []
+        for i, b in enumerate(bins):
+            sel, use = which == b, mapped[i]
+            if not use.any():
+                quantile.append(0.0), single.append(0.0)
+                continue
+            s_c, q_c, _, _ = _width_tables(w[sel], n[sel], levels)
+            s_d, q_d, _, _ = _width_tables(w_data[sel], n_data[sel], levels)
+            quantile.append(round(float(np.abs(q_c - q_d)[use].mean()), 4))
+            single.append(round(float(np.abs(s_c - s_d)[use].mean()), 4))
+        return {"width_quantile_offset_mm": quantile, "single_fraction_offset": single}
+
+    return {"knots": knots, "levels": levels.tolist(), "max_layer_share": max_layer_share,
+            "layers_mapped": [[int(k) for k in np.flatnonzero(u)] for u in mapped],
+            "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
+            "events": [int((which == b).sum()) for b in bins],
+            "before": offsets(w_gen, n_gen), "after": offsets(w_after, n_after)}
