@@ -516,3 +516,120 @@ def test_cell_calibration_gives_the_generator_the_data_cell_spectrum():
     assert max(np.divide(result["after"]["quantile_offset"], result["before"]["quantile_offset"])) < 0.15
     after = _generated(g, energy, seed=1)
     np.testing.assert_allclose(after.sum(axis=(1, 2)), before_layers, rtol=1e-5)
+
+
+def _width_tables_of(showers: np.ndarray, n_levels: int = 21) -> tuple[np.ndarray, np.ndarray]:
+    """(one-cell fraction per layer, (layers, levels) width quantiles) of showers, as the calibration's."""
+    from fastshower.train.calibration import layer_radial_widths
+
+    w, n = layer_radial_widths(showers, PRESETS["clic25"])
+    levels = np.linspace(0, 1, n_levels)
+    single = np.array([(n[:, k] == 1).sum() / max((n[:, k] > 0).sum(), 1) for k in range(25)])
+    return single, np.array([np.quantile(w[n[:, k] > 1, k], levels) for k in range(25)])
+
+
+def _compact_showers(n: int, seed: int) -> np.ndarray:
+    """``(n, 25, 25, 25)`` Gaussian layers (sigma 2-8 mm, centre within +-3 mm, cells below 1e-4 of the
+    largest zeroed) on the clic25 grid, a fifth of the layers a single cell (GeV)."""
+    rng = np.random.default_rng(seed)
+    c = (np.arange(25) - 12) * 5.1
+    sigma = rng.uniform(2.0, 8.0, (n, 1, 1, 25))
+    cx, cy = (rng.uniform(-3, 3, (n, 1, 1, 25)) for _ in range(2))
+    s = np.exp(-((c[None, :, None, None] - cx) ** 2 + (c[None, None, :, None] - cy) ** 2) / (2 * sigma ** 2))
+    s = np.where(s > 1e-4 * s.max(axis=(1, 2), keepdims=True), s, 0.0)
+    single = rng.random((n, 25)) < 0.2
+    s = np.where(single[:, None, None, :], (s >= s.max(axis=(1, 2), keepdims=True)).astype(float), s)
+    return (s / s.sum(axis=(1, 2), keepdims=True) * rng.uniform(0.01, 1.0, (n, 1, 1, 25))).astype(np.float32)
+
+
+def test_width_correction_maps_layer_widths_keeps_layers_and_survives_saving_and_onnx(tmp_path):
+    """On compact showers whose data widths are 1.3 x theirs in layers 0-11 and 0.6 x in 12-24, with
+    twice the one-cell layers in 0-11: each layer of two cells or more gets that factor times its
+    width (by rank), each layer keeps its energy, a wider layer is its cells x (1 - a) plus one far
+    deposit and the one-cell layers are spread by rank drawn from the noise; equal tables are the
+    identity. On the generator, the network's showers are unchanged (the correction's noise comes
+    after the network's), and it survives saving and ONNX; None removes it."""
+    from fastshower.train.calibration import layer_radial_widths
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    showers = _compact_showers(400, seed=3)
+    energy = np.full(len(showers), 20.0)
+    w0, n0 = layer_radial_widths(showers, PRESETS["clic25"])
+    single, q = _width_tables_of(showers)
+    knots = [math.log(0.05), math.log(3.0)]
+    two = lambda a: np.repeat(a[..., None], 2, axis=-1).reshape(-1, 2).tolist()  # noqa: E731  both knots alike
+
+    def moved(single_data, q_data, seed=0):
+        g.set_width_correction(knots, two(single), two(single_data), two(q), two(q_data))
+        noise = g.sample_noise(len(showers), generator=torch.Generator().manual_seed(seed))
+        return g.width_moved(torch.from_numpy(showers), torch.from_numpy(energy).float(), noise).numpy()
+
+    assert 0.1 < single.mean() < 0.3
+    np.testing.assert_allclose(moved(single, q), showers, rtol=1e-5, atol=1e-9)  # the identity
+    assert g.noise_dim == 200 + 3 * 25
+    factor = np.where(np.arange(25) < 12, 1.3, 0.6)
+    more_single = np.where(np.arange(25) < 12, 2 * single, single)
+    corrected = moved(more_single, q * factor[:, None])
+    np.testing.assert_allclose(corrected.sum(axis=(1, 2)), showers.sum(axis=(1, 2)), rtol=1e-5)
+    w1, n1 = layer_radial_widths(corrected, PRESETS["clic25"])
+    late = (n0 > 1) & (np.arange(25) >= 12)
+    np.testing.assert_allclose(w1[late], 0.6 * w0[late], rtol=0.02, atol=0.05)
+    # early layers: a rank in the one-cell range (twice as many) collapses the layer, the others widen
+    early = (n0 > 1)[:, :12]
+    collapsed = early & (n1[:, :12] == 1)
+    kept = early & ~collapsed
+    assert abs(collapsed.sum() / early.sum() - single[:12].mean() / (1 - single[:12].mean())) < 0.1
+    wanted = np.array([[np.interp(np.interp(w0[i, k], q[k], np.linspace(0, 1, 21)) * (1 - single[k]) + single[k] -
+                                   2 * single[k], [0, 1 - 2 * single[k]], [q[k, 0] * 1.3, q[k, -1] * 1.3])
+                        for k in range(12)] for i in range(len(w0))])
+    assert np.median(np.abs(w1[:, :12][kept] / wanted[kept] - 1)) < 0.1
+    extra = (corrected[..., :12] > 0) & (showers[..., :12] == 0)
+    assert (extra.reshape(len(showers), -1, 12).sum(axis=1) <= 1).all() and extra.any()  # one far deposit at most
+    # the single layers: spread by a rank drawn from the noise, different for another seed
+    assert not np.array_equal(moved(single * 0, q * factor[:, None], seed=1), moved(single * 0, q * factor[:, None]))
+    e8 = np.array([5.0, 20.0, 80.0, 300.0] * 2)
+    g.set_width_correction(None)
+    network = _generated(g, e8)
+    g.set_width_correction(knots, two(single), two(more_single), two(q), two(q * factor[:, None]))
+    with_width = _generated(g, e8)
+    np.testing.assert_allclose(with_width.sum(axis=(1, 2)), network.sum(axis=(1, 2)), rtol=1e-5)
+    card = g.metadata()["preprocessing"]["width_correction"]
+    assert card["knots"] == pytest.approx(knots) and card["noise_components"] == [200, 274]
+    _assert_saved_and_exported_alike(g, e8, with_width, tmp_path)
+    with pytest.raises(ValueError, match="increase"):
+        g.set_width_correction(knots, two(single), two(single), two(q[:, ::-1]), two(q))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        g.set_width_correction(knots, two(single + 2), two(single), two(q), two(q))
+    g.set_width_correction(None)
+    assert g.noise_dim == 200
+    np.testing.assert_array_equal(_generated(g, e8), network)
+
+
+def test_width_calibration_gives_the_generator_the_data_layer_widths():
+    """Data made by the generator with a known width correction (every layer 0.7 x as wide, by rank):
+    after calibration on it (all layers mapped) the generator's width quantiles are the data's in
+    every energy bin, its layer energies are what they were; mapping no layer (a layer share no
+    layer is under) is the identity."""
+    from fastshower.train.calibration import calibrate_width_by_energy
+
+    g = _relu_generator(cell_power=1.0, output_scale=3e-3)
+    rng = np.random.default_rng(5)
+    energy = np.exp(rng.uniform(np.log(5), np.log(300), 400))
+    plain = _generated(g, energy, seed=1)
+    single, q = _width_tables_of(plain)
+    two = lambda a: np.repeat(a[..., None], 2, axis=-1).reshape(-1, 2).tolist()  # noqa: E731
+    knots = [math.log(0.05), math.log(3.0)]
+    g.set_width_correction(knots, two(single), two(single), two(q), two(0.7 * q))
+    data = ShowerSet(_generated(g, energy, seed=9), energy, np.full(400, math.pi / 2), PRESETS["clic25"])
+    g.set_width_correction(None)
+    result = calibrate_width_by_energy(g, data, n_bins=2, n_quantiles=21, seed=1, max_layer_share=1.0,
+                                       min_events=150)
+    assert result["layers_mapped"] == [list(range(25))] * 2
+    before, after = result["before"]["width_quantile_offset_mm"], result["after"]["width_quantile_offset_mm"]
+    assert min(before) > 10.0 and max(after) < 0.1 * min(before)
+    np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)
+    none = calibrate_width_by_energy(g, data, n_bins=2, seed=1, max_layer_share=1e-3, min_events=150)
+    assert none["layers_mapped"] == [[], []]
+    np.testing.assert_allclose(_generated(g, energy, seed=1), plain, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="max_layer_share"):
+        calibrate_width_by_energy(g, data, max_layer_share=0.0)

@@ -202,7 +202,7 @@ def main() -> None:
                              "in bins of ln E")
     parser.add_argument("--width", choices=["none", "by-energy"], default="none",
                         help="after the lateral one, map the radial width of each sparse layer (less than 5%% of the "
-                             "shower) onto the data's distribution, in bins of ln E, with far deposits drawn from noise")
+                             "shower) onto the data's distribution, in bins of ln E, with far deposits from noise")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")

@@ -49,7 +49,6 @@ in place, keeping the weights (the Keras trainer's rebuild at ``ReLU_epoch``).
 from __future__ import annotations
 
 import math
-
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -591,8 +590,10 @@ class Conv2dGenerator(ShowerGenerator):
         uniform = 0.5 * (1.0 + torch.erf(z[..., 2] / math.sqrt(2.0)))
         rank = torch.where(cells < 1.5, uniform * single_gen, single_gen + (1 - single_gen) * _table_cdf(width, q_gen))
         above = ((rank - single_data) / (1 - single_data).clamp_min(1e-6)).clamp(0.0, 1.0)
-        beyond = (width - q_gen[..., -1]).clamp_min(0.0)  # slope 1 beyond the generator's widest
-        new_width = torch.where(rank < single_data, torch.zeros_like(rank), _table_quantile(above, q_data) + beyond)
+        # slope 1 beyond the generator's narrowest and widest
+        beyond = (width - q_gen[..., -1]).clamp_min(0.0) + (width - q_gen[..., 0]).clamp_max(0.0)
+        new_width = torch.where(rank < single_data, torch.zeros_like(rank),
+                                (_table_quantile(above, q_data) + beyond).clamp_min(0.0))
         new_variance = new_width * new_width
         # wider: a far deposit in the direction of the noise, at the cell nearest D from the centre
         gap = new_variance - variance
