@@ -8,9 +8,9 @@ normal_incidence`` before all of them the symmetrisation of its output over the 
 ``--cells by-energy`` after the layers the spectrum of its cell energies, calibrate_cells_by_energy; with
 ``--lateral by-energy`` after those its halo fluctuations and radial profile,
 calibrate_lateral_by_energy, and with ``--peak by-energy`` before that how each layer shares its energy between its
-largest cell and the others, calibrate_peak_by_energy; with ``--width by-energy`` after the lateral one the
-widths of its sparse layers, calibrate_width_by_energy; with ``--hits by-energy`` after those its number of hits,
-calibrate_hits_by_energy), and its metrics on the
+largest cell and the others, calibrate_peak_by_energy; with ``--width by-energy`` after the peak and before the
+lateral one the widths of its sparse layers, calibrate_width_by_energy; with ``--hits by-energy`` after those its
+number of hits, calibrate_hits_by_energy), and its metrics on the
 held-out validation showers beside those of each averaged checkpoint: the quick profile and
 sampling-fraction metrics, the resolution ratio (generated / Geant4 sigma90 / mu90 of E_dep / E in
 each energy slice, fastshower.train.calibration.relative_width; ``resolution_worst`` the ratio
@@ -201,7 +201,7 @@ def main() -> None:
                              "outside its largest cell (median and spread of its logit, layers of two cells or more), "
                              "in bins of ln E")
     parser.add_argument("--width", choices=["none", "by-energy"], default="none",
-                        help="after the lateral one, map the radial width of each sparse layer (less than 5%% of the "
+                        help="before the lateral one, map the radial width of each sparse layer (less than 5%% of the "
                              "shower) onto the data's distribution, in bins of ln E, with far deposits from noise")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
@@ -260,9 +260,9 @@ def main() -> None:
                                                              "before", "after")),
             "peak": (args.peak, calibrate_peak_by_energy, ("bins_gev", "events", "layers_left_as_they_are",
                                                           "before", "after")),
-            "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
             "width": (args.width, calibrate_width_by_energy, ("bins_gev", "events", "max_layer_share", "layers_mapped",
                                                              "before", "after")),
+            "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
             "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
                                                           "before", "after"))}
     card_fits = {}

@@ -164,8 +164,9 @@ class Conv2dConfig(ModelConfig):
     ``peak_knots`` = ln(E / 100 GeV), interpolated as the layer correction's,
     ``width_knots`` and ``width_single_generator`` / ``width_single_data`` / ``width_quantiles_generator`` /
     ``width_quantiles_data``: the generator's width correction (None: none; set by
-    :func:`fastshower.train.calibration.calibrate_width_by_energy`), applied after the lateral one and
-    before the hit count: in each layer of each shower the radial width w = sqrt(var x + var y) (mm,
+    :func:`fastshower.train.calibration.calibrate_width_by_energy`), applied after the peak-sharing one
+    and before the lateral one (whose ring factors then put each layer's mean radial profile back to
+    the data's): in each layer of each shower the radial width w = sqrt(var x + var y) (mm,
     cells at or above the readout threshold) is mapped to the data's by its rank: one-cell layers (w =
     0, fraction ``single`` of the layers with energy) get a rank drawn uniformly within that fraction
     from the layer's own noise, the others the generator's quantile of w among layers of two cells or
@@ -684,7 +685,7 @@ class Conv2dGenerator(ShowerGenerator):
     def generate_raw(self, primary_energy: torch.Tensor, incident_angle: torch.Tensor,
                      noise: torch.Tensor) -> torch.Tensor:
         """(B, 25, 25, 25) showers in model units (GeV for the default transform) for energies (GeV), angles
-        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, peak-sharing, lateral, width, hit-count,
+        (rad) and noise (B, noise_dim), the longitudinal, cell-energy, peak-sharing, width, lateral, hit-count,
         response and resolution corrections and the symmetrisation applied, in that order."""
         seed = self.dense(self.latent(primary_energy, incident_angle, noise[:, :self.network_noise_dim]))
         out = self.output_head(self.body(seed.view(-1, 5, 5, 5))) * self.output_scale
@@ -697,12 +698,12 @@ class Conv2dGenerator(ShowerGenerator):
         if self.config.peak_gain:
             factor = self.peak_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
             out = out * factor.to(out.dtype)
-        if self.config.halo_gain:
-            factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
-            out = out * factor.to(out.dtype)
         if self.config.width_knots:
             out = self.transform.to_model_units(self.width_moved(self.transform.to_gev(out), primary_energy,
                                                                  noise)).to(out.dtype)
+        if self.config.halo_gain:
+            factor = self.lateral_factor(self.transform.to_gev(out), primary_energy) ** self.transform.power
+            out = out * factor.to(out.dtype)
         if self.config.hits_gain:
             out = torch.where(self.hits_kept(self.transform.to_gev(out), primary_energy), out, torch.zeros_like(out))
         if self.config.response_correction:

@@ -73,14 +73,15 @@ spread of logit(fraction of the layer's energy outside its largest cell), over t
 cells or more, are matched in bins of ln E by one factor on the largest cell and one on the others,
 the layer's energy kept. It moves no energy into empty cells and never makes another cell the largest.
 
-:func:`calibrate_width_by_energy` comes after the lateral one, for a network whose sparse layers (the
-shower's first layers at low energy, where Geant4's layer is either one cell or a few cells far apart)
-are too alike in their lateral width: per layer and bin of ln E, each layer's radial width is mapped
-by its rank onto the data's distribution (the fraction of one-cell layers and the quantiles of the
-others), a narrower layer by moving energy into its largest cell, a wider one by moving a small
-fraction into one far cell in a direction drawn from the generator's noise. Only layers that hold
-a small share of the shower are mapped; the layer energies are kept. A report gives the quantile
-offsets before and after, per bin.
+:func:`calibrate_width_by_energy` comes before the lateral one (whose ring factors then put the mean
+radial profile back: the far deposits take their energy mostly from each layer's core), for a network
+whose sparse layers (the shower's first layers at low energy, where Geant4's layer is either one cell
+or a few cells far apart) are too alike in their lateral width: per layer and bin of ln E, each
+layer's radial width is mapped by its rank onto the data's distribution (the fraction of one-cell
+layers and the quantiles of the others), a narrower layer by moving energy into its largest cell, a
+wider one by moving a small fraction into one far cell in a direction drawn from the generator's
+noise. Only layers that hold a small share of the shower are mapped; the layer energies are kept. A
+report gives the quantile offsets before and after, per bin.
 """
 
 from __future__ import annotations
@@ -721,7 +722,8 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
         for i, b in enumerate(bins):
             sel, use = which == b, mapped[i]
             if not use.any():
-                quantile.append(0.0), single.append(0.0)
+                quantile.append(0.0)
+                single.append(0.0)
                 continue
             s_c, q_c, _, _ = _width_tables(w[sel], n[sel], levels)
             s_d, q_d, _, _ = _width_tables(w_data[sel], n_data[sel], levels)
