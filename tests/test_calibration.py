@@ -608,8 +608,8 @@ def test_width_correction_maps_layer_widths_keeps_layers_and_survives_saving_and
 def test_width_calibration_gives_the_generator_the_data_layer_widths():
     """Data made by the generator with a known width correction (every layer 0.7 x as wide, by rank):
     after calibration on it (all layers mapped) the generator's width quantiles are the data's in
-    every energy bin, its layer energies are what they were; mapping no layer (a layer share no
-    layer is under) is the identity."""
+    every energy bin, its layer energies are what they were; ``max_energy_gev`` maps only the bins
+    below it; mapping no layer (a layer share no layer is under) is the identity."""
     from fastshower.train.calibration import calibrate_width_by_energy
 
     g = _relu_generator(cell_power=1.0, output_scale=3e-3)
@@ -628,6 +628,10 @@ def test_width_calibration_gives_the_generator_the_data_layer_widths():
     before, after = result["before"]["width_quantile_offset_mm"], result["after"]["width_quantile_offset_mm"]
     assert min(before) > 10.0 and max(after) < 0.1 * min(before)
     np.testing.assert_allclose(_generated(g, energy, seed=1).sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=1e-5)
+    middle = float(np.sqrt(energy.min() * energy.max()))  # the edge between the two bins
+    low_only = calibrate_width_by_energy(g, data, n_bins=2, n_quantiles=21, seed=1, max_layer_share=1.0,
+                                         min_events=150, max_energy_gev=1.01 * middle)
+    assert low_only["layers_mapped"] == [list(range(25)), []]
     none = calibrate_width_by_energy(g, data, n_bins=2, seed=1, max_layer_share=1e-3, min_events=150)
     assert none["layers_mapped"] == [[], []]
     np.testing.assert_allclose(_generated(g, energy, seed=1), plain, rtol=1e-5, atol=1e-9)

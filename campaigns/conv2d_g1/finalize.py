@@ -34,6 +34,7 @@ only used afterwards by evaluate.sh.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import subprocess
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--width", choices=["none", "by-energy"], default="none",
                         help="before the lateral one, map the radial width of each sparse layer (less than 5%% of the "
                              "shower) onto the data's distribution, in bins of ln E, with far deposits from noise")
+    parser.add_argument("--width-max-energy", type=float, default=None,
+                        help="map the widths only in the energy bins that end at or below this (GeV; default: all)")
     parser.add_argument("--symmetry", choices=["keep", "none", "normal_incidence"], default="keep",
                         help="symmetrise the output over the 8 symmetries of the grid (normal_incidence), or not "
                              "(none), before any calibration; keep: as the generator is")
@@ -260,8 +263,8 @@ def main() -> None:
                                                              "before", "after")),
             "peak": (args.peak, calibrate_peak_by_energy, ("bins_gev", "events", "layers_left_as_they_are",
                                                           "before", "after")),
-            "width": (args.width, calibrate_width_by_energy, ("bins_gev", "events", "max_layer_share", "layers_mapped",
-                                                             "before", "after")),
+            "width": (args.width, functools.partial(calibrate_width_by_energy, max_energy_gev=args.width_max_energy),
+                      ("bins_gev", "events", "max_layer_share", "max_energy_gev", "layers_mapped", "before", "after")),
             "lateral": (args.lateral, calibrate_lateral_by_energy, ("bins_gev", "events", "before", "after")),
             "hits": (args.hits, calibrate_hits_by_energy, ("bins_gev", "events", "median_data", "spread_data",
                                                           "before", "after"))}
@@ -272,7 +275,7 @@ def main() -> None:
         result = fit(generator, train)
         report[f"{name}_by_energy"] = result
         report[f"average_after_{name}"] = validation_metrics(generator, validation, standardizer, low_energy)
-        method.append(fit.__name__)
+        method.append(getattr(fit, "func", fit).__name__)
         card_fits[name] = {k: result[k] for k in keys}
     ratio = calibrate_response(generator, train)
     report["response_ratio_applied"] = round(ratio, 5)

@@ -669,7 +669,7 @@ def _width_tables(widths: np.ndarray, cells: np.ndarray, levels: np.ndarray) -> 
 
 def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, n_quantiles: int = 41,
                               seed: int = 0, max_layer_share: float = 0.05, min_layers: int = 50,
-                              min_events: int = 100) -> dict:
+                              min_events: int = 100, max_energy_gev: float | None = None) -> dict:
     """Fit and set the generator's width correction (module docstring): in ``n_bins`` bins equal in
     ln E (``min_events`` showers or more each) and per layer, the fraction of one-cell layers and
     ``n_quantiles`` quantiles of the radial width of the others, the generator's (without the
@@ -677,7 +677,9 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
     ``max_layer_share`` of the data's deposited energy (the sparse layers: the shower's start and
     its tail, where a far deposit is what makes a layer wide; near the maximum a layer is wide by
     many cells, which one far deposit would not reproduce) and both sides have ``min_layers`` layers
-    of two cells or more; elsewhere the data side is the generator's own (the identity). Any width
+    of two cells or more, and, with ``max_energy_gev``, only in the bins that end at or below it;
+    elsewhere the data side is the generator's own (the identity; between a mapped knot and an
+    identity one the map fades linearly in ln E). Any width
     correction the generator had is replaced. The report gives per bin the layers mapped and the
     mean |data - generator| of the width quantiles (mm) and of the one-cell fraction over them,
     before and after."""
@@ -706,6 +708,7 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
         sd, qd, _, spread_d = _width_tables(w_data[sel], n_data[sel], levels)
         qg = np.where((spread_g >= 2)[:, None], qg, pooled)
         use = (share[sel].mean(axis=0) < max_layer_share) & (spread_g >= min_layers) & (spread_d >= min_layers)
+        use &= max_energy_gev is None or edges[b + 1] <= max_energy_gev * (1 + 1e-9)
         mapped.append(use)
         tables["single_gen"].append(sg)
         tables["single_data"].append(np.where(use, sd, sg))
@@ -732,6 +735,7 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
         return {"width_quantile_offset_mm": quantile, "single_fraction_offset": single}
 
     return {"knots": knots, "levels": levels.tolist(), "max_layer_share": max_layer_share,
+            "max_energy_gev": max_energy_gev,
             "layers_mapped": [[int(k) for k in np.flatnonzero(u)] for u in mapped],
             "bins_gev": [[round(float(edges[b]), 4), round(float(edges[b + 1]), 4)] for b in bins],
             "events": [int((which == b).sum()) for b in bins],
