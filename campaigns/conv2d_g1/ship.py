@@ -77,8 +77,10 @@ def main() -> None:
                      f"python campaigns/conv2d_g1/finalize.py --folder {folder} --run-dir RUN_DIR --last 4 "
                      "(--response by-energy --calibration-events 4000 when response_calibration has by_energy; "
                      "--resolution by-energy --calibration-per-source when it has resolution; --layers by-energy "
-                     "when it has layers; --cells by-energy when it has cells; --lateral by-energy when it has "
-                     "lateral; --hits by-energy when it has hits; --symmetry normal_incidence when it has symmetry; "
+                     "when it has layers; --cells by-energy when it has cells; --peak by-energy when it has peak; "
+                     "--width by-energy (and --width-max-energy its max_energy_gev) when it has width; --lateral "
+                     "by-energy when it has lateral; --hits by-energy when it has hits; --symmetry normal_incidence "
+                     "when it has symmetry; "
                      "with recalibrated_from: "
                      "--generator that generator instead of --run-dir and --last)",
                      "campaigns/conv2d_g1/evaluate.sh src/fastshower/weights/conv2d_g1 OUTDIR 10 50 100 300",
