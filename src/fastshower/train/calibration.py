@@ -642,13 +642,11 @@ def calibrate_hits_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins
 
 def layer_radial_widths(showers: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """``(B, n_layers)`` radial width sqrt(var x + var y) (mm) of each layer of showers ``(B, x, y, z)``
-    (GeV) over its cells at or above the readout threshold, about the grid's centred cell positions,
-    and the number of those cells (0 and 0 for an empty layer)."""
-    nx, ny, _ = geometry.shape
-    dx, dy = geometry.cell_size_mm or (1.0, 1.0)
+    (GeV) of a cartesian geometry over its cells at or above the readout threshold, and the number of
+    those cells (0 and 0 for an empty layer)."""
     s = np.where(showers >= max(geometry.readout_threshold_gev, 1e-30), showers, 0.0).astype(np.float64)
-    x = ((np.arange(nx) - (nx - 1) / 2) * dx)[None, :, None, None]
-    y = ((np.arange(ny) - (ny - 1) / 2) * dy)[None, None, :, None]
+    centres_x, centres_y = geometry.cell_centres_mm()
+    x, y = centres_x[None, :, None, None], centres_y[None, None, :, None]
     energy = s.sum(axis=(1, 2))
     total = np.where(energy > 0, energy, 1.0)
     cx, cy = (s * x).sum(axis=(1, 2)) / total, (s * y).sum(axis=(1, 2)) / total
@@ -656,15 +654,15 @@ def layer_radial_widths(showers: np.ndarray, geometry: Geometry) -> tuple[np.nda
     return np.sqrt(np.clip(variance, 0.0, None)), (s > 0).sum(axis=(1, 2))
 
 
-def _width_tables(widths: np.ndarray, cells: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                                       np.ndarray, np.ndarray]:
+def _width_tables(widths: np.ndarray, cells: np.ndarray, levels: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per layer of one group of showers: the fraction of one-cell layers among those with energy, the
-    quantiles (``levels``) of the widths of the layers of two cells or more, and the counts of both."""
+    quantiles (``levels``) of the widths of the layers of two cells or more, and their number."""
     filled, spread = (cells > 0).sum(axis=0), (cells > 1).sum(axis=0)
     single = np.where(filled > 0, (cells == 1).sum(axis=0) / np.maximum(filled, 1), 0.0)
     q = np.array([np.quantile(widths[cells[:, k] > 1, k], levels) if spread[k] else np.zeros(len(levels))
                   for k in range(widths.shape[1])])
-    return single, q, filled, spread
+    return single, q, spread
 
 
 def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bins: int = 10, n_quantiles: int = 41,
@@ -696,16 +694,17 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
     deposited = data.showers.sum(axis=(1, 2), dtype=np.float64)
     share = deposited / np.maximum(deposited.sum(axis=1, keepdims=True), 1e-30)
     # identity tables for a layer with too few spread layers in a bin: its quantiles over all bins
-    _, pooled, _, pooled_count = _width_tables(w_gen, n_gen, levels)
-    half = 0.5 * min(geometry.shape[0] * (geometry.cell_size_mm or (1.0, 1.0))[0],
-                     geometry.shape[1] * (geometry.cell_size_mm or (1.0, 1.0))[1])
+    _, pooled, pooled_count = _width_tables(w_gen, n_gen, levels)
+    dx, dy = geometry.cell_size_mm or (1.0, 1.0)
+    half = 0.5 * min(geometry.shape[0] * dx, geometry.shape[1] * dy)
     pooled = np.where((pooled_count >= 2)[:, None], pooled, np.linspace(0.0, half, n_quantiles)[None, :])
     tables: dict[str, list[np.ndarray]] = {"single_gen": [], "single_data": [], "q_gen": [], "q_data": []}
-    mapped = []
+    mapped, data_tables = [], []
     for b in bins:
         sel = which == b
-        sg, qg, _, spread_g = _width_tables(w_gen[sel], n_gen[sel], levels)
-        sd, qd, _, spread_d = _width_tables(w_data[sel], n_data[sel], levels)
+        sg, qg, spread_g = _width_tables(w_gen[sel], n_gen[sel], levels)
+        sd, qd, spread_d = _width_tables(w_data[sel], n_data[sel], levels)
+        data_tables.append((sd, qd))
         qg = np.where((spread_g >= 2)[:, None], qg, pooled)
         use = (share[sel].mean(axis=0) < max_layer_share) & (spread_g >= min_layers) & (spread_d >= min_layers)
         use &= max_energy_gev is None or edges[b + 1] <= max_energy_gev * (1 + 1e-9)
@@ -728,8 +727,8 @@ def calibrate_width_by_energy(generator: ShowerGenerator, data: ShowerSet, n_bin
                 quantile.append(0.0)
                 single.append(0.0)
                 continue
-            s_c, q_c, _, _ = _width_tables(w[sel], n[sel], levels)
-            s_d, q_d, _, _ = _width_tables(w_data[sel], n_data[sel], levels)
+            s_c, q_c, _ = _width_tables(w[sel], n[sel], levels)
+            s_d, q_d = data_tables[i]
             quantile.append(round(float(np.abs(q_c - q_d)[use].mean()), 4))
             single.append(round(float(np.abs(s_c - s_d)[use].mean()), 4))
         return {"width_quantile_offset_mm": quantile, "single_fraction_offset": single}
