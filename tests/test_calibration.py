@@ -519,13 +519,11 @@ def test_cell_calibration_gives_the_generator_the_data_cell_spectrum():
 
 
 def _width_tables_of(showers: np.ndarray, n_levels: int = 21) -> tuple[np.ndarray, np.ndarray]:
-    """(one-cell fraction per layer, (layers, levels) width quantiles) of showers, as the calibration's."""
-    from fastshower.train.calibration import layer_radial_widths
+    """(one-cell fraction per layer, (layers, levels) width quantiles) of showers, the calibration's tables."""
+    from fastshower.train.calibration import _width_tables, layer_radial_widths
 
-    w, n = layer_radial_widths(showers, PRESETS["clic25"])
-    levels = np.linspace(0, 1, n_levels)
-    single = np.array([(n[:, k] == 1).sum() / max((n[:, k] > 0).sum(), 1) for k in range(25)])
-    return single, np.array([np.quantile(w[n[:, k] > 1, k], levels) for k in range(25)])
+    single, q, _ = _width_tables(*layer_radial_widths(showers, PRESETS["clic25"]), np.linspace(0, 1, n_levels))
+    return single, q
 
 
 def _compact_showers(n: int, seed: int) -> np.ndarray:
